@@ -1,0 +1,3 @@
+from vendwatch.cli.main import main
+
+main()

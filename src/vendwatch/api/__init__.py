@@ -1,0 +1,1 @@
+"""HTTP server: collector and operator API in one Starlette app."""

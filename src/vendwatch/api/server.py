@@ -1,0 +1,56 @@
+"""The ASGI app and its lifecycle: HTTP routes of the roles + background components."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from vendwatch import __version__
+from vendwatch.api.auth import json_response
+from vendwatch.runtime import Context, Supervisor, build_components, build_routes
+
+log = logging.getLogger("vendwatch.server")
+
+
+def build_app(ctx: Context, roles: list[str]) -> Starlette:
+    routes = build_routes(ctx, roles)
+    components = build_components(ctx, roles)
+    sup = Supervisor(ctx, components)
+
+    async def healthz(request: Request) -> Response:
+        # ready when the log and state store answer
+        try:
+            ctx.state.db.one("SELECT 1")
+            ctx.log.partitions("events")
+        except Exception as e:
+            return json_response({"status": "unavailable", "error": str(e)}, 503)
+        return json_response({"status": "ok", "version": __version__, "roles": roles})
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        ctx.log.create_topic("events")
+        ctx.log.create_topic("rejected")
+        collector = ctx.extras.get("collector")
+        if collector is not None:
+            collector.start()
+        sup.start()
+        log.info("vendwatch %s serving roles %s", __version__, ", ".join(roles))
+        try:
+            yield
+        finally:
+            if collector is not None:
+                collector.stop()
+            sup.stop()
+
+    all_routes = [Route("/healthz", healthz), Route("/metrics", metrics), *routes]
+    return Starlette(routes=all_routes, lifespan=lifespan)

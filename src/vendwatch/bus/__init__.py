@@ -1,0 +1,24 @@
+"""Event backbone: the ``Log`` port and its backends (SQLite embedded, Kafka scale-out)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vendwatch.bus.base import BUSINESS, EVENTS, REJECTED, SIGNALS, Consumer, Log, LogError, LogUnavailable, Record
+
+if TYPE_CHECKING:
+    from vendwatch.config import Settings
+
+__all__ = ["BUSINESS", "EVENTS", "REJECTED", "SIGNALS", "Consumer", "Log", "LogError", "LogUnavailable", "Record", "open_log"]
+
+
+def open_log(settings: Settings) -> Log:
+    """The log backend the settings name."""
+    if settings.bus.backend == "kafka":
+        from vendwatch.bus.kafka import KafkaLog  # type: ignore[import-not-found]
+
+        return KafkaLog(settings.bus.kafka)
+    from vendwatch.bus.sqlite import SqliteLog
+
+    settings.data_path.mkdir(parents=True, exist_ok=True)
+    return SqliteLog(settings.data_path / "bus.db", default_partitions=settings.bus.partitions)

@@ -1,0 +1,350 @@
+"""The embedded backbone: a partitioned log in one SQLite file (WAL, synchronous=FULL).
+
+Each (topic, partition) is its own table whose rowid is the offset, so an append is
+a pure B-tree append with no secondary index, and a read is a rowid range scan.
+Consumer-group positions live in the same file. One process writes at a time (SQLite's
+lock); readers in other processes see committed data, so `vendwatch run <role>`
+processes can share a data directory.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from vendwatch.bus.base import (
+    AssignCallback,
+    Consumer,
+    Log,
+    LogError,
+    LogUnavailable,
+    Record,
+    TopicPartition,
+    partition_for,
+)
+
+_TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+def _table(topic: str, partition: int) -> str:
+    return f"log_{topic}_p{partition}"
+
+
+class SqliteLog(Log):
+    def __init__(self, path: str | Path, default_partitions: int = 4, busy_timeout_ms: int = 10_000) -> None:
+        self.path = str(path)
+        self.default_partitions = default_partitions
+        self._busy_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._write_lock = threading.Lock()
+        self._appended = threading.Condition()
+        self._topics: dict[str, int] = {}
+        db = self._conn()
+        db.execute("PRAGMA journal_mode=WAL")
+        with self._write_lock:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS topics(name TEXT PRIMARY KEY, partitions INTEGER NOT NULL)"
+            )
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS group_offsets(grp TEXT, topic TEXT, part INTEGER,"
+                " next_offset INTEGER NOT NULL, PRIMARY KEY(grp, topic, part)) WITHOUT ROWID"
+            )
+        self._load_topics()
+
+    # -- connections ------------------------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self._busy_ms / 1000)
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            self._local.db = db
+        return db
+
+    def _load_topics(self) -> None:
+        rows = self._conn().execute("SELECT name, partitions FROM topics").fetchall()
+        self._topics = {name: n for name, n in rows}
+
+    def _parts(self, topic: str) -> int:
+        n = self._topics.get(topic)
+        if n is None:
+            self._load_topics()
+            n = self._topics.get(topic)
+            if n is None:
+                self.create_topic(topic)
+                n = self._topics[topic]
+        return n
+
+    # -- topics -----------------------------------------------------------------
+    def create_topic(self, topic: str, partitions: int | None = None) -> None:
+        if not _TOPIC_RE.match(topic):
+            raise LogError(f"invalid topic name {topic!r}: use lowercase letters, digits and _")
+        n = partitions or self.default_partitions
+        db = self._conn()
+        with self._write_lock:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT partitions FROM topics WHERE name=?", (topic,)).fetchone()
+                if row is None:
+                    db.execute("INSERT INTO topics VALUES (?, ?)", (topic, n))
+                    for p in range(n):
+                        db.execute(
+                            f"CREATE TABLE IF NOT EXISTS {_table(topic, p)}("
+                            "offset INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL,"
+                            " key TEXT NOT NULL, value BLOB NOT NULL)"
+                        )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        self._load_topics()
+
+    def partitions(self, topic: str) -> int:
+        return self._parts(topic)
+
+    # -- writes -----------------------------------------------------------------
+    def append(self, topic: str, items: Sequence[tuple[str, bytes]]) -> list[TopicPartition]:
+        return self.append_many({topic: items}).get(topic, [])
+
+    def append_many(self, batches: dict[str, Sequence[tuple[str, bytes]]]) -> dict[str, list[TopicPartition]]:
+        """Append to several topics in one transaction (atomic, one fsync)."""
+        with self.transaction() as db:
+            return self.append_in(db, batches)
+
+    def transaction(self) -> _WriteTxn:
+        """A write transaction; other embedded components (ingest dedupe) may join it."""
+        return _WriteTxn(self)
+
+    def append_in(
+        self, db: sqlite3.Connection, batches: dict[str, Sequence[tuple[str, bytes]]]
+    ) -> dict[str, list[TopicPartition]]:
+        now = int(time.time() * 1000)
+        out: dict[str, list[TopicPartition]] = {}
+        for topic, items in batches.items():
+            if not items:
+                continue
+            n = self._parts(topic)
+            by_part: dict[int, list[int]] = {}
+            for i, (key, _v) in enumerate(items):
+                by_part.setdefault(partition_for(key, n), []).append(i)
+            result: list[TopicPartition] = [(0, 0)] * len(items)
+            for p, idxs in by_part.items():
+                t = _table(topic, p)
+                (last,) = db.execute(f"SELECT coalesce(max(offset), (SELECT seq FROM sqlite_sequence WHERE name=?), 0) FROM {t}", (t,)).fetchone()
+                rows = []
+                for j, i in enumerate(idxs):
+                    off = last + 1 + j
+                    key, value = items[i]
+                    rows.append((off, now, key, value))
+                    result[i] = (p, off)
+                db.executemany(f"INSERT INTO {t}(offset, ts, key, value) VALUES (?,?,?,?)", rows)
+            out[topic] = result
+        return out
+
+    def _notify(self) -> None:
+        with self._appended:
+            self._appended.notify_all()
+
+    def wait_for_append(self, timeout_s: float) -> None:
+        with self._appended:
+            self._appended.wait(timeout_s)
+
+    # -- reads ------------------------------------------------------------------
+    def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
+        n = self._parts(topic)
+        if not 0 <= partition < n:
+            raise LogError(f"topic {topic} has no partition {partition}")
+        rows = self._conn().execute(
+            f"SELECT offset, ts, key, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?",
+            (offset, max_records),
+        ).fetchall()
+        return [Record(topic, partition, o, k, v, ts) for o, ts, k, v in rows]
+
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        db = self._conn()
+        out = {}
+        for p in range(self._parts(topic)):
+            t = _table(topic, p)
+            (last,) = db.execute(
+                f"SELECT coalesce(max(offset), (SELECT seq FROM sqlite_sequence WHERE name=?), 0) FROM {t}", (t,)
+            ).fetchone()
+            out[p] = last + 1
+        return out
+
+    def begin_offsets(self, topic: str) -> dict[int, int]:
+        db = self._conn()
+        ends = self.end_offsets(topic)
+        out = {}
+        for p in range(self._parts(topic)):
+            (first,) = db.execute(f"SELECT min(offset) FROM {_table(topic, p)}").fetchone()
+            out[p] = ends[p] if first is None else first
+        return out
+
+    # -- groups -----------------------------------------------------------------
+    def consumer(
+        self,
+        group: str,
+        topics: Iterable[str],
+        *,
+        on_assign: AssignCallback | None = None,
+        on_revoke: AssignCallback | None = None,
+    ) -> Consumer:
+        return SqliteConsumer(self, group, list(topics), on_assign, on_revoke)
+
+    def committed_offsets(self, group: str, topic: str) -> dict[int, int]:
+        rows = self._conn().execute(
+            "SELECT part, next_offset FROM group_offsets WHERE grp=? AND topic=?", (group, topic)
+        ).fetchall()
+        return dict(rows)
+
+    def _commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT INTO group_offsets VALUES (?,?,?,?) ON CONFLICT(grp, topic, part)"
+                " DO UPDATE SET next_offset=excluded.next_offset",
+                [(group, t, p, o) for (t, p), o in offsets.items()],
+            )
+
+    def enforce_retention(self, max_age_s: float) -> int:
+        cutoff = int((time.time() - max_age_s) * 1000)
+        dropped = 0
+        for topic, n in list(self._topics.items()):
+            for p in range(n):
+                t = _table(topic, p)
+                with self.transaction() as db:
+                    # keep the newest record so offsets never restart (AUTOINCREMENT also guards this)
+                    cur = db.execute(
+                        f"DELETE FROM {t} WHERE ts < ? AND offset < (SELECT max(offset) FROM {t})", (cutoff,)
+                    )
+                    dropped += cur.rowcount
+        return dropped
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.close()
+            self._local.db = None
+
+
+class _WriteTxn:
+    def __init__(self, log: SqliteLog) -> None:
+        self.log = log
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.log._write_lock.acquire()
+        db = self.log._conn()
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            self.log._write_lock.release()
+            raise LogUnavailable(f"log busy: {e}") from e
+        return db
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        db = self.log._conn()
+        try:
+            if exc_type is None:
+                try:
+                    db.execute("COMMIT")
+                except sqlite3.OperationalError as e:
+                    db.execute("ROLLBACK")
+                    raise LogUnavailable(f"log commit failed: {e}") from e
+            else:
+                db.execute("ROLLBACK")
+                if isinstance(exc, sqlite3.OperationalError):
+                    raise LogUnavailable(f"log write failed: {exc}") from exc
+        finally:
+            self.log._write_lock.release()
+        if exc_type is None:
+            self.log._notify()
+
+
+class SqliteConsumer(Consumer):
+    def __init__(
+        self,
+        log: SqliteLog,
+        group: str,
+        topics: list[str],
+        on_assign: AssignCallback | None,
+        on_revoke: AssignCallback | None,
+    ) -> None:
+        self.log = log
+        self.group = group
+        self.topics = topics
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._assigned: list[TopicPartition] = []
+        self._pos: dict[TopicPartition, int] = {}
+        self._rr = 0
+        self._closed = False
+
+    def _ensure_assigned(self) -> None:
+        if self._assigned:
+            return
+        parts = [(t, p) for t in self.topics for p in range(self.log.partitions(t))]
+        begins = {t: self.log.begin_offsets(t) for t in self.topics}
+        for t in self.topics:
+            committed = self.log.committed_offsets(self.group, t)
+            for p in range(self.log.partitions(t)):
+                self._pos[(t, p)] = max(committed.get(p, 0), begins[t][p])
+        self._assigned = parts
+        if self._on_assign:
+            self._on_assign(list(parts))
+
+    def poll(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[Record]:
+        self._ensure_assigned()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out: list[Record] = []
+            n = len(self._assigned)
+            # round-robin the starting partition so no partition starves
+            for k in range(n):
+                tp = self._assigned[(self._rr + k) % n]
+                if len(out) >= max_records:
+                    break
+                recs = self.log.read(tp[0], tp[1], self._pos[tp], max_records - len(out))
+                if recs:
+                    self._pos[tp] = recs[-1].offset + 1
+                    out.extend(recs)
+            self._rr += 1
+            if out:
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
+            # in-process appends wake us at once; appends from other processes within 50 ms
+            self.log.wait_for_append(min(remaining, 0.05))
+
+    def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        self._ensure_assigned()
+        self.log._commit_group(self.group, dict(self._pos) if offsets is None else offsets)
+
+    def committed(self) -> dict[TopicPartition, int]:
+        out = {}
+        for t in self.topics:
+            for p, o in self.log.committed_offsets(self.group, t).items():
+                out[(t, p)] = o
+        return out
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._ensure_assigned()
+        if (topic, partition) not in self._pos:
+            raise LogError(f"{topic}/{partition} is not assigned to this consumer")
+        self._pos[(topic, partition)] = offset
+
+    def position(self) -> dict[TopicPartition, int]:
+        self._ensure_assigned()
+        return dict(self._pos)
+
+    def assignment(self) -> list[TopicPartition]:
+        self._ensure_assigned()
+        return list(self._assigned)
+
+    def close(self) -> None:
+        if not self._closed and self._assigned and self._on_revoke:
+            self._on_revoke(list(self._assigned))
+        self._closed = True

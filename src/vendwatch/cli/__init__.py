@@ -1,0 +1,1 @@
+"""The ``vendwatch`` command line."""

@@ -1,0 +1,171 @@
+"""One typed settings object, from a TOML file and ``VENDWATCH_*`` environment variables.
+
+Precedence (lowest first): defaults, the config file (``--config`` or
+``VENDWATCH_CONFIG``), environment variables, command-line flags. Nested keys map to
+environment variables with a double underscore: ``ingest.max_batch_events`` is
+``VENDWATCH_INGEST__MAX_BATCH_EVENTS``. Validation happens once at start; an error
+names the bad key.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+
+DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+class _Section(Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # roles run by `vendwatch serve` (all of them by default)
+    roles: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ROLES))
+
+
+class IngestSettings(_Section):
+    max_body_bytes: int = 1_048_576  # after gzip decompression too
+    max_batch_events: int = 1000
+    max_future_skew_s: float = 300.0  # occurred_at later than now + this is refused
+    late_after_s: float = 3600.0  # older than now - this is accepted and marked late
+    max_age_days: float = 30.0  # older than this is refused
+    rate_limit_events_per_s: float = 200.0  # per device, token bucket
+    rate_limit_burst: float = 2000.0
+    dedupe_window_s: float = 7 * 86_400.0  # how long a device's event ids are remembered
+    group_commit_max_events: int = 20_000
+    group_commit_max_wait_ms: float = 2.0
+    append_timeout_s: float = 10.0  # longer than this waiting for the log: 503
+
+
+class KafkaSettings(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic_prefix: str = "vendwatch."
+    partitions: int = 12
+    replication_factor: int = 1
+    security_protocol: str = "PLAINTEXT"  # SASL_SSL for MSK
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_ca_location: str | None = None
+    extra: dict[str, str] = {}  # passed to librdkafka as-is
+
+
+class BusSettings(_Section):
+    backend: Literal["sqlite", "kafka"] = "sqlite"
+    partitions: int = 4
+    retention_hours: float = 24 * 7.0
+    kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
+
+
+class StateSettings(_Section):
+    backend: Literal["sqlite", "postgres"] = "sqlite"
+    postgres_dsn: str = "postgresql://vendwatch@127.0.0.1:5432/vendwatch"
+    pool_size: int = 8
+
+
+class Settings(_Section):
+    data_dir: str = "./vendwatch-data"
+    log_level: str = "info"
+    log_format: Literal["json", "text"] = "text"
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
+    bus: BusSettings = msgspec.field(default_factory=BusSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
+    # sections owned by later stages; each is a free-form table validated by its owner
+    detect: dict[str, Any] = {}
+    incidents: dict[str, Any] = {}
+    lake: dict[str, Any] = {}
+    mqtt: dict[str, Any] = {}
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+
+def _set_path(tree: dict[str, Any], path: list[str], value: Any) -> None:
+    for part in path[:-1]:
+        node = tree.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{'.'.join(path)}: {part} is not a table")
+        tree = node
+    tree[path[-1]] = value
+
+
+def _parse_env_value(raw: str) -> Any:
+    """Env values are TOML scalars when they parse as one (numbers, booleans, arrays), else strings."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def load_settings(
+    config_file: str | os.PathLike[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Merge defaults, file, environment and flag overrides (dotted keys) and validate."""
+    env = os.environ if environ is None else environ
+    tree: dict[str, Any] = {}
+    path = config_file or env.get("VENDWATCH_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as f:
+                tree = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+    for key, raw in env.items():
+        if not key.startswith("VENDWATCH_") or key == "VENDWATCH_CONFIG":
+            continue
+        parts = key[len("VENDWATCH_"):].lower().split("__")
+        _set_path(tree, parts, _parse_env_value(raw))
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_path(tree, dotted.split("."), value)
+    try:
+        settings = msgspec.convert(tree, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        raise ConfigError(f"invalid configuration: {_humanize(str(e))}") from None
+    _check(settings)
+    return settings
+
+
+def _humanize(msg: str) -> str:
+    # msgspec says "... - at `$.ingest.max_body_bytes`"; present the key as the user writes it
+    if " - at `$." in msg:
+        text, _, where = msg.partition(" - at `$.")
+        return f"{where.rstrip('`')}: {text}"
+    return msg
+
+
+def _check(s: Settings) -> None:
+    positive = {
+        "server.port": s.server.port,
+        "ingest.max_body_bytes": s.ingest.max_body_bytes,
+        "ingest.max_batch_events": s.ingest.max_batch_events,
+        "ingest.rate_limit_events_per_s": s.ingest.rate_limit_events_per_s,
+        "ingest.rate_limit_burst": s.ingest.rate_limit_burst,
+        "ingest.group_commit_max_events": s.ingest.group_commit_max_events,
+        "bus.partitions": s.bus.partitions,
+        "bus.kafka.partitions": s.bus.kafka.partitions,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    if not 0 < s.server.port < 65536:
+        raise ConfigError(f"invalid configuration: server.port: must be 1-65535, got {s.server.port}")

@@ -1,0 +1,322 @@
+"""Device protocol v1: the one definition of the event envelope and every payload type.
+
+The collector, simulator, detector, lake and docs all use these definitions. The
+envelope is decoded with ``data`` kept as raw JSON: the typed payload struct
+validates it, but the raw bytes are what is stored, so fields a newer firmware sends
+that this version does not know are preserved, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Raw, Struct
+
+SCHEMA_VERSION = 1
+
+# --- constrained scalar types -------------------------------------------------
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+EventId = Annotated[str, Meta(min_length=1, max_length=128)]
+ShortText = Annotated[str, Meta(max_length=256)]
+Text = Annotated[str, Meta(max_length=8192)]
+Celsius = Annotated[float, Meta(ge=-60, le=150)]
+Percent = Annotated[float, Meta(ge=0, le=100)]
+Volts = Annotated[float, Meta(ge=0, le=1000)]
+Minor = Annotated[int, Meta(ge=0, le=10_000_000_00)]
+Currency = Annotated[str, Meta(pattern=r"^[A-Z]{3}$")]
+Count = Annotated[int, Meta(ge=0, le=100_000)]
+Seq = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+SensorHealth = Literal["ok", "degraded", "failed"]
+
+
+class _Payload(Struct, kw_only=True, omit_defaults=True):
+    """Base for payloads; unknown fields are ignored by validation (and kept in storage)."""
+
+
+# --- 1. machine health ---------------------------------------------------------
+class Heartbeat(_Payload, kw_only=True):
+    uptime_s: Annotated[int, Meta(ge=0)] | None = None
+    firmware_version: ShortText | None = None
+    interval_s: Annotated[int, Meta(ge=1, le=86_400)] | None = None
+
+
+class Telemetry(_Payload, kw_only=True):
+    cabinet_temp_c: Celsius | None = None
+    refrigeration_temp_c: Celsius | None = None
+    power_on: bool | None = None
+    voltage_v: Volts | None = None
+    door_open: bool | None = None
+    motor_status: Literal["idle", "running", "jammed"] | None = None
+    coin_sensor: SensorHealth | None = None
+    bill_validator: SensorHealth | None = None
+    product_sensor: SensorHealth | None = None
+    cpu_pct: Percent | None = None
+    mem_pct: Percent | None = None
+    disk_pct: Percent | None = None
+
+
+# --- 2. transactions -----------------------------------------------------------
+class Transaction(_Payload, kw_only=True):
+    transaction_id: Id
+    product_id: Id
+    slot: ShortText
+    price_minor: Minor
+    currency: Currency
+    payment_method: Literal["cash", "card", "qr", "mobile"]
+    payment_status: Literal["success", "failure"]
+    vend_status: Literal["success", "failure", "not_attempted"]
+    failure_reason: ShortText | None = None
+
+
+class Refund(_Payload, kw_only=True):
+    refund_id: Id
+    transaction_id: Id
+    amount_minor: Minor
+    currency: Currency
+    reason: ShortText | None = None
+
+
+# --- 3. inventory --------------------------------------------------------------
+class SlotState(Struct, kw_only=True, omit_defaults=True):
+    slot: ShortText
+    product_id: Id | None = None
+    count: Count
+    capacity: Count | None = None
+    low_threshold: Count | None = None
+    price_minor: Minor | None = None
+
+
+class Inventory(_Payload, kw_only=True):
+    slots: Annotated[list[SlotState], Meta(max_length=512)]
+
+
+class StockAlert(_Payload, kw_only=True):
+    slot: ShortText
+    product_id: Id | None = None
+    level: Literal["low", "out", "ok"]
+    count: Count | None = None
+
+
+class RefillSlot(Struct, kw_only=True, omit_defaults=True):
+    slot: ShortText
+    product_id: Id | None = None
+    added: Count = 0
+    count_after: Count | None = None
+
+
+class Refill(_Payload, kw_only=True):
+    visit_id: Id | None = None
+    phase: Literal["started", "completed"] = "completed"
+    technician_id: Id | None = None
+    slots: Annotated[list[RefillSlot], Meta(max_length=512)] = []
+
+
+# --- 4. faults -----------------------------------------------------------------
+class Fault(_Payload, kw_only=True):
+    # known codes: motor_jam, payment_device_failure, cooling_failure, sensor_malfunction,
+    # coin_mech_failure, bill_validator_failure, display_failure, power_supply_failure
+    code: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9_.]+$")]
+    state: Literal["raised", "cleared"] = "raised"
+    component: ShortText | None = None
+    slot: ShortText | None = None
+    detail: Text | None = None
+
+
+# --- 5. security ---------------------------------------------------------------
+class Security(_Payload, kw_only=True):
+    kind: Literal[
+        "door_unauthorized",
+        "door_forced",
+        "shock",
+        "vibration",
+        "power_cut",
+        "firmware_integrity_failed",
+        "payment_attempts_failed",
+    ]
+    magnitude_g: Annotated[float, Meta(ge=0, le=1000)] | None = None
+    attempts: Count | None = None
+    detail: Text | None = None
+
+
+# --- 6. configuration and firmware ---------------------------------------------
+class Config(_Payload, kw_only=True):
+    firmware_version: ShortText | None = None
+    config_version: ShortText | None = None
+    feature_flags: Annotated[dict[ShortText, bool], Meta(max_length=256)] | None = None
+    last_update_at: datetime | None = None
+    update_status: Literal["started", "success", "failure"] | None = None
+    target_version: ShortText | None = None
+    error: Text | None = None
+
+
+# --- 7. location and connectivity ----------------------------------------------
+class Gps(Struct, kw_only=True):
+    lat: Annotated[float, Meta(ge=-90, le=90)]
+    lon: Annotated[float, Meta(ge=-180, le=180)]
+
+
+class Connectivity(_Payload, kw_only=True):
+    location_id: Id | None = None
+    gps: Gps | None = None
+    network: Literal["3g", "4g", "5g", "ethernet", "wifi", "lora", "other"] | None = None
+    signal_dbm: Annotated[float, Meta(ge=-200, le=0)] | None = None
+    latency_ms: Annotated[float, Meta(ge=0, le=600_000)] | None = None
+
+
+# --- 8. logs and diagnostics ---------------------------------------------------
+class Log(_Payload, kw_only=True):
+    kind: Literal["application", "system", "crash", "startup", "shutdown"]
+    level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    message: Text = ""
+    crash_dump: Annotated[str, Meta(max_length=65_536)] | None = None
+
+
+PAYLOADS: dict[str, type[_Payload]] = {
+    "heartbeat": Heartbeat,
+    "telemetry": Telemetry,
+    "transaction": Transaction,
+    "refund": Refund,
+    "inventory": Inventory,
+    "stock_alert": StockAlert,
+    "refill": Refill,
+    "fault": Fault,
+    "security": Security,
+    "config": Config,
+    "connectivity": Connectivity,
+    "log": Log,
+}
+EventType = Literal[
+    "heartbeat", "telemetry", "transaction", "refund", "inventory", "stock_alert",
+    "refill", "fault", "security", "config", "connectivity", "log",
+]  # fmt: skip
+
+CATEGORY: dict[str, str] = {
+    "heartbeat": "health",
+    "telemetry": "health",
+    "transaction": "sales",
+    "refund": "sales",
+    "inventory": "inventory",
+    "stock_alert": "inventory",
+    "refill": "inventory",
+    "fault": "fault",
+    "security": "security",
+    "config": "config",
+    "connectivity": "connectivity",
+    "log": "log",
+}
+
+
+# --- envelopes -----------------------------------------------------------------
+class DeviceEvent(Struct, kw_only=True):
+    """What a device sends: one element of ``{"events": [...]}``."""
+
+    event_id: EventId
+    device_id: Id
+    type: EventType
+    occurred_at: datetime
+    seq: Seq | None = None
+    data: Raw = Raw(b"{}")
+
+
+class Batch(Struct):
+    """A request body; elements are validated one by one so one bad event rejects only itself."""
+
+    events: list[Raw]
+
+
+class StoredEvent(Struct, kw_only=True, omit_defaults=True):
+    """An accepted event as written to the log (topic ``events``) and the raw lake zone."""
+
+    event_id: str
+    device_id: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    data: Raw
+    seq: int | None = None
+    site_id: str | None = None
+    schema_version: int = SCHEMA_VERSION
+    late: bool = False
+
+
+class RejectedEvent(Struct, kw_only=True, omit_defaults=True):
+    """A refused event kept for audit (topic ``rejected``)."""
+
+    received_at: datetime
+    reason: str
+    device_id: str | None = None
+    event_id: str | None = None
+    index: int | None = None
+    raw: Raw | None = None
+
+
+_payload_decoders = {t: msgspec.json.Decoder(cls) for t, cls in PAYLOADS.items()}
+_device_event_decoder = msgspec.json.Decoder(DeviceEvent)
+_stored_decoder = msgspec.json.Decoder(StoredEvent)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_device_event(raw: bytes | Raw) -> DeviceEvent:
+    """Decode and validate one device event, payload included. Raises msgspec.ValidationError."""
+    ev = _device_event_decoder.decode(raw)
+    if ev.occurred_at.tzinfo is None:
+        raise msgspec.ValidationError("`occurred_at` must carry a UTC offset (RFC 3339) - at `$.occurred_at`")
+    try:
+        _payload_decoders[ev.type].decode(ev.data)
+    except msgspec.ValidationError as e:
+        raise msgspec.ValidationError(f"{e} (in `data` of a `{ev.type}` event)") from None
+    return ev
+
+
+def decode_payload(type_: str, data: bytes | Raw) -> Any:
+    """Typed payload of a stored event."""
+    return _payload_decoders[type_].decode(data)
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def decode_stored(value: bytes) -> StoredEvent:
+    return _stored_decoder.decode(value)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class _EnvelopeDoc(Struct, kw_only=True):
+    """Schema-only twin of DeviceEvent (msgspec cannot describe Raw)."""
+
+    event_id: EventId
+    device_id: Id
+    type: EventType
+    occurred_at: datetime
+    seq: Seq | None = None
+    data: dict[str, Any] = {}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema (2020-12) of a request body, with the payload of each type bound by ``type``."""
+    _, defs = msgspec.json.schema_components([_EnvelopeDoc, *PAYLOADS.values()], ref_template="#/$defs/{name}")
+    env = defs.pop("_EnvelopeDoc")
+    env["title"] = "DeviceEvent"
+    env["allOf"] = [
+        {
+            "if": {"properties": {"type": {"const": t}}},
+            "then": {"properties": {"data": {"$ref": f"#/$defs/{cls.__name__}"}}},
+        }
+        for t, cls in PAYLOADS.items()
+    ]
+    defs["DeviceEvent"] = env
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": f"https://vendwatch.dev/schema/device-protocol/v{SCHEMA_VERSION}.json",
+        "title": f"vendwatch device protocol v{SCHEMA_VERSION}: POST /v1/events body",
+        "type": "object",
+        "required": ["events"],
+        "properties": {"events": {"type": "array", "items": {"$ref": "#/$defs/DeviceEvent"}}},
+        "$defs": defs,
+    }

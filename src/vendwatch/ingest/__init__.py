@@ -1,0 +1,1 @@
+"""Ingestion: the collector (HTTP), device authentication, validation, durable group commit."""

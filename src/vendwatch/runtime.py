@@ -1,0 +1,159 @@
+"""Roles and the process that runs them.
+
+A *role* is one part of the pipeline (collector, device-state, detector, router,
+orchestrator, lake-writer, mqtt-bridge, console). ``vendwatch serve`` runs the roles
+named in ``server.roles`` in one process; ``vendwatch run ROLE`` runs one. Each role
+module exposes ``build(ctx) -> Component``; modules that serve HTTP also expose
+``routes(ctx) -> list[starlette.routing.BaseRoute]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from vendwatch.bus import Log, open_log
+from vendwatch.config import Settings
+from vendwatch.state import StateStore, open_state
+
+log = logging.getLogger("vendwatch.runtime")
+
+# role -> "module:function" building its Component (None: HTTP-only role)
+ROLES: dict[str, str | None] = {
+    "collector": None,
+    "console": None,
+    "device-state": "vendwatch.state.projector:build",
+    "detector": "vendwatch.detect.role:build",
+    "router": "vendwatch.route.role:build",
+    "orchestrator": "vendwatch.incidents.role:build",
+    "lake-writer": "vendwatch.lake.role:build",
+    "mqtt-bridge": "vendwatch.ingest.mqtt:build",
+}
+
+# HTTP routes: which module contributes routes for which roles
+HTTP_ROUTES: dict[str, tuple[str, ...]] = {
+    "vendwatch.ingest.app:routes": ("collector",),
+    "vendwatch.api.devices:routes": ("console",),
+    "vendwatch.incidents.api:routes": ("console",),
+    "vendwatch.lake.api:routes": ("console",),
+    "vendwatch.console.app:routes": ("console",),
+}
+
+
+class Component(Protocol):
+    name: str
+
+    def run(self, stop: threading.Event) -> None:
+        """Work until ``stop`` is set; return promptly after it is."""
+
+
+@dataclass
+class Context:
+    """What a role needs: settings and lazily opened shared resources."""
+
+    settings: Settings
+    stop: threading.Event = field(default_factory=threading.Event)
+    _log: Log | None = None
+    _state: StateStore | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def log(self) -> Log:
+        with self._lock:
+            if self._log is None:
+                self._log = open_log(self.settings)
+            return self._log
+
+    @property
+    def state(self) -> StateStore:
+        with self._lock:
+            if self._state is None:
+                self._state = open_state(self.settings)
+            return self._state
+
+    def close(self) -> None:
+        if self._log is not None:
+            self._log.close()
+        if self._state is not None:
+            self._state.close()
+
+
+def load(ref: str) -> Callable[..., Any] | None:
+    """Import ``module:attr``; None when the module is not part of this build."""
+    mod_name, _, attr = ref.partition(":")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):
+            log.debug("optional module %s not present", mod_name)
+            return None
+        raise
+    return getattr(mod, attr)  # type: ignore[no-any-return]
+
+
+def build_components(ctx: Context, roles: list[str]) -> list[Component]:
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise ValueError(f"unknown role(s): {', '.join(unknown)}; known: {', '.join(ROLES)}")
+    out = []
+    for role in roles:
+        ref = ROLES[role]
+        if ref is None:
+            continue
+        factory = load(ref)
+        if factory is None:
+            log.warning("role %s is not available in this build; skipped", role)
+            continue
+        out.append(factory(ctx))
+    return out
+
+
+def build_routes(ctx: Context, roles: list[str]) -> list[Any]:
+    routes: list[Any] = []
+    for ref, for_roles in HTTP_ROUTES.items():
+        if any(r in roles for r in for_roles):
+            fn = load(ref)
+            if fn is not None:
+                routes.extend(fn(ctx))
+    return routes
+
+
+class Supervisor:
+    """Runs components in threads; a component that crashes is restarted with backoff."""
+
+    def __init__(self, ctx: Context, components: list[Component]) -> None:
+        self.ctx = ctx
+        self.components = components
+        self.threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for c in self.components:
+            t = threading.Thread(target=self._run, args=(c,), name=f"vw-{c.name}", daemon=True)
+            t.start()
+            self.threads.append(t)
+
+    def _run(self, c: Component) -> None:
+        backoff = 0.5
+        while not self.ctx.stop.is_set():
+            started = time.monotonic()
+            try:
+                c.run(self.ctx.stop)
+                return
+            except Exception:
+                log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
+            if time.monotonic() - started > 60:
+                backoff = 0.5
+            self.ctx.stop.wait(backoff)
+            backoff = min(backoff * 2, 30.0)
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self.ctx.stop.set()
+        deadline = time.monotonic() + timeout_s
+        for t in self.threads:
+            t.join(max(0.0, deadline - time.monotonic()))

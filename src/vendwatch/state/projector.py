@@ -1,0 +1,116 @@
+"""The device-state role: folds accepted events into a live picture of each machine."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from vendwatch import events as ev
+from vendwatch.bus import EVENTS
+from vendwatch.bus.base import Record
+from vendwatch.runtime import Context
+from vendwatch.stage import CheckpointedStage
+from vendwatch.state.db import Tx
+
+_ROW = "SELECT device_id, site_id, first_seen_at, last_seen_at, last_event_at, last_seq, events, doc FROM device_state WHERE device_id IN ({})"
+
+
+def _ts(d: datetime) -> float:
+    return d.timestamp()
+
+
+def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
+    """Merge one event into a device's state document (newest event time wins per field)."""
+    at = _ts(e.occurred_at)
+    data: dict[str, Any] = msgspec.json.decode(e.data)
+
+    def newer(section: str) -> bool:
+        prev = doc.get(section, {}).get("at")
+        return prev is None or at >= prev
+
+    t = e.type
+    if t in ("heartbeat", "telemetry") and newer("health"):
+        health = doc.setdefault("health", {})
+        health.update({k: v for k, v in data.items() if v is not None})
+        health["at"] = at
+    if t == "heartbeat" and data.get("firmware_version"):
+        doc.setdefault("firmware", {})["firmware_version"] = data["firmware_version"]
+    elif t == "config" and newer("firmware"):
+        fw = doc.setdefault("firmware", {})
+        fw.update({k: v for k, v in data.items() if v is not None})
+        fw["at"] = at
+    elif t == "connectivity" and newer("connectivity"):
+        conn = doc.setdefault("connectivity", {})
+        conn.update({k: v for k, v in data.items() if v is not None})
+        conn["at"] = at
+    elif t == "inventory":
+        stock = doc.setdefault("stock", {})
+        for s in data.get("slots", []):
+            prev = stock.get(s["slot"], {})
+            if prev.get("at", 0) <= at:
+                stock[s["slot"]] = {**prev, **s, "at": at}
+    elif t == "refill":
+        stock = doc.setdefault("stock", {})
+        for s in data.get("slots", []):
+            prev = stock.get(s["slot"], {})
+            if prev.get("at", 0) <= at and s.get("count_after") is not None:
+                stock[s["slot"]] = {**prev, "slot": s["slot"], "count": s["count_after"], "at": at,
+                                    **({"product_id": s["product_id"]} if s.get("product_id") else {})}
+        doc["last_refill_at"] = max(doc.get("last_refill_at") or 0, at)
+    elif t == "stock_alert":
+        stock = doc.setdefault("stock", {})
+        prev = stock.get(data["slot"], {})
+        if prev.get("at", 0) <= at:
+            stock[data["slot"]] = {**prev, "slot": data["slot"], "level": data["level"], "at": at,
+                                   **({"count": data["count"]} if data.get("count") is not None else {})}
+    elif t == "transaction" and newer("last_transaction"):
+        doc["last_transaction"] = {**data, "at": at}
+    elif t == "fault":
+        faults = doc.setdefault("active_faults", {})
+        if data.get("state") == "cleared":
+            faults.pop(data["code"], None)
+        else:
+            faults[data["code"]] = at
+    elif t == "security":
+        doc["last_security"] = {**data, "at": at}
+    elif t == "log" and data.get("kind") == "crash":
+        doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)
+
+
+class DeviceStateProjector(CheckpointedStage):
+    name = "device-state"
+    topics = (EVENTS,)
+
+    def apply(self, tx: Tx, records: list[Record]) -> None:
+        evs = [ev.decode_stored(r.value) for r in records]
+        ids = sorted({e.device_id for e in evs})
+        rows: dict[str, list[Any]] = {}
+        for i in range(0, len(ids), 500):
+            chunk = ids[i : i + 500]
+            for r in tx.query(_ROW.format(",".join("?" * len(chunk))), chunk):
+                rows[r[0]] = [r[0], r[1], r[2], r[3], r[4], r[5], r[6], msgspec.json.decode(r[7] or "{}")]
+        for e in evs:
+            row = rows.get(e.device_id)
+            if row is None:
+                row = rows[e.device_id] = [e.device_id, e.site_id, None, None, None, None, 0, {}]
+            recv, occ = _ts(e.received_at), _ts(e.occurred_at)
+            row[1] = e.site_id or row[1]
+            row[2] = recv if row[2] is None else min(row[2], recv)
+            row[3] = recv if row[3] is None else max(row[3], recv)
+            row[4] = occ if row[4] is None else max(row[4], occ)
+            if e.seq is not None:
+                row[5] = e.seq if row[5] is None else max(row[5], e.seq)
+            row[6] += 1
+            fold(row[7], e)
+        tx.executemany(
+            "INSERT INTO device_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET"
+            " site_id=excluded.site_id, first_seen_at=excluded.first_seen_at, last_seen_at=excluded.last_seen_at,"
+            " last_event_at=excluded.last_event_at, last_seq=excluded.last_seq, events=excluded.events, doc=excluded.doc",
+            [(*r[:7], msgspec.json.encode(r[7]).decode()) for r in rows.values()],
+        )
+
+
+def build(ctx: Context) -> DeviceStateProjector:
+    return DeviceStateProjector(ctx)
