@@ -1,0 +1,532 @@
+"""Rule kinds: how each rule type turns events and timer ticks into transitions.
+
+A kind keeps its per-device state as plain lists/dicts (cheap, and encodable as-is in
+a checkpoint) in ``DeviceState.rules[index]``, only while it has something to remember.
+``deadline(dev, inst)`` says when ``tick`` must run next; the engine guarantees ``tick``
+runs at or after it, with ``now`` = the event time or watermark that reached it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from typing import TYPE_CHECKING, Any
+
+from vendwatch.detect.rules import Rule, render
+
+if TYPE_CHECKING:
+    from vendwatch.detect.engine import DeviceState, Engine
+
+INF = math.inf
+
+
+class _Safe(dict[str, Any]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+class Kind:
+    """Base: one compiled rule bound to an engine."""
+
+    types: frozenset[str] | None = frozenset()  # event types routed to on_event (None: all)
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        self.idx = idx
+        self.rule = rule
+        self.eng = eng
+        self.p = rule.params
+        self.fixed_key = rule.dedupe_key if "{event" in rule.dedupe_key else None
+
+    def key(self, dev: DeviceState, data: dict[str, Any] | None = None) -> str:
+        values: dict[str, Any] = {"rule_id": self.rule.id, "device_id": dev.device_id, "site_id": dev.site_id or ""}
+        if data is not None:
+            values["event"] = _Safe(data)
+        return render(self.rule.dedupe_key, values)
+
+    def tracked_fields(self) -> dict[str, tuple[str, ...]]:
+        return {}
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        raise NotImplementedError
+
+    def deadline(self, dev: DeviceState, inst: Any) -> float:
+        return INF
+
+    def tick(self, dev: DeviceState, inst: Any, now: float) -> None:
+        """Fire what is due at or before ``now``."""
+
+    def restore(self, inst: Any) -> Any:
+        return inst
+
+
+# --- match ---------------------------------------------------------------------------
+class MatchKind(Kind):
+    """Fires on a matching event, resolves on a clear event or after a quiet period.
+
+    inst: {dedupe_key: [firing_since | None, last_match_at, cleared_at | None]}
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.match = self.p["match"]
+        self.clear = self.p["clear"]
+        self.resolve_after = self.p["resolve_after"]
+        self.visit = "visit_grace" in self.p
+        self.types = frozenset().union(*(m.types for m in (*self.match, *self.clear)))
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        inst = dev.rules.get(self.idx)
+        for m in self.clear:
+            if m(etype, data):
+                if inst:
+                    keys = list(inst) if m.all_keys else [self.key(dev, data)]
+                    for key in keys:
+                        st = inst.get(key)
+                        if st is not None and st[0] is not None and t >= st[0]:
+                            self._resolve(dev, inst, key, t, event_id)
+                        elif st is None and not m.all_keys:
+                            inst[key] = [None, t, t]  # remember: a late raise before this is stale
+                        elif st is not None and st[0] is None and (st[2] is None or t > st[2]):
+                            st[2] = t
+                    self._gc(dev, inst)
+                elif not m.all_keys:
+                    dev.rules[self.idx] = {self.key(dev, data): [None, t, t]}
+                return
+        for m in self.match:
+            if m(etype, data):
+                if self.visit and self.eng.in_visit(dev, t, self.p["visit_grace"], self.p["visit_max"]):
+                    return
+                if inst is None:
+                    inst = dev.rules[self.idx] = {}
+                key = self.key(dev, data)
+                st = inst.get(key)
+                if st is not None and st[0] is not None:
+                    st[1] = max(st[1], t)  # still firing: extends the quiet period
+                elif st is not None and st[2] is not None and t <= st[2]:
+                    return  # older than the clear we already saw (out of order)
+                else:
+                    inst[key] = [t, t, None]
+                    self.eng.emit(self.rule, dev, "firing", t, key, {}, (event_id,), event=data)
+                if self.resolve_after is not None:
+                    self.eng.schedule(dev, inst[key][1] + self.resolve_after)
+                return
+
+    def _resolve(self, dev: DeviceState, inst: dict[str, list[Any]], key: str, at: float, event_id: str | None) -> None:
+        inst[key] = [None, at, at]
+        self.eng.emit(self.rule, dev, "resolved", at, key, {}, (event_id,) if event_id else ())
+
+    def _gc(self, dev: DeviceState, inst: dict[str, list[Any]]) -> None:
+        # cleared keys are kept only to reject out-of-order raises; keep a bounded number
+        if len(inst) > 16:
+            cleared = sorted((st[2], k) for k, st in inst.items() if st[0] is None)
+            for _at, k in cleared[: len(inst) - 16]:
+                del inst[k]
+        if not inst:
+            dev.rules.pop(self.idx, None)
+
+    def deadline(self, dev: DeviceState, inst: dict[str, list[Any]]) -> float:
+        if self.resolve_after is None:
+            return INF
+        firing = [st[1] for st in inst.values() if st[0] is not None]
+        return min(firing) + self.resolve_after if firing else INF
+
+    def tick(self, dev: DeviceState, inst: dict[str, list[Any]], now: float) -> None:
+        if self.resolve_after is None:
+            return
+        for key, st in sorted(inst.items()):
+            if st[0] is not None and st[1] + self.resolve_after <= now:
+                self._resolve(dev, inst, key, st[1] + self.resolve_after, None)
+        self._gc(dev, inst)
+
+
+# --- sustained -------------------------------------------------------------------------
+class SustainedKind(Kind):
+    """A condition true for ``for`` fires; false for ``clear_for`` resolves.
+
+    inst: [state, since, value, last_observed_at] with state 1 = pending (true since),
+    2 = firing, 3 = clearing (false since, still firing).
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.types = self.p["when"].types
+        self.pred = self.p["when"].pred
+        self.fields = self.p["fields"]
+        self.first = self.fields[0]
+        self.while_checks = self.p["while_checks"]
+        self.while_fields = self.p["while_fields"]
+        self.dur = self.p["for"]
+        self.clear_for = self.p["clear_for"]
+        thr = self.p["threshold"][self.first]
+        self.threshold = " ".join(f"{k} {v}" for k, v in thr.items()) if isinstance(thr, dict) else f"= {thr}"
+
+    def tracked_fields(self) -> dict[str, tuple[str, ...]]:
+        return {t: self.while_fields for t in self.types} if self.while_fields else {}
+
+    def _while_ok(self, dev: DeviceState) -> bool:
+        known = dev.fields
+        for f, pred in self.while_checks:
+            if known is not None and f in known and not pred({f: known[f][1]}):
+                return False
+        return True
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        for f in self.fields:
+            if data.get(f) is None:
+                return
+        inst = dev.rules.get(self.idx)
+        if inst is not None and t < inst[3]:
+            return  # older than the observation that set the current state
+        cond = self.pred(data) and self._while_ok(dev)  # type: ignore[misc]
+        value = data.get(self.first)
+        if inst is None:
+            if cond:
+                inst = dev.rules[self.idx] = [1, t, value, t]
+                if self.dur <= 0:
+                    self._fire(dev, inst, t)
+                else:
+                    self.eng.schedule(dev, t + self.dur)
+            return
+        inst[3] = t
+        state = inst[0]
+        if state == 1:
+            if cond:
+                inst[2] = value
+            else:
+                del dev.rules[self.idx]
+        elif state == 2:
+            inst[2] = value
+            if not cond:
+                inst[0], inst[1] = 3, t
+                if self.clear_for <= 0:
+                    self._resolve(dev, t)
+                else:
+                    self.eng.schedule(dev, t + self.clear_for)
+        elif cond:  # clearing, true again: firing continues
+            inst[0], inst[2] = 2, value
+
+    def _fire(self, dev: DeviceState, inst: list[Any], at: float) -> None:
+        inst[0] = 2
+        self.eng.emit(self.rule, dev, "firing", at, self.key(dev),
+                      {"value": inst[2], "threshold": self.threshold, "for": self.dur})
+
+    def _resolve(self, dev: DeviceState, at: float) -> None:
+        inst = dev.rules.pop(self.idx)
+        self.eng.emit(self.rule, dev, "resolved", at, self.key(dev),
+                      {"value": inst[2], "threshold": self.threshold, "for": self.clear_for})
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        if inst[0] == 1:
+            return inst[1] + self.dur
+        if inst[0] == 3:
+            return inst[1] + self.clear_for
+        return INF
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        if inst[0] == 1 and inst[1] + self.dur <= now:
+            self._fire(dev, inst, inst[1] + self.dur)
+        elif inst[0] == 3 and inst[1] + self.clear_for <= now:
+            self._resolve(dev, inst[1] + self.clear_for)
+
+
+# --- absence ---------------------------------------------------------------------------
+class AbsenceKind(Kind):
+    """No (matching) event for a timeout: offline. Resolves with the next event.
+
+    inst: [last_seen, offline_since | None, back_at | None, emitted, caused_by]
+    With site correlation, the firing waits ``site.wait_s`` so the site decision is made
+    at a fixed event-time instant (offline_since + wait), identical on every replay.
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.of = self.p["of"]
+        self.types = None if self.of is None else self.of.types
+        self.after = self.p["after"]
+        self.mult = self.p["multiplier"]
+        self.meta_key = self.p["meta_key"]
+        self.correlate = self.p["site_correlation"]
+        self.wait = eng.site.wait_s if self.correlate else 0.0
+
+    def timeout(self, dev: DeviceState) -> float:
+        if self.meta_key and dev.meta:
+            v = dev.meta.get(self.meta_key)
+            if isinstance(v, int | float) and not isinstance(v, bool) and v > 0:
+                return float(v)
+        if self.mult:
+            iv = dev.hb_interval or dev.hb_reported
+            if iv:
+                return iv * self.mult
+        return self.after
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        if self.of is not None and not self.of(etype, data):
+            return
+        inst = dev.rules.get(self.idx)
+        if inst is None:
+            dev.rules[self.idx] = [t, None, None, False, None]
+            self.eng.schedule(dev, t + self.timeout(dev))
+            return
+        if inst[1] is None:
+            if t > inst[0]:
+                inst[0] = t
+            return
+        if t <= inst[1]:
+            if not inst[3]:  # a late event shows it was not silent: retract the pending offline
+                inst[0], inst[1], inst[2] = max(inst[0], t), None, None
+                self.eng.site_retract(self.idx, dev)
+            return
+        if inst[2] is None:
+            inst[2] = t
+            self.eng.site_back(self.idx, dev, t)
+            if inst[3]:
+                self._resolve(dev, inst)
+            return
+        if t > inst[0]:
+            inst[0] = t
+
+    def _resolve(self, dev: DeviceState, inst: list[Any]) -> None:
+        back = inst[2]
+        self.eng.emit(self.rule, dev, "resolved", back, self.key(dev),
+                      {"silent_for": round(back - inst[1] + self.timeout(dev), 3), "last_seen": back},
+                      caused_by=inst[4])
+        inst[0], inst[1], inst[2], inst[3], inst[4] = max(inst[0], back), None, None, False, None
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        if inst[1] is None:
+            return inst[0] + self.timeout(dev)
+        if not inst[3]:
+            return inst[1] + self.wait
+        return INF
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        for _ in range(4):  # an offline interval can end and a new one start within one tick
+            if inst[1] is None:
+                d = inst[0] + self.timeout(dev)
+                if d > now:
+                    return
+                inst[1] = d
+                if self.correlate:
+                    self.eng.site_offline(self.idx, dev, d)
+            if inst[3] or inst[1] + self.wait > now:
+                return
+            cause = self.eng.site_cause(self.idx, dev, inst[1] + self.wait) if self.correlate else None
+            inst[3], inst[4] = True, cause
+            self.eng.emit(self.rule, dev, "firing", inst[1], self.key(dev),
+                          {"silent_for": self.timeout(dev), "last_seen": inst[0]}, caused_by=cause)
+            if inst[2] is None:
+                return
+            self._resolve(dev, inst)
+
+
+# --- windows ---------------------------------------------------------------------------
+class CountKind(Kind):
+    """At least ``threshold`` matching events within a sliding event-time ``window``.
+
+    inst: [sorted event times (bounded), firing_since | None, last event ids (<= threshold)]
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.m = self.p["count"]
+        self.types = self.m.types
+        self.thr = self.p["threshold"]
+        self.window = self.p["window"]
+        self.cap = max(self.thr * 4, 64)
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        if not self.m(etype, data):
+            return
+        inst = dev.rules.get(self.idx)
+        if inst is None:
+            inst = dev.rules[self.idx] = [[], None, []]
+        times = inst[0]
+        if times and t <= times[-1] - self.window:
+            return  # outside the window already
+        bisect.insort(times, t)
+        cut = times[-1] - self.window
+        while times[0] <= cut:
+            times.pop(0)
+        if len(times) > self.cap:
+            del times[: len(times) - self.cap]
+        ids = inst[2]
+        ids.append(event_id)
+        if len(ids) > self.thr:
+            del ids[0]
+        if inst[1] is None and len(times) >= self.thr:
+            inst[1] = times[-1]
+            self.eng.emit(self.rule, dev, "firing", times[-1], self.key(dev),
+                          {"count": len(times), "threshold": self.thr, "window": self.window}, ids)
+        if inst[1] is not None:
+            self.eng.schedule(dev, self.deadline(dev, inst))
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        if inst[1] is None or len(inst[0]) < self.thr:
+            return INF if inst[1] is None else inst[1]
+        return inst[0][-self.thr] + self.window
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        times = inst[0]
+        d = times[-self.thr] + self.window if len(times) >= self.thr else now
+        if d > now:
+            return
+        del times[: len(times) - self.thr + 1]
+        inst[1] = None
+        self.eng.emit(self.rule, dev, "resolved", d, self.key(dev),
+                      {"count": len(times), "threshold": self.thr, "window": self.window})
+        if not times:
+            del dev.rules[self.idx]
+
+
+class RatioKind(Kind):
+    """Share of 'bad' samples among matching events, over the last N or a time window.
+
+    inst (last N): [bits, n, firing_since]; inst (window): [[t...], [bad...], firing_since]
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.m = self.p["of"]
+        self.types = self.m.types
+        self.bad = self.p["bad"]
+        self.last = self.p["last"]
+        self.window = self.p["window"]
+        self.mask = (1 << self.last) - 1 if self.last else 0
+        self.above = self.p["above"]
+        self.clear_at = self.p["clear_at"]
+        self.min_n = self.p["min_samples"]
+
+    def _evidence(self, bad: int, n: int) -> dict[str, Any]:
+        return {"ratio": round(bad / n, 4) if n else 0.0, "bad": bad, "total": n, "threshold": self.above}
+
+    def _judge(self, dev: DeviceState, firing: float | None, bad: int, n: int, at: float, eid: str | None) -> float | None:
+        ratio = bad / n if n else 0.0
+        if firing is None and n >= self.min_n and ratio > self.above:
+            self.eng.emit(self.rule, dev, "firing", at, self.key(dev), self._evidence(bad, n), (eid,) if eid else ())
+            return at
+        if firing is not None and (ratio <= self.clear_at or n < self.min_n):
+            self.eng.emit(self.rule, dev, "resolved", at, self.key(dev), self._evidence(bad, n), (eid,) if eid else ())
+            return None
+        return firing
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        if not self.m(etype, data):
+            return
+        is_bad = 1 if self.bad(data) else 0  # type: ignore[misc]
+        inst = dev.rules.get(self.idx)
+        if self.last:
+            if inst is None:
+                inst = dev.rules[self.idx] = [0, 0, None]
+            inst[0] = ((inst[0] << 1) | is_bad) & self.mask
+            inst[1] = min(inst[1] + 1, self.last)
+            inst[2] = self._judge(dev, inst[2], inst[0].bit_count(), inst[1], t, event_id)
+            return
+        if inst is None:
+            inst = dev.rules[self.idx] = [[], [], None]
+        times, bads = inst[0], inst[1]
+        if times and t <= times[-1] - self.window:
+            return
+        i = bisect.bisect_right(times, t)
+        times.insert(i, t)
+        bads.insert(i, is_bad)
+        cut = times[-1] - self.window
+        while times[0] <= cut:
+            times.pop(0)
+            bads.pop(0)
+        if len(times) > 4096:
+            del times[:-4096], bads[:-4096]
+        inst[2] = self._judge(dev, inst[2], sum(bads), len(times), times[-1], event_id)
+        if inst[2] is not None:
+            self.eng.schedule(dev, times[0] + self.window)
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        if self.last or inst[2] is None or not inst[0]:
+            return INF
+        return inst[0][0] + self.window
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        times, bads = inst[0], inst[1]
+        while times and times[0] + self.window <= now and inst[2] is not None:
+            at = times.pop(0) + self.window
+            bads.pop(0)
+            inst[2] = self._judge(dev, inst[2], sum(bads), len(times), at, None)
+        if not times:
+            del dev.rules[self.idx]
+
+
+# --- change ----------------------------------------------------------------------------
+def _distance_m(a: Any, b: Any) -> float:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return INF if a != b else 0.0
+    lat1, lon1, lat2, lon2 = (math.radians(x) for x in (a.get("lat", 0), a.get("lon", 0), b.get("lat", 0), b.get("lon", 0)))
+    h = math.sin((lat2 - lat1) / 2) ** 2 + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2
+    return 2 * 6_371_000 * math.asin(math.sqrt(h))
+
+
+class ChangeKind(Kind):
+    """A value changed (unless an 'expected change' event came shortly before); resolves after a quiet period.
+
+    inst: [value, value_at, unless_at | None, firing_since | None, last_change_at]
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.of = self.p["of"]
+        self.get = self.p["get"]
+        self.unless = self.p["unless"]
+        self.types = self.of.types.union(*(m.types for m in self.unless))
+        self.within = self.p["unless_within"]
+        self.min_m = self.p["min_distance_m"]
+        self.resolve_after = self.p["resolve_after"]
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        inst = dev.rules.get(self.idx)
+        for m in self.unless:
+            if m(etype, data):
+                if inst is None:
+                    inst = dev.rules[self.idx] = [None, -INF, t, None, None]
+                elif inst[2] is None or t > inst[2]:
+                    inst[2] = t
+        if not self.of(etype, data):
+            return
+        v = self.get(data)
+        if v is None:
+            return
+        if inst is None:
+            dev.rules[self.idx] = [v, t, None, None, None]
+            return
+        if t < inst[1]:
+            return  # older than the value we hold
+        old = inst[0]
+        inst[0], inst[1] = v, t
+        if old is None:
+            return
+        changed = _distance_m(old, v) >= self.min_m if self.min_m else v != old
+        if not changed:
+            return
+        if inst[2] is not None and t - self.within <= inst[2] <= t:
+            return  # announced by an update event
+        inst[4] = t
+        if inst[3] is None:
+            inst[3] = t
+            self.eng.emit(self.rule, dev, "firing", t, self.key(dev), {"old": old, "new": v}, (event_id,))
+        self.eng.schedule(dev, t + self.resolve_after)
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        return INF if inst[3] is None else inst[4] + self.resolve_after
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        at = inst[4] + self.resolve_after
+        if inst[3] is not None and at <= now:
+            inst[3] = None
+            self.eng.emit(self.rule, dev, "resolved", at, self.key(dev), {"old": None, "new": inst[0]})
+
+
+KINDS: dict[str, type[Kind]] = {
+    "match": MatchKind,
+    "sustained": SustainedKind,
+    "absence": AbsenceKind,
+    "count": CountKind,
+    "ratio": RatioKind,
+    "change": ChangeKind,
+}
