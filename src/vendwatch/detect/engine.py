@@ -278,7 +278,7 @@ class Engine:
             self.suppress.discard(sid)
             self.suppressed += 1
             return
-        ev = evidence or {}
+        ev = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in (evidence or {}).items()}
         values = {"rule_id": rule.id, "device_id": dev.device_id, "site_id": dev.site_id or "", **ev}
         if event is not None:
             values["event"] = _SafeView(event)

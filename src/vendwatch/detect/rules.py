@@ -370,8 +370,19 @@ def _compile_params(r: dict[str, Any], ctx: str) -> dict[str, Any]:
     return p
 
 
+_QUOTED_PATH = re.compile(r"field '([A-Za-z_]+)'((?:[.\[][^\s:]*)+)")
+
+
 def compile_rule(raw: Any, index: int, source: str) -> Rule:
     """Validate one rule mapping (``index`` is its position in the file) and compile it."""
+    try:
+        return _compile_rule(raw, index, source)
+    except RuleError as e:
+        # "field 'when'.where.x" reads better as "field 'when.where.x'"
+        raise RuleError(_QUOTED_PATH.sub(lambda m: f"field '{m.group(1)}{m.group(2)}'", str(e))) from None
+
+
+def _compile_rule(raw: Any, index: int, source: str) -> Rule:
     if not isinstance(raw, dict):
         raise RuleError(f"{source}: rules[{index}]: expected a mapping, got {type(raw).__name__}")
     rid = raw.get("id")
