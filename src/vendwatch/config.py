@@ -17,7 +17,6 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
-
 DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pytest
-
 from tests.detect.harness import DEFAULT, Ev, run, transitions
 
 TEL = "telemetry"

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from vendwatch.cli.common import Env, data_dir_option, echo_json, pass_env, table
-from vendwatch.detect.rules import Rule, RuleError, RuleSet, load_rule_file, load_ruleset, parse_duration
+from vendwatch.detect.rules import (
+    Rule,
+    RuleError,
+    RuleSet,
+    load_rule_file,
+    load_ruleset,
+    parse_duration,
+)
 
 
 def _active(env: Env) -> RuleSet:
@@ -24,13 +31,13 @@ def _active(env: Env) -> RuleSet:
 def _when(value: str, name: str) -> datetime:
     """ISO 8601 (naive means UTC), ``now``, or ``now-2h`` / ``-2h``."""
     v = value.strip()
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     if v == "now":
         return now
     rel = v[3:] if v.startswith("now-") else v if v.startswith("-") else None
     if rel is not None:
         try:
-            return datetime.fromtimestamp(now.timestamp() - parse_duration(rel.lstrip("-"), name), timezone.utc)
+            return datetime.fromtimestamp(now.timestamp() - parse_duration(rel.lstrip("-"), name), UTC)
         except RuleError as e:
             raise click.BadParameter(str(e), param_hint=name) from None
     try:
@@ -38,7 +45,7 @@ def _when(value: str, name: str) -> datetime:
     except ValueError:
         raise click.BadParameter(f"expected ISO 8601 (2026-03-01T12:00Z), now, or now-2h; got {value!r}",
                                  param_hint=name) from None
-    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+    return d if d.tzinfo else d.replace(tzinfo=UTC)
 
 
 def _row(r: Rule) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import math
 import zlib
 from array import array
 from collections.abc import Callable, Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -34,7 +34,7 @@ from vendwatch.detect.rules import Rule, RuleSet, render
 from vendwatch.signals import Signal, signal_id
 
 INF = math.inf
-UTC = timezone.utc
+UTC = UTC
 _STATE_VERSION = 1
 
 
@@ -108,6 +108,8 @@ class Engine:
         self.out: list[Signal] = []
         self.suppress: set[str] = set()  # signal ids already on the output topic (recovery)
         self.duplicates = 0
+        self.in_order = True
+        self.from_event = False
         self.events = 0
         self.suppressed = 0
         self._info: dict[str, tuple[str | None, float | None, dict[str, Any] | None]] = {}
@@ -116,7 +118,6 @@ class Engine:
         self.site_firing: dict[tuple[int, str], list[Any]] = {}  # -> [since, count]
         self.site_sizes: dict[str, int] = {}
         self._registry_sizes: dict[str, int] = {}
-        self._site_heap: list[tuple[float, int, str]] = []
         self._sites_intern: dict[str, str] = {}
 
     # -- registry ----------------------------------------------------------------
@@ -170,8 +171,9 @@ class Engine:
         self.events += 1
         self.dirty.add(device_id)
         if dev.wake <= t:
-            self._tick_device(dev, t)
-        if t > dev.last_t:
+            self._tick_device(dev, t, from_event=True)
+        self.in_order = t >= dev.last_t  # kinds treat out-of-order events more carefully
+        if self.in_order:
             dev.last_t = t
         if etype == "refill":
             self._visit(dev, t, data)
@@ -229,9 +231,17 @@ class Engine:
             dev.wake = deadline
             heapq.heappush(self._heap, (deadline, dev.device_id))
 
-    def _tick_device(self, dev: DeviceState, now: float) -> None:
+    def _tick_device(self, dev: DeviceState, now: float, from_event: bool = False) -> None:
+        """Run the device's timers due at or before ``now``.
+
+        From the watermark (``from_event`` False), timers run one deadline at a time in
+        global deadline order, so cross-device decisions (site correlation) see every
+        device whose deadline came first. From a device's own event they only catch up
+        that device; decisions that involve other devices wait for the watermark.
+        """
         wake = INF
         kinds = self.kinds
+        self.from_event = from_event
         for idx in list(dev.rules):
             k = kinds[idx]
             inst = dev.rules[idx]
@@ -240,17 +250,23 @@ class Engine:
                 k.tick(dev, inst, now)
                 inst = dev.rules.get(idx)
                 d = k.deadline(dev, inst) if inst is not None else INF
-                if d <= now:  # a kind must move its deadline past `now`; never spin
+                if d <= now and not from_event:  # a kind must move its deadline past `now`; never spin
                     d = now + 1e-3
             if d < wake:
                 wake = d
+        self.from_event = False
         dev.wake = wake
         if wake < INF:
             heapq.heappush(self._heap, (wake, dev.device_id))
         self.dirty.add(dev.device_id)
 
     def advance(self, now: float) -> None:
-        """Move the clock to ``now`` (epoch s): fire timers due at the watermark ``now - lateness``."""
+        """Move the clock to ``now`` (epoch s): fire timers due at the watermark ``now - lateness``.
+
+        Due timers run in deadline order, each at its own deadline (a discrete-event
+        simulation of the interval), which makes the outcome independent of how far the
+        watermark jumped at once.
+        """
         w = now - self.lateness
         if w <= self.watermark:
             return
@@ -258,15 +274,15 @@ class Engine:
         heap = self._heap
         devices = self.devices
         while heap and heap[0][0] <= w:
-            at, did = heapq.heappop(heap)
-            dev = devices.get(did)
+            at, name = heapq.heappop(heap)
+            if name[0] == "\x00":
+                _, idx, site = name.split("\x00", 2)
+                self._site_check(int(idx), site, at)
+                continue
+            dev = devices.get(name)
             if dev is None or dev.wake != at:
                 continue  # stale entry
-            self._tick_device(dev, w)
-        sh = self._site_heap
-        while sh and sh[0][0] <= w:
-            at, idx, site = heapq.heappop(sh)
-            self._site_check(idx, site, at)
+            self._tick_device(dev, at)
 
     # -- output ------------------------------------------------------------------
     def emit(self, rule: Rule, dev: DeviceState, status: str, at: float, key: str,
@@ -327,12 +343,13 @@ class Engine:
         entry = offs.get(dev.device_id)
         if entry is not None:
             entry[1] = at
-        if key in self.site_firing:
-            heapq.heappush(self._site_heap, (at + self.site.wait_s, idx, dev.site_id))
-        else:
-            horizon = at - 2 * self.site.wait_s - self.lateness
-            for d in [d for d, (_s, e) in offs.items() if e is not None and e < horizon]:
-                del offs[d]
+        # always, even if the site signal is not firing yet: the watermark may not have
+        # reached its instant, and the heap keeps the check in event-time order
+        self._push_site_check(at + self.site.wait_s, idx, dev.site_id)
+
+    def _push_site_check(self, at: float, idx: int, site: str) -> None:
+        # site checks share the device timer heap ("\x00" sorts before any device id)
+        heapq.heappush(self._heap, (at, f"\x00{idx}\x00{site}"))
 
     def site_retract(self, idx: int, dev: DeviceState) -> None:
         if dev.site_id is not None:
@@ -367,16 +384,19 @@ class Engine:
     def _site_check(self, idx: int, site: str, at: float) -> None:
         key = (idx, site)
         firing = self.site_firing.get(key)
-        if firing is None or at < firing[0]:
-            return
-        n = self._offline_at(key, at)
-        size = max(self.site_size(site), n)
-        if not self._site_threshold(n, size):
-            del self.site_firing[key]
-            self.emit_site(self.rules[idx], site, "resolved", at, n, size)
-            offs = self.site_off.get(key) or {}
+        if firing is not None and firing[0] <= at:
+            n = self._offline_at(key, at)
+            size = max(self.site_size(site), n)
+            if not self._site_threshold(n, size):
+                del self.site_firing[key]
+                self.emit_site(self.rules[idx], site, "resolved", at, n, size)
+        # intervals that ended by now cannot count at any later instant
+        offs = self.site_off.get(key)
+        if offs is not None:
             for d in [d for d, (_s, e) in offs.items() if e is not None and e <= at]:
                 del offs[d]
+            if not offs:
+                del self.site_off[key]
 
     # -- snapshots ---------------------------------------------------------------
     def encode_device(self, dev: DeviceState) -> bytes:
@@ -426,7 +446,8 @@ class Engine:
         return _enc.encode({
             "off": [[*rid[i], s, offs] for (i, s), offs in self.site_off.items() if offs],
             "firing": [[*rid[i], s, f] for (i, s), f in self.site_firing.items()],
-            "checks": [[at, *rid[i], s] for at, i, s in self._site_heap],
+            "checks": [[at, *rid[int(i)], s] for at, name in self._heap if name[0] == "\x00"
+                       for _, i, s in [name.split("\x00", 2)]],
             "watermark": None if self.watermark == -INF else self.watermark,
         })
 
@@ -443,7 +464,7 @@ class Engine:
         for at, r_id, ver, site in doc["checks"]:
             idx = self._rule_index.get((r_id, ver))
             if idx is not None:
-                heapq.heappush(self._site_heap, (at, idx, site))
+                self._push_site_check(at, idx, site)
         if doc.get("watermark") is not None:
             self.watermark = max(self.watermark, doc["watermark"])
 

@@ -116,10 +116,14 @@ class MatchKind(Kind):
         self.eng.emit(self.rule, dev, "resolved", at, key, {}, (event_id,) if event_id else ())
 
     def _gc(self, dev: DeviceState, inst: dict[str, list[Any]]) -> None:
-        # cleared keys are kept only to reject out-of-order raises; keep a bounded number
-        if len(inst) > 16:
+        # cleared keys are kept only to reject raises that arrive out of order: for the
+        # allowed lateness (at least 5 minutes), and at most 8 of them
+        horizon = dev.last_t - max(self.eng.lateness, 300.0)
+        for k in [k for k, st in inst.items() if st[0] is None and st[2] < horizon]:
+            del inst[k]
+        if len(inst) > 8:
             cleared = sorted((st[2], k) for k, st in inst.items() if st[0] is None)
-            for _at, k in cleared[: len(inst) - 16]:
+            for _at, k in cleared[: len(inst) - 8]:
                 del inst[k]
         if not inst:
             dev.rules.pop(self.idx, None)
@@ -180,7 +184,7 @@ class SustainedKind(Kind):
         cond = self.pred(data) and self._while_ok(dev)  # type: ignore[misc]
         value = data.get(self.first)
         if inst is None:
-            if cond:
+            if cond and self.eng.in_order:  # an out-of-order observation never starts a countdown
                 inst = dev.rules[self.idx] = [1, t, value, t]
                 if self.dur <= 0:
                     self._fire(dev, inst, t)
@@ -310,6 +314,8 @@ class AbsenceKind(Kind):
                     self.eng.site_offline(self.idx, dev, d)
             if inst[3] or inst[1] + self.wait > now:
                 return
+            if self.correlate and self.eng.from_event:
+                return  # the site decision needs every device's timers up to then: the watermark's job
             cause = self.eng.site_cause(self.idx, dev, inst[1] + self.wait) if self.correlate else None
             inst[3], inst[4] = True, cause
             self.eng.emit(self.rule, dev, "firing", inst[1], self.key(dev),
@@ -332,7 +338,7 @@ class CountKind(Kind):
         self.types = self.m.types
         self.thr = self.p["threshold"]
         self.window = self.p["window"]
-        self.cap = max(self.thr * 4, 64)
+        self.cap = self.thr  # firing and resolving depend only on the newest `threshold` times
 
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         if not self.m(etype, data):

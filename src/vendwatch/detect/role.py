@@ -89,6 +89,8 @@ class Detector:
         self._last_registry = 0.0
         self._last_lag = 0.0
         self._sites_loaded = False
+        # while re-evaluating after a crash: where the signals not yet seen again start
+        self._recovery_start: dict[int, int] | None = None
 
     # -- assignment ----------------------------------------------------------------
     def on_assign(self, parts: list[TopicPartition]) -> None:
@@ -141,6 +143,9 @@ class Detector:
                 start[p] = min(start.get(p, off), off)
         lg = self.ctx.log
         ends = lg.end_offsets(SIGNALS)
+        if self._recovery_start is not None:  # an earlier recovery had not finished
+            start = {p: min(o, self._recovery_start.get(p, o)) for p, o in start.items()}
+        self._recovery_start = start
         n = 0
         for p, off in start.items():
             while off < ends.get(p, 0):
@@ -237,6 +242,10 @@ class Detector:
         t0 = time.perf_counter()
         self.evaluate(recs)
         self.caught_up = len(recs) < self.s.batch_size
+        if self.caught_up and self.engine.suppress and self._at_end():
+            # everything is re-evaluated: ids left were not regenerated (another writer's)
+            self.engine.suppress.clear()
+            self._recovery_start = None
         self.engine.advance(self._clock())
         self.pending.extend(self.engine.drain())
         m.EVAL_SECONDS.observe(time.perf_counter() - t0)
@@ -246,6 +255,10 @@ class Detector:
         self._refresh_registry()
         self._observe()
         return len(recs)
+
+    def _at_end(self) -> bool:
+        ends = self.ctx.log.end_offsets(self.topic)
+        return all(self.positions.get(p, 0) >= ends.get(p, 0) for p in self.assigned)
 
     def flush(self) -> None:
         """Append pending signals durably to the signals topic (key = dedupe key)."""
@@ -272,6 +285,10 @@ class Detector:
                 size += len(blob)
                 rows.append((d, dev.part, blob))
         ends = self.ctx.log.end_offsets(SIGNALS)
+        if self.engine.suppress and self._recovery_start is not None:
+            # signals emitted before the crash are still ahead of us: a crash now must
+            # read them back again, so keep pointing at where they start
+            ends = self._recovery_start
         parts = {p: store.PartitionCheckpoint(offset=self.positions.get(p, 0), clock=self.clocks.get(p),
                                               signals_end=ends)
                  for p in (only if only is not None else self.assigned)}
