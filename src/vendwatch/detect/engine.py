@@ -47,13 +47,13 @@ class DeviceState:
     """Everything the engine remembers about one device (kept small: see docs, "State")."""
 
     __slots__ = ("device_id", "site_id", "part", "recent", "rpos", "last_t", "wake", "rules", "fields",
-                 "visit_start", "visit_end", "hb_interval", "hb_reported", "meta")
+                 "visit_start", "visit_end", "hb_interval", "hb_reported", "meta", "clears")
 
     def __init__(self, device_id: str, site_id: str | None, part: int) -> None:
         self.device_id = device_id
         self.site_id = site_id
         self.part = part
-        self.recent = array("I")  # crc32 of recent event ids, a ring once full
+        self.recent = bytearray()  # crc32 of recent event ids (4 bytes each), a ring once full
         self.rpos = 0
         self.last_t = -INF  # newest event time seen
         self.wake = INF  # earliest timer deadline (a heap entry exists for it)
@@ -64,6 +64,7 @@ class DeviceState:
         self.hb_interval: float | None = None  # heartbeat interval from the registry
         self.hb_reported: float | None = None  # heartbeat interval the device reports
         self.meta: dict[str, Any] | None = None  # registry meta (per-device overrides)
+        self.clears: array[float] | None = None  # newest clear time per match rule (Engine.clear_slot)
 
 
 class SiteOptions(msgspec.Struct, frozen=True):
@@ -89,6 +90,7 @@ class Engine:
         self.site = site or SiteOptions()
         self.recent_ids = recent_ids
         self.wall = wall or (lambda: datetime.now(UTC))
+        self._clear_slots: list[int] = []  # match rules with a clear condition, by slot
         self.kinds: list[Kind] = [KINDS[r.type](i, r, self) for i, r in enumerate(self.rules)]
         self._rule_index = {(r.id, r.version): i for i, r in enumerate(self.rules)}
         self._always: list[Kind] = [k for k in self.kinds if k.types is None]
@@ -119,6 +121,14 @@ class Engine:
         self.site_sizes: dict[str, int] = {}
         self._registry_sizes: dict[str, int] = {}
         self._sites_intern: dict[str, str] = {}
+
+    def clear_slot(self, idx: int) -> int:
+        """A slot in ``DeviceState.clears`` for match rule ``idx``."""
+        self._clear_slots.append(idx)
+        return len(self._clear_slots) - 1
+
+    def new_clears(self) -> array[float]:
+        return array("d", [-INF] * len(self._clear_slots))
 
     # -- registry ----------------------------------------------------------------
     def set_device_info(self, device_id: str, site_id: str | None = None,
@@ -158,15 +168,19 @@ class Engine:
         dev = self.devices.get(device_id)
         if dev is None:
             dev = self._device(device_id, site_id, part)
-        h = zlib.crc32(event_id.encode()) | 1  # 0 marks an empty slot
+        h = zlib.crc32(event_id.encode()).to_bytes(4, "little")
         rec = dev.recent
-        if h in rec:
-            self.duplicates += 1
-            return
-        if len(rec) < self.recent_ids:
-            rec.append(h)
+        pos = rec.find(h)
+        while pos >= 0:  # a hit must be aligned on an entry; others are byte coincidences
+            if pos % 4 == 0:
+                self.duplicates += 1
+                return
+            pos = rec.find(h, pos + 1)
+        if len(rec) < 4 * self.recent_ids:
+            rec += h
         else:
-            rec[dev.rpos] = h
+            i = 4 * dev.rpos
+            rec[i : i + 4] = h
             dev.rpos = (dev.rpos + 1) % self.recent_ids
         self.events += 1
         self.dirty.add(device_id)
@@ -402,15 +416,17 @@ class Engine:
     def encode_device(self, dev: DeviceState) -> bytes:
         rules = {self.rules[i].id: [self.rules[i].version, inst] for i, inst in dev.rules.items()}
         return _enc.encode([
-            _STATE_VERSION, dev.site_id, dev.part, list(dev.recent), dev.rpos,
+            _STATE_VERSION, dev.site_id, dev.part, bytes(dev.recent), dev.rpos,
             None if dev.last_t == -INF else dev.last_t, rules,
             None if dev.fields is None else {k: list(v) for k, v in dev.fields.items()},
             dev.visit_start, dev.visit_end, dev.hb_reported,
+            None if dev.clears is None else {self.rules[i].id: c for i, c in zip(self._clear_slots, dev.clears, strict=True)
+                                             if c != -INF},
         ])
 
     def restore_device(self, device_id: str, blob: bytes) -> DeviceState:
         """Load a device from ``encode_device`` output; state of rules removed or re-versioned is dropped."""
-        (ver, site_id, part, recent, rpos, last_t, rules, fields, vs, ve, hb) = _dec.decode(blob)
+        (ver, site_id, part, recent, rpos, last_t, rules, fields, vs, ve, hb, clears) = _dec.decode(blob)
         if ver != _STATE_VERSION:
             raise ValueError(f"device state version {ver} is not supported")
         old = self.devices.get(device_id)
@@ -418,7 +434,7 @@ class Engine:
             self.site_sizes[old.site_id] -= 1
         self.devices.pop(device_id, None)
         dev = self._device(device_id, site_id, part)
-        dev.recent = array("I", recent)
+        dev.recent = bytearray(recent)
         dev.rpos = rpos
         dev.last_t = -INF if last_t is None else last_t
         for rid, (rver, inst) in rules.items():
@@ -427,6 +443,12 @@ class Engine:
                 dev.rules[idx] = self.kinds[idx].restore(inst)
         dev.fields = None if fields is None else {k: (v[0], v[1]) for k, v in fields.items()}
         dev.visit_start, dev.visit_end, dev.hb_reported = vs, ve, hb
+        if clears:
+            dev.clears = self.new_clears()
+            slots = {self.rules[i].id: n for n, i in enumerate(self._clear_slots)}
+            for rid, c in clears.items():
+                if rid in slots:
+                    dev.clears[slots[rid]] = c
         wake = min((self.kinds[i].deadline(dev, inst) for i, inst in dev.rules.items()), default=INF)
         dev.wake = INF
         if wake < INF:

@@ -35,9 +35,12 @@ class Kind:
         self.rule = rule
         self.eng = eng
         self.p = rule.params
-        self.fixed_key = rule.dedupe_key if "{event" in rule.dedupe_key else None
+        # the common template is built by concatenation: keys are made for every match
+        self.prefix = f"{rule.id}/" if rule.dedupe_key == "{rule_id}/{device_id}" else None
 
     def key(self, dev: DeviceState, data: dict[str, Any] | None = None) -> str:
+        if self.prefix is not None:
+            return self.prefix + dev.device_id
         values: dict[str, Any] = {"rule_id": self.rule.id, "device_id": dev.device_id, "site_id": dev.site_id or ""}
         if data is not None:
             values["event"] = _Safe(data)
@@ -63,7 +66,9 @@ class Kind:
 class MatchKind(Kind):
     """Fires on a matching event, resolves on a clear event or after a quiet period.
 
-    inst: {dedupe_key: [firing_since | None, last_match_at, cleared_at | None]}
+    inst: {dedupe_key: [firing_since, last_match_at]} (firing keys only). The time of
+    the newest clear is kept per device and rule (``DeviceState.clears``) so that a
+    raise arriving out of order after a newer clear does not fire.
     """
 
     def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
@@ -73,74 +78,76 @@ class MatchKind(Kind):
         self.resolve_after = self.p["resolve_after"]
         self.visit = "visit_grace" in self.p
         self.types = frozenset().union(*(m.types for m in (*self.match, *self.clear)))
+        self.slot = eng.clear_slot(idx) if self.clear else -1
+        # per event type: the clear and match predicates that apply (routing done once)
+        self.route = {
+            t: (tuple((m.pred, m.all_keys) for m in self.clear if t in m.types),
+                tuple(m.pred for m in self.match if t in m.types))
+            for t in self.types
+        }
 
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        clears, matches = self.route[etype]
+        for pred, all_keys in clears:
+            if pred is None or pred(data):
+                self._on_clear(dev, all_keys, t, data, event_id)
+                return
+        for pred in matches:
+            if pred is None or pred(data):
+                self._on_match(dev, t, data, event_id)
+                return
+
+    def _on_clear(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
+        clears = dev.clears
+        if clears is None:
+            clears = dev.clears = self.eng.new_clears()
+        if t > clears[self.slot]:
+            clears[self.slot] = t
         inst = dev.rules.get(self.idx)
-        for m in self.clear:
-            if m(etype, data):
-                if inst:
-                    keys = list(inst) if m.all_keys else [self.key(dev, data)]
-                    for key in keys:
-                        st = inst.get(key)
-                        if st is not None and st[0] is not None and t >= st[0]:
-                            self._resolve(dev, inst, key, t, event_id)
-                        elif st is None and not m.all_keys:
-                            inst[key] = [None, t, t]  # remember: a late raise before this is stale
-                        elif st is not None and st[0] is None and (st[2] is None or t > st[2]):
-                            st[2] = t
-                    self._gc(dev, inst)
-                elif not m.all_keys:
-                    dev.rules[self.idx] = {self.key(dev, data): [None, t, t]}
-                return
-        for m in self.match:
-            if m(etype, data):
-                if self.visit and self.eng.in_visit(dev, t, self.p["visit_grace"], self.p["visit_max"]):
-                    return
-                if inst is None:
-                    inst = dev.rules[self.idx] = {}
-                key = self.key(dev, data)
-                st = inst.get(key)
-                if st is not None and st[0] is not None:
-                    st[1] = max(st[1], t)  # still firing: extends the quiet period
-                elif st is not None and st[2] is not None and t <= st[2]:
-                    return  # older than the clear we already saw (out of order)
-                else:
-                    inst[key] = [t, t, None]
-                    self.eng.emit(self.rule, dev, "firing", t, key, {}, (event_id,), event=data)
-                if self.resolve_after is not None:
-                    self.eng.schedule(dev, inst[key][1] + self.resolve_after)
-                return
+        if not inst:
+            return
+        for key in list(inst) if all_keys else (self.key(dev, data),):
+            st = inst.get(key)
+            if st is not None and t >= st[0]:
+                self._resolve(dev, inst, key, t, event_id)
+
+    def _on_match(self, dev: DeviceState, t: float, data: dict[str, Any], event_id: str) -> None:
+        eng = self.eng
+        if self.visit and eng.in_visit(dev, t, self.p["visit_grace"], self.p["visit_max"]):
+            return
+        if not eng.in_order and dev.clears is not None and t <= dev.clears[self.slot]:
+            return  # older than a clear we already saw
+        inst = dev.rules.get(self.idx)
+        if inst is None:
+            inst = dev.rules[self.idx] = {}
+        key = self.key(dev, data)
+        st = inst.get(key)
+        if st is not None:
+            if t > st[1]:
+                st[1] = t  # still firing: extends the quiet period
+        else:
+            st = inst[key] = [t, t]
+            eng.emit(self.rule, dev, "firing", t, key, {}, (event_id,), event=data)
+        if self.resolve_after is not None:
+            eng.schedule(dev, st[1] + self.resolve_after)
 
     def _resolve(self, dev: DeviceState, inst: dict[str, list[Any]], key: str, at: float, event_id: str | None) -> None:
-        inst[key] = [None, at, at]
-        self.eng.emit(self.rule, dev, "resolved", at, key, {}, (event_id,) if event_id else ())
-
-    def _gc(self, dev: DeviceState, inst: dict[str, list[Any]]) -> None:
-        # cleared keys are kept only to reject raises that arrive out of order: for the
-        # allowed lateness (at least 5 minutes), and at most 8 of them
-        horizon = dev.last_t - max(self.eng.lateness, 300.0)
-        for k in [k for k, st in inst.items() if st[0] is None and st[2] < horizon]:
-            del inst[k]
-        if len(inst) > 8:
-            cleared = sorted((st[2], k) for k, st in inst.items() if st[0] is None)
-            for _at, k in cleared[: len(inst) - 8]:
-                del inst[k]
+        del inst[key]
         if not inst:
-            dev.rules.pop(self.idx, None)
+            del dev.rules[self.idx]
+        self.eng.emit(self.rule, dev, "resolved", at, key, {}, (event_id,) if event_id else ())
 
     def deadline(self, dev: DeviceState, inst: dict[str, list[Any]]) -> float:
         if self.resolve_after is None:
             return INF
-        firing = [st[1] for st in inst.values() if st[0] is not None]
-        return min(firing) + self.resolve_after if firing else INF
+        return min(st[1] for st in inst.values()) + self.resolve_after
 
     def tick(self, dev: DeviceState, inst: dict[str, list[Any]], now: float) -> None:
         if self.resolve_after is None:
             return
         for key, st in sorted(inst.items()):
-            if st[0] is not None and st[1] + self.resolve_after <= now:
+            if st[1] + self.resolve_after <= now:
                 self._resolve(dev, inst, key, st[1] + self.resolve_after, None)
-        self._gc(dev, inst)
 
 
 # --- sustained -------------------------------------------------------------------------
@@ -481,19 +488,20 @@ class ChangeKind(Kind):
         self.get = self.p["get"]
         self.unless = self.p["unless"]
         self.types = self.of.types.union(*(m.types for m in self.unless))
+        self.unless_by_type = {t: tuple(m for m in self.unless if t in m.types) for t in self.types}
         self.within = self.p["unless_within"]
         self.min_m = self.p["min_distance_m"]
         self.resolve_after = self.p["resolve_after"]
 
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         inst = dev.rules.get(self.idx)
-        for m in self.unless:
-            if m(etype, data):
+        for m in self.unless_by_type.get(etype, ()):
+            if m.pred is None or m.pred(data):
                 if inst is None:
                     inst = dev.rules[self.idx] = [None, -INF, t, None, None]
                 elif inst[2] is None or t > inst[2]:
                     inst[2] = t
-        if not self.of(etype, data):
+        if etype not in self.of.types or (self.of.pred is not None and not self.of.pred(data)):
             return
         v = self.get(data)
         if v is None:
