@@ -25,7 +25,7 @@ import random
 import tempfile
 import time
 import tracemalloc
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -35,14 +35,13 @@ from vendwatch.detect.engine import Engine
 from vendwatch.detect.role import _data, _lean
 from vendwatch.detect.rules import load_ruleset
 
-T0 = datetime(2026, 3, 1, tzinfo=timezone.utc).timestamp()
+T0 = datetime(2026, 3, 1, tzinfo=UTC).timestamp()
 
 
 def fleet(devices: int, n_events: int, seed: int = 1) -> list[tuple[str, bytes]]:
     """``n_events`` records spread over ``devices`` machines, in time order."""
     rnd = random.Random(seed)
     per_dev = max(1, n_events // devices)
-    span = per_dev * 60.0  # about one event per device per minute
     out: list[tuple[float, str, bytes]] = []
     enc = msgspec.json.Encoder()
     for d in range(devices):
@@ -75,7 +74,7 @@ def fleet(devices: int, n_events: int, seed: int = 1) -> list[tuple[str, bytes]]
                 etype, data = "config", {"firmware_version": "1.4.2", "config_version": "7"}
             else:
                 etype, data = "log", {"kind": rnd.choice(["crash", "application"]), "level": "error", "message": "x"}
-            at = datetime.fromtimestamp(t, timezone.utc)
+            at = datetime.fromtimestamp(t, UTC)
             se = ev.StoredEvent(event_id=f"{dev}-{i}", device_id=dev, type=etype, occurred_at=at, received_at=at,
                                 data=msgspec.Raw(enc.encode(data)), site_id=site)
             out.append((t, dev, ev.encode(se)))
@@ -204,7 +203,7 @@ def main() -> None:
         {"what": f"decode + default pack ({len(rules.rules)} rules) + timers", "events/s": n / det},
     ]
     print(f"\nmachine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, Python {platform.python_version()}, "
-          f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC")
+          f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
     print(f"{'what':<58} {'events/s':>12}")
     for r in rows:
         print(f"{r['what']:<58} {r['events/s']:>12,.0f}")

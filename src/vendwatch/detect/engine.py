@@ -31,6 +31,7 @@ import msgspec
 
 from vendwatch.detect.kinds import KINDS, Kind
 from vendwatch.detect.rules import Rule, RuleSet, render
+from vendwatch.events import PAYLOADS
 from vendwatch.signals import Signal, signal_id
 
 INF = math.inf
@@ -91,6 +92,7 @@ class Engine:
         self.recent_ids = recent_ids
         self.wall = wall or (lambda: datetime.now(UTC))
         self._clear_slots: list[int] = []  # match rules with a clear condition, by slot
+        self._clears_template: array[float] = array("d")
         self.kinds: list[Kind] = [KINDS[r.type](i, r, self) for i, r in enumerate(self.rules)]
         self._rule_index = {(r.id, r.version): i for i, r in enumerate(self.rules)}
         self._always: list[Kind] = [k for k in self.kinds if k.types is None]
@@ -98,6 +100,7 @@ class Engine:
         for k in self.kinds:
             for t in k.types or ():
                 self._by_type.setdefault(t, []).append(k)
+        self._handlers = self._build_handlers()
         # fields whose last value 'while' conditions read, per event type
         self._tracked: dict[str, tuple[str, ...]] = {}
         for k in self.kinds:
@@ -122,13 +125,38 @@ class Engine:
         self._registry_sizes: dict[str, int] = {}
         self._sites_intern: dict[str, str] = {}
 
+    def _build_handlers(self) -> dict[str, Callable[..., None]]:
+        """One generated function per event type running every applicable rule in order.
+
+        Each kind contributes source with a cheap guard (``Kind.fast_src``), so an event
+        that cannot change a rule's state costs an inlined predicate, not a call.
+        """
+        out: dict[str, Callable[..., None]] = {}
+        for etype in [*PAYLOADS, None]:
+            kinds = self._always + (self._by_type.get(etype, []) if etype else [])
+            if not kinds:
+                continue
+            env: dict[str, Any] = {}
+            lines = ["def handle(dev, etype, t, d, eid):", "    R = dev.rules"]
+            for k in kinds:
+                name = f"K{k.idx}"
+                env[name] = k
+                src, kenv = k.fast_src(etype or "", name)
+                env.update(kenv)
+                lines += ["    " + line for line in src]
+            exec(compile("\n".join(lines), f"<detect handler {etype}>", "exec"), env)  # noqa: S102 - from validated rules
+            out[etype or ""] = env["handle"]
+        return out
+
     def clear_slot(self, idx: int) -> int:
         """A slot in ``DeviceState.clears`` for match rule ``idx``."""
         self._clear_slots.append(idx)
         return len(self._clear_slots) - 1
 
     def new_clears(self) -> array[float]:
-        return array("d", [-INF] * len(self._clear_slots))
+        if len(self._clears_template) != len(self._clear_slots):
+            self._clears_template = array("d", [-INF] * len(self._clear_slots))
+        return self._clears_template[:]
 
     # -- registry ----------------------------------------------------------------
     def set_device_info(self, device_id: str, site_id: str | None = None,
@@ -198,10 +226,9 @@ class Engine:
         tracked = self._tracked.get(etype)
         if tracked:
             self._track(dev, t, data, tracked)
-        for k in self._always:
-            k.on_event(dev, etype, t, data, event_id)
-        for k in self._by_type.get(etype, ()):
-            k.on_event(dev, etype, t, data, event_id)
+        handle = self._handlers.get(etype) or self._handlers.get("")
+        if handle is not None:
+            handle(dev, etype, t, data, event_id)
 
     @staticmethod
     def _track(dev: DeviceState, t: float, data: dict[str, Any], fields: tuple[str, ...]) -> None:

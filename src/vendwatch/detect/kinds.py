@@ -49,6 +49,25 @@ class Kind:
     def tracked_fields(self) -> dict[str, tuple[str, ...]]:
         return {}
 
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        """Source lines the engine inlines for ``etype`` (variables: dev, etype, t, d, eid, R).
+
+        The default calls ``on_event``; kinds add a cheap guard so that the common case
+        (the event cannot change this rule's state) costs no call at all.
+        """
+        return [f"{name}.on_event(dev, etype, t, d, eid)"], {}
+
+    def _guarded(self, preds: list[Any], name: str, extra: str | None = None) -> tuple[list[str], dict[str, Any]]:
+        if not preds or any(p is None for p in preds):
+            return Kind.fast_src(self, "", name)
+        env: dict[str, Any] = {}
+        for p in preds:
+            env.update(p.env)
+        guard = " or ".join(f"({p.src})" for p in preds)
+        if extra:
+            guard = f"{extra} or {guard}"
+        return [f"if {guard}:", f"    {name}.on_event(dev, etype, t, d, eid)"], env
+
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         raise NotImplementedError
 
@@ -86,6 +105,26 @@ class MatchKind(Kind):
             for t in self.types
         }
 
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        clears, matches = self.route[etype]
+        if any(p is None for p, _a in clears) or any(p is None for p in matches):
+            return super().fast_src(etype, name)
+        env: dict[str, Any] = {"NEW_CLEARS": self.eng.new_clears}
+        lines: list[str] = []
+        kw = "if"
+        for pred, all_keys in clears:
+            # a clear is recorded even when nothing fires (out-of-order raises check it)
+            env.update(pred.env)
+            lines += [f"{kw} {pred.src}:", "    c = dev.clears", "    if c is None:", "        c = dev.clears = NEW_CLEARS()",
+                      f"    if t > c[{self.slot}]:", f"        c[{self.slot}] = t",
+                      f"    if {self.idx} in R:", f"        {name}._on_clear(dev, {all_keys}, t, d, eid)"]
+            kw = "elif"
+        if matches:
+            for p in matches:
+                env.update(p.env)
+            lines += [f"{kw} " + " or ".join(f"({p.src})" for p in matches) + ":", f"    {name}._on_match(dev, t, d, eid)"]
+        return lines, env
+
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         clears, matches = self.route[etype]
         for pred, all_keys in clears:
@@ -98,11 +137,7 @@ class MatchKind(Kind):
                 return
 
     def _on_clear(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
-        clears = dev.clears
-        if clears is None:
-            clears = dev.clears = self.eng.new_clears()
-        if t > clears[self.slot]:
-            clears[self.slot] = t
+        self._record_clear(dev, t)
         inst = dev.rules.get(self.idx)
         if not inst:
             return
@@ -110,6 +145,13 @@ class MatchKind(Kind):
             st = inst.get(key)
             if st is not None and t >= st[0]:
                 self._resolve(dev, inst, key, t, event_id)
+
+    def _record_clear(self, dev: DeviceState, t: float) -> None:
+        clears = dev.clears
+        if clears is None:
+            clears = dev.clears = self.eng.new_clears()
+        if t > clears[self.slot]:
+            clears[self.slot] = t
 
     def _on_match(self, dev: DeviceState, t: float, data: dict[str, Any], event_id: str) -> None:
         eng = self.eng
@@ -173,6 +215,10 @@ class SustainedKind(Kind):
 
     def tracked_fields(self) -> dict[str, tuple[str, ...]]:
         return {t: self.while_fields for t in self.types} if self.while_fields else {}
+
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        # idle and the condition is false: nothing to do
+        return self._guarded([self.pred], name, extra=f"{self.idx} in R")
 
     def _while_ok(self, dev: DeviceState) -> bool:
         known = dev.fields
@@ -258,6 +304,13 @@ class AbsenceKind(Kind):
         self.meta_key = self.p["meta_key"]
         self.correlate = self.p["site_correlation"]
         self.wait = eng.site.wait_s if self.correlate else 0.0
+
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        if self.of is not None and self.of.pred is not None:
+            return super().fast_src(etype, name)
+        # the hot path (online device, newer event) inlined: it runs for every event
+        return [f"i = R.get({self.idx})", "if i is not None and i[1] is None:", "    if t > i[0]:", "        i[0] = t",
+                "else:", f"    {name}.on_event(dev, etype, t, d, eid)"], {}
 
     def timeout(self, dev: DeviceState) -> float:
         if self.meta_key and dev.meta:
@@ -347,6 +400,9 @@ class CountKind(Kind):
         self.window = self.p["window"]
         self.cap = self.thr  # firing and resolving depend only on the newest `threshold` times
 
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        return self._guarded([self.m.pred], name)
+
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         if not self.m(etype, data):
             return
@@ -408,6 +464,9 @@ class RatioKind(Kind):
         self.above = self.p["above"]
         self.clear_at = self.p["clear_at"]
         self.min_n = self.p["min_samples"]
+
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        return self._guarded([self.m.pred], name)
 
     def _evidence(self, bad: int, n: int) -> dict[str, Any]:
         return {"ratio": round(bad / n, 4) if n else 0.0, "bad": bad, "total": n, "threshold": self.above}

@@ -7,6 +7,7 @@ format is documented in docs/detection.md.
 
 from __future__ import annotations
 
+import itertools
 import re
 import string
 from collections.abc import Callable
@@ -52,6 +53,8 @@ Pred = Callable[[dict[str, Any]], bool]
 
 
 _NUMBER = (int, float)
+_SCALAR = (str, int, float, bool)
+_CONST_IDS = itertools.count()
 
 
 def _op_expr(op: str, arg: Any, where: str, consts: list[Any]) -> str:
@@ -63,7 +66,7 @@ def _op_expr(op: str, arg: Any, where: str, consts: list[Any]) -> str:
 
     def c(value: Any) -> str:
         consts.append(value)
-        return f"c{len(consts) - 1}"
+        return f"_k{next(_CONST_IDS)}_{len(consts) - 1}"
 
     def number(x: Any) -> bool:
         return isinstance(x, int | float) and not isinstance(x, bool)
@@ -87,7 +90,9 @@ def _op_expr(op: str, arg: Any, where: str, consts: list[Any]) -> str:
         if not isinstance(arg, list) or not arg or not all(isinstance(x, str | int | float) for x in arg):
             raise RuleError(f"{where}.{op}: expected a non-empty list of values, got {arg!r}")
         items = c(frozenset(arg))
-        return f"v in {items}" if op == "in" else f"(v is not None and v not in {items})"
+        if op == "in":
+            return f"(v.__class__ in SCALAR and v in {items})"
+        return f"(v is not None and (v.__class__ not in SCALAR or v not in {items}))"
     if op in ("outside", "between"):
         if not isinstance(arg, list) or len(arg) != 2 or not all(number(x) for x in arg) or arg[0] > arg[1]:
             raise RuleError(f"{where}.{op}: expected [low, high] numbers, got {arg!r}")
@@ -133,11 +138,13 @@ def compile_where(where: Any, types: tuple[str, ...], ctx: str) -> tuple[Pred | 
         raise RuleError(f"{ctx}: expected a mapping of field: condition, got {where!r}")
     known = _payload_fields(types)
     consts: list[Any] = []
-    lines = ["def pred(d):", "    try:"]
+    env: dict[str, Any] = {"NUM": _NUMBER, "SCALAR": _SCALAR}
+    parts = []
     for fname, cond in where.items():
         fw = f"{ctx}.{fname}"
         if not isinstance(fname, str) or fname.split(".")[0] not in known:
             raise RuleError(f"{fw}: unknown field for event type {'/'.join(types)} (known: {', '.join(sorted(known))})")
+        consts: list[Any] = []
         if isinstance(cond, dict):
             if not cond:
                 raise RuleError(f"{fw}: empty condition")
@@ -146,13 +153,23 @@ def compile_where(where: Any, types: tuple[str, ...], ctx: str) -> tuple[Pred | 
             exprs = [_op_expr("in", cond, fw, consts)]
         else:
             exprs = [_op_expr("eq", cond, fw, consts)]
-        consts.append(_getter(fname))
-        get = f"c{len(consts) - 1}(d)" if "." in fname else f"d.get({fname!r})"
-        lines += [f"        v = {get}", f"        if not ({' and '.join(exprs)}):", "            return False"]
-    lines += ["        return True", "    except TypeError:  # e.g. an unhashable value tested with `in`", "        return False"]
-    namespace: dict[str, Any] = {"NUM": _NUMBER, **{f"c{i}": v for i, v in enumerate(consts)}}
-    exec(compile("\n".join(lines), f"<rule predicate {ctx}>", "exec"), namespace)  # noqa: S102 - generated from validated rules
-    return namespace["pred"], tuple(where)
+        for e in exprs:  # bind the constants each expression names
+            for name in re.findall(r"_k\d+_\d+", e):
+                env[name] = consts[int(name.rsplit("_", 1)[1])]
+        if "." in fname:
+            gname = f"_g{next(_CONST_IDS)}"
+            env[gname] = _getter(fname)
+            get = f"{gname}(d)"
+        else:
+            get = f"d.get({fname!r})"
+        parts.append(f"((v := {get}) is v and {' and '.join(exprs)})")
+    expr = " and ".join(parts)
+    # predicates run for every event: generated straight-line code, and the same source
+    # is inlined by the engine into its per-event-type dispatch (engine._build_handlers)
+    pred = eval(compile(f"lambda d: {expr}", f"<rule predicate {ctx}>", "eval"), env)  # noqa: S307 - from validated rules
+    pred.src = expr
+    pred.env = env
+    return pred, tuple(where)
 
 
 @dataclass(frozen=True)
