@@ -51,7 +51,8 @@ CASES = [
     Case("offline", [hb(0), hb(5), hb(30), hb(38)], [("firing", 15), ("resolved", 30)],
          [hb(m) for m in range(0, 61, 5)], until=45),
     Case("heartbeat_missing", [hb(0), *[Ev(m, TEL, {"cpu_pct": 10}) for m in range(5, 45, 5)], hb(45)],
-         [("firing", 30), ("resolved", 45)], [hb(m) for m in range(0, 61, 10)], until=65),
+         # a machine that falls silent altogether is `offline`, not `heartbeat_missing`
+         [("firing", 30), ("resolved", 45)], [hb(0), Ev(5, TEL, {"cpu_pct": 10})], until=65),
     Case("overheating",
          [Ev(0, TEL, {"cabinet_temp_c": 50}), Ev(5, TEL, {"cabinet_temp_c": 52}), Ev(10, TEL, {"cabinet_temp_c": 51}),
           Ev(12, TEL, {"cabinet_temp_c": 30}), Ev(20, TEL, {"cabinet_temp_c": 30})],

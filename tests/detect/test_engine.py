@@ -28,6 +28,21 @@ def test_duplicate_after_clear_does_not_refire() -> None:
     assert transitions(run(evs, 30), "motor_jam") == [("firing", 0), ("resolved", 5)]
 
 
+def test_state_report_at_the_instant_of_a_raise_does_not_clear_it() -> None:
+    evs = [Ev(0, "fault", {"code": "motor_jam", "state": "raised"}), Ev(0, "telemetry", {"motor_status": "running"}),
+           Ev(1, "telemetry", {"motor_status": "jammed"}), Ev(30, "fault", {"code": "motor_jam", "state": "cleared"})]
+    assert transitions(run(evs, 40), "motor_jam") == [("firing", 0), ("resolved", 30)]
+
+
+def test_heartbeat_missing_needs_other_activity() -> None:
+    evs = [Ev(0, "heartbeat", {}), Ev(10, "telemetry", {"cpu_pct": 1}), Ev(50, "telemetry", {"cpu_pct": 1}),
+           Ev(55, "heartbeat", {})]
+    out = run(evs, 60)
+    # decided by the telemetry at 50, dated at the deadline (30)
+    assert transitions(out, "heartbeat_missing") == [("firing", 30), ("resolved", 55)]
+    assert [o.emitted_min for o in out if o.signal.rule_id == "heartbeat_missing"] == [50, 55]
+
+
 def test_out_of_order_clear_before_raise() -> None:
     # the clear (t=5) arrives before the older raise (t=0): the jam is already over
     evs = [Ev(5, "fault", {"code": "motor_jam", "state": "cleared"}, arrive=5),
@@ -181,3 +196,19 @@ def test_checkpoint_restore_gives_identical_signals() -> None:
         first = run([e for e in evs if e.t < cut], cut, engine=eng)
         second = run([e for e in evs if e.t >= cut], 400, engine=_restore_into_new(eng), start=cut)
         assert [(o.signal.signal_id, o.signal.caused_by) for o in first + second] == whole, cut
+
+
+def test_offline_again_after_coming_back_is_detected_on_time() -> None:
+    # regression: after a resolve the absence timer must be re-armed, not wait for an event
+    out = run([Ev(0, "heartbeat", {}), Ev(20, "heartbeat", {})], 45, site=SiteOptions(wait_s=60))
+    offline = [(o.signal.status, o.occurred_min, o.emitted_min) for o in out if o.signal.rule_id == "offline"]
+    assert offline == [("firing", 10, 11), ("resolved", 20, 20), ("firing", 30, 31)]
+
+
+def test_registry_shortening_the_timeout_moves_the_deadline() -> None:
+    eng = make_engine()
+    out = run([Ev(0, "heartbeat", {})], 1, engine=eng)
+    eng.set_device_info("VM-1", "S1", heartbeat_interval_s=60)  # now 3 minutes instead of 10
+    out += run([], 6, engine=eng, start=1)
+    assert [(o.signal.status, o.occurred_min, o.emitted_min) for o in out if o.signal.rule_id == "offline"] == [
+        ("firing", 3, 3)]

@@ -238,3 +238,26 @@ def test_summary_counts_signals_by_rule(reference: list[Signal], fleet: list[tup
     assert s["signals_fired"] == dict(Counter(x.rule_id for x in sigs if x.status == "firing"))
     assert s["signals_resolved"] == dict(Counter(x.rule_id for x in sigs if x.status == "resolved"))
     assert sum(s["signals_fired"].values()) > 0
+
+
+def test_metrics_follow_the_work(fleet: list[tuple[str, bytes]], tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    before = (value("vendwatch_detect_events_total", outcome="evaluated"),
+              value("vendwatch_detect_events_total", outcome="duplicate"),
+              value("vendwatch_detect_signals_total", rule="offline", status="firing"),
+              value("vendwatch_detect_eval_seconds_count"))
+    seed(tmp_path, fleet[:8000])
+    ctx = make_ctx(tmp_path)
+    det = Detector(ctx)
+    run_to_end(det)
+    evaluated = value("vendwatch_detect_events_total", outcome="evaluated") - before[0]
+    duplicates = value("vendwatch_detect_events_total", outcome="duplicate") - before[1]
+    assert evaluated + duplicates == 8000 and duplicates > 0
+    offline = [s for s in on_topic(ctx) if s.rule_id == "offline" and s.status == "firing"]
+    assert value("vendwatch_detect_signals_total", rule="offline", status="firing") - before[2] == len(offline)
+    assert value("vendwatch_detect_eval_seconds_count") > before[3]
+    assert value("vendwatch_detect_state_bytes") > 0

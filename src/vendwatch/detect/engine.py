@@ -29,7 +29,7 @@ from typing import Any
 
 import msgspec
 
-from vendwatch.detect.kinds import KINDS, Kind
+from vendwatch.detect.kinds import Kind, kind_for
 from vendwatch.detect.rules import Rule, RuleSet, render
 from vendwatch.events import PAYLOADS
 from vendwatch.signals import Signal, signal_id
@@ -93,19 +93,19 @@ class Engine:
         self.wall = wall or (lambda: datetime.now(UTC))
         self._clear_slots: list[int] = []  # match rules with a clear condition, by slot
         self._clears_template: array[float] = array("d")
-        self.kinds: list[Kind] = [KINDS[r.type](i, r, self) for i, r in enumerate(self.rules)]
+        self.kinds: list[Kind] = [kind_for(r)(i, r, self) for i, r in enumerate(self.rules)]
         self._rule_index = {(r.id, r.version): i for i, r in enumerate(self.rules)}
         self._always: list[Kind] = [k for k in self.kinds if k.types is None]
         self._by_type: dict[str, list[Kind]] = {}
         for k in self.kinds:
             for t in k.types or ():
                 self._by_type.setdefault(t, []).append(k)
-        self._handlers = self._build_handlers()
         # fields whose last value 'while' conditions read, per event type
         self._tracked: dict[str, tuple[str, ...]] = {}
         for k in self.kinds:
             for t, fs in k.tracked_fields().items():
                 self._tracked[t] = tuple(sorted(set(self._tracked.get(t, ())) | set(fs)))
+        self._handlers = self._build_handlers()
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
         self._heap: list[tuple[float, str]] = []
@@ -134,10 +134,17 @@ class Engine:
         out: dict[str, Callable[..., None]] = {}
         for etype in [*PAYLOADS, None]:
             kinds = self._always + (self._by_type.get(etype, []) if etype else [])
-            if not kinds:
-                continue
-            env: dict[str, Any] = {}
-            lines = ["def handle(dev, etype, t, d, eid):", "    R = dev.rules"]
+            env: dict[str, Any] = {"ENGINE": self}
+            lines = ["def handle(dev, etype, t, d, eid):", "    R = dev.rules", "    C = dev.clears"]
+            # device-level facts some rules read, kept before the rules run
+            if etype == "refill":
+                lines.append("    ENGINE._visit(dev, t, d)")
+            elif etype == "heartbeat":
+                lines += ["    iv = d.get('interval_s')", "    if iv and iv != dev.hb_reported:",
+                          "        dev.hb_reported = float(iv)", "        ENGINE.reschedule(dev)"]
+            tracked = self._tracked.get(etype or "")
+            if tracked:
+                lines.append(f"    ENGINE._track(dev, t, d, {tracked!r})")
             for k in kinds:
                 name = f"K{k.idx}"
                 env[name] = k
@@ -164,9 +171,10 @@ class Engine:
         """Per-device settings from the registry (heartbeat interval, meta overrides)."""
         self._info[device_id] = (site_id, heartbeat_interval_s, meta or None)
         dev = self.devices.get(device_id)
-        if dev is not None:
+        if dev is not None and (dev.hb_interval != heartbeat_interval_s or dev.meta != (meta or None)):
             dev.hb_interval = heartbeat_interval_s
             dev.meta = meta or None
+            self.reschedule(dev)  # a shorter timeout moves a deadline earlier
 
     def set_site_sizes(self, sizes: dict[str, int]) -> None:
         """Number of machines per site according to the registry (site correlation denominators)."""
@@ -217,15 +225,6 @@ class Engine:
         self.in_order = t >= dev.last_t  # kinds treat out-of-order events more carefully
         if self.in_order:
             dev.last_t = t
-        if etype == "refill":
-            self._visit(dev, t, data)
-        elif etype == "heartbeat":
-            iv = data.get("interval_s")
-            if iv:
-                dev.hb_reported = float(iv)
-        tracked = self._tracked.get(etype)
-        if tracked:
-            self._track(dev, t, data, tracked)
         handle = self._handlers.get(etype) or self._handlers.get("")
         if handle is not None:
             handle(dev, etype, t, data, event_id)
@@ -271,6 +270,11 @@ class Engine:
         if deadline < dev.wake:
             dev.wake = deadline
             heapq.heappush(self._heap, (deadline, dev.device_id))
+
+    def reschedule(self, dev: DeviceState) -> None:
+        """Re-arm ``dev`` after something other than its own rules moved a deadline earlier."""
+        d = min((self.kinds[i].deadline(dev, inst) for i, inst in dev.rules.items()), default=INF)
+        self.schedule(dev, d)
 
     def _tick_device(self, dev: DeviceState, now: float, from_event: bool = False) -> None:
         """Run the device's timers due at or before ``now``.

@@ -115,8 +115,8 @@ class MatchKind(Kind):
         for pred, all_keys in clears:
             # a clear is recorded even when nothing fires (out-of-order raises check it)
             env.update(pred.env)
-            lines += [f"{kw} {pred.src}:", "    c = dev.clears", "    if c is None:", "        c = dev.clears = NEW_CLEARS()",
-                      f"    if t > c[{self.slot}]:", f"        c[{self.slot}] = t",
+            lines += [f"{kw} {pred.src}:", "    if C is None:", "        C = dev.clears = NEW_CLEARS()",
+                      f"    if t > C[{self.slot}]:", f"        C[{self.slot}] = t",
                       f"    if {self.idx} in R:", f"        {name}._on_clear(dev, {all_keys}, t, d, eid)"]
             kw = "elif"
         if matches:
@@ -143,7 +143,9 @@ class MatchKind(Kind):
             return
         for key in list(inst) if all_keys else (self.key(dev, data),):
             st = inst.get(key)
-            if st is not None and t >= st[0]:
+            # strictly later: a state report at the very instant of the raise (often
+            # taken just before it) must not cancel it
+            if st is not None and t > st[0]:
                 self._resolve(dev, inst, key, t, event_id)
 
     def _record_clear(self, dev: DeviceState, t: float) -> None:
@@ -339,12 +341,14 @@ class AbsenceKind(Kind):
             if not inst[3]:  # a late event shows it was not silent: retract the pending offline
                 inst[0], inst[1], inst[2] = max(inst[0], t), None, None
                 self.eng.site_retract(self.idx, dev)
+                self.eng.schedule(dev, self.deadline(dev, inst))
             return
         if inst[2] is None:
             inst[2] = t
             self.eng.site_back(self.idx, dev, t)
             if inst[3]:
                 self._resolve(dev, inst)
+                self.eng.schedule(dev, self.deadline(dev, inst))  # the timer runs again
             return
         if t > inst[0]:
             inst[0] = t
@@ -383,6 +387,52 @@ class AbsenceKind(Kind):
             if inst[2] is None:
                 return
             self._resolve(dev, inst)
+
+
+class ActiveAbsenceKind(AbsenceKind):
+    """``require_activity: true``: no matching event for a timeout *while other events arrive*.
+
+    A machine that is entirely silent is the job of an ordinary absence rule (offline);
+    this one fires only when evidence of life arrives after the deadline, with
+    occurred_at = the deadline. No timer is needed: an event decides.
+
+    inst: [last_seen, offline_since | None, back_at | None, emitted, caused_by, deadline]
+    """
+
+    def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
+        super().__init__(idx, rule, eng)
+        self.of_types = self.types
+        self.types = None  # every event may be the evidence of life
+        self.wait = 0.0
+
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        own = self.of_types is None or etype in self.of_types
+        return [f"i = R.get({self.idx})", f"if {own} or (i is not None and (i[1] is not None or t >= i[5])):",
+                f"    {name}.on_event(dev, etype, t, d, eid)"], {}
+
+    def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
+        inst = dev.rules.get(self.idx)
+        if self.of is None or self.of(etype, data):
+            if inst is None:
+                dev.rules[self.idx] = [t, None, None, False, None, t + self.timeout(dev)]
+            elif inst[1] is not None and t > inst[1]:
+                inst[2] = t
+                self._resolve(dev, inst)
+                inst[5] = inst[0] + self.timeout(dev)
+            elif inst[1] is None and t > inst[0]:
+                inst[0], inst[5] = t, t + self.timeout(dev)
+            return
+        if inst is None or inst[1] is not None or t < inst[5]:
+            return
+        inst[1], inst[3] = inst[5], True
+        self.eng.emit(self.rule, dev, "firing", inst[5], self.key(dev),
+                      {"silent_for": self.timeout(dev), "last_seen": inst[0]}, (event_id,))
+
+    def deadline(self, dev: DeviceState, inst: list[Any]) -> float:
+        return INF
+
+    def tick(self, dev: DeviceState, inst: list[Any], now: float) -> None:
+        return
 
 
 # --- windows ---------------------------------------------------------------------------
@@ -466,7 +516,22 @@ class RatioKind(Kind):
         self.min_n = self.p["min_samples"]
 
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
-        return self._guarded([self.m.pred], name)
+        if self.m.pred is None or not self.last:
+            return self._guarded([self.m.pred], name)
+        return [f"if {self.m.pred.src}:", f"    {name}.sample_last(dev, t, d, eid)"], dict(self.m.pred.env)
+
+    def sample_last(self, dev: DeviceState, t: float, data: dict[str, Any], event_id: str) -> None:
+        """One sample of a last-N ratio (the matcher already passed)."""
+        inst = dev.rules.get(self.idx)
+        if inst is None:
+            inst = dev.rules[self.idx] = [0, 0, None]
+        bits = inst[0] = ((inst[0] << 1) | (1 if self.bad(data) else 0)) & self.mask  # type: ignore[misc]
+        n = inst[1] = min(inst[1] + 1, self.last)
+        if inst[2] is None:
+            if n >= self.min_n and bits and bits.bit_count() > self.above * n:
+                inst[2] = self._judge(dev, None, bits.bit_count(), n, t, event_id)
+        elif n < self.min_n or bits.bit_count() <= self.clear_at * n:
+            inst[2] = self._judge(dev, inst[2], bits.bit_count(), n, t, event_id)
 
     def _evidence(self, bad: int, n: int) -> dict[str, Any]:
         return {"ratio": round(bad / n, 4) if n else 0.0, "bad": bad, "total": n, "threshold": self.above}
@@ -552,6 +617,19 @@ class ChangeKind(Kind):
         self.min_m = self.p["min_distance_m"]
         self.resolve_after = self.p["resolve_after"]
 
+    def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
+        if self.unless_by_type.get(etype) or "." in self.p["field"] or self.min_m or etype not in self.of.types:
+            return super().fast_src(etype, name)
+        env: dict[str, Any] = {}
+        guard = "True"
+        if self.of.pred is not None:
+            guard, env = self.of.pred.src, dict(self.of.pred.env)
+        # the common case, an unchanged value, only moves the value's time
+        return [f"if {guard}:", f"    v = d.get({self.p['field']!r})", "    if v is not None:",
+                f"        i = R.get({self.idx})",
+                "        if i is not None and v == i[0] and t >= i[1]:", "            i[1] = t",
+                "        else:", f"            {name}.on_event(dev, etype, t, d, eid)"], env
+
     def on_event(self, dev: DeviceState, etype: str, t: float, data: dict[str, Any], event_id: str) -> None:
         inst = dev.rules.get(self.idx)
         for m in self.unless_by_type.get(etype, ()):
@@ -593,6 +671,13 @@ class ChangeKind(Kind):
         if inst[3] is not None and at <= now:
             inst[3] = None
             self.eng.emit(self.rule, dev, "resolved", at, self.key(dev), {"old": None, "new": inst[0]})
+
+
+def kind_for(rule: Rule) -> type[Kind]:
+    """The class evaluating ``rule``."""
+    if rule.type == "absence" and rule.params.get("require_activity"):
+        return ActiveAbsenceKind
+    return KINDS[rule.type]
 
 
 KINDS: dict[str, type[Kind]] = {

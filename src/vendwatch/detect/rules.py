@@ -259,7 +259,7 @@ _PER_TYPE = {
     "match": {"match", "clear", "resolve_after", "outside_visit"},
     "sustained": {"when", "while", "for", "clear_for"},
     "absence": {"of", "after", "interval_multiplier", "meta_key", "site_correlation", "site_rule_id",
-                "site_severity", "site_summary"},
+                "site_severity", "site_summary", "require_activity"},
     "count": {"count", "threshold", "window"},
     "ratio": {"of", "bad", "last", "window", "above", "clear_at_or_below", "min_samples"},
     "change": {"of", "field", "min_distance_m", "unless", "unless_within", "resolve_after"},
@@ -348,6 +348,13 @@ def _compile_params(r: dict[str, Any], ctx: str) -> dict[str, Any]:
         if not isinstance(sc, bool):
             raise RuleError(f"{ctx}: field 'site_correlation': expected true or false, got {sc!r}")
         p["site_correlation"] = sc
+        ra = r.get("require_activity", False)
+        if not isinstance(ra, bool):
+            raise RuleError(f"{ctx}: field 'require_activity': expected true or false, got {ra!r}")
+        if ra and (sc or r.get("of") is None):
+            raise RuleError(f"{ctx}: field 'require_activity': needs 'of' (other events are the activity)"
+                            " and cannot be combined with site_correlation")
+        p["require_activity"] = ra
         p["site_rule_id"] = r.get("site_rule_id") or f"site_{r['id']}"
         if not _ID_RE.match(p["site_rule_id"]):
             raise RuleError(f"{ctx}: field 'site_rule_id': must match {_ID_RE.pattern}")
