@@ -1,0 +1,121 @@
+"""Opening the Iceberg catalog and the lake's tables.
+
+Embedded: the pyiceberg SQL catalog in ``<data_dir>/lake/catalog.db`` (SQLite in WAL
+mode with a busy timeout, so the writer, the ETL and readers in other processes can
+share it) and a warehouse directory ``<data_dir>/lake/warehouse``. Scale-out: the same
+SQL catalog on PostgreSQL, or a REST / Glue catalog, with an ``s3://`` warehouse; only
+settings change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.table import Table
+
+from vendwatch.config import Settings
+from vendwatch.lake import schemas
+
+NAMESPACES = ("raw", "analytics")
+
+
+class LakeError(Exception):
+    """A lake operation cannot be done; the message says why."""
+
+
+def lake_dir(settings: Settings) -> Path:
+    return settings.data_path.resolve() / "lake"
+
+
+def warehouse_uri(settings: Settings) -> str:
+    wh = settings.lake.catalog.warehouse
+    if wh:
+        return wh if "://" in wh else Path(wh).resolve().as_uri()
+    return (lake_dir(settings) / "warehouse").as_uri()
+
+
+def local_warehouse(settings: Settings) -> Path | None:
+    """The warehouse directory when it is on local disk (DuckDB may read only there)."""
+    u = urlparse(warehouse_uri(settings))
+    return Path(u.path) if u.scheme == "file" else None
+
+
+def _catalog_properties(settings: Settings) -> dict[str, str]:
+    c = settings.lake.catalog
+    props: dict[str, str] = {"type": c.type, "warehouse": warehouse_uri(settings)}
+    if c.type == "sql":
+        if c.uri:
+            props["uri"] = c.uri
+        else:
+            path = lake_dir(settings) / "catalog.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # WAL lets readers run while the writer commits; set once, it persists in the file
+            with sqlite3.connect(path) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+            props["uri"] = f"sqlite:///{path}?timeout=30"
+    elif c.uri:
+        props["uri"] = c.uri
+    props.update(c.properties)
+    return props
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """Open the configured catalog and make sure the lake's namespaces exist."""
+    wh = local_warehouse(settings)
+    if wh is not None:
+        wh.mkdir(parents=True, exist_ok=True)
+    try:
+        cat = load_catalog(settings.lake.catalog.name, **_catalog_properties(settings))
+    except Exception as e:
+        raise LakeError(f"lake.catalog: cannot open {settings.lake.catalog.type} catalog: {e}") from e
+    engine = getattr(cat, "engine", None)
+    if engine is not None and engine.dialect.name == "sqlite":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    existing = {ns[0] for ns in cat.list_namespaces()}
+    for ns in NAMESPACES:
+        if ns not in existing:
+            try:
+                cat.create_namespace(ns)
+            except NamespaceAlreadyExistsError:
+                pass
+    return cat
+
+
+def ensure_table(cat: Catalog, name: str) -> Table:
+    """Load a lake table, creating it from its definition in ``schemas`` when absent."""
+    try:
+        return cat.load_table(name)
+    except NoSuchTableError:
+        pass
+    spec = schemas.TABLES.get(name)
+    if spec is None:
+        raise LakeError(f"unknown lake table {name!r}; known: {', '.join(sorted(schemas.TABLES))}")
+    try:
+        return cat.create_table(
+            name, schema=spec.schema, partition_spec=spec.partition_spec, properties=spec.properties
+        )
+    except Exception:
+        # another process created it first
+        return cat.load_table(name)
+
+
+def table_names(cat: Catalog) -> list[str]:
+    """Every table in the lake's namespaces, as ``namespace.table``."""
+    out = []
+    for ns in NAMESPACES:
+        try:
+            out.extend(".".join(ident) for ident in cat.list_tables(ns))
+        except Exception:
+            continue
+    return sorted(out)

@@ -1,0 +1,197 @@
+"""Raw-zone writing: log records to Arrow, and exactly-once commits to Iceberg.
+
+A commit to ``raw.events`` carries, in its snapshot summary, the next log offset of
+every partition it covers (``vendwatch.log-offsets``). Data files and offsets land in
+one atomic catalog commit, so after a crash the writer reads the offsets back and
+resumes exactly after the last committed record: nothing lost, nothing doubled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+
+import msgspec
+import pyarrow as pa
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.table import Table
+
+from vendwatch.bus.base import Record, TopicPartition
+from vendwatch.events import CATEGORY
+from vendwatch.lake.schemas import RAW_EVENTS, RAW_REJECTED
+
+log = logging.getLogger("vendwatch.lake.writer")
+
+OFFSETS_PROP = "vendwatch.log-offsets"
+WRITER_PROP = "vendwatch.writer"
+EVENTS_SCHEMA = RAW_EVENTS.arrow_schema()
+REJECTED_SCHEMA = RAW_REJECTED.arrow_schema()
+_UTC = pa.timestamp("us", tz="UTC")
+
+
+class _RawEvent(msgspec.Struct, kw_only=True):
+    """StoredEvent as the lake reads it: payload kept as raw bytes, replay marker seen."""
+
+    event_id: str
+    device_id: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    data: msgspec.Raw
+    seq: int | None = None
+    site_id: str | None = None
+    schema_version: int = 1
+    late: bool = False
+    replayed: bool = False  # set by `vendwatch replay`: already in raw.events
+
+
+class _RawRejected(msgspec.Struct, kw_only=True):
+    received_at: datetime
+    reason: str
+    device_id: str | None = None
+    event_id: str | None = None
+    index: int | None = None
+    raw: msgspec.Raw = msgspec.Raw(b"null")  # msgspec.Raw cannot be in a union with None
+
+
+_dec_event = msgspec.json.Decoder(_RawEvent)
+_dec_rejected = msgspec.json.Decoder(_RawRejected)
+
+
+class EventColumns:
+    """Column buffers for raw.events, filled record by record, turned into Arrow once."""
+
+    def __init__(self) -> None:
+        self.cols: dict[str, list[object]] = {f.name: [] for f in EVENTS_SCHEMA}
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.cols["event_id"])
+
+    def add(self, r: Record) -> bool:
+        """Add one log record; False when it is a replayed copy (already in the lake) or unreadable."""
+        try:
+            e = _dec_event.decode(r.value)
+        except msgspec.DecodeError:
+            log.error("undecodable record on %s/%d@%d skipped", r.topic, r.partition, r.offset)
+            return False
+        if e.replayed:
+            return False
+        c = self.cols
+        occurred = e.occurred_at.astimezone(timezone.utc)
+        c["event_id"].append(e.event_id)
+        c["device_id"].append(e.device_id)
+        c["site_id"].append(e.site_id)
+        c["type"].append(e.type)
+        c["category"].append(CATEGORY.get(e.type, "other"))
+        c["occurred_at"].append(occurred)
+        c["received_at"].append(e.received_at)
+        c["event_date"].append(occurred.date())
+        c["seq"].append(e.seq)
+        c["schema_version"].append(e.schema_version)
+        c["late"].append(e.late)
+        c["payload"].append(bytes(e.data).decode())
+        c["log_partition"].append(r.partition)
+        c["log_offset"].append(r.offset)
+        self.nbytes += len(r.value)
+        return True
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pydict(self.cols, schema=EVENTS_SCHEMA)
+
+
+class RejectedColumns:
+    def __init__(self) -> None:
+        self.cols: dict[str, list[object]] = {f.name: [] for f in REJECTED_SCHEMA}
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self.cols["reason"])
+
+    def add(self, r: Record) -> bool:
+        c = self.cols
+        try:
+            e = _dec_rejected.decode(r.value)
+            received, reason = e.received_at, e.reason
+            device_id, event_id, index = e.device_id, e.event_id, e.index
+            raw = None if bytes(e.raw) == b"null" else bytes(e.raw).decode(errors="replace")
+        except msgspec.DecodeError as err:
+            # keep even an unreadable quarantine record: the lake is the audit trail
+            received, reason = datetime.fromtimestamp(r.timestamp_ms / 1000, timezone.utc), f"undecodable: {err}"
+            device_id, event_id, index, raw = r.key or None, None, None, r.value.decode(errors="replace")
+        c["received_at"].append(received)
+        c["reason"].append(reason)
+        c["device_id"].append(device_id)
+        c["event_id"].append(event_id)
+        c["batch_index"].append(index)
+        c["raw"].append(raw)
+        c["log_partition"].append(r.partition)
+        c["log_offset"].append(r.offset)
+        self.nbytes += len(r.value)
+        return True
+
+    def to_arrow(self) -> pa.Table:
+        return pa.Table.from_pydict(self.cols, schema=REJECTED_SCHEMA)
+
+
+def encode_offsets(offsets: dict[TopicPartition, int]) -> str:
+    return msgspec.json.encode({f"{t}/{p}": o for (t, p), o in sorted(offsets.items())}).decode()
+
+
+def decode_offsets(raw: str) -> dict[TopicPartition, int]:
+    data: dict[str, int] = msgspec.json.decode(raw)
+    out = {}
+    for k, v in data.items():
+        t, _, p = k.rpartition("/")
+        out[(t, int(p))] = int(v)
+    return out
+
+
+def committed_offsets(table: Table) -> dict[TopicPartition, int]:
+    """Offsets of the newest writer commit among the current snapshot's ancestors.
+
+    Maintenance commits (compaction, retention) carry no offsets, so walk back to the
+    newest snapshot that does; maintenance never expires it (see maintain.py).
+    """
+    snap = table.current_snapshot()
+    while snap is not None:
+        props = snap.summary.additional_properties if snap.summary else {}
+        if OFFSETS_PROP in props:
+            return decode_offsets(props[OFFSETS_PROP])
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+    return {}
+
+
+class OffsetConflict(Exception):
+    """Another writer committed past this batch's start: the batch must be dropped and re-read."""
+
+
+def commit_batch(
+    table: Table,
+    data: pa.Table,
+    start: dict[TopicPartition, int],
+    end: dict[TopicPartition, int],
+    writer_id: str,
+    max_attempts: int = 20,
+) -> Table:
+    """Append ``data`` with the offsets it covers, re-checking offsets on every attempt.
+
+    ``start`` holds where this batch began per partition; if the table's committed
+    offsets for those partitions have moved elsewhere, another writer owns them now
+    and committing would double rows, so raise OffsetConflict instead.
+    """
+    for attempt in range(max_attempts):
+        table.refresh()
+        current = committed_offsets(table)
+        for tp, begin in start.items():
+            if current.get(tp, begin) != begin and tp in current:
+                raise OffsetConflict(f"{tp[0]}/{tp[1]}: lake has {current[tp]}, batch starts at {begin}")
+        merged = {**current, **end}
+        try:
+            table.append(data, snapshot_properties={OFFSETS_PROP: encode_offsets(merged), WRITER_PROP: writer_id})
+            return table
+        except CommitFailedException:
+            # a concurrent commit (maintenance, another writer): reload and re-check
+            time.sleep(min(0.05 * 2**attempt, 2.0))
+    raise CommitFailedException(f"{table.name()}: could not commit after {max_attempts} attempts")
