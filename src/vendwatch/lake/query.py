@@ -178,8 +178,15 @@ class LakeSQL:
         )
         return f"SELECT {select} FROM read_parquet({files}, union_by_name=true)", None
 
-    def connect(self, tables: Iterable[str], as_of: AsOf = None, lock: bool = True) -> tuple[duckdb.DuckDBPyConnection, dict[str, int | None]]:
-        """A DuckDB connection with views for ``tables``; locked read-only when ``lock``."""
+    def connect(
+        self, tables: Iterable[str], as_of: AsOf = None, lock: bool = True, pins: dict[str, int | None] | None = None
+    ) -> tuple[duckdb.DuckDBPyConnection, dict[str, int | None]]:
+        """A DuckDB connection with views for ``tables``; locked read-only when ``lock``.
+
+        ``pins`` reads some tables at given snapshots whatever ``as_of`` says (the ETL
+        pins raw.events so one run sees one consistent raw snapshot).
+        """
+        pins = pins or {}
         loaded: dict[str, Table] = {}
         for name in tables:
             try:
@@ -197,7 +204,7 @@ class LakeSQL:
         for ns in NAMESPACES:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
         for name, table in loaded.items():
-            sid = self._snapshot_for(table, as_of, as_of_ms)
+            sid = pins[name] if name in pins else self._snapshot_for(table, as_of, as_of_ms)
             snapshots[name] = sid
             sql, arrow = self._view_sql(table, sid)
             ns, tname = name.split(".", 1)

@@ -169,7 +169,7 @@ INVENTORY = _table(
         ("site_id", S, False),
         ("slot", S, True),
         ("product_id", S, False),
-        ("at", TS, True),
+        ("observed_at", TS, True),
         ("event_date", DATE, True),
         ("count", L, True),
         ("capacity", L, False),
