@@ -40,7 +40,7 @@ from pyiceberg.types import (
 )
 
 from vendwatch.config import Settings
-from vendwatch.lake import metrics
+from vendwatch.lake import metrics, schemas
 from vendwatch.lake.catalog import NAMESPACES, local_warehouse, open_catalog, table_names
 
 _TABLE_REF = re.compile(r'\b(' + "|".join(NAMESPACES) + r')\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
@@ -118,7 +118,7 @@ class LakeSQL:
         self.warehouse = local_warehouse(settings)
 
     def known_tables(self) -> list[str]:
-        return table_names(self.catalog)
+        return sorted(set(table_names(self.catalog)) | set(schemas.TABLES))
 
     # -- snapshots -------------------------------------------------------------
     def _snapshot_for(self, table: Table, as_of: AsOf, as_of_ts_ms: int | None) -> int | None:
@@ -148,21 +148,14 @@ class LakeSQL:
     # -- views -----------------------------------------------------------------
     def _view_sql(self, table: Table, snapshot_id: int | None) -> tuple[str, Any]:
         """SQL (or an Arrow object to register) that reads the table at ``snapshot_id``."""
-        schema = table.schema()
-        if snapshot_id is not None:
-            snap = table.snapshot_by_id(snapshot_id)
-            if snap is not None and snap.schema_id is not None:
-                schema = table.schemas().get(snap.schema_id, schema)
         # read with the table's current schema: columns added later read as NULL
         cur = table.schema()
-        cols = [(f.field_id, f.name, _DUCK_TYPES.get(type(f.field_type), "VARCHAR")) for f in cur.fields]
+        cols = [(f.field_id, f.name, _duck_type(f.field_type)) for f in cur.fields]
         if snapshot_id is None:
-            empty = ", ".join(f"CAST(NULL AS {t}) AS \"{n}\"" for _, n, t in cols)
-            return f"SELECT {empty} WHERE false", None
+            return _empty_select(cur.fields), None
         tasks = list(table.scan(snapshot_id=snapshot_id).plan_files())
         if not tasks:
-            empty = ", ".join(f"CAST(NULL AS {t}) AS \"{n}\"" for _, n, t in cols)
-            return f"SELECT {empty} WHERE false", None
+            return _empty_select(cur.fields), None
         if any(t.delete_files for t in tasks) or self.warehouse is None:
             # merge-on-read deletes or remote storage: let pyiceberg/pyarrow do the reading
             return "", table.scan(snapshot_id=snapshot_id).to_arrow()
@@ -188,11 +181,14 @@ class LakeSQL:
         """
         pins = pins or {}
         loaded: dict[str, Table] = {}
+        not_yet: list[str] = []
         for name in tables:
             try:
                 loaded[name] = self.catalog.load_table(name)
             except NoSuchTableError:
-                raise QueryError(f"no lake table {name}") from None
+                if name not in schemas.TABLES:
+                    raise QueryError(f"no lake table {name}") from None
+                not_yet.append(name)  # defined but never written (no ETL run yet): empty
         as_of_ms = self._as_of_ms(list(loaded.values()), as_of)
         cfg = self.settings.lake
         con = duckdb.connect(":memory:", config={
@@ -213,6 +209,10 @@ class LakeSQL:
                 con.register(reg, arrow)
                 sql = f"SELECT * FROM {reg}"
             con.execute(f'CREATE VIEW {ns}."{tname}" AS {sql}')
+        for name in not_yet:
+            ns, tname = name.split(".", 1)
+            con.execute(f'CREATE VIEW {ns}."{tname}" AS {_empty_select(schemas.TABLES[name].schema.fields)}')
+            snapshots[name] = None
         if lock:
             _lock_down(con, self.warehouse)
         return con, snapshots
@@ -253,6 +253,15 @@ class LakeSQL:
         finally:
             timer.cancel()
             con.close()
+
+
+def _duck_type(t: IcebergType) -> str:
+    return _DUCK_TYPES.get(type(t), "VARCHAR")
+
+
+def _empty_select(fields: Iterable[Any]) -> str:
+    cols = ", ".join(f'CAST(NULL AS {_duck_type(f.field_type)}) AS "{f.name}"' for f in fields)
+    return f"SELECT {cols} WHERE false"
 
 
 def _first_line(e: Exception) -> str:
