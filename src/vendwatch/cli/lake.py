@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from typing import Any
 
 import click
@@ -21,7 +21,7 @@ def _as_of(value: str | None) -> datetime | int | None:
         dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         raise click.BadParameter(f"{value!r} is neither a snapshot id nor an ISO 8601 timestamp", param_hint="--as-of") from None
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def _write(result: Any, fmt: str, output: str | None) -> None:
@@ -213,7 +213,7 @@ def lake_snapshots(env: Env, name: str) -> None:
         props = s.summary.additional_properties if s.summary else {}
         rows.append({
             "snapshot": s.snapshot_id,
-            "at": datetime.fromtimestamp(s.timestamp_ms / 1000, timezone.utc).isoformat(timespec="seconds"),
+            "at": datetime.fromtimestamp(s.timestamp_ms / 1000, UTC).isoformat(timespec="seconds"),
             "operation": s.summary.operation.value if s.summary else None,
             "added": props.get("added-records"), "total": props.get("total-records"),
             "by": props.get("vendwatch.maintenance") or ("writer" if "vendwatch.log-offsets" in props else
@@ -238,7 +238,7 @@ def replay(env: Env, start: datetime, end: datetime, device: str | None, dry_run
     """
     from vendwatch.lake import replay as rp
 
-    s, e = start.replace(tzinfo=timezone.utc), end.replace(tzinfo=timezone.utc)
+    s, e = start.replace(tzinfo=UTC), end.replace(tzinfo=UTC)
     if e <= s:
         raise click.BadParameter("--to must be after --from", param_hint="--to")
     if dry_run:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date
 from typing import Any
 
 import msgspec
@@ -50,14 +50,14 @@ def _query_error(e: QueryError) -> Response:
 
 
 def _as_of(v: str | int | None) -> Any:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     if v is None or isinstance(v, int):
         return v
     if v.isdigit():
         return int(v)
     dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
-    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
 def routes(ctx: Context) -> list[Route]:

@@ -9,6 +9,7 @@ settings change.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -85,10 +86,8 @@ def open_catalog(settings: Settings) -> Catalog:
     existing = {ns[0] for ns in cat.list_namespaces()}
     for ns in NAMESPACES:
         if ns not in existing:
-            try:
+            with contextlib.suppress(NamespaceAlreadyExistsError):  # another process was first
                 cat.create_namespace(ns)
-            except NamespaceAlreadyExistsError:
-                pass
     return cat
 
 

@@ -22,7 +22,7 @@ import uuid
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyiceberg.exceptions import CommitFailedException, ValidationException
@@ -99,12 +99,11 @@ def _rewrite(table: Table, tasks: list[FileScanTask]) -> tuple[int, int]:
 
     def commit() -> None:
         table.refresh()
-        with table.transaction() as tx:
-            with tx.update_snapshot(snapshot_properties={MAINT_PROP: "compaction"}).overwrite() as ov:
-                for f in new_files:
-                    ov.append_data_file(f)
-                for t in tasks:
-                    ov.delete_data_file(t.file)
+        with table.transaction() as tx, tx.update_snapshot(snapshot_properties={MAINT_PROP: "compaction"}).overwrite() as ov:
+            for f in new_files:
+                ov.append_data_file(f)
+            for t in tasks:
+                ov.delete_data_file(t.file)
 
     _retry(f"compact {'.'.join(table.name())}", commit)
     return len(tasks), len(new_files)
@@ -133,12 +132,12 @@ def apply_retention(table: Table, name: str, rules: dict[str, float], now: datet
         if etype:
             pred = And(pred, EqualTo("type", etype))
 
-        def delete(p: BooleanExpression = pred) -> None:
+        def delete(p: BooleanExpression = pred, k: str = key) -> None:
             table.refresh()
             with warnings.catch_warnings():
                 # "did not match any records" is the normal case once old days are gone
                 warnings.simplefilter("ignore", UserWarning)
-                table.delete(delete_filter=p, snapshot_properties={MAINT_PROP: f"retention {key}"})
+                table.delete(delete_filter=p, snapshot_properties={MAINT_PROP: f"retention {k}"})
 
         before = table.current_snapshot()
         _retry(f"retention {key}", delete)
@@ -245,7 +244,7 @@ def remove_orphans(table: Table, min_age_s: float) -> int:
 # -- the whole run ------------------------------------------------------------------------
 def maintain(settings: Settings, *, now: datetime | None = None, tables: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """Maintain every lake table (or ``tables``); returns what was done per table."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     cfg = settings.lake
     cat = open_catalog(settings)
     names = tables or list(schemas.TABLES)

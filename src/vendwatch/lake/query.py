@@ -18,7 +18,7 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import duckdb
@@ -136,7 +136,7 @@ class LakeSQL:
         if as_of is None:
             return None
         if isinstance(as_of, datetime):
-            dt = as_of if as_of.tzinfo else as_of.replace(tzinfo=timezone.utc)
+            dt = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
             return int(dt.timestamp() * 1000)
         for t in tables:
             snap = t.snapshot_by_id(as_of)

@@ -8,7 +8,7 @@ writer skips them, since they are already in ``raw.events``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 
@@ -22,7 +22,7 @@ _COLS = "event_id, device_id, type, occurred_at, received_at, payload, seq, site
 
 
 def _utc(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=timezone.utc)
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def iter_events(

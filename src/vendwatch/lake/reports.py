@@ -9,7 +9,7 @@ here from typed values, never from user text.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 from vendwatch.config import Settings
 from vendwatch.lake.query import LakeSQL, QueryError, QueryResult
@@ -124,11 +124,11 @@ REPORTS: dict[str, Report] = {r.name: r for r in [
         "refill-picklist",
         "Refill pick list per site: units to load per product (fill to capacity; days of stock left)",
         ("analytics.inventory", "analytics.transactions"),
-        f"""
+        """
         WITH latest AS (
             SELECT device_id, site_id, slot, product_id, count, capacity,
                 row_number() OVER (PARTITION BY device_id, slot ORDER BY observed_at DESC, source) AS rn
-            FROM analytics.inventory WHERE observed_at <= {{until_ts}}
+            FROM analytics.inventory WHERE observed_at <= {until_ts}
         ), cap AS (
             SELECT device_id, slot, max(capacity) AS capacity FROM analytics.inventory
             WHERE capacity IS NOT NULL GROUP BY device_id, slot
@@ -162,12 +162,12 @@ def report_sql(
     since: date | None = None, until: date | None = None,
 ) -> str:
     """The report's SQL with its parameters filled in as typed literals."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     lo = since or date(1970, 1, 1)
     hi = until or date(9999, 12, 31)
     until_ts = f"CAST('{hi.isoformat()} 23:59:59.999999+00' AS TIMESTAMPTZ)"
     return report.sql.format(
-        now=f"CAST('{now.astimezone(timezone.utc).isoformat()}' AS TIMESTAMPTZ)",
+        now=f"CAST('{now.astimezone(UTC).isoformat()}' AS TIMESTAMPTZ)",
         stale_s=float(stale_s),
         since=f"CAST('{lo.isoformat()}' AS DATE)",
         until=f"CAST('{hi.isoformat()}' AS DATE)",

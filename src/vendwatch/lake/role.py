@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from pyiceberg.table import Table
 
@@ -58,6 +60,11 @@ class LakeWriter:
         self.writer_id = f"{socket.gethostname()}:{os.getpid()}"
         self._consumer: Consumer | None = None
         self.sinks: dict[str, _TopicSink] = {}
+        # commits run in a second thread so Parquet encoding (which releases the GIL)
+        # overlaps with polling and decoding the next batch; one batch in flight at most
+        self._jobs: queue.Queue[tuple[_TopicSink, Any, dict[TopicPartition, int], dict[TopicPartition, int]] | None] = queue.Queue(maxsize=1)
+        self._failed: BaseException | None = None
+        self._committer: threading.Thread | None = None
 
     def _open(self) -> None:
         cat = open_catalog(self.ctx.settings)
@@ -113,35 +120,49 @@ class LakeWriter:
         for sink in self.sinks.values():
             if sink.pending() and (force or self._due(sink)):
                 self.flush(sink)
+        if force:
+            self._jobs.join()  # everything handed over is committed (or failed)
+        self._raise_if_failed()
 
     def flush(self, sink: _TopicSink) -> None:
-        """Commit the sink's buffer with its offsets (a batch of only replayed copies commits offsets alone)."""
-        n = len(sink.buf)
-        started = time.perf_counter()
-        data = sink.buf.to_arrow()
-        try:
-            commit_batch(sink.table, data, dict(sink.start), dict(sink.pos), self.writer_id)
-        except OffsetConflict as e:
-            log.warning("lake writer lost ownership, re-reading: %s", e)
-            self._reset(sink)
-            return
-        metrics.RAW_ROWS.labels(sink.table.name()[-1]).inc(n)
-        metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
-        log.debug("lake commit %s rows=%d", ".".join(sink.table.name()), n)
+        """Hand the sink's buffer and the offsets it covers to the committer thread."""
+        self._raise_if_failed()
+        self._jobs.put((sink, sink.buf, dict(sink.start), dict(sink.pos)))
         sink.start = dict(sink.pos)
         sink.buf = sink.new_buffer()
         sink.first_at = None
 
-    def _reset(self, sink: _TopicSink) -> None:
-        assert self._consumer is not None
-        sink.buf = sink.new_buffer()
-        sink.first_at = None
-        sink.table.refresh()
-        stored = committed_offsets(sink.table)
-        for tp in list(sink.pos):
-            off = stored.get(tp, sink.start[tp])
-            self._consumer.seek(tp[0], tp[1], off)
-            sink.start[tp] = sink.pos[tp] = off
+    def _raise_if_failed(self) -> None:
+        if self._failed is not None:
+            err, self._failed = self._failed, None
+            # the supervisor restarts the role, which re-reads the offsets from the lake:
+            # whatever was not committed is read again, nothing twice
+            raise RuntimeError(f"lake commit failed: {err}") from err
+
+    def _commit_loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                if self._failed is not None:
+                    continue  # after a failure nothing later may commit (offsets would skip)
+                sink, buf, start, end = job
+                started = time.perf_counter()
+                try:
+                    commit_batch(sink.table, buf.to_arrow(), start, end, self.writer_id)
+                except OffsetConflict as e:
+                    log.warning("lake writer lost ownership of a partition, re-reading: %s", e)
+                    self._failed = e
+                    continue
+                except BaseException as e:
+                    log.exception("lake commit failed")
+                    self._failed = e
+                    continue
+                metrics.RAW_ROWS.labels(sink.table.name()[-1]).inc(len(buf))
+                metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+            finally:
+                self._jobs.task_done()
 
     def run(self, stop: threading.Event) -> None:
         self._open()
@@ -150,6 +171,9 @@ class LakeWriter:
         self._consumer = c = self.ctx.log.consumer(
             "vendwatch-lake-writer", [EVENTS, REJECTED], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
+        self._failed = None
+        self._committer = threading.Thread(target=self._commit_loop, name="vw-lake-commit", daemon=True)
+        self._committer.start()
         try:
             while not stop.is_set():
                 recs = c.poll(10_000, 0.5)
@@ -157,9 +181,12 @@ class LakeWriter:
                     self.add(recs)
                 self.flush_all()
                 if not recs:
+                    self._jobs.join()
                     c.commit({tp: o for s in self.sinks.values() for tp, o in s.start.items()})
             self.flush_all(force=True)  # graceful stop: nothing left in memory
         finally:
+            self._jobs.put(None)
+            self._committer.join()
             c.close()
 
 

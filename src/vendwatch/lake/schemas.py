@@ -25,7 +25,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-S, L, I, D, B = StringType(), LongType(), IntegerType(), DoubleType(), BooleanType()
+S, L, INT, D, B = StringType(), LongType(), IntegerType(), DoubleType(), BooleanType()
 TS, DATE = TimestamptzType(), DateType()
 
 # Properties for every table: zstd Parquet, merge-on-read off (pyiceberg writes copy-on-write)
@@ -79,10 +79,10 @@ RAW_EVENTS = _table(
         ("received_at", TS, True),  # collector clock
         ("event_date", DATE, True),  # UTC date of occurred_at
         ("seq", L, False),
-        ("schema_version", I, True),
+        ("schema_version", INT, True),
         ("late", B, True),
         ("payload", S, True),  # the event's `data`, byte for byte (unknown fields included)
-        ("log_partition", I, True),
+        ("log_partition", INT, True),
         ("log_offset", L, True),
     ],
     [("occurred_at", DayTransform(), "occurred_day"), ("type", IdentityTransform(), "type")],
@@ -97,9 +97,9 @@ RAW_REJECTED = _table(
         ("reason", S, True),
         ("device_id", S, False),
         ("event_id", S, False),
-        ("batch_index", I, False),
+        ("batch_index", INT, False),
         ("raw", S, False),  # the refused element as received
-        ("log_partition", I, True),
+        ("log_partition", INT, True),
         ("log_offset", L, True),
     ],
     [("received_at", DayTransform(), "received_day")],
