@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -196,7 +197,10 @@ class Etl:
                 data = _conform(out, table)
                 day_filter = In("event_date", days) if days else AlwaysTrue()
                 if days:
-                    table.overwrite(data, overwrite_filter=day_filter, snapshot_properties=props)
+                    with warnings.catch_warnings():
+                        # a day with no rows yet is the normal case for an incremental overwrite
+                        warnings.simplefilter("ignore", UserWarning)
+                        table.overwrite(data, overwrite_filter=day_filter, snapshot_properties=props)
                 else:
                     # nothing new but the raw snapshot moved (maintenance): just remember it
                     table.append(data.slice(0, 0), snapshot_properties=props)
@@ -228,7 +232,9 @@ class Etl:
             if _prop(table, HASH_PROP) == digest:
                 rep.tables[name] = "unchanged"
                 continue
-            table.overwrite(data, snapshot_properties={HASH_PROP: digest})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                table.overwrite(data, snapshot_properties={HASH_PROP: digest})
             rep.tables[name] = f"{data.num_rows} rows"
 
     def _incidents(self) -> pa.Table:

@@ -98,12 +98,16 @@ class LakeWriter:
 
     def add(self, records: list[Record]) -> None:
         now = time.monotonic()
+        by_topic: dict[str, list[Record]] = {}
         for r in records:
-            sink = self.sinks.get(r.topic)
+            by_topic.setdefault(r.topic, []).append(r)
+        for topic, recs in by_topic.items():
+            sink = self.sinks.get(topic)
             if sink is None:
                 continue
-            sink.buf.add(r)
-            sink.pos[(r.topic, r.partition)] = r.offset + 1
+            sink.buf.add_many(recs)
+            for r in recs:
+                sink.pos[(r.topic, r.partition)] = r.offset + 1
             if sink.first_at is None:
                 sink.first_at = now
 

@@ -61,47 +61,69 @@ _dec_event = msgspec.json.Decoder(_RawEvent)
 _dec_rejected = msgspec.json.Decoder(_RawRejected)
 
 
+_dec_events = msgspec.json.Decoder(list[_RawEvent])
+
+
 class EventColumns:
-    """Column buffers for raw.events, filled record by record, turned into Arrow once."""
+    """Buffered raw.events rows: records are decoded a poll at a time, turned into Arrow once."""
 
     def __init__(self) -> None:
-        self.cols: dict[str, list[object]] = {f.name: [] for f in EVENTS_SCHEMA}
+        self.events: list[_RawEvent] = []
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
         self.nbytes = 0
 
     def __len__(self) -> int:
-        return len(self.cols["event_id"])
+        return len(self.events)
+
+    def add_many(self, records: list[Record]) -> int:
+        """Add log records; replayed copies (already in the lake) and unreadable records are skipped."""
+        try:
+            # one decoder call for the whole poll: far less per-record overhead than one each
+            decoded = _dec_events.decode(b"[" + b",".join(r.value for r in records) + b"]")
+        except msgspec.DecodeError:
+            decoded = [self._decode_one(r) for r in records]
+        n = 0
+        for r, e in zip(records, decoded, strict=True):
+            if e is None or e.replayed:
+                continue
+            self.events.append(e)
+            self.partitions.append(r.partition)
+            self.offsets.append(r.offset)
+            self.nbytes += len(r.value)
+            n += 1
+        return n
 
     def add(self, r: Record) -> bool:
-        """Add one log record; False when it is a replayed copy (already in the lake) or unreadable."""
+        return self.add_many([r]) == 1
+
+    @staticmethod
+    def _decode_one(r: Record) -> _RawEvent | None:
         try:
-            e = _dec_event.decode(r.value)
+            return _dec_event.decode(r.value)
         except msgspec.DecodeError:
             log.error("undecodable record on %s/%d@%d skipped", r.topic, r.partition, r.offset)
-            return False
-        if e.replayed:
-            return False
-        c = self.cols
-        c["event_id"].append(e.event_id)
-        c["device_id"].append(e.device_id)
-        c["site_id"].append(e.site_id)
-        c["type"].append(e.type)
-        c["category"].append(CATEGORY.get(e.type, "other"))
-        c["occurred_at"].append(e.occurred_at)
-        c["received_at"].append(e.received_at)
-        c["seq"].append(e.seq)
-        c["schema_version"].append(e.schema_version)
-        c["late"].append(e.late)
-        c["payload"].append(bytes(e.data).decode())
-        c["log_partition"].append(r.partition)
-        c["log_offset"].append(r.offset)
-        self.nbytes += len(r.value)
-        return True
+            return None
 
     def to_arrow(self) -> pa.Table:
-        cols = dict(self.cols)
-        for name in ("occurred_at", "received_at"):
-            cols[name] = _timestamps(cols[name])
-        cols["event_date"] = pc.cast(cols["occurred_at"], pa.date32())
+        evs = self.events
+        occurred = _timestamps([e.occurred_at for e in evs])
+        cols: dict[str, object] = {
+            "event_id": [e.event_id for e in evs],
+            "device_id": [e.device_id for e in evs],
+            "site_id": [e.site_id for e in evs],
+            "type": [e.type for e in evs],
+            "category": [CATEGORY.get(e.type, "other") for e in evs],
+            "occurred_at": occurred,
+            "received_at": _timestamps([e.received_at for e in evs]),
+            "event_date": pc.cast(occurred, pa.date32()),
+            "seq": [e.seq for e in evs],
+            "schema_version": [e.schema_version for e in evs],
+            "late": [e.late for e in evs],
+            "payload": [bytes(e.data).decode() for e in evs],
+            "log_partition": self.partitions,
+            "log_offset": self.offsets,
+        }
         return pa.Table.from_pydict(cols, schema=EVENTS_SCHEMA)
 
 
@@ -120,6 +142,11 @@ class RejectedColumns:
 
     def __len__(self) -> int:
         return len(self.cols["reason"])
+
+    def add_many(self, records: list[Record]) -> int:
+        for r in records:
+            self.add(r)
+        return len(records)
 
     def add(self, r: Record) -> bool:
         c = self.cols
