@@ -41,6 +41,7 @@ from pyiceberg.types import (
 
 from vendwatch.config import Settings
 from vendwatch.lake import metrics, schemas
+from vendwatch.lake.formats import normalize
 from vendwatch.lake.catalog import NAMESPACES, local_warehouse, open_catalog, table_names
 
 _TABLE_REF = re.compile(r'\b(' + "|".join(NAMESPACES) + r')\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
@@ -238,7 +239,7 @@ class LakeSQL:
                 n += b.num_rows
                 if n > limit:
                     break
-            out = pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit)
+            out = normalize(pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit))
             metrics.SQL_QUERIES.labels("ok").inc()
             return QueryResult(out, n > limit, snaps)
         except duckdb.InterruptException:

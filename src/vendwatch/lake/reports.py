@@ -125,26 +125,28 @@ REPORTS: dict[str, Report] = {r.name: r for r in [
         "Refill pick list per site: units to load per product (fill to capacity; days of stock left)",
         ("analytics.inventory", "analytics.transactions"),
         """
-        WITH latest AS (
-            SELECT device_id, site_id, slot, product_id, count, capacity,
-                row_number() OVER (PARTITION BY device_id, slot ORDER BY observed_at DESC, source) AS rn
-            FROM analytics.inventory WHERE observed_at <= {until_ts}
-        ), cap AS (
-            SELECT device_id, slot, max(capacity) AS capacity FROM analytics.inventory
-            WHERE capacity IS NOT NULL GROUP BY device_id, slot
+        WITH last AS (
+            -- newest observation per slot by aggregation + join (cheaper than a window sort)
+            SELECT device_id, slot, max(observed_at) AS at, max(capacity) AS capacity
+            FROM analytics.inventory WHERE observed_at <= {until_ts} GROUP BY device_id, slot
+        ), latest AS (
+            SELECT i.device_id, max(i.site_id) AS site_id, i.slot, max(i.product_id) AS product_id,
+                min(i.count) AS count, max(l.capacity) AS capacity
+            FROM analytics.inventory i
+            JOIN last l ON i.device_id = l.device_id AND i.slot = l.slot AND i.observed_at = l.at
+            GROUP BY i.device_id, i.slot
         ), recent AS (
             SELECT device_id, slot, count(*) / 7.0 AS sold_per_day FROM analytics.transactions
             WHERE sold AND event_time > (SELECT max(event_time) FROM analytics.transactions) - INTERVAL '7 days'
             GROUP BY device_id, slot
         ), need AS (
             SELECT l.site_id, l.device_id, l.product_id, l.count,
-                greatest(0, coalesce(l.capacity, c.capacity, l.count) - l.count) AS to_load,
+                greatest(0, coalesce(l.capacity, l.count) - l.count) AS to_load,
                 CASE WHEN coalesce(r.sold_per_day, 0) > 0 THEN l.count / r.sold_per_day END AS days_left
-            FROM latest l LEFT JOIN cap c ON c.device_id = l.device_id AND c.slot = l.slot
-            LEFT JOIN recent r ON r.device_id = l.device_id AND r.slot = l.slot
-            WHERE l.rn = 1
+            FROM latest l LEFT JOIN recent r ON r.device_id = l.device_id AND r.slot = l.slot
         )
-        SELECT site_id, product_id, sum(to_load) AS units_to_load, count(DISTINCT device_id) AS devices,
+        SELECT site_id, product_id, sum(to_load) AS units_to_load,
+            count(DISTINCT device_id) FILTER (WHERE to_load > 0) AS devices,
             count(*) FILTER (WHERE count = 0) AS empty_slots, min(days_left) AS min_days_left
         FROM need GROUP BY site_id, product_id HAVING sum(to_load) > 0
         ORDER BY site_id, units_to_load DESC, product_id
