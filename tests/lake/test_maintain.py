@@ -131,15 +131,17 @@ def test_maintenance_while_the_writer_runs(tmp_path):
         end = sum(ctx.log.end_offsets(EVENTS).values())
         deadline = time.monotonic() + 60
         raw = open_catalog(s).load_table("raw.events")
-        while time.monotonic() < deadline:
+        caught_up = False
+        while time.monotonic() < deadline and not caught_up:
             raw.refresh()
-            if sum(committed_offsets(raw).values()) >= end:
-                break
+            caught_up = sum(committed_offsets(raw).values()) >= end
             time.sleep(0.05)
+        assert th.is_alive(), "the writer died"
     finally:
         stop.set()
         th.join(30)
-    assert runs == 12
+    assert caught_up and runs == 12
+    assert len(raw.metadata.snapshots) > 1
     maintain(s, tables=["raw.events"])
     assert _count(s) == {"n": total, "d": total}
     ctx.close()

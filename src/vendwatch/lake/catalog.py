@@ -9,20 +9,21 @@ settings change.
 
 from __future__ import annotations
 
-import contextlib
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NamespaceAlreadyExistsError, NoSuchTableError
+from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
 
 from vendwatch.config import Settings
 from vendwatch.lake import schemas
 
 NAMESPACES = ("raw", "analytics")
+_INIT_LOCK = threading.Lock()
 
 
 class LakeError(Exception):
@@ -70,10 +71,17 @@ def open_catalog(settings: Settings) -> Catalog:
     wh = local_warehouse(settings)
     if wh is not None:
         wh.mkdir(parents=True, exist_ok=True)
-    try:
-        cat = load_catalog(settings.lake.catalog.name, **_catalog_properties(settings))
-    except Exception as e:
-        raise LakeError(f"lake.catalog: cannot open {settings.lake.catalog.type} catalog: {e}") from e
+    props = _catalog_properties(settings)
+    for attempt in range(3):
+        try:
+            with _INIT_LOCK:
+                cat = load_catalog(settings.lake.catalog.name, **props)
+            break
+        except Exception as e:
+            # two processes creating the catalog's own tables at once: the loser retries and finds them
+            if "already exists" in str(e) and attempt < 2:
+                continue
+            raise LakeError(f"lake.catalog: cannot open {settings.lake.catalog.type} catalog: {e}") from e
     engine = getattr(cat, "engine", None)
     if engine is not None and engine.dialect.name == "sqlite":
         from sqlalchemy import event
@@ -86,8 +94,12 @@ def open_catalog(settings: Settings) -> Catalog:
     existing = {ns[0] for ns in cat.list_namespaces()}
     for ns in NAMESPACES:
         if ns not in existing:
-            with contextlib.suppress(NamespaceAlreadyExistsError):  # another process was first
+            try:
                 cat.create_namespace(ns)
+            except Exception:
+                # another thread or process was first (SQLite reports that as an IntegrityError)
+                if (ns,) not in cat.list_namespaces():
+                    raise
     return cat
 
 
