@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 from starlette.applications import Starlette
 from starlette.testclient import TestClient
-
 from tests.lake.conftest import drain
 from tests.lake.factory import T0, day_of_events, publish, sale
+
 from vendwatch.bus import EVENTS
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli

@@ -7,9 +7,9 @@ from datetime import timedelta
 import msgspec
 import pytest
 from pyiceberg.schema import Schema
-
 from tests.lake.conftest import drain
 from tests.lake.factory import T0, heartbeat, inventory, publish, sale, stored, telemetry
+
 from vendwatch import events as ev
 from vendwatch.lake import etl as etl_mod
 from vendwatch.lake import schemas

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 from tests.lake.conftest import make_settings
 from tests.lake.factory import T0, heartbeat, publish, stored
+
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.lake.catalog import open_catalog

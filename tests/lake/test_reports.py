@@ -7,9 +7,9 @@ import io
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-
 from tests.lake.conftest import drain
 from tests.lake.factory import T0, heartbeat, inventory, publish, sale
+
 from vendwatch.lake import etl as etl_mod
 from vendwatch.lake import formats
 from vendwatch.lake.etl import Etl

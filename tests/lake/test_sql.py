@@ -8,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-
 from tests.lake.conftest import drain
 from tests.lake.factory import T0, day_of_events, publish, sale
+
 from vendwatch.lake import formats
 from vendwatch.lake.catalog import open_catalog
 from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout

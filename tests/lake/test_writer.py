@@ -9,10 +9,10 @@ import time
 from datetime import timedelta
 
 import msgspec
-
 from tests.conftest import vendwatch_cmd
 from tests.lake.conftest import drain, make_settings
 from tests.lake.factory import T0, day_of_events, heartbeat, publish, publish_rejected, sale
+
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.lake.catalog import open_catalog

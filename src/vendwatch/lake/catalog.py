@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -18,6 +19,7 @@ from urllib.parse import urlparse
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.exceptions import NoSuchTableError
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
 
 from vendwatch.config import Settings
 from vendwatch.lake import schemas
@@ -119,6 +121,27 @@ def ensure_table(cat: Catalog, name: str) -> Table:
     except Exception:
         # another process created it first
         return cat.load_table(name)
+
+
+def ancestors(table: Table) -> Iterator[Snapshot]:
+    """The current snapshot and its parents, newest first (stops where history was expired)."""
+    snap = table.current_snapshot()
+    while snap is not None:
+        yield snap
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+
+
+def newest_property(table: Table, key: str) -> str | None:
+    """The newest value of a snapshot-summary property among the current snapshot's ancestors.
+
+    Progress markers (log offsets, processed raw snapshot, content hash) live in snapshot
+    summaries; commits by others (compaction, retention) carry none, hence the walk.
+    """
+    for snap in ancestors(table):
+        props = snap.summary.additional_properties if snap.summary else {}
+        if key in props:
+            return props[key]
+    return None
 
 
 def table_names(cat: Catalog) -> list[str]:

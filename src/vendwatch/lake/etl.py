@@ -28,7 +28,7 @@ from pyiceberg.table import Table
 
 from vendwatch.config import Settings
 from vendwatch.lake import metrics, schemas, transforms
-from vendwatch.lake.catalog import ensure_table, open_catalog
+from vendwatch.lake.catalog import ensure_table, newest_property, open_catalog
 from vendwatch.lake.query import LakeSQL
 from vendwatch.runtime import load
 
@@ -59,17 +59,6 @@ class EtlReport:
     def to_dict(self) -> dict[str, Any]:
         return {"raw_snapshot": self.raw_snapshot, "days": self.days, "tables": self.tables,
                 "seconds": round(self.seconds, 3)}
-
-
-def _prop(table: Table, key: str) -> str | None:
-    """The newest value of a snapshot-summary property among the current snapshot's ancestors."""
-    snap = table.current_snapshot()
-    while snap is not None:
-        props = snap.summary.additional_properties if snap.summary else {}
-        if key in props:
-            return props[key]
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-    return None
 
 
 def evolve(table: Table, tdef: schemas.TableDef) -> bool:
@@ -170,7 +159,7 @@ class Etl:
         # tables remembering the same raw snapshot share one pass
         groups: dict[int | None, list[str]] = {}
         for name in DAILY:
-            seen = _prop(tables[name], RAW_SNAPSHOT_PROP)
+            seen = newest_property(tables[name], RAW_SNAPSHOT_PROP)
             last = int(seen) if seen else None
             if last == raw_sid and not full:
                 rep.tables[name] = "unchanged"
@@ -229,7 +218,7 @@ class Etl:
             table = tables[name]
             data = _conform(out, table)
             digest = content_hash(data)
-            if _prop(table, HASH_PROP) == digest:
+            if newest_property(table, HASH_PROP) == digest:
                 rep.tables[name] = "unchanged"
                 continue
             with warnings.catch_warnings():

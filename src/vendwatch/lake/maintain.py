@@ -29,11 +29,10 @@ from pyiceberg.exceptions import CommitFailedException, ValidationException
 from pyiceberg.expressions import And, BooleanExpression, EqualTo, LessThan
 from pyiceberg.io.pyarrow import ArrowScan, _dataframe_to_data_files
 from pyiceberg.table import FileScanTask, Table
-from pyiceberg.table.snapshots import Snapshot
 
 from vendwatch.config import Settings
 from vendwatch.lake import schemas
-from vendwatch.lake.catalog import ensure_table, local_warehouse, open_catalog
+from vendwatch.lake.catalog import ancestors, ensure_table, local_warehouse, open_catalog
 from vendwatch.lake.etl import HASH_PROP, RAW_SNAPSHOT_PROP
 from vendwatch.lake.writer import OFFSETS_PROP
 
@@ -148,19 +147,10 @@ def apply_retention(table: Table, name: str, rules: dict[str, float], now: datet
 
 
 # -- snapshot expiry ---------------------------------------------------------------------
-def _ancestors(table: Table) -> list[Snapshot]:
-    out = []
-    snap = table.current_snapshot()
-    while snap is not None:
-        out.append(snap)
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-    return out
-
-
 def protected_snapshots(table: Table, extra: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
     """Snapshots never expired: current back to the newest one carrying progress properties."""
     keep = set(extra)
-    for snap in _ancestors(table):
+    for snap in ancestors(table):
         keep.add(snap.snapshot_id)
         props = snap.summary.additional_properties if snap.summary else {}
         if any(p in props for p in _PROGRESS_PROPS):
@@ -255,7 +245,7 @@ def maintain(settings: Settings, *, now: datetime | None = None, tables: list[st
         t = loaded.get(n)
         if t is None:
             continue
-        for snap in _ancestors(t):
+        for snap in ancestors(t):
             props = snap.summary.additional_properties if snap.summary else {}
             if RAW_SNAPSHOT_PROP in props:
                 etl_raw.add(int(props[RAW_SNAPSHOT_PROP]))

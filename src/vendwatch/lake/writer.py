@@ -20,6 +20,7 @@ from pyiceberg.table import Table
 
 from vendwatch.bus.base import Record, TopicPartition
 from vendwatch.events import CATEGORY
+from vendwatch.lake.catalog import newest_property
 from vendwatch.lake.schemas import RAW_EVENTS, RAW_REJECTED
 
 log = logging.getLogger("vendwatch.lake.writer")
@@ -188,18 +189,9 @@ def decode_offsets(raw: str) -> dict[TopicPartition, int]:
 
 
 def committed_offsets(table: Table) -> dict[TopicPartition, int]:
-    """Offsets of the newest writer commit among the current snapshot's ancestors.
-
-    Maintenance commits (compaction, retention) carry no offsets, so walk back to the
-    newest snapshot that does; maintenance never expires it (see maintain.py).
-    """
-    snap = table.current_snapshot()
-    while snap is not None:
-        props = snap.summary.additional_properties if snap.summary else {}
-        if OFFSETS_PROP in props:
-            return decode_offsets(props[OFFSETS_PROP])
-        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
-    return {}
+    """Offsets of the newest writer commit (maintenance never expires it, see maintain.py)."""
+    raw = newest_property(table, OFFSETS_PROP)
+    return decode_offsets(raw) if raw else {}
 
 
 class OffsetConflict(Exception):
