@@ -209,18 +209,35 @@ class SqliteLog(Log):
                 [(group, t, p, o) for (t, p), o in offsets.items()],
             )
 
-    def enforce_retention(self, max_age_s: float) -> int:
+    def enforce_retention(self, max_age_s: float, chunk: int = 50_000) -> int:
+        """Drop records older than ``max_age_s`` from every topic, oldest first, in short transactions."""
         cutoff = int((time.time() - max_age_s) * 1000)
+        self._load_topics()
         dropped = 0
         for topic, n in list(self._topics.items()):
             for p in range(n):
                 t = _table(topic, p)
-                with self.transaction() as db:
-                    # keep the newest record so offsets never restart (AUTOINCREMENT also guards this)
-                    cur = db.execute(
-                        f"DELETE FROM {t} WHERE ts < ? AND offset < (SELECT max(offset) FROM {t})", (cutoff,)
-                    )
-                    dropped += cur.rowcount
+                # records are appended in time order, so the expired ones are a prefix: find
+                # its end by scanning only the prefix; the newest record is always kept so
+                # offsets never restart
+                row = self._conn().execute(
+                    f"SELECT coalesce((SELECT offset FROM {t} WHERE ts >= ? ORDER BY offset LIMIT 1),"
+                    f" (SELECT max(offset) FROM {t}))", (cutoff,),
+                ).fetchone()
+                if row is None or row[0] is None:
+                    continue
+                keep_from = row[0]
+                while True:
+                    with self.transaction() as db:
+                        cur = db.execute(
+                            f"DELETE FROM {t} WHERE offset IN"
+                            f" (SELECT offset FROM {t} WHERE offset < ? ORDER BY offset LIMIT ?)",
+                            (keep_from, chunk),
+                        )
+                        removed = cur.rowcount
+                    dropped += removed
+                    if removed < chunk:
+                        break
         return dropped
 
     def close(self) -> None:

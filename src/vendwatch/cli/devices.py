@@ -30,8 +30,9 @@ def devices() -> None:
 def add(env: Env, device_id: str, site_id: str | None, serial: str | None, model: str | None,
         location: str | None, heartbeat_interval: int | None, as_json: bool) -> None:
     """Register DEVICE_ID and print its token (shown once; only a hash is stored)."""
-    from vendwatch.events import Id  # validate the id like the protocol does
     import msgspec
+
+    from vendwatch.events import Id  # validate the id like the protocol does
 
     try:
         msgspec.convert(device_id, Id)

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import threading
 import time
 import zlib
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,9 +25,11 @@ from starlette.routing import Route
 
 from vendwatch import events as ev
 from vendwatch.bus.base import LogUnavailable
+from vendwatch.bus.retention import RetentionTask
+from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
-from vendwatch.ingest.sink import Pending, open_sink
+from vendwatch.ingest.sink import IngestSink, Pending, open_sink
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
@@ -33,6 +37,7 @@ from vendwatch.state.store import Device
 log = logging.getLogger("vendwatch.ingest")
 _batch_decoder = msgspec.json.Decoder(ev.Batch)
 _enc = msgspec.json.Encoder()
+_QUARANTINE_MAX = 65_536  # larger rejected events are kept as reason + ids only
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -45,42 +50,71 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 class _AuthCache:
-    """token -> device for a few seconds, so a busy device costs one DB lookup per TTL."""
+    """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
 
-    def __init__(self, ctx: Context, ttl_s: float = 5.0) -> None:
+    The price: a disabled device or an expired token keeps working up to ``ttl_s``
+    (``ingest.auth_cache_s``; 0 disables the cache).
+    """
+
+    max_entries = 200_000
+
+    def __init__(self, ctx: Context, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.ttl = ttl_s
+        self.clock = clock
         self._c: dict[str, tuple[float, Device | None]] = {}
 
     def get(self, token: str) -> Device | None:
-        now = time.monotonic()
+        now = self.clock()
         hit = self._c.get(token)
-        if hit and hit[0] > now:
+        if hit is not None and hit[0] > now:
             return hit[1]
         dev = self.ctx.state.authenticate_device(token)
-        if len(self._c) > 200_000:
-            self._c.clear()
-        self._c[token] = (now + self.ttl, dev)
+        if self.ttl > 0:
+            if len(self._c) >= self.max_entries:
+                self._c.clear()  # bounded memory, also against floods of made-up tokens
+            self._c[token] = (now + self.ttl, dev)
         return dev
 
 
 class Collector:
+    """The ``POST /v1/events`` endpoint and the machinery behind it (group commit, housekeeping)."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         s = ctx.settings.ingest
         self.s = s
-        self.auth = _AuthCache(ctx)
+        self.auth = _AuthCache(ctx, s.auth_cache_s)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
         self.committer: GroupCommitter | None = None
+        self.sink: IngestSink | None = None
+        self._housekeeping_stop = threading.Event()
+        self._housekeeping: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self.committer is None:
-            sink = open_sink(self.ctx.log, self.ctx.settings)
-            self.committer = GroupCommitter(sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
-            self.committer.on_commit = lambda n, secs: m.LOG_APPEND_SECONDS.observe(secs)
-            self.committer.start()
+    def start(self, sink: IngestSink | None = None) -> None:
+        """Open the sink (rebuilding the dedupe index), start group commit and housekeeping."""
+        if self.committer is not None:
+            return
+        self.sink = sink or open_sink(self.ctx.log, self.ctx.settings)
+        self.sink.warm()
+        self.committer = GroupCommitter(self.sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
+        self.committer.on_commit = _observe_commit
+        self.committer.start()
+        index = getattr(self.sink, "index", None)
+        if index is not None:
+            im.DEDUPE_KEYS.set_function(index.__len__)
+        bus = self.ctx.settings.bus
+        task = RetentionTask(self.ctx.log, bus.retention_hours * 3600, bus.retention_check_s, also=self._maintain)
+        self._housekeeping = threading.Thread(target=task.run, args=(self._housekeeping_stop,),
+                                              name="vw-ingest-housekeeping", daemon=True)
+        self._housekeeping.start()
+
+    def _maintain(self) -> None:
+        if self.committer is not None and self.sink is not None:
+            self.committer.call(self.sink.maintain)  # the index belongs to the commit thread
 
     def stop(self) -> None:
+        self._housekeeping_stop.set()
         if self.committer is not None:
             self.committer.stop()
 
@@ -141,8 +175,10 @@ class Collector:
             batch = _batch_decoder.decode(body)
         except msgspec.ValidationError as e:
             return _error(400, "invalid_body", f"body must be {{\"events\": [...]}}: {e}")
-        except msgspec.DecodeError as e:
+        except (msgspec.DecodeError, UnicodeDecodeError) as e:
             return _error(400, "invalid_json", f"body is not valid JSON: {e}")
+        except RecursionError:
+            return _error(400, "invalid_json", "body is nested too deeply")
         n = len(batch.events)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
@@ -165,20 +201,24 @@ class Collector:
         in_batch_dups = 0
 
         def reject(i: int, raw: msgspec.Raw, reason: str, code: str, event_id: str | None) -> None:
-            rejected_out.append({"index": i, "event_id": event_id, "reason": reason})
+            rejected_out.append({"index": i, "event_id": event_id, "code": code, "reason": reason})
             m.INGEST_EVENTS.labels(outcome="rejected", reason=code).inc()
             quarantine.append((device.device_id, _enc.encode(ev.RejectedEvent(
-                received_at=now, reason=reason, device_id=device.device_id, event_id=event_id, index=i,
-                raw=raw if len(raw) <= 65_536 else None))))
+                received_at=now, reason=reason, code=code, device_id=device.device_id, event_id=event_id, index=i,
+                raw=_quarantine_copy(raw)))))
 
+        max_event = self.s.max_event_bytes
         for i, raw in enumerate(batch.events):
+            if len(raw) > max_event:
+                reject(i, raw, f"event is {len(raw)} bytes; the limit is {max_event}", "too_large", _peek_event_id(raw))
+                continue
             try:
                 e = ev.decode_device_event(raw)
             except msgspec.ValidationError as err:
                 reject(i, raw, str(err), "schema", _peek_event_id(raw))
                 continue
-            except msgspec.DecodeError as err:
-                reject(i, raw, f"not a JSON object: {err}", "schema", None)
+            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
+                reject(i, raw, f"not a valid JSON event: {err}", "schema", _peek_event_id(raw))
                 continue
             if e.device_id != device.device_id:
                 reject(i, raw, f"device_id {e.device_id!r} does not match the authenticated device {device.device_id!r}",
@@ -207,7 +247,7 @@ class Collector:
         assert self.committer is not None
         try:
             fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError, asyncio.TimeoutError) as e:
+        except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
                           {"Retry-After": "5"})
@@ -224,10 +264,28 @@ class Collector:
         return _json(200, {"accepted": n_new, "duplicates": n_dup, "rejected": rejected_out})
 
 
+def _observe_commit(events: int, requests: int, seconds: float) -> None:
+    m.LOG_APPEND_SECONDS.observe(seconds)
+    im.GROUP_COMMIT_EVENTS.observe(events)
+    im.GROUP_COMMIT_REQUESTS.observe(requests)
+
+
+def _quarantine_copy(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """The event as sent, for audit; a JSON string with escapes when it is not valid UTF-8."""
+    if len(raw) > _QUARANTINE_MAX:
+        return None
+    data = bytes(raw)
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return msgspec.Raw(_enc.encode(data.decode("utf-8", "backslashreplace")))
+    return raw
+
+
 def _peek_event_id(raw: msgspec.Raw) -> str | None:
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
     eid = obj.get("event_id") if isinstance(obj, dict) else None
     return eid[:128] if isinstance(eid, str) else None
