@@ -129,10 +129,16 @@ def serve_app(app: Any) -> Iterator[str]:
 
 
 @contextmanager
-def running(data_dir: Path, roles: tuple[str, ...] = ("collector", "console"), **overrides: Any) -> Iterator[Harness]:
-    """Start the real app (lifespan included) under uvicorn; yields a Harness with an HTTP client."""
+def running(data_dir: Path, roles: tuple[str, ...] = ("collector", "console"), sink: Any = None,
+            **overrides: Any) -> Iterator[Harness]:
+    """Start the real app (lifespan included) under uvicorn; yields a Harness with an HTTP client.
+
+    ``sink`` replaces the collector's log sink (to make the log fail on purpose).
+    """
     ctx = Context(settings(data_dir, **overrides))
     app = build_app(ctx, list(roles))
+    if sink is not None:
+        ctx.extras["collector"].start(sink=sink)
     try:
         with serve_app(app) as url, httpx.Client(base_url=url, timeout=30) as client:
             yield Harness(ctx, client)
