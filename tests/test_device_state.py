@@ -10,8 +10,8 @@ from typing import Any
 
 import msgspec
 import pytest
-
 from tests.ingest_support import ago, event, running, settings
+
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.runtime import Context

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from tests.ingest_support import Harness, ago, event, running
+
 from vendwatch.bus import EVENTS, REJECTED
 
 

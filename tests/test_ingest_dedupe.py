@@ -6,8 +6,8 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from tests.ingest_support import read_all
+
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS, REJECTED
 from vendwatch.bus.sqlite import SqliteLog

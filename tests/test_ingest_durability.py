@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-
 from tests.ingest_support import event, running
+
 from vendwatch.bus.base import LogUnavailable
 from vendwatch.ingest.sink import IngestSink, Pending
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from tests.ingest_support import event, running, settings
+
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli
 from vendwatch.state import open_state
@@ -167,8 +167,8 @@ def test_require_refuses_a_lower_role_with_403(data_dir: Path) -> None:
     import httpx
     from starlette.applications import Starlette
     from starlette.routing import Route
-
     from tests.ingest_support import serve_app
+
     from vendwatch.api.auth import json_response, require
     from vendwatch.runtime import Context
 
