@@ -34,6 +34,19 @@ def _table(topic: str, partition: int) -> str:
     return f"log_{topic}_p{partition}"
 
 
+# multi-row INSERTs: about twice the rows/s of executemany (one statement, and one
+# AUTOINCREMENT bookkeeping write, per chunk instead of per row)
+_ROWS_PER_INSERT = 8000 if sqlite3.sqlite_version_info >= (3, 32, 0) else 240  # 4 params per row
+
+
+def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> None:
+    step = _ROWS_PER_INSERT * 4
+    for k in range(0, len(params), step):
+        chunk = params[k : k + step]
+        db.execute(f"INSERT INTO {table}(offset, ts, key, value) VALUES "
+                   + ",".join(["(?,?,?,?)"] * (len(chunk) // 4)), chunk)
+
+
 class SqliteLog(Log):
     def __init__(self, path: str | Path, default_partitions: int = 4, busy_timeout_ms: int = 10_000) -> None:
         self.path = str(path)
@@ -129,19 +142,23 @@ class SqliteLog(Log):
                 continue
             n = self._parts(topic)
             by_part: dict[int, list[int]] = {}
+            part_of: dict[str, int] = {}  # batches repeat keys (one device per request)
             for i, (key, _v) in enumerate(items):
-                by_part.setdefault(partition_for(key, n), []).append(i)
+                p = part_of.get(key)
+                if p is None:
+                    p = part_of[key] = partition_for(key, n)
+                by_part.setdefault(p, []).append(i)
             result: list[TopicPartition] = [(0, 0)] * len(items)
             for p, idxs in by_part.items():
                 t = _table(topic, p)
                 (last,) = db.execute(f"SELECT coalesce(max(offset), (SELECT seq FROM sqlite_sequence WHERE name=?), 0) FROM {t}", (t,)).fetchone()
-                rows = []
+                params: list[object] = []
                 for j, i in enumerate(idxs):
                     off = last + 1 + j
                     key, value = items[i]
-                    rows.append((off, now, key, value))
+                    params += (off, now, key, value)
                     result[i] = (p, off)
-                db.executemany(f"INSERT INTO {t}(offset, ts, key, value) VALUES (?,?,?,?)", rows)
+                _insert_rows(db, t, params)
             out[topic] = result
         return out
 

@@ -15,7 +15,6 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -29,15 +28,14 @@ from vendwatch.bus.retention import RetentionTask
 from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
-from vendwatch.ingest.sink import IngestSink, Pending, open_sink
+from vendwatch.ingest.sink import IngestSink, open_sink
+from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
 
 log = logging.getLogger("vendwatch.ingest")
-_batch_decoder = msgspec.json.Decoder(ev.Batch)
 _enc = msgspec.json.Encoder()
-_QUARANTINE_MAX = 65_536  # larger rejected events are kept as reason + ids only
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -86,6 +84,7 @@ class Collector:
         self.s = s
         self.auth = _AuthCache(ctx, s.auth_cache_s)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
+        self.validator = Validator(s)
         self.committer: GroupCommitter | None = None
         self.sink: IngestSink | None = None
         self._housekeeping_stop = threading.Event()
@@ -172,14 +171,10 @@ class Collector:
         if ctype not in ("application/json", ""):
             return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype}")
         try:
-            batch = _batch_decoder.decode(body)
-        except msgspec.ValidationError as e:
-            return _error(400, "invalid_body", f"body must be {{\"events\": [...]}}: {e}")
-        except (msgspec.DecodeError, UnicodeDecodeError) as e:
-            return _error(400, "invalid_json", f"body is not valid JSON: {e}")
-        except RecursionError:
-            return _error(400, "invalid_json", "body is nested too deeply")
-        n = len(batch.events)
+            parsed = parse(body)
+        except BodyError as e:
+            return _error(e.status, e.code, e.message)
+        n = len(parsed)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
         wait = self.buckets.take(device.device_id, max(n, 1))
@@ -188,63 +183,17 @@ class Collector:
             retry = max(1, int(wait + 0.999))
             return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
                           {"Retry-After": str(retry)})
-
-        now = ev.utcnow()
-        future_limit = now + timedelta(seconds=self.s.max_future_skew_s)
-        late_limit = now - timedelta(seconds=self.s.late_after_s)
-        oldest = now - timedelta(days=self.s.max_age_days)
-        accepted: list[Pending] = []
-        acc_index: list[int] = []
-        rejected_out: list[dict[str, Any]] = []
-        quarantine: list[tuple[str, bytes]] = []
-        seen_in_batch: set[str] = set()
-        in_batch_dups = 0
-
-        def reject(i: int, raw: msgspec.Raw, reason: str, code: str, event_id: str | None) -> None:
-            rejected_out.append({"index": i, "event_id": event_id, "code": code, "reason": reason})
-            m.INGEST_EVENTS.labels(outcome="rejected", reason=code).inc()
-            quarantine.append((device.device_id, _enc.encode(ev.RejectedEvent(
-                received_at=now, reason=reason, code=code, device_id=device.device_id, event_id=event_id, index=i,
-                raw=_quarantine_copy(raw)))))
-
-        max_event = self.s.max_event_bytes
-        for i, raw in enumerate(batch.events):
-            if len(raw) > max_event:
-                reject(i, raw, f"event is {len(raw)} bytes; the limit is {max_event}", "too_large", _peek_event_id(raw))
-                continue
-            try:
-                e = ev.decode_device_event(raw)
-            except msgspec.ValidationError as err:
-                reject(i, raw, str(err), "schema", _peek_event_id(raw))
-                continue
-            except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as err:
-                reject(i, raw, f"not a valid JSON event: {err}", "schema", _peek_event_id(raw))
-                continue
-            if e.device_id != device.device_id:
-                reject(i, raw, f"device_id {e.device_id!r} does not match the authenticated device {device.device_id!r}",
-                       "device_mismatch", e.event_id)
-                continue
-            if e.occurred_at > future_limit:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is more than {self.s.max_future_skew_s:g}s in the future",
-                       "future", e.event_id)
-                continue
-            if e.occurred_at < oldest:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is older than {self.s.max_age_days:g} days",
-                       "too_old", e.event_id)
-                continue
-            if e.event_id in seen_in_batch:
-                in_batch_dups += 1
-                continue
-            seen_in_batch.add(e.event_id)
-            stored = ev.StoredEvent(
-                event_id=e.event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at,
-                received_at=now, data=e.data, seq=e.seq, site_id=device.site_id,
-                late=e.occurred_at < late_limit,
-            )
-            accepted.append(Pending(e.device_id, e.event_id, _enc.encode(stored)))
-            acc_index.append(i)
+        out = self.validator.validate(parsed, device.device_id, device.site_id, ev.utcnow())
+        for r in out.rejected:
+            m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
+        im.BATCH_EVENTS.observe(n)
+        accepted, quarantine, rejected_out = out.accepted, out.quarantine, out.rejected
+        in_batch_dups = out.in_batch_duplicates
 
         assert self.committer is not None
+        if not accepted and not quarantine:
+            m.INGEST_REQUESTS.labels(status="200").inc()
+            return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
             fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
         except (LogUnavailable, TimeoutError) as e:
@@ -268,27 +217,6 @@ def _observe_commit(events: int, requests: int, seconds: float) -> None:
     m.LOG_APPEND_SECONDS.observe(seconds)
     im.GROUP_COMMIT_EVENTS.observe(events)
     im.GROUP_COMMIT_REQUESTS.observe(requests)
-
-
-def _quarantine_copy(raw: msgspec.Raw) -> msgspec.Raw | None:
-    """The event as sent, for audit; a JSON string with escapes when it is not valid UTF-8."""
-    if len(raw) > _QUARANTINE_MAX:
-        return None
-    data = bytes(raw)
-    try:
-        data.decode()
-    except UnicodeDecodeError:
-        return msgspec.Raw(_enc.encode(data.decode("utf-8", "backslashreplace")))
-    return raw
-
-
-def _peek_event_id(raw: msgspec.Raw) -> str | None:
-    try:
-        obj = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        return None
-    eid = obj.get("event_id") if isinstance(obj, dict) else None
-    return eid[:128] if isinstance(eid, str) else None
 
 
 def routes(ctx: Context) -> list[Route]:

@@ -13,7 +13,10 @@ import hashlib
 
 def dedupe_key(device_id: str, event_id: str) -> bytes:
     """128-bit key: a collision (a new event taken for a duplicate) is ~1e-20 likely at 1e9 ids."""
-    return hashlib.blake2b(f"{device_id}\x00{event_id}".encode(), digest_size=16).digest()
+    return _blake2b(f"{device_id}\x00{event_id}".encode(), digest_size=16).digest()
+
+
+_blake2b = hashlib.blake2b
 
 
 class SeenIndex:
@@ -47,8 +50,18 @@ class SeenIndex:
         bucket.append(key)
 
     def add_many(self, keys: list[bytes], at_s: float) -> None:
+        """``add`` for many keys seen at the same time (the hot path: one call per group commit)."""
+        b = int(at_s // self.bucket_s)
+        bucket_of = self._bucket_of
+        bucket = self._buckets.setdefault(b, [])
         for k in keys:
-            self.add(k, at_s)
+            if k not in bucket_of:
+                bucket_of[k] = b
+                bucket.append(k)
+
+    def membership(self) -> dict[bytes, int]:
+        """A read-only view for fast ``key in view`` tests in a loop (do not mutate)."""
+        return self._bucket_of
 
     def expire(self, now_s: float) -> int:
         """Forget buckets whose every key is older than the window; returns how many keys."""

@@ -117,11 +117,11 @@ class SqliteIngestSink(IngestSink):
         new_keys: list[bytes] = []
         with self.log.transaction() as db:
             self._catch_up(db)
-            index = self.index
+            seen = self.index.membership()
             in_commit: set[bytes] = set()  # the same event twice in one group commit
             items: list[tuple[str, bytes]] = []
             for p, k in zip(accepted, keys, strict=True):
-                if k in index or k in in_commit:
+                if k in seen or k in in_commit:
                     fresh.append(False)
                     continue
                 in_commit.add(k)
@@ -131,14 +131,14 @@ class SqliteIngestSink(IngestSink):
             positions = self.log.append_in(db, {EVENTS: items, REJECTED: list(rejected)})
         # committed: only now may the index claim these keys
         now = self.clock()
-        index.add_many(new_keys, now)
+        self.index.add_many(new_keys, now)
         assert self._next is not None
         for part, off in positions.get(EVENTS, []):
             if off >= self._next.get(part, 0):
                 self._next[part] = off + 1
         if now - self._last_expire > 60:
             self._last_expire = now
-            index.expire(now)
+            self.index.expire(now)
         return fresh
 
 
