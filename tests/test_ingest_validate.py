@@ -5,8 +5,8 @@ from __future__ import annotations
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from tests.ingest_support import ago, event
+
 from vendwatch import events as ev
 from vendwatch.config import load_settings
 from vendwatch.ingest.validate import Parsed, Validator, parse

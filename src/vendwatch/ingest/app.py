@@ -28,6 +28,7 @@ from vendwatch.bus.retention import RetentionTask
 from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
+from vendwatch.ingest.openapi import openapi
 from vendwatch.ingest.sink import IngestSink, open_sink
 from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
@@ -222,4 +223,10 @@ def _observe_commit(events: int, requests: int, seconds: float) -> None:
 def routes(ctx: Context) -> list[Route]:
     collector = Collector(ctx)
     ctx.extras["collector"] = collector
-    return [Route("/v1/events", collector.post_events, methods=["POST"])]
+    spec = _enc.encode(openapi())
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    return [Route("/v1/events", collector.post_events, methods=["POST"]),
+            Route("/openapi.json", openapi_json, methods=["GET"])]
