@@ -36,6 +36,10 @@ from vendwatch.runtime import Context
 from vendwatch.state.store import Device
 
 log = logging.getLogger("vendwatch.ingest")
+# label lookups resolved once: they are on the per-request path
+_OK = m.INGEST_REQUESTS.labels(status="200")
+_ACCEPTED = m.INGEST_EVENTS.labels(outcome="accepted", reason="")
+_DUPLICATE = m.INGEST_EVENTS.labels(outcome="duplicate", reason="")
 _enc = msgspec.json.Encoder()
 
 
@@ -193,7 +197,7 @@ class Collector:
 
         assert self.committer is not None
         if not accepted and not quarantine:
-            m.INGEST_REQUESTS.labels(status="200").inc()
+            _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
             fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
@@ -207,10 +211,10 @@ class Collector:
             return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
         n_new = sum(fresh)
         n_dup = len(fresh) - n_new + in_batch_dups
-        m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
+        _ACCEPTED.inc(n_new)
         if n_dup:
-            m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(n_dup)
-        m.INGEST_REQUESTS.labels(status="200").inc()
+            _DUPLICATE.inc(n_dup)
+        _OK.inc()
         return _json(200, {"accepted": n_new, "duplicates": n_dup, "rejected": rejected_out})
 
 
