@@ -1,6 +1,6 @@
 """Ingest benchmark: the real collector vs a parse-only ASGI baseline, same server, same load.
 
-    python bench/ingest.py                      # batches of 1, 10, 100; 10 s each; 1000 devices
+    python bench/ingest.py                      # batches of 1, 10, 100; 10 s each, 3 times; 1000 devices
     python bench/ingest.py --duration 5 --batches 100 --connections 32
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). For each batch size it starts
@@ -12,7 +12,9 @@ validation, deduplication and the durable group commit all do real work.
 
 Accepted events/s is counted in the log itself (records appended during the run / run
 time), not from wrk's request count. Latency percentiles are wrk's. The server's CPU
-time per event is read from /proc. Prints a Markdown table; ``--json FILE`` saves it.
+time per event is read from /proc. Baseline and collector runs are interleaved and
+repeated (``--repeat``, 3) because the machine may be shared; the table gives the median
+(and the best run). ``--json FILE`` saves every run.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import shutil
 import socket
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -172,6 +175,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="wrk threads [1: one core for the load generator].")
     ap.add_argument("--devices", type=int, default=1000, help="Registered devices the load rotates over [1000].")
     ap.add_argument("--roles", default="collector", help="Roles of the measured `vendwatch serve` [collector].")
+    ap.add_argument("--repeat", type=int, default=3, help="Runs per measurement, interleaved; median reported [3].")
     ap.add_argument("--json", dest="json_out", help="Also write the results here.")
     ap.add_argument("-v", "--verbose", action="store_true", help="Print wrk's output.")
     args = ap.parse_args()
@@ -180,24 +184,35 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="vw-bench-") as tmp:
         work = Path(tmp)
-        for batch in [int(b) for b in args.batches.split(",")]:
-            for kind in ("baseline", "collector"):
-                r = bench_one(kind, batch, args, work)
-                rows.append(r)
-                print(f"{kind:9} batch={batch:<4} {float(r['events_per_s']):>10,.0f} events/s  "
-                      f"{float(r['requests_per_s']):>8,.0f} req/s  p50={float(r['p50_ms']):.2f}ms "
-                      f"p99={float(r['p99_ms']):.2f}ms  cpu={float(r['server_cpu_us_per_event']):.1f}us/event "
-                      f"non2xx={int(float(r['non_2xx']))}", file=sys.stderr)
-    print("\n| batch | collector events/s | baseline events/s | ratio | collector p50 / p99 ms |"
+        for rep in range(args.repeat):
+            for batch in [int(b) for b in args.batches.split(",")]:
+                for kind in ("baseline", "collector"):  # interleaved: both see the same machine state
+                    r = bench_one(kind, batch, args, work)
+                    r["repeat"] = rep
+                    rows.append(r)
+                    print(f"{kind:9} batch={batch:<4} {float(r['events_per_s']):>10,.0f} events/s  "
+                          f"{float(r['requests_per_s']):>8,.0f} req/s  p50={float(r['p50_ms']):.2f}ms "
+                          f"p99={float(r['p99_ms']):.2f}ms  cpu={float(r['server_cpu_us_per_event']):.1f}us/event "
+                          f"non2xx={int(float(r['non_2xx']))}", file=sys.stderr, flush=True)
+    print(f"\nmedian of {args.repeat} run(s) (best in brackets)\n")
+    print("| batch | collector events/s | baseline events/s | ratio | collector p50 / p99 ms |"
           " baseline p50 / p99 ms | collector CPU µs/event |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for batch in sorted({int(r["batch"]) for r in rows}):
-        c = next(r for r in rows if r["batch"] == batch and r["kind"] == "collector")
-        b = next(r for r in rows if r["batch"] == batch and r["kind"] == "baseline")
-        ratio = float(c["events_per_s"]) / float(b["events_per_s"]) if float(b["events_per_s"]) else float("nan")
-        print(f"| {batch} | {float(c['events_per_s']):,.0f} | {float(b['events_per_s']):,.0f} | {ratio:.2f} |"
-              f" {float(c['p50_ms']):.2f} / {float(c['p99_ms']):.2f} | {float(b['p50_ms']):.2f} / {float(b['p99_ms']):.2f} |"
-              f" {float(c['server_cpu_us_per_event']):.1f} |")
+        c = [r for r in rows if r["batch"] == batch and r["kind"] == "collector"]
+        b = [r for r in rows if r["batch"] == batch and r["kind"] == "baseline"]
+
+        def med(rs: list[dict[str, float | str]], k: str) -> float:
+            return statistics.median(float(r[k]) for r in rs)
+
+        def best(rs: list[dict[str, float | str]], k: str) -> float:
+            return max(float(r[k]) for r in rs)
+
+        ratios = [float(x["events_per_s"]) / float(y["events_per_s"]) for x, y in zip(c, b, strict=True)]
+        print(f"| {batch} | {med(c, 'events_per_s'):,.0f} ({best(c, 'events_per_s'):,.0f}) |"
+              f" {med(b, 'events_per_s'):,.0f} ({best(b, 'events_per_s'):,.0f}) | {statistics.median(ratios):.2f} |"
+              f" {med(c, 'p50_ms'):.2f} / {med(c, 'p99_ms'):.2f} | {med(b, 'p50_ms'):.2f} / {med(b, 'p99_ms'):.2f} |"
+              f" {med(c, 'server_cpu_us_per_event'):.1f} |")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=2))
 
