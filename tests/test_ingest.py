@@ -106,6 +106,20 @@ def test_gzip_body_is_accepted(h: Harness) -> None:
     assert r.json()["accepted"] == 2
 
 
+def test_multi_member_gzip_is_read_whole(h: Harness) -> None:
+    # `gzip -c a b` writes two members; none of the body may be ignored
+    body = msgspec.json.encode({"events": [event("VM-1"), event("VM-1")]})
+    cut = len(body) // 2
+    r = h.post("VM-1", body=gzip.compress(body[:cut]) + gzip.compress(body[cut:]),
+               headers={"content-encoding": "gzip"})
+    assert r.json()["accepted"] == 2
+
+
+def test_gzip_with_trailing_garbage_gets_400(h: Harness) -> None:
+    r = h.post("VM-1", body=gzip.compress(b'{"events": []}') + b"garbage", headers={"content-encoding": "gzip"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_gzip"
+
+
 def test_five_megabyte_body_gets_413(h: Harness) -> None:
     big = {"events": [event("VM-1", "log", {"kind": "application", "message": "x" * 8000}) for _ in range(640)]}
     raw = msgspec.json.encode(big)

@@ -52,6 +52,28 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return _json(status, {"error": {"code": code, "message": message}}, headers)
 
 
+class _TooLarge(Exception):
+    pass
+
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress every gzip member of ``data``, never producing more than ``limit`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        d = zlib.decompressobj(wbits=31)
+        chunk = d.decompress(data, limit - size + 1)  # bounded: a gzip bomb stops here
+        size += len(chunk)
+        if size > limit or d.unconsumed_tail:
+            raise _TooLarge
+        if not d.eof:
+            raise EOFError("gzip stream is truncated")
+        out.append(chunk)
+        data = d.unused_data
+        if not data:
+            return b"".join(out)
+
+
 class _AuthCache:
     """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
 
@@ -142,13 +164,10 @@ class Collector:
         enc = request.headers.get("content-encoding", "identity").lower()
         if enc == "gzip":
             try:
-                d = zlib.decompressobj(wbits=31)
-                body = d.decompress(body, limit + 1)
-                if len(body) > limit or d.unconsumed_tail:
-                    return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
-                if not d.eof:
-                    return _error(400, "bad_gzip", "gzip stream is truncated")
-            except (zlib.error, gzip.BadGzipFile) as e:
+                body = _gunzip(body, limit)
+            except _TooLarge:
+                return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+            except (zlib.error, gzip.BadGzipFile, EOFError) as e:
                 return _error(400, "bad_gzip", f"body is not valid gzip: {e}")
         elif enc not in ("identity", ""):
             return _error(415, "unsupported_encoding", f"Content-Encoding {enc} is not supported; use gzip or none")
