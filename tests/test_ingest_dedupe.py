@@ -125,3 +125,36 @@ def test_retention_drops_old_records_but_keeps_offsets_growing(tmp_path: Path) -
     assert [r.value for r in lg.read(EVENTS, p, 0)] == [b"3"]
     pos = lg.append(EVENTS, [("VM-1", b"4")])
     assert pos[0][1] == 4
+
+
+def test_retention_task_runs_retention_then_housekeeping(tmp_path: Path) -> None:
+    from vendwatch.bus.retention import RetentionTask
+
+    lg = _log(tmp_path)
+    lg.append(EVENTS, [("VM-1", b"1"), ("VM-1", b"2")])
+    calls: list[str] = []
+    task = RetentionTask(lg, max_age_s=-1, interval_s=300, also=lambda: calls.append("expire"))
+    assert task.run_once() == 1
+    assert calls == ["expire"]
+
+
+def test_housekeeping_runs_on_the_commit_thread(tmp_path: Path) -> None:
+    import threading
+
+    from vendwatch.ingest.committer import GroupCommitter
+
+    sink = SqliteIngestSink(_log(tmp_path))
+    sink.warm()
+    committer = GroupCommitter(sink)
+    committer.start()
+    ran_on: list[str] = []
+    done = threading.Event()
+
+    def job() -> None:
+        ran_on.append(threading.current_thread().name)
+        done.set()
+
+    committer.call(job)
+    assert done.wait(10)
+    committer.stop()
+    assert ran_on == ["vw-group-commit"]
