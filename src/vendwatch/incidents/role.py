@@ -9,26 +9,25 @@ and drains the outbox through the ServiceNow sink.
 from __future__ import annotations
 
 import logging
-import threading
 
 import msgspec
 
 from vendwatch.bus import SIGNALS
 from vendwatch.bus.base import Record
 from vendwatch.incidents.clock import Clock, SystemClock
+from vendwatch.incidents.delivering import DeliveringStage
 from vendwatch.incidents.delivery import Dispatcher, Sink
 from vendwatch.incidents.service import IncidentService
 from vendwatch.route.envelope import from_signal
 from vendwatch.route.rules import RuleSet, load_rules
 from vendwatch.runtime import Context
 from vendwatch.signals import decode_signal
-from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
 
 log = logging.getLogger("vendwatch.incidents")
 
 
-class Orchestrator(CheckpointedStage):
+class Orchestrator(DeliveringStage):
     name = "orchestrator"
     topics = (SIGNALS,)
     batch_size = 500
@@ -46,6 +45,7 @@ class Orchestrator(CheckpointedStage):
             sinks.append(ServiceNowSink(cfg.servicenow, self.service.store, self.clock))
         self.dispatcher = Dispatcher(ctx.state.db, self.service.outbox, sinks, self.clock,
                                      batch=cfg.outbox_batch, lease_s=cfg.outbox_lease_s)
+        self.tick_s = cfg.tick_s
         self.ctx.log.create_topic(SIGNALS)
 
     def apply(self, tx: Tx, records: list[Record]) -> None:
@@ -60,45 +60,11 @@ class Orchestrator(CheckpointedStage):
                 continue
             self.service.handle_signal(tx, sig)
 
-    def step(self, poll_timeout_s: float = 0.0) -> int:
-        """One round: new signals, timers, deliveries. Returns how much work was done."""
-        assert self._consumer is not None
-        recs = self._consumer.poll(self.batch_size, poll_timeout_s)
-        if recs:
-            self.process(recs)
-            self._consumer.commit()
-        done = len(recs) + self.service.tick()
-        while True:  # drain everything due now
-            n = self.dispatcher.run_once()
-            done += n
-            if n < self.dispatcher.batch:
-                break
-        return done
+    def timers(self) -> int:
+        return self.service.tick()
 
-    def open(self) -> None:
-        self._consumer = self.ctx.log.consumer(self.group, self.topics, on_assign=self._on_assign,
-                                               on_revoke=self.on_revoke)
-
-    def close(self) -> None:
-        if self._consumer is not None:
-            self._consumer.close()
-            self._consumer = None
-        self.dispatcher.close()
-
-    def run(self, stop: threading.Event) -> None:
-        self.open()
-        tick = self.ctx.settings.incidents.tick_s
-        rounds = 0
-        try:
-            while not stop.is_set():
-                did = self.step(poll_timeout_s=tick)
-                rounds += 1
-                if rounds % 20 == 0:
-                    self.service.refresh_metrics()
-                if not did:
-                    stop.wait(0.01)
-        finally:
-            self.close()
+    def housekeeping(self) -> None:
+        self.service.refresh_metrics()
 
 
 def build(ctx: Context) -> Orchestrator:

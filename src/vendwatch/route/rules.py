@@ -30,6 +30,7 @@ from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
 from vendwatch.route.pattern import Pattern, PatternError, compile_pattern
 
 ORCHESTRATOR = "orchestrator"
+RESERVED_TARGETS = (ORCHESTRATOR, "servicenow")  # servicenow: the orchestrator's own delivery target
 TargetType = Literal["webhook", "slack", "pagerduty", "log", "orchestrator"]
 
 
@@ -151,8 +152,8 @@ def parse_rules(doc: Any, environ: dict[str, str] | None = None) -> RuleSet:
         raise RulesError("targets: must be a mapping of target name -> settings")
     targets: dict[str, TargetSpec] = {ORCHESTRATOR: TargetSpec(type="orchestrator")}
     for name, raw in raw_targets.items():
-        if name == ORCHESTRATOR:
-            raise RulesError(f"target {name}: the name is reserved for the built-in incident orchestrator")
+        if name in RESERVED_TARGETS:
+            raise RulesError(f"target {name}: the name is reserved (built-in target)")
         targets[str(name)] = _target(str(name), raw, env)
     raw_rules = doc.get("rules")
     if not isinstance(raw_rules, list) or not raw_rules:

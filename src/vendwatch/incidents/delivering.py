@@ -1,0 +1,63 @@
+"""A checkpointed log stage that also drains an outbox: the shape of both the router and
+the orchestrator. ``step()`` is one round (poll, timers, deliveries) so tests can drive
+it in virtual time; ``run()`` loops it until stopped."""
+
+from __future__ import annotations
+
+import threading
+
+from vendwatch.incidents.delivery import Dispatcher
+from vendwatch.stage import CheckpointedStage
+
+
+class DeliveringStage(CheckpointedStage):
+    dispatcher: Dispatcher
+    tick_s: float = 0.5
+
+    def timers(self) -> int:
+        """Hook: time-driven work; returns how much was done."""
+        return 0
+
+    def housekeeping(self) -> None:
+        """Hook: called every few rounds (metrics)."""
+
+    def step(self, poll_timeout_s: float = 0.0) -> int:
+        """One round: new records, timers, then every delivery due now. Returns work done."""
+        if self._consumer is None:
+            self.open()
+        assert self._consumer is not None
+        recs = self._consumer.poll(self.batch_size, poll_timeout_s)
+        if recs:
+            self.process(recs)
+            self._consumer.commit()
+        done = len(recs) + self.timers()
+        while True:
+            n = self.dispatcher.run_once()
+            done += n
+            if n < self.dispatcher.batch:
+                break
+        return done
+
+    def open(self) -> None:
+        self._consumer = self.ctx.log.consumer(self.group, self.topics, on_assign=self._on_assign,
+                                               on_revoke=self.on_revoke)
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None
+        self.dispatcher.close()
+
+    def run(self, stop: threading.Event) -> None:
+        self.open()
+        rounds = 0
+        try:
+            while not stop.is_set():
+                did = self.step(poll_timeout_s=self.tick_s)
+                rounds += 1
+                if rounds % 20 == 0:
+                    self.housekeeping()
+                if not did:
+                    stop.wait(0.01)
+        finally:
+            self.close()
