@@ -211,10 +211,12 @@ class ServiceNowEmulator:
         ok_user = grant == "client_credentials" or (
             grant == "password" and form.get("username") == self.username and form.get("password") == self.password)
         if not (ok_client and ok_user):
+            self.faults.log("POST", "/oauth_token.do", "", 401)
             return Response(msgspec.json.encode({"error_description": "access_denied", "error": "server_error"}),
                             401, media_type="application/json")
         token = secrets.token_urlsafe(24)
         self.tokens[token] = self.clock() + 1799
+        self.faults.log("POST", "/oauth_token.do", "", 200)
         return Response(msgspec.json.encode({"access_token": token, "refresh_token": secrets.token_urlsafe(24),
                                              "scope": "useraccount", "token_type": "Bearer", "expires_in": 1799}),
                         media_type="application/json")
