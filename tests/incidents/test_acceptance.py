@@ -19,8 +19,8 @@ from typing import Any
 import httpx
 import pytest
 from incident_helpers import context, make_signal, publish
-
 from tests.conftest import vendwatch_cmd
+
 from vendwatch.api.server import build_app
 from vendwatch.incidents.clock import VirtualClock
 from vendwatch.incidents.emulation import ThreadedServer
