@@ -60,6 +60,19 @@ def _ok(result: Any, status: int = 200, headers: dict[str, str] | None = None) -
     return Response(msgspec.json.encode({"result": result}), status, media_type="application/json", headers=headers)
 
 
+def _json_object(raw: str) -> dict[str, Any] | None:
+    """A request body that is a JSON object, or None."""
+    try:
+        body = msgspec.json.decode(raw or "{}")
+    except msgspec.DecodeError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _bad_json() -> Response:  # noqa: N802 - reads as a constant response
+    return _error(400, "Exception while reading request", "The payload is not valid JSON.")
+
+
 def parse_query(q: str) -> tuple[list[tuple[str, str, str]], list[tuple[str, bool]]]:
     """``sysparm_query`` -> (conditions, order by)."""
     conds, order = [], []
@@ -262,12 +275,9 @@ class ServiceNowEmulator:
             return _ok(found, headers={"X-Total-Count": str(total)})
         if table != "incident":
             return _error(403, "Operation Failed", f"Emulator does not allow inserts into {table}")
-        try:
-            body = msgspec.json.decode(raw or "{}")
-            if not isinstance(body, dict):
-                raise ValueError("not an object")
-        except (msgspec.DecodeError, ValueError):
-            return _error(400, "Exception while reading request", "The payload is not valid JSON.")
+        body = _json_object(raw)
+        if body is None:
+            return _bad_json()
         now = self.clock()
         with self._lock:
             sys_id = secrets.token_hex(16)
@@ -301,12 +311,9 @@ class ServiceNowEmulator:
                 return Response(status_code=204)
             if table != "incident":
                 return _error(403, "Operation Failed", f"Emulator does not allow updates to {table}")
-            try:
-                body = msgspec.json.decode(raw or "{}")
-                if not isinstance(body, dict):
-                    raise ValueError("not an object")
-            except (msgspec.DecodeError, ValueError):
-                return _error(400, "Exception while reading request", "The payload is not valid JSON.")
+            body = _json_object(raw)
+            if body is None:
+                return _bad_json()
             now = self.clock()
             new = {**rec, **{k: str(v) for k, v in body.items() if k not in ("work_notes", "sys_id", "number")}}
             denied = self._apply_state(new, now, previous=rec)
