@@ -69,7 +69,7 @@ def _json_object(raw: str) -> dict[str, Any] | None:
     return body if isinstance(body, dict) else None
 
 
-def _bad_json() -> Response:  # noqa: N802 - reads as a constant response
+def _bad_json() -> Response:
     return _error(400, "Exception while reading request", "The payload is not valid JSON.")
 
 
