@@ -162,3 +162,39 @@ def test_summary_and_export(seeded: tuple[Context, IncidentService, str]) -> Non
 def test_settings_errors_name_the_key(key: str, value: Any, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("`", ".")):
         load_settings(None, {key: value}, environ={})
+
+
+def test_start_for_demo_points_settings_at_a_working_emulator(tmp_path: Path) -> None:
+    from vendwatch.incidents.emulator import start_for_demo
+
+    base, stop, overrides = start_for_demo(load_settings(None, {"data_dir": str(tmp_path)}, environ={}))
+    try:
+        s = load_settings(None, {"data_dir": str(tmp_path), **overrides}, environ={})
+        assert s.incidents.servicenow.url == base
+        r = httpx.get(f"{base}/api/now/table/incident", auth=(s.incidents.servicenow.username,
+                                                              s.incidents.servicenow.password))
+        assert r.status_code == 200 and r.json() == {"result": []}
+    finally:
+        stop()
+
+
+def test_dev_servicenow_emulator_command_serves() -> None:
+    import re
+    import subprocess
+
+    from tests.conftest import vendwatch_cmd
+
+    p = subprocess.Popen(vendwatch_cmd("dev", "servicenow-emulator", "--port", "0", "--ci", "S1=machine one"),
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        line = p.stderr.readline()
+        url = re.search(r"http://\S+", line)
+        assert url, line
+        r = httpx.get(f"{url.group(0)}/api/now/table/cmdb_ci", params={"sysparm_query": "serial_number=S1"},
+                      auth=("vendwatch", "vendwatch"))
+        assert r.json()["result"][0]["name"] == "machine one"
+        assert httpx.get(f"{url.group(0)}/api/now/table/incident").status_code == 401
+    finally:
+        p.terminate()
+        p.wait(10)

@@ -112,6 +112,8 @@ class ServiceNowEmulator:
     clock: Callable[[], float] = time.time
     rate_limit_per_hour: int | None = None
     on_create: Callable[[dict[str, str]], None] | None = None
+    # demo only: a serial number nobody seeded gets a CI on first lookup, as if discovery had found it
+    auto_cmdb: bool = False
     faults: Faults = field(default_factory=Faults)
     incidents: dict[str, dict[str, str]] = field(default_factory=dict)
     journal: list[dict[str, str]] = field(default_factory=list)
@@ -264,6 +266,9 @@ class ServiceNowEmulator:
                 return _error(400, "Invalid query", str(e))
             with self._lock:
                 found = [dict(r) for r in rows.values() if _matches(r, conds)]
+                serial = next((v for f, op, v in conds if f == "serial_number" and op == "="), None)
+                if table == "cmdb_ci" and not found and self.auto_cmdb and serial:
+                    found = [dict(self.cmdb[self.add_ci(serial, f"Vending machine {serial}")])]
             for fld, desc in reversed(order):
                 found.sort(key=lambda r, f=fld: r.get(f, ""), reverse=desc)
             total = len(found)
@@ -367,9 +372,7 @@ def start_for_demo(settings: Any) -> tuple[str, Callable[[], None], dict[str, An
     Returns the base URL, a stop function and dotted settings overrides that point
     vendwatch's ServiceNow connector at it.
     """
-    emu = ServiceNowEmulator()
-    for i in range(1, 21):  # CMDB items for the simulated fleet's usual serial numbers
-        emu.add_ci(f"SN-VM-{i:04d}", f"Vending machine VM-{i:04d}")
+    emu = ServiceNowEmulator(auto_cmdb=True)  # the demo fleet is provisioned after the emulator starts
     server = emu.serve()
     overrides = {
         "incidents.servicenow.url": server.url,
