@@ -19,7 +19,6 @@ from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
 
-
 DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
 
 
