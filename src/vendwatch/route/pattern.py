@@ -118,6 +118,9 @@ def _anything_but(arg: Any, where: str) -> Leaf:
         raise PatternError(f"{where}: anything-but list must not be empty")
     if not (all(isinstance(x, str) for x in values) or all(_is_num(x) for x in values)):
         raise PatternError(f"{where}: anything-but values must be all strings or all numbers")
+    if all(isinstance(x, str) for x in values):
+        excluded = frozenset(values)
+        return lambda v: v is not _MISSING and not (isinstance(v, str) and v in excluded)
     eqs = [_literal_eq(x) for x in values]
     # a present value that equals none of the listed ones (null and booleans included)
     return lambda v: v is not _MISSING and not any(eq(v) for eq in eqs)
@@ -184,12 +187,20 @@ def _leaves(value: Any) -> list[Any]:
 def _compile_leaf(alts: list[Any], where: str) -> Callable[[Any], bool]:
     if not alts:
         raise PatternError(f"{where}: a leaf must list at least one value")
-    compiled = [_alternative(a, where) for a in alts]
+    # plain strings are the common alternative: one set lookup instead of a predicate each
+    strings = frozenset(a for a in alts if isinstance(a, str))
+    compiled = [_alternative(a, where) for a in alts if not isinstance(a, str)]
     preds = [p for kind, p in compiled if kind == "value"]
+    if strings:
+        preds.insert(0, lambda v: isinstance(v, str) and v in strings)
     want_exists = any(kind == "exists_true" for kind, _ in compiled)
     want_absent = any(kind == "exists_false" for kind, _ in compiled)
 
     def match(value: Any) -> bool:
+        if value is not _MISSING and not isinstance(value, list | dict):  # the common case: one scalar
+            if want_exists:
+                return True
+            return any(p(value) for p in preds)
         leaves = [] if value is _MISSING else _leaves(value)
         if want_absent and not leaves:
             return True
