@@ -308,3 +308,32 @@ def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path
                 p.wait(10)
         srv.stop()
         ctx.close()
+
+
+def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.2}))
+    orch = Orchestrator(ctx, clock=clock)
+    emu.inject(status=200, delay_s=0.5, count=1)  # the first call hangs past the client timeout
+    publish(ctx, make_signal(clock))
+    run_for(orch, clock, 60, step_s=5.0)
+    assert len(emu.by_correlation("offline/VM-0001")) == 1
+    assert Outbox(ctx.state.db).dlq_list() == []
+
+
+def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, make_signal(clock))  # device incident first
+    run_for(orch, clock, 5)
+    site = "site-down/SITE-1"
+    publish(ctx, make_signal(clock, key=site, rule_id="site-down", scope="site", device_id=None, severity="critical"))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, caused_by=site, seq=1))
+    run_for(orch, clock, 5)
+    [site_ticket] = emu.by_correlation(site)
+    [dev_ticket] = emu.by_correlation("offline/VM-0001")
+    assert site_ticket["state"] == "1"
+    assert dev_ticket["state"] == "6" and site_ticket["number"] in dev_ticket["close_notes"]

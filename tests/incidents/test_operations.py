@@ -198,3 +198,14 @@ def test_dev_servicenow_emulator_command_serves() -> None:
     finally:
         p.terminate()
         p.wait(10)
+
+
+def test_metrics_expose_incident_gauges(seeded: tuple[Context, IncidentService, str]) -> None:
+    from prometheus_client import generate_latest
+
+    _, svc, _ = seeded
+    svc.refresh_metrics()
+    text = generate_latest().decode()
+    assert 'vendwatch_incidents_incidents{status="open"} 1.0' in text
+    assert 'vendwatch_incidents_incidents{status="resolved"} 1.0' in text
+    assert "vendwatch_incidents_transitions_total" in text
