@@ -154,7 +154,14 @@ class Dispatcher:
         """Deliver what is due now; returns how many items were handled."""
         now = self.clock.now()
         items = self.outbox.claim(list(self.sinks), now, self.batch, self.lease_s, self.worker)
-        for it in items:
+        # stop well before the lease ends: past it another replica may claim the same rows
+        deadline = now + self.lease_s / 2
+        for i, it in enumerate(items):
+            if self.clock.now() > deadline:
+                with self.db.transaction() as tx:
+                    for rest in items[i:]:
+                        self.outbox.release(tx, rest, self.clock.now(), attempted=False)
+                break
             self._handle(it)
         return len(items)
 

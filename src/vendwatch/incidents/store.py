@@ -113,9 +113,15 @@ class IncidentStore:
         self.db: Database = state.db
 
     # -- incidents ----------------------------------------------------------------
+    @property
+    def _lock_rows(self) -> str:
+        # PostgreSQL: lock what we read-modify-write (the API and the orchestrator may race);
+        # SQLite: write transactions are already serialised
+        return " FOR UPDATE" if self.db.dialect == "postgres" else ""
+
     def active_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
-        row = tx.one(f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status IN ('open','acknowledged')",
-                     (dedupe_key,))
+        row = tx.one(f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status IN ('open','acknowledged')"
+                     + self._lock_rows, (dedupe_key,))
         return _row_to_incident(row) if row else None
 
     def last_closed_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
@@ -125,14 +131,17 @@ class IncidentStore:
         return _row_to_incident(row) if row else None
 
     def get(self, incident_id: str, tx: Tx | None = None) -> Incident | None:
-        q = (f"SELECT {_COLS} FROM incidents WHERE incident_id=?", (incident_id,))
-        row = tx.one(*q) if tx else self.db.one(*q)
+        sql = f"SELECT {_COLS} FROM incidents WHERE incident_id=?"
+        row = tx.one(sql + self._lock_rows, (incident_id,)) if tx else self.db.one(sql, (incident_id,))
         return _row_to_incident(row) if row else None
 
     def due_resolves(self, tx: Tx, now: float, limit: int = 500) -> list[Incident]:
-        rows = tx.query(
-            f"SELECT {_COLS} FROM incidents WHERE resolve_due_at IS NOT NULL AND resolve_due_at<=?"
-            " AND status IN ('open','acknowledged') ORDER BY resolve_due_at LIMIT ?", (now, limit))
+        """Active incidents whose flap-damping delay has passed (locked on PostgreSQL, so one replica resolves each)."""
+        sql = (f"SELECT {_COLS} FROM incidents WHERE resolve_due_at IS NOT NULL AND resolve_due_at<=?"
+               " AND status IN ('open','acknowledged') ORDER BY resolve_due_at LIMIT ?")
+        if self.db.dialect == "postgres":
+            sql += " FOR UPDATE SKIP LOCKED"
+        rows = tx.query(sql, (now, limit))
         return [_row_to_incident(r) for r in rows]
 
     def list(self, *, status: str | None = None, severity: str | None = None, device_id: str | None = None,

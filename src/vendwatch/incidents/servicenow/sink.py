@@ -117,6 +117,10 @@ class ServiceNowSink:
                 ref = self._create(inc, gate)
                 synced = dict(ref["synced"])
         diff = {k: v for k, v in desired.items() if synced.get(k) != v}
+        if ref.get("state") in ("7", "8") and not inc.active:
+            # closed or canceled in ServiceNow: never drag it back to Resolved
+            for k in ("state", "close_code", "close_notes"):
+                diff.pop(k, None)
         if not diff and not notes:
             return
         body: dict[str, Any] = dict(diff)
