@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 
-from vendwatch.incidents.lifecycle import ACTIVE, Decision, Incident
+from vendwatch.incidents.lifecycle import ACTIVE, Decision, Entry, Incident
 from vendwatch.state import migrations
 from vendwatch.state.db import Database, Tx
 from vendwatch.state.store import StateStore
@@ -177,6 +177,8 @@ class IncidentStore:
                 + ", ".join(f"{f}=excluded.{f}" for f in _FIELDS if f != "incident_id"),
                 _incident_params(inc))
         for e in d.entries:
+            if e.kind == "updated" and self._fold_update(tx, e):
+                continue
             tx.execute(
                 "INSERT INTO incident_timeline(incident_id, at, kind, actor, detail, note) VALUES (?,?,?,?,?,?)",
                 (e.incident_id, e.at, e.kind, e.actor, msgspec.json.encode(e.detail).decode(), e.note))
@@ -184,6 +186,18 @@ class IncidentStore:
             tx.execute(
                 "INSERT INTO incident_severity(incident_id, at, from_severity, to_severity, actor) VALUES (?,?,?,?,?)",
                 (inc_id, at, frm, to, actor))
+
+    def _fold_update(self, tx: Tx, e: Entry) -> bool:
+        """A run of plain re-fires is one timeline entry (count and last time), not one per signal."""
+        row = tx.one("SELECT entry_id, kind, actor, detail FROM incident_timeline WHERE incident_id=?"
+                     " ORDER BY entry_id DESC LIMIT 1", (e.incident_id,))
+        if row is None or row[1] != "updated" or row[2] != e.actor:
+            return False
+        detail = msgspec.json.decode(row[3])
+        detail.update(e.detail, repeats=int(detail.get("repeats", 1)) + 1, last_at=e.at)
+        tx.execute("UPDATE incident_timeline SET detail=? WHERE entry_id=?",
+                   (msgspec.json.encode(detail).decode(), row[0]))
+        return True
 
     def timeline(self, incident_id: str) -> list[dict[str, Any]]:
         rows = self.db.query(
