@@ -5,6 +5,7 @@ it in virtual time; ``run()`` loops it until stopped."""
 from __future__ import annotations
 
 import threading
+import time
 
 from vendwatch.incidents.delivery import Dispatcher
 from vendwatch.stage import CheckpointedStage
@@ -13,13 +14,14 @@ from vendwatch.stage import CheckpointedStage
 class DeliveringStage(CheckpointedStage):
     dispatcher: Dispatcher
     tick_s: float = 0.5
+    housekeeping_s: float = 5.0
 
     def timers(self) -> int:
         """Hook: time-driven work; returns how much was done."""
         return 0
 
     def housekeeping(self) -> None:
-        """Hook: called every few rounds (metrics)."""
+        """Hook: called every ``housekeeping_s`` seconds (metrics gauges)."""
 
     def step(self, poll_timeout_s: float = 0.0) -> int:
         """One round: new records, timers, then every delivery due now. Returns work done."""
@@ -50,13 +52,13 @@ class DeliveringStage(CheckpointedStage):
 
     def run(self, stop: threading.Event) -> None:
         self.open()
-        rounds = 0
+        last = 0.0
         try:
             while not stop.is_set():
                 did = self.step(poll_timeout_s=self.tick_s)
-                rounds += 1
-                if rounds % 20 == 0:
+                if time.monotonic() - last >= self.housekeeping_s:
                     self.housekeeping()
+                    last = time.monotonic()
                 if not did:
                     stop.wait(0.01)
         finally:

@@ -32,6 +32,8 @@ from vendwatch.incidents.retry import backoff_s, retry_at_from_headers, retryabl
 from vendwatch.state.db import Database
 
 log = logging.getLogger("vendwatch.delivery")
+# httpx logs every request at INFO; deliveries are logged here with their ids instead
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class DeliveryFailed(Exception):
