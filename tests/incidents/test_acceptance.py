@@ -115,6 +115,7 @@ def test_outage_loses_and_doubles_nothing_then_dlq_redrive(tmp_path: Path, clock
     assert emu.incidents == {}  # still down
     failed = [r for r in emu.faults.requests if r.status == 503]
     assert failed and len(failed) < 200  # backoff and the circuit breaker keep retries sparse
+    print(f"outage: {len(failed)} calls answered 503 in ten minutes")
     run_for(orch, clock, 300, step_s=5.0)
 
     for i in range(50):

@@ -93,10 +93,10 @@ def test_outbox_delivers_in_order_per_key_and_coalesces(tmp_path: Path) -> None:
     first = next(i for i in items if i.payload["n"] == 1)
     with ctx.state.db.transaction() as tx:
         ob.coalesce(tx, "t", "op", "k1", {"n": 1}, idem_key="a", now=1)  # changed while in flight
-        ob.complete(tx, first)
+        ob.complete(tx, first, 1)
     again = ob.claim(["t"], 2, 10, 60, "w")
     assert [i.payload["n"] for i in again] == [1]  # kept for one more round
     with ctx.state.db.transaction() as tx:
-        ob.complete(tx, again[0])
+        ob.complete(tx, again[0], 2)
     assert [i.payload["n"] for i in ob.claim(["t"], 3, 10, 60, "w")] == [2]
     assert ob.claim(["t"], 200, 10, 60, "w")  # leases expire

@@ -198,7 +198,7 @@ class Dispatcher:
             self._failed(it, gate, state2, DeliveryFailed(f"sink error: {type(e).__name__}: {e}", retryable=True))
             return
         with self.db.transaction() as tx:
-            self.outbox.complete(tx, it)
+            self.outbox.complete(tx, it, self.clock.now())
         if state2.circuit != "closed" or state2.failures:
             gate.save_breaker(breaker.on_success(state2))
         m.DELIVERIES.labels(it.target, "delivered").inc()
@@ -212,6 +212,8 @@ class Dispatcher:
             gate.block_until(e.retry_at or now + backoff_s(pol.retry, it.attempts + 1, self.rng))
         elif e.retryable:  # 5xx and network errors count towards opening the circuit
             gate.save_breaker(breaker.on_failure(state, now, pol.circuit.failure_threshold, pol.circuit.open_s))
+        elif state.circuit != "closed" or state.failures:  # a 4xx answer proves the service is up
+            gate.save_breaker(breaker.on_success(state))
         if not e.retryable:
             m.DELIVERIES.labels(it.target, "rejected").inc()
             self._dead(it, e.status, str(e))

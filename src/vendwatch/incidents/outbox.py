@@ -130,11 +130,11 @@ class Outbox:
                            [(worker, now + lease_s, it.id) for it in items])
         return items
 
-    def complete(self, tx: Tx, item: Item) -> None:
-        """Delivered: delete, unless it was marked dirty meanwhile (then deliver once more)."""
+    def complete(self, tx: Tx, item: Item, now: float) -> None:
+        """Delivered: delete, unless it was marked dirty meanwhile (then deliver once more, as a new event)."""
         if tx.execute("DELETE FROM outbox WHERE id=? AND dirty=0", (item.id,)) == 0:
-            tx.execute("UPDATE outbox SET dirty=0, attempts=0, claimed_by=NULL, claimed_until=NULL WHERE id=?",
-                       (item.id,))
+            tx.execute("UPDATE outbox SET dirty=0, attempts=0, created_at=?, claimed_by=NULL, claimed_until=NULL"
+                       " WHERE id=?", (now, item.id))
 
     def release(self, tx: Tx, item: Item, next_attempt_at: float, *, attempted: bool, status: int | None = None,
                 error: str | None = None) -> None:
