@@ -154,6 +154,7 @@ def test_summary_and_export(seeded: tuple[Context, IncidentService, str]) -> Non
 
 @pytest.mark.parametrize(("key", "value", "message"), [
     ("incidents.servicenow.url", "example.com", "incidents.servicenow: url must start with"),
+    ("incidents.servicenow.url", "https://x.service-now.com", "username and password are required"),
     ("incidents.flap_damping_s", -1, "incidents: flap_damping_s"),
     ("incidents.servicenow.retry.jitter", 2, "incidents.servicenow.retry: jitter"),
     ("incidents.servicenow.auth", "kerberos", "incidents.servicenow.auth"),

@@ -99,6 +99,12 @@ class ServiceNowSettings(_Section):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
+        if self.url and self.auth == "basic" and not (self.username and self.password):
+            raise ValueError("username and password are required with auth = basic")
+        if self.url and self.auth == "oauth" and not (self.oauth.client_id and self.oauth.client_secret):
+            raise ValueError("oauth.client_id and oauth.client_secret are required with auth = oauth")
+        if self.url and self.auth == "oauth" and self.oauth.grant_type == "password" and not self.username:
+            raise ValueError("username and password are required for the OAuth password grant")
 
 
 class IncidentsSettings(_Section):
