@@ -16,7 +16,6 @@ import logging
 import os
 import random
 import socket
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -142,7 +141,7 @@ class Dispatcher:
 
     def __init__(self, db: Database, outbox: Outbox, sinks: list[Sink], clock: Clock, *, batch: int = 50,
                  lease_s: float = 60.0, client: httpx.Client | None = None,
-                 rng: random.Random | None = None, on_dead: Callable[[Item, str], None] | None = None) -> None:
+                 rng: random.Random | None = None) -> None:
         self.db, self.outbox, self.clock = db, outbox, clock
         self.sinks = {s.target: s for s in sinks}
         self.batch, self.lease_s = batch, lease_s
@@ -150,7 +149,6 @@ class Dispatcher:
         self.rng = rng or random.Random()
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
         self.gates = {s.target: Gate(db, s.target, s.policy, clock, self.client) for s in sinks}
-        self.on_dead = on_dead
 
     def run_once(self) -> int:
         """Deliver what is due now; returns how many items were handled."""
@@ -235,8 +233,6 @@ class Dispatcher:
             dlq_id = self.outbox.dead_letter(tx, it, self.clock.now(), status=status, reason=reason)
         m.DEAD_LETTERS.labels(it.target).inc()
         log.error("delivery to %s dead-lettered as %s (key %s): %s", it.target, dlq_id, it.key, reason)
-        if self.on_dead:
-            self.on_dead(it, dlq_id)
 
     def close(self) -> None:
         self.client.close()
