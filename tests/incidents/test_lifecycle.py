@@ -171,3 +171,22 @@ def test_resolved_signal_without_incident_is_ignored(env: tuple[IncidentService,
     svc, clock = env
     assert fire(svc, clock, status="resolved").ignored
     assert svc.store.list() == []
+
+
+def test_site_incident_absorbs_children_that_arrived_first(env: tuple[IncidentService, VirtualClock]) -> None:
+    """The device signal (with caused_by) lands before the site signal: different keys, different partitions."""
+    svc, clock = env
+    site_key = "site-down/SITE-1"
+    fire(svc, clock, key="offline/VM-0001", device_id="VM-0001", caused_by=site_key)
+    fire(svc, clock, key="offline/VM-0002", device_id="VM-0002", caused_by=site_key)
+    fire(svc, clock, key="offline/VM-0003", device_id="VM-0003")  # not caused by the site
+    assert len(svc.store.list(status="active")) == 3
+    fire(svc, clock, key=site_key, rule_id="site-down", scope="site", device_id=None, severity="critical")
+    site = svc.store.list(dedupe_key=site_key)[0]
+    statuses = {i.dedupe_key: (i.status, i.parent_id) for i in svc.store.list()}
+    assert statuses["offline/VM-0001"] == ("absorbed", site.incident_id)
+    assert statuses["offline/VM-0002"] == ("absorbed", site.incident_id)
+    assert statuses["offline/VM-0003"] == ("open", None)
+    # the device's own resolved signal later changes nothing
+    fire(svc, clock, key="offline/VM-0001", device_id="VM-0001", status="resolved", caused_by=site_key)
+    assert svc.store.list(dedupe_key="offline/VM-0001")[0].status == "absorbed"

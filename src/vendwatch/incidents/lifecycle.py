@@ -15,6 +15,7 @@ one active incident exists per dedupe key.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,7 +50,8 @@ class Incident:
     resolve_due_at: float | None = None  # flap damping: resolve at this time unless it fires again
     resolved_at: float | None = None
     resolved_by: str | None = None
-    parent_id: str | None = None
+    parent_id: str | None = None  # the site incident that absorbed this one
+    caused_by: str | None = None  # dedupe key of the site-level condition the detector blamed
     reopen_count: int = 0
     labels: dict[str, str] = field(default_factory=dict)
     version: int = 1  # bumped on every change; external sync compares it
@@ -107,8 +109,13 @@ def on_signal(
     last_closed: Incident | None,
     parent: Incident | None,
     silence_id: str | None,
+    children: Sequence[Incident] = (),
 ) -> Decision:
-    """Apply one signal to the incident state of its dedupe key."""
+    """Apply one signal to the incident state of its dedupe key.
+
+    ``parent``: the active incident of ``sig.caused_by``; ``children``: active incidents
+    whose ``caused_by`` is this signal's key (absorbed when this is a site-level firing).
+    """
     d = Decision()
     at = sig.occurred_at.timestamp()
     actor = actor_for(sig)
@@ -132,24 +139,45 @@ def on_signal(
 
     # firing
     if parent is not None and parent.active and sig.caused_by == parent.dedupe_key:
-        d.entries.append(Entry(parent.incident_id, now, "absorbed_child", actor,
-                               {"dedupe_key": sig.dedupe_key, "device_id": sig.device_id}))
         if active is not None:
-            child = _bump(active, status="absorbed", parent_id=parent.incident_id, resolved_at=now,
-                          resolved_by=actor, resolve_due_at=None)
-            d.incidents.append(child)
-            d.entries.append(Entry(child.incident_id, now, "absorbed", actor, {"parent_id": parent.incident_id},
-                                   note=f"Absorbed by site-level incident {parent.incident_id} ({parent.dedupe_key})"))
-            d.sync.append(child)
+            _absorb(d, parent, active, now, actor)
         else:
+            d.entries.append(Entry(parent.incident_id, now, "absorbed_child", actor,
+                                   {"dedupe_key": sig.dedupe_key, "device_id": sig.device_id}))
             d.ignored = f"absorbed by {parent.incident_id}"
         return d
+    _fire(d, sig, now, policy, actor, active, last_closed, silence_id)
+    # a site-level incident takes over the device incidents it caused that opened before it
+    # (signals of different keys may arrive in either order)
+    site = next((i for i in d.incidents if i.active and i.scope == "site"), None)
+    if site is not None:
+        for child in children:
+            if child.incident_id != site.incident_id and child.caused_by == site.dedupe_key:
+                _absorb(d, site, child, now, actor)
+    return d
 
+
+def _absorb(d: Decision, parent: Incident, child: Incident, now: float, actor: str) -> None:
+    d.entries.append(Entry(parent.incident_id, now, "absorbed_child", actor,
+                           {"dedupe_key": child.dedupe_key, "device_id": child.device_id}))
+    done = _bump(child, status="absorbed", parent_id=parent.incident_id, resolved_at=now, resolved_by=actor,
+                 resolve_due_at=None)
+    d.incidents.append(done)
+    d.entries.append(Entry(done.incident_id, now, "absorbed", actor, {"parent_id": parent.incident_id},
+                           note=f"Absorbed by site-level incident {parent.incident_id} ({parent.dedupe_key})"))
+    d.sync.append(done)
+
+
+def _fire(d: Decision, sig: Signal, now: float, policy: Policy, actor: str, active: Incident | None,
+          last_closed: Incident | None, silence_id: str | None) -> None:
+    """A firing signal without a site-level parent: update, suppress, reopen or open."""
+    at = sig.occurred_at.timestamp()
     if active is not None:
         changes: dict[str, Any] = {
             "occurrences": active.occurrences + 1,
             "last_seen_at": max(active.last_seen_at, at),
             "summary": sig.summary or active.summary,
+            "caused_by": sig.caused_by or active.caused_by,
         }
         if active.resolve_due_at is not None:
             changes["resolve_due_at"] = None
@@ -165,19 +193,19 @@ def on_signal(
             d.entries.append(Entry(inc.incident_id, now, "updated", actor, {"occurrences": inc.occurrences}))
         d.incidents.append(inc)
         d.sync.append(inc)
-        return d
+        return
 
     if silence_id is not None:
         d.suppressed_by = silence_id
         d.ignored = f"silenced by {silence_id}"
-        return d
+        return
 
     if (last_closed is not None and last_closed.status == "resolved" and last_closed.resolved_at is not None
             and now - last_closed.resolved_at <= policy.reopen_window_s):
         inc = _bump(last_closed, status="open", resolved_at=None, resolved_by=None, resolve_due_at=None,
                     acknowledged_at=None, acknowledged_by=None, reopen_count=last_closed.reopen_count + 1,
                     occurrences=last_closed.occurrences + 1, last_seen_at=at, severity=sig.severity,
-                    summary=sig.summary or last_closed.summary)
+                    summary=sig.summary or last_closed.summary, caused_by=sig.caused_by)
         d.entries.append(Entry(inc.incident_id, now, "reopened", actor,
                                {"closed_for_s": now - (last_closed.resolved_at or now)},
                                note=f"Reopened: fired again {now - last_closed.resolved_at:.0f}s after resolution"))
@@ -185,19 +213,18 @@ def on_signal(
             d.severity_changes.append((inc.incident_id, now, last_closed.severity, sig.severity, actor))
         d.incidents.append(inc)
         d.sync.append(inc)
-        return d
+        return
 
     inc = Incident(
         incident_id=new_incident_id(sig.dedupe_key, sig.signal_id), dedupe_key=sig.dedupe_key,
         rule_id=sig.rule_id, severity=sig.severity, status="open", opened_at=now, last_seen_at=at,
         scope=sig.scope, device_id=sig.device_id, site_id=sig.site_id, summary=sig.summary,
-        labels=dict(sig.labels),
+        labels=dict(sig.labels), caused_by=sig.caused_by,
     )
     d.incidents.append(inc)
     d.entries.append(Entry(inc.incident_id, now, "opened", actor, {"signal_id": sig.signal_id, "severity": sig.severity}))
     d.severity_changes.append((inc.incident_id, now, "", sig.severity, actor))
     d.sync.append(inc)
-    return d
 
 
 def _resolve_into(d: Decision, inc: Incident, now: float, actor: str, why: str) -> Incident:

@@ -54,8 +54,10 @@ class IncidentService:
             silence = self.store.matching_silence(tx, now, device_id=sig.device_id, site_id=sig.site_id,
                                                   rule_id=sig.rule_id)
         last_closed = self.store.last_closed_for(tx, sig.dedupe_key) if active is None else None
+        children = (self.store.active_caused_by(tx, sig.dedupe_key)
+                    if sig.scope == "site" and sig.status == "firing" else [])
         d = lc.on_signal(sig, now, self.policy, active=active, last_closed=last_closed, parent=parent,
-                         silence_id=silence)
+                         silence_id=silence, children=children)
         if d.suppressed_by:
             m.SUPPRESSED.inc()
         self._commit(tx, d, now)

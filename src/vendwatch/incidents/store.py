@@ -36,6 +36,7 @@ migrations.register(
         resolved_at DOUBLE PRECISION,
         resolved_by TEXT,
         parent_id TEXT,
+        caused_by TEXT,
         reopen_count INTEGER NOT NULL DEFAULT 0,
         labels TEXT NOT NULL DEFAULT '{{}}',
         version {bigint} NOT NULL DEFAULT 1)""",
@@ -44,6 +45,7 @@ migrations.register(
     "CREATE INDEX incidents_key ON incidents(dedupe_key, opened_at)",
     "CREATE INDEX incidents_status ON incidents(status, opened_at)",
     "CREATE INDEX incidents_due ON incidents(resolve_due_at)",
+    "CREATE INDEX incidents_caused_by ON incidents(caused_by)",
     """CREATE TABLE incident_timeline(
         entry_id {serial_pk},
         incident_id TEXT NOT NULL,
@@ -123,6 +125,12 @@ class IncidentStore:
         row = tx.one(f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status IN ('open','acknowledged')"
                      + self._lock_rows, (dedupe_key,))
         return _row_to_incident(row) if row else None
+
+    def active_caused_by(self, tx: Tx, cause_key: str) -> list[Incident]:
+        """Active incidents whose signals blamed the condition ``cause_key`` (absorption candidates)."""
+        rows = tx.query(f"SELECT {_COLS} FROM incidents WHERE caused_by=? AND status IN ('open','acknowledged')"
+                        + self._lock_rows, (cause_key,))
+        return [_row_to_incident(r) for r in rows]
 
     def last_closed_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
         row = tx.one(
