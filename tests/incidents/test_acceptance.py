@@ -338,3 +338,24 @@ def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
     [dev_ticket] = emu.by_correlation("offline/VM-0001")
     assert site_ticket["state"] == "1"
     assert dev_ticket["state"] == "6" and site_ticket["number"] in dev_ticket["close_notes"]
+
+
+def test_servicenow_hourly_rate_limit_waits_for_the_reset(tmp_path: Path, clock: VirtualClock) -> None:
+    emu = ServiceNowEmulator(clock=clock.now, rate_limit_per_hour=6)
+    srv = emu.serve()
+    try:
+        ctx = context(tmp_path, **sn_settings(srv.url))
+        orch = Orchestrator(ctx, clock=clock)
+        publish(ctx, *(make_signal(clock, key=f"offline/VM-{i:04d}", device_id=f"VM-{i:04d}") for i in range(5)))
+        run_for(orch, clock, 60, step_s=5.0)
+        limited = [r for r in emu.faults.requests if r.status == 429]
+        assert limited, "the instance's hourly limit was never hit"
+        reset = (int(limited[0].at // 3600) + 1) * 3600
+        run_for(orch, clock, 3700, step_s=60.0)
+        assert all(len(emu.by_correlation(f"offline/VM-{i:04d}")) == 1 for i in range(5))
+        # the first 429 held the whole target until the reset: no call was wasted on a second 429
+        assert [r.status for r in emu.faults.requests].count(429) == 1
+        after_429 = [r.at for r in emu.faults.requests if r.at > limited[0].at]
+        assert after_429 and min(after_429) >= reset
+    finally:
+        srv.stop()
