@@ -158,3 +158,11 @@ def test_housekeeping_runs_on_the_commit_thread(tmp_path: Path) -> None:
     assert done.wait(10)
     committer.stop()
     assert ran_on == ["vw-group-commit"]
+
+
+def test_a_foreign_record_in_the_events_topic_does_not_stop_ingest(tmp_path: Path) -> None:
+    lg = _log(tmp_path)
+    lg.append(EVENTS, [("VM-1", b"not json"), ("VM-1", b'{"no_event_id": 1}')])
+    sink = SqliteIngestSink(lg)
+    sink.warm()
+    assert sink.commit([_pending("VM-1", "a")], []) == [True]

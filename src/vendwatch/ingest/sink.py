@@ -101,10 +101,17 @@ class SqliteIngestSink(IngestSink):
                     f"SELECT offset, ts, key, value FROM {t} WHERE offset >= ? ORDER BY offset LIMIT ?",
                     (self._next.get(p, 0), self.scan_chunk),
                 ).fetchall()
-                for _off, ts, key, value in rows:
-                    if ts >= cutoff_ms:
-                        self.index.add(dedupe_key(key, _event_id_decoder.decode(value).event_id), ts / 1000)
-                        added += 1
+                for off, ts, key, value in rows:
+                    if ts < cutoff_ms:
+                        continue
+                    try:
+                        event_id = _event_id_decoder.decode(value).event_id
+                    except (msgspec.DecodeError, UnicodeDecodeError):
+                        # not written by a collector; it cannot be a duplicate of anything
+                        log.warning("events/%d@%d is not a stored event; not indexed", p, off)
+                        continue
+                    self.index.add(dedupe_key(key, event_id), ts / 1000)
+                    added += 1
                 if rows:
                     self._next[p] = rows[-1][0] + 1
                 if len(rows) < self.scan_chunk:
