@@ -86,8 +86,9 @@ def test_import_is_validated_and_atomic(data_dir: Path, tmp_path: Path, text: st
     vw(data_dir, "devices", "add", "VM-OLD")
     f = tmp_path / "fleet.csv"
     f.write_text(text)
-    code, _, err = vw(data_dir, "devices", "import", str(f))
+    code, out, err = vw(data_dir, "devices", "import", str(f))
     assert code != 0 and needle in err
+    assert "vwd_" not in out, "no token printed for a failed import"
     ids = [d["device_id"] for d in json.loads(vw(data_dir, "devices", "list", "--json")[1])]
     assert ids == ["VM-OLD"], "nothing imported"
 
