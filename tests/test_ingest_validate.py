@@ -48,3 +48,15 @@ def test_all_good_batch_takes_the_fast_path() -> None:
     assert parsed.typed is not None and parsed.raw is None
     out = _V.validate(parsed, "VM-1", "S1", _NOW)
     assert len(out.accepted) == 3 and parsed.raw is None
+
+
+def test_function_api_for_other_front_doors() -> None:
+    from vendwatch.ingest.validate import quarantine_record, validate_batch
+    from vendwatch.state.store import Device
+
+    raws = [msgspec.Raw(msgspec.json.encode(e)) for e in (event("VM-1"), event("VM-2"), event("VM-1"))]
+    v = validate_batch(raws, Device("VM-1", "S1", "active"), load_settings(environ={}).ingest, _NOW)
+    assert v.accepted_index == [0, 2] and [r["index"] for r in v.rejected] == [1]
+    rec = msgspec.json.decode(quarantine_record("VM-1", _NOW, "bad topic", b"\xff not json"))
+    assert rec["reason"] == "bad topic" and isinstance(rec["raw"], str)
+    assert msgspec.json.decode(quarantine_record(None, _NOW, "x", b'{"a": 1}'))["raw"] == {"a": 1}

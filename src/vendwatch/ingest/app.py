@@ -228,7 +228,11 @@ class Collector:
             log.exception("append failed")
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        n_new = sum(fresh)
+        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "in_flight", "some events of this batch are being stored by another request;"
+                          " retry with the same event ids", {"Retry-After": "2"})
+        n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
         _ACCEPTED.inc(n_new)
         if n_dup:

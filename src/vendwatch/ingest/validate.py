@@ -9,6 +9,7 @@ exact bytes for the quarantine.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -18,6 +19,8 @@ import msgspec
 from vendwatch import events as ev
 from vendwatch.config import IngestSettings
 from vendwatch.ingest.sink import Pending
+from vendwatch.observe import metrics as m
+from vendwatch.state.store import Device
 
 _QUARANTINE_MAX = 65_536  # larger rejected events are kept as reason + ids only
 _enc = msgspec.json.Encoder()
@@ -81,6 +84,7 @@ def parse(body: bytes) -> Parsed:
 @dataclass(slots=True)
 class Outcome:
     accepted: list[Pending] = field(default_factory=list)
+    accepted_index: list[int] = field(default_factory=list)  # position of each accepted event in the batch
     rejected: list[dict[str, Any]] = field(default_factory=list)  # index, event_id, code, reason
     quarantine: list[tuple[str, bytes]] = field(default_factory=list)  # (device_id, RejectedEvent JSON)
     in_batch_duplicates: int = 0
@@ -148,7 +152,7 @@ class Validator:
               lim: _Limits) -> Outcome | None:
         out = Outcome()
         seen: set[str] = set()
-        for e in events:
+        for i, e in enumerate(events):
             if self._problem(e, device_id, lim) is not None:
                 return None
             if e.event_id in seen:
@@ -156,6 +160,7 @@ class Validator:
                 continue
             seen.add(e.event_id)
             out.accepted.append(self._stored(e, site_id, lim))
+            out.accepted_index.append(i)
         return out
 
     def _slow(self, raws: list[msgspec.Raw], device_id: str, site_id: str | None, lim: _Limits) -> Outcome:
@@ -186,7 +191,41 @@ class Validator:
                 continue
             seen.add(e.event_id)
             out.accepted.append(self._stored(e, site_id, lim))
+            out.accepted_index.append(i)
         return out
+
+
+# --- the function API used by every ingestion front door (HTTP collector, MQTT bridge) ---
+
+Verdicts = Outcome  # name used by the MQTT bridge
+
+
+def validate_batch(raws: Sequence[msgspec.Raw], device: Device, s: IngestSettings, now: datetime) -> Outcome:
+    """Judge each raw event of ``device``'s batch received at ``now`` (counts rejection metrics)."""
+    out = Validator(s).validate(Parsed(b"", None, list(raws)), device.device_id, device.site_id, now)
+    for r in out.rejected:
+        m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
+    return out
+
+
+def quarantine_record(device_id: str | None, now: datetime, reason: str, raw: bytes | None,
+                      event_id: str | None = None, index: int | None = None, code: str | None = None) -> bytes:
+    """A ``RejectedEvent`` for the ``rejected`` topic, for input refused before it could be split
+    into events (raw kept up to 64 KiB; bytes that are not JSON are kept as a JSON string)."""
+    keep = None
+    if raw is not None and len(raw) <= _QUARANTINE_MAX:
+        try:
+            msgspec.json.decode(raw)
+            keep = msgspec.Raw(raw)
+        except (*_DECODE_ERRORS,):
+            keep = msgspec.Raw(_enc.encode(bytes(raw).decode("utf-8", "backslashreplace")))
+    return _enc.encode(ev.RejectedEvent(received_at=now, reason=reason, code=code, device_id=device_id,
+                                        event_id=event_id, index=index, raw=keep))
+
+
+def peek_event_id(raw: msgspec.Raw) -> str | None:
+    """The event_id of an event that failed validation, when it has a readable one."""
+    return _peek_event_id(raw)
 
 
 def _quarantine_copy(raw: msgspec.Raw) -> msgspec.Raw | None:
