@@ -108,6 +108,18 @@ def test_sigkill_loses_no_acked_event_and_stores_none_twice(data_dir: Path) -> N
                                                       "content-type": "application/json"})
                 assert r.status_code == 200, r.text
                 assert r.json()["rejected"] == []
+        # the device-state role was SIGKILLed too: its per-device counts must end up equal to
+        # the log's, each event folded exactly once
+        st = open_state(settings(data_dir))
+        expected = Counter(decode_stored(v).device_id for v in read_all(SqliteLog(data_dir / "bus.db"), EVENTS))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            counts = {d["device_id"]: d["events"] for d in st.list_device_states()}
+            if counts == dict(expected):
+                break
+            time.sleep(0.1)
+        assert counts == dict(expected)
+        st.close()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(15)
