@@ -18,20 +18,41 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    server = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                return server
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and server.poll() is None, "vendwatch serve did not start"
+        time.sleep(0.2)
+
+
+def _log_ids(data_dir: Path) -> list[tuple[str, str]]:
+    from vendwatch.bus import EVENTS
+    from vendwatch.config import load_settings
+    from vendwatch.events import decode_stored
+    from vendwatch.runtime import Context
+
+    ctx = Context(load_settings(overrides={"data_dir": str(data_dir)}, environ={}))
+    out = []
+    for p in range(ctx.log.partitions(EVENTS)):
+        off = ctx.log.begin_offsets(EVENTS)[p]
+        while recs := ctx.log.read(EVENTS, p, off, 5000):
+            out += [(e.device_id, e.event_id) for e in map(decode_stored, (r.value for r in recs))]
+            off = recs[-1].offset + 1
+    ctx.close()
+    return out
+
+
 def test_simulate_drives_a_real_collector(tmp_path: Path) -> None:
     port = _free_port()
-    server = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(tmp_path), "--port", str(port)),
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = _serve(tmp_path, port)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and server.poll() is None, "vendwatch serve did not start"
-            time.sleep(0.2)
         out = tmp_path / "sim.json"
         proc = subprocess.run(
             vendwatch_cmd("simulate", "--url", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path), "--devices", "12",
@@ -69,3 +90,33 @@ def test_usage_errors_are_clear(tmp_path: Path) -> None:
     bad.write_text("id,secret\nA,B\n")
     p = run("--tokens", str(bad))
     assert p.returncode == 1 and "device_id and token" in p.stderr
+
+
+def test_collector_killed_while_simulating_keeps_every_acked_event_once(tmp_path: Path) -> None:
+    """SIGKILL the collector mid-run and restart it: the simulator retries with the same
+    ids, so every event that got a 2xx is in the log, and none is there twice."""
+    port = _free_port()
+    server = _serve(tmp_path, port)
+    acked = tmp_path / "acked.csv"
+    sim = subprocess.Popen(
+        vendwatch_cmd("simulate", "--url", f"http://127.0.0.1:{port}", "--data-dir", str(tmp_path), "--devices", "20",
+                      "--speed", "300", "--duration", "8", "--flush-interval", "0.2", "--acked-ids", str(acked)),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        server.kill()  # SIGKILL: no shutdown, in-flight requests lost
+        server.wait(10)
+        time.sleep(1)
+        server = _serve(tmp_path, port)
+        out, err = sim.communicate(timeout=120)
+        assert sim.returncode == 0, err
+    finally:
+        server.terminate()
+        server.wait(20)
+    stats = json.loads(out)
+    assert stats["network_errors"] > 0 and stats["retries"] > 0 and stats["events_unsent"] == 0
+    acked_ids = [tuple(line.split(",", 1)) for line in acked.read_text().splitlines()]
+    assert len(acked_ids) == len(set(acked_ids)) == stats["events_acked"] == stats["events_sent"]
+    in_log = _log_ids(tmp_path)
+    assert len(in_log) == len(set(in_log))  # none twice
+    assert set(acked_ids) == set(in_log)  # every 2xx event is there (and nothing unacknowledged)

@@ -74,10 +74,22 @@ def test_a_refused_batch_is_rejected_not_retried() -> None:
 
 
 def test_per_event_rejections_are_not_acked() -> None:
-    server = FakeCollector(reject_indexes={1, 3})
-    sender, ok = asyncio.run(_send(server, _batch(5)))
-    assert ok
+    events = _batch(5)
+    ids = [json.loads(e)["event_id"] for e in events]
+    acked: list[str] = []
+
+    async def go() -> Sender:
+        server = FakeCollector(script=["drop_after_store"], reject_indexes={1, 3})
+        url = await server.start()
+        sender = Sender(url, {"VM-00001": "t"}, retry=FAST, on_acked=lambda d, got: acked.extend(got))
+        await sender.send("VM-00001", events, ids)
+        await sender.aclose()
+        await server.stop()
+        return sender
+
+    sender = asyncio.run(go())
     assert sender.stats.events_acked == 3 and sender.stats.events_rejected == 2
+    assert acked == [ids[0], ids[2], ids[4]]  # reported once, although the first answer was lost
 
 
 def test_gives_up_after_the_drain_deadline_and_says_so() -> None:

@@ -68,12 +68,14 @@ def fault_plan(faults: str, scale: float, fault_at: tuple[str, ...]):  # type: i
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=30, show_default=True,
               help="At the end, seconds to keep retrying unsent batches.")
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="Also write the final counts to this file.")
+@click.option("--acked-ids", type=click.Path(dir_okay=False),
+              help="Append device_id,event_id of every acknowledged event to this file (for checking the log).")
 @pass_env
 def simulate(env: Env, url: str, tokens_file: str | None, n_devices: int | None, n_sites: int | None, seed: int,
              speed: float, duration: float | None, heartbeat_interval: float, telemetry_interval: float, faults: str,
              fault_rate_scale: float, fault_at: tuple[str, ...], showcase: bool, batch_size: int,
              flush_interval: float, concurrency: int, max_backlog: float, drain_timeout: float,
-             summary_json: str | None) -> None:
+             summary_json: str | None, acked_ids: str | None) -> None:
     """Drive N simulated vending machines against a running collector over HTTP.
 
     Each machine posts with its own token: heartbeats, telemetry with compressor
@@ -113,7 +115,13 @@ def simulate(env: Env, url: str, tokens_file: str | None, n_devices: int | None,
         raise click.ClickException(str(e)) from None
 
     async def main() -> dict[str, object]:
-        sender = Sender(url, tokens, concurrency=concurrency, seed=seed)
+        acked_file = open(acked_ids, "a", buffering=1) if acked_ids else None  # noqa: SIM115 - closed below
+
+        def write_acked(device_id: str, ids: list[str]) -> None:
+            assert acked_file is not None
+            acked_file.write("".join(f"{device_id},{i}\n" for i in ids))
+
+        sender = Sender(url, tokens, concurrency=concurrency, seed=seed, on_acked=write_acked if acked_file else None)
         run = LiveRun(fleet, clock, sender, duration_s=duration, batch_max=batch_size, flush_s=flush_interval,
                       drain_timeout_s=drain_timeout)
         stop = asyncio.Event()
@@ -136,6 +144,8 @@ def simulate(env: Env, url: str, tokens_file: str | None, n_devices: int | None,
             stats = await run.run(stop, on_tick=progress)
         finally:
             await sender.aclose()
+            if acked_file is not None:
+                acked_file.close()
         out = stats.as_dict()
         out.update(devices=len(devices), seed=seed, speed=speed, wall_seconds=round(clock.elapsed_wall(), 2),
                    simulated_seconds=round(fleet.now - fleet.start, 1), faults_injected=len(fleet.injected))

@@ -43,7 +43,7 @@ class LiveRun:
         self.flush_s = flush_s
         self.tick_s = tick_s
         self.drain_timeout_s = drain_timeout_s
-        self._buf: dict[str, list[bytes]] = {d: [] for d in fleet.device_ids}
+        self._buf: dict[str, list[tuple[str, bytes]]] = {d: [] for d in fleet.device_ids}  # (event_id, JSON)
         self._oldest: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[bool]] = {}
 
@@ -58,7 +58,7 @@ class LiveRun:
             buf = self._buf[dev.device_id]
             if not buf:
                 self._oldest[dev.device_id] = time.monotonic()
-            buf.extend(encode_event(e) for e in evs)
+            buf.extend((e.event_id, encode_event(e)) for e in evs)
             self.stats.events_generated += len(evs)
 
     def _flush(self, force: bool) -> None:
@@ -69,7 +69,7 @@ class LiveRun:
             if force or len(buf) >= self.batch_max or now - self._oldest.get(did, now) >= self.flush_s:
                 batch, self._buf[did] = buf[: self.batch_max], buf[self.batch_max :]
                 self._oldest[did] = now
-                task = asyncio.create_task(self.sender.send(did, batch))
+                task = asyncio.create_task(self.sender.send(did, [b for _, b in batch], [i for i, _ in batch]))
                 self._inflight[did] = task
                 task.add_done_callback(lambda _t, d=did: self._inflight.pop(d, None))
 

@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,12 +105,14 @@ class Sender:
         retry: RetryPolicy | None = None,
         seed: int = 0,
         stats: SendStats | None = None,
+        on_acked: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/events" if not url.rstrip("/").endswith("/v1/events") else url
         self.tokens = tokens
         self.retry = retry or RetryPolicy()
         self.stats = stats or SendStats()
         self.rng = random.Random(f"vendwatch-sim-jitter:{seed}")
+        self.on_acked = on_acked  # (device_id, acked event ids) after every 2xx
         self.give_up_at: float | None = None  # time.monotonic() deadline once the run is draining
         self._sem = asyncio.Semaphore(concurrency)
         self._client = httpx.AsyncClient(
@@ -123,8 +126,11 @@ class Sender:
     def _giving_up(self) -> bool:
         return self.give_up_at is not None and time.monotonic() >= self.give_up_at
 
-    async def send(self, device_id: str, events: list[bytes]) -> bool:
-        """Post one batch until answered; True when the collector answered 2xx."""
+    async def send(self, device_id: str, events: list[bytes], event_ids: list[str] | None = None) -> bool:
+        """Post one batch until answered; True when the collector answered 2xx.
+
+        ``event_ids`` (the ids of ``events``, in order) are only needed for ``on_acked``.
+        """
         st = self.stats
         n = len(events)
         body = b'{"events":[' + b",".join(events) + b"]}"
@@ -143,7 +149,7 @@ class Sender:
             else:
                 st.statuses[resp.status_code] += 1
                 if 200 <= resp.status_code < 300:
-                    self._answered(device_id, n, resp.content)
+                    self._answered(device_id, n, resp.content, event_ids)
                     return True
                 if resp.status_code not in RETRY_STATUSES:
                     st.events_rejected += n
@@ -163,7 +169,7 @@ class Sender:
                 delay = min(delay, max(0.0, self.give_up_at - time.monotonic()))
             await asyncio.sleep(delay)
 
-    def _answered(self, device_id: str, n: int, content: bytes) -> None:
+    def _answered(self, device_id: str, n: int, content: bytes, event_ids: list[str] | None) -> None:
         st = self.stats
         try:
             ans = msgspec.json.decode(content, type=_Answer)
@@ -177,3 +183,6 @@ class Sender:
             st.reject_reasons[str(r.get("reason", "?"))[:200]] += 1
         if n - rejected > 0:
             st.devices_acked.add(device_id)
+        if self.on_acked is not None and event_ids is not None:
+            refused = {r.get("index") for r in ans.rejected}
+            self.on_acked(device_id, [i for k, i in enumerate(event_ids) if k not in refused])
