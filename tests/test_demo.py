@@ -13,8 +13,7 @@ from tests.conftest import vendwatch_cmd
 
 def _demo(data_dir: Path, summary: Path, *extra: str) -> tuple[dict, str]:
     proc = subprocess.run(
-        vendwatch_cmd("demo", "--data-dir", str(data_dir), "--summary-json", str(summary), "--devices", "100",
-                      *extra),
+        vendwatch_cmd("demo", "--data-dir", str(data_dir), "--summary-json", str(summary), "--devices", "100", *extra),
         capture_output=True, text=True, timeout=240, stdin=subprocess.DEVNULL,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -42,13 +41,15 @@ def test_demo_acks_every_event_once_and_reuses_its_fleet(tmp_path: Path) -> None
     assert again["faults_injected"] == {}
 
 
-def test_demo_servicenow_emulator_flag_fails_clearly_when_absent_or_runs(tmp_path: Path) -> None:
-    from vendwatch import runtime
-
-    present = runtime.load("vendwatch.incidents.emulator:start_for_demo") if _module_exists() else None
-    if present is not None:
-        pytest.skip("the incidents part provides the emulator; covered by the full demo run")
-    proc = subprocess.run(vendwatch_cmd("demo", "--data-dir", str(tmp_path), "--duration", "1", "--servicenow-emulator"),
+def test_demo_servicenow_emulator_flag(tmp_path: Path) -> None:
+    """With the incidents part's emulator the demo runs with it; without, it says so and exits 1."""
+    args = ["--duration", "3", "--devices", "10", "--sites", "2", "--servicenow-emulator"]
+    if _module_exists():
+        s, err = _demo(tmp_path / "data", tmp_path / "s.json", *args)
+        assert "ServiceNow emulator at http" in err
+        assert s["events_acked"] > 0 and s["events_acked"] == s["events_in_log"]
+        return
+    proc = subprocess.run(vendwatch_cmd("demo", "--data-dir", str(tmp_path), *args),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
     assert "--servicenow-emulator needs vendwatch.incidents.emulator" in proc.stderr

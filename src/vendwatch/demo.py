@@ -248,6 +248,7 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         in_log, dup = count_log_events(ctx, since_offsets)
         hooks, hook_errors = call_hooks(ctx)
         summary = {
+            **hooks,  # the demo's own counts below win over a hook's key of the same name
             **stats.as_dict(),
             "events_in_log": in_log,
             "duplicate_events_in_log": dup,
@@ -263,7 +264,6 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             "stage_lag": lags,
             "url": server.url,
             "data_dir": str(data_dir),
-            **hooks,
         }
         if hook_errors:
             summary["hook_errors"] = hook_errors

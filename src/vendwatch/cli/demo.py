@@ -27,11 +27,15 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
 @click.option("--no-faults", is_flag=True, help="Simulate a healthy fleet (no injected faults).")
 @click.option("--servicenow-emulator", is_flag=True,
               help="Start the bundled ServiceNow emulator and send incidents to it.")
+@click.option("--max-backlog", type=click.FloatRange(min=0), default=3000, show_default=True,
+              help="The simulated clock starts at most this many seconds in the past (events older than the "
+                   "collector's ingest.late_after_s are marked late).")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=120, show_default=True,
               help="At the end, seconds to wait for the pipeline to process every acknowledged event.")
 @pass_env
 def demo(env: Env, devices: int, sites: int, duration: float | None, speed: float, seed: int, host: str, port: int,
-         summary_json: str | None, no_faults: bool, servicenow_emulator: bool, drain_timeout: float) -> None:
+         summary_json: str | None, no_faults: bool, servicenow_emulator: bool, max_backlog: float,
+         drain_timeout: float) -> None:
     """Run vendwatch end to end on a simulated fleet, in one process.
 
     Registers the demo machines in the data directory (reused on later runs; their
@@ -52,7 +56,8 @@ def demo(env: Env, devices: int, sites: int, duration: float | None, speed: floa
         return env.settings(**overrides)
 
     opts = DemoOptions(devices=devices, sites=sites, duration_s=duration, speed=speed, seed=seed, host=host, port=port,
-                       faults=not no_faults, servicenow_emulator=servicenow_emulator, drain_timeout_s=drain_timeout)
+                       faults=not no_faults, servicenow_emulator=servicenow_emulator, drain_timeout_s=drain_timeout,
+                       max_backlog_s=max_backlog)
     try:
         summary = run_demo(settings, opts, reload)
     except DemoError as e:
