@@ -100,11 +100,10 @@ def test_every_fault_kind_has_an_expectation() -> None:
 
 
 def _device_for(fleet: Fleet, kind: str) -> str:
-    needs = FAULTS[kind].needs
     if kind == "failed_vends":  # needs customers: take the busiest machine
         return max(fleet.profiles, key=lambda p: p.sales_per_day).device_id
     for p in fleet.profiles:
-        if needs is None or getattr(p, needs):
+        if FAULTS[kind].fits(p.refrigerated, p.smart):
             return p.device_id
     raise AssertionError(f"no machine fits {kind}")
 

@@ -9,10 +9,14 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from vendwatch.cli.common import Env, data_dir_option, pass_env
+
+if TYPE_CHECKING:
+    from vendwatch.simulate import FaultPlan
 
 FAULT_HELP = (
     "Random faults: 'all', 'none' or kind[=RATE],... with RATE in occurrences per machine per "
@@ -20,7 +24,7 @@ FAULT_HELP = (
 )
 
 
-def fault_plan(faults: str, scale: float, fault_at: tuple[str, ...]):  # type: ignore[no-untyped-def]
+def fault_plan(faults: str, scale: float, fault_at: tuple[str, ...]) -> FaultPlan:
     """Build a FaultPlan from the CLI options, as a click usage error when they are wrong."""
     from vendwatch.simulate import FaultPlan, FaultSpecError, ScheduledFault
 

@@ -129,8 +129,7 @@ class DeviceSim:
         return out
 
     def _applicable(self, kind: str) -> bool:
-        needs = FAULTS[kind].needs
-        return needs is None or (needs == "refrigerated" and self.p.refrigerated) or (needs == "smart" and self.p.smart)
+        return FAULTS[kind].fits(self.p.refrigerated, self.p.smart)
 
     def _emit(self, type_: str, payload: Any) -> None:
         if self.silent:

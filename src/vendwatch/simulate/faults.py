@@ -26,6 +26,10 @@ class FaultKind:
     summary: str
     needs: str | None = None  # "refrigerated" or "smart": only machines with that feature
 
+    def fits(self, refrigerated: bool, smart: bool) -> bool:
+        """Whether a machine with these features can have this fault."""
+        return self.needs is None or (self.needs == "refrigerated" and refrigerated) or (self.needs == "smart" and smart)
+
 
 FAULTS: dict[str, FaultKind] = {k.name: k for k in [
     FaultKind("offline", 0.10, (1200, 3600), "machine silent (no events at all), then reconnects"),

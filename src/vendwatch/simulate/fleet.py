@@ -127,7 +127,7 @@ class Fleet:
         ]
 
 
-def showcase_plan(fleet_devices: list[Profile], start_offset_s: float = 60.0, spacing_s: float = 30.0) -> list[ScheduledFault]:
+def showcase_plan(profiles: list[Profile], start_offset_s: float = 60.0, spacing_s: float = 30.0) -> list[ScheduledFault]:
     """One scheduled fault of every kind, each on a different applicable machine, early in a run.
 
     ``vendwatch demo`` uses it so that a short run shows every kind of incident.
@@ -135,9 +135,8 @@ def showcase_plan(fleet_devices: list[Profile], start_offset_s: float = 60.0, sp
     out: list[ScheduledFault] = []
     used: set[str] = set()
     for i, kind in enumerate(FAULTS.values()):
-        for p in fleet_devices:
-            fits = kind.needs is None or (kind.needs == "refrigerated" and p.refrigerated) or (kind.needs == "smart" and p.smart)
-            if fits and p.device_id not in used:
+        for p in profiles:
+            if kind.fits(p.refrigerated, p.smart) and p.device_id not in used:
                 used.add(p.device_id)
                 out.append(ScheduledFault(kind.name, p.device_id, start_offset_s + i * spacing_s))
                 break
@@ -145,6 +144,7 @@ def showcase_plan(fleet_devices: list[Profile], start_offset_s: float = 60.0, sp
 
 
 def encode_event(e: ev.DeviceEvent) -> bytes:
+    """The event as one element of a request body's ``events`` array."""
     return msgspec.json.encode(e)
 
 
