@@ -9,6 +9,7 @@ the start time, never on how often ``advance`` is called.
 
 from __future__ import annotations
 
+import heapq
 import math
 import random
 from datetime import UTC, datetime
@@ -91,22 +92,25 @@ class DeviceSim:
         self.lam_max = profile.sales_per_day / 86400 * CURVE_MAX
         # timers: name -> simulated time it fires
         r = self.rng
-        self.timers: dict[str, float] = {
-            "heartbeat": start + r.uniform(0, heartbeat_s),
-            "telemetry": start + r.uniform(0, telemetry_s),
-            "connectivity": start + r.uniform(0, connectivity_s),
-            "inventory": start + r.uniform(0, inventory_s),
-            "sale": start + r.expovariate(self.lam_max),
-            "applog": start + r.expovariate(1 / 3600),
-            "update": start + r.expovariate(1 / (3 * 86400)),
-        }
+        self.timers: dict[str, float] = {}
+        self._heap: list[tuple[float, str]] = []  # (time, name); entries whose time changed are stale
+        for name, at in (
+            ("heartbeat", start + r.uniform(0, heartbeat_s)),
+            ("telemetry", start + r.uniform(0, telemetry_s)),
+            ("connectivity", start + r.uniform(0, connectivity_s)),
+            ("inventory", start + r.uniform(0, inventory_s)),
+            ("sale", start + r.expovariate(self.lam_max)),
+            ("applog", start + r.expovariate(1 / 3600)),
+            ("update", start + r.expovariate(1 / (3 * 86400))),
+        ):
+            self._at(name, at)
         self._rates = dict(plan.rates)
         for kind, rate in sorted(plan.rates.items()):
             if rate > 0 and self._applicable(kind):
-                self.timers[f"fault:{kind}"] = start + r.expovariate(rate / 86400)
+                self._at(f"fault:{kind}", start + r.expovariate(rate / 86400))
         self._scheduled: list[ScheduledFault] = [s for s in plan.scheduled if s.device_id == self.device_id]
         for i, s in enumerate(self._scheduled):
-            self.timers[f"sched:{i}"] = start + s.start_s
+            self._at(f"sched:{i}", start + s.start_s)
         if initial_state:
             self._initial_state()
         self._maybe_book_refill()
@@ -114,12 +118,15 @@ class DeviceSim:
     # -- driving ------------------------------------------------------------------
     def advance(self, until: float) -> list[ev.DeviceEvent]:
         """Fire every timer due at or before ``until``; return the events emitted."""
-        timers = self.timers
-        while timers:
-            name = min(timers, key=lambda k: (timers[k], k))
-            at = timers[name]
+        timers, heap = self.timers, self._heap
+        while heap:
+            at, name = heap[0]
+            if timers.get(name) != at:
+                heapq.heappop(heap)  # superseded by a later _at for the same name
+                continue
             if at > until:
                 break
+            heapq.heappop(heap)
             del timers[name]
             self._physics(at)
             self.now = at
@@ -127,6 +134,11 @@ class DeviceSim:
             getattr(self, f"_on_{kind}")(arg)
         out, self.out = self.out, []
         return out
+
+    def _at(self, name: str, at: float) -> None:
+        """(Re)arm timer ``name``; ties fire in name order, so the order is deterministic."""
+        self.timers[name] = at
+        heapq.heappush(self._heap, (at, name))
 
     def _applicable(self, kind: str) -> bool:
         return FAULTS[kind].fits(self.p.refrigerated, self.p.smart)
@@ -156,10 +168,11 @@ class DeviceSim:
         if not self.p.refrigerated:
             return
         cooling = "cooling_failure" not in self.active and not ({"power_off", "power_cut"} & self.active.keys())
+        k = LEAK_DOOR_OPEN_PER_S if self.door_open else LEAK_PER_S
+        ambient = self._ambient(self.phys_t)  # changes by a few degrees a day: constant over one interval
         while self.phys_t < t:
             dt = min(PHYSICS_STEP_S, t - self.phys_t)
-            k = LEAK_DOOR_OPEN_PER_S if self.door_open else LEAK_PER_S
-            self.fridge_c += k * (self._ambient(self.phys_t) - self.fridge_c) * dt
+            self.fridge_c += k * (ambient - self.fridge_c) * dt
             if self.compressor_on and cooling:
                 self.fridge_c -= COOLING_C_PER_S * dt
             if self.fridge_c >= FRIDGE_ON_AT_C:
@@ -238,7 +251,7 @@ class DeviceSim:
     def _on_heartbeat(self, _: str) -> None:
         self._emit("heartbeat", ev.Heartbeat(uptime_s=int(self.now - self.boot_at), firmware_version=self.firmware,
                                              interval_s=int(self.heartbeat_s)))
-        self.timers["heartbeat"] = self.now + self.heartbeat_s * self.rng.uniform(0.99, 1.01)
+        self._at("heartbeat", self.now + self.heartbeat_s * self.rng.uniform(0.99, 1.01))
 
     def _on_telemetry(self, _: str) -> None:
         self._emit("telemetry", self._telemetry())
@@ -248,16 +261,16 @@ class DeviceSim:
             cf["raised"] = True
             self._emit("fault", ev.Fault(code="cooling_failure", component="refrigeration",
                                          detail=f"compartment at {self.fridge_c:.1f} °C with compressor running"))
-        self.timers["telemetry"] = self.now + self.telemetry_s * self.rng.uniform(0.98, 1.02)
+        self._at("telemetry", self.now + self.telemetry_s * self.rng.uniform(0.98, 1.02))
 
     def _on_connectivity(self, _: str) -> None:
         self._emit("connectivity", self._connectivity())
         every = 300.0 if "bad_connectivity" in self.active else self.connectivity_s
-        self.timers["connectivity"] = self.now + every * self.rng.uniform(0.95, 1.05)
+        self._at("connectivity", self.now + every * self.rng.uniform(0.95, 1.05))
 
     def _on_inventory(self, _: str) -> None:
         self._emit("inventory", self._inventory())
-        self.timers["inventory"] = self.now + self.inventory_s
+        self._at("inventory", self.now + self.inventory_s)
 
     def _on_applog(self, _: str) -> None:
         level, message = self.rng.choice((
@@ -266,18 +279,18 @@ class DeviceSim:
             ("warning", "dispense retry succeeded on second attempt"),
         ))
         self._emit("log", ev.Log(kind="application", level=level, message=message))  # type: ignore[arg-type]
-        self.timers["applog"] = self.now + self.rng.expovariate(1 / 3600)
+        self._at("applog", self.now + self.rng.expovariate(1 / 3600))
 
     def _on_update(self, arg: str) -> None:
         self._start_update(force_failure=False)
-        self.timers["update"] = self.now + self.rng.expovariate(1 / (3 * 86400))
+        self._at("update", self.now + self.rng.expovariate(1 / (3 * 86400)))
 
     def _start_update(self, force_failure: bool) -> None:
         major, minor, patch = (int(x) for x in self.firmware.split("."))
         target = f"{major}.{minor}.{patch + 1}"
         self._emit("config", ev.Config(firmware_version=self.firmware, update_status="started", target_version=target))
         fail = force_failure or self.rng.random() < UPDATE_FAILURE_P
-        self.timers[f"updatedone:{target}:{int(fail)}"] = self.now + self.rng.uniform(120, 300)
+        self._at(f"updatedone:{target}:{int(fail)}", self.now + self.rng.uniform(120, 300))
 
     def _on_updatedone(self, arg: str) -> None:
         target, _, fail = arg.partition(":")
@@ -300,7 +313,7 @@ class DeviceSim:
         # thinning: candidates at the peak rate, kept with probability rate(t)/peak
         if self.rng.random() < self._sales_rate(self.now) / self.lam_max:
             self._customer()
-        self.timers["sale"] = self.now + self.rng.expovariate(self.lam_max)
+        self._at("sale", self.now + self.rng.expovariate(self.lam_max))
 
     def _customer(self, retry: bool = False) -> None:
         r = self.rng
@@ -380,7 +393,7 @@ class DeviceSim:
             at += ((7 - hour) % 24) * 3600 + self.rng.uniform(0, 2) * 3600
         self.visit = {"id": f"{self.device_id}-{self.id_prefix}-V{int(at)}", "started": False,
                       "technician": f"TECH-{self.p.site.site_id}-{self.rng.randint(1, 3)}"}
-        self.timers["visitstart"] = at
+        self._at("visitstart", at)
 
     def _on_visitstart(self, _: str) -> None:
         assert self.visit is not None
@@ -388,7 +401,7 @@ class DeviceSim:
         self._emit("refill", ev.Refill(visit_id=self.visit["id"], phase="started", technician_id=self.visit["technician"]))
         self.door_open = True
         self._emit("telemetry", self._telemetry())
-        self.timers["visitdone"] = self.now + self.rng.uniform(480, 1200)
+        self._at("visitdone", self.now + self.rng.uniform(480, 1200))
 
     def _on_visitdone(self, _: str) -> None:
         assert self.visit is not None
@@ -407,7 +420,7 @@ class DeviceSim:
         for s in back_ok:
             self._emit("stock_alert", ev.StockAlert(slot=s.slot, product_id=s.product_id, level="ok", count=s.count))
         self._emit("inventory", self._inventory())
-        self.timers["visitclose"] = self.now + self.rng.uniform(30, 120)
+        self._at("visitclose", self.now + self.rng.uniform(30, 120))
 
     def _on_visitclose(self, _: str) -> None:
         self.door_open = False
@@ -421,7 +434,7 @@ class DeviceSim:
             self.start_fault(kind)
         rate = self._rates.get(kind, 0.0)
         if rate > 0:
-            self.timers[f"fault:{kind}"] = self.now + self.rng.expovariate(rate / 86400)
+            self._at(f"fault:{kind}", self.now + self.rng.expovariate(rate / 86400))
 
     def _on_sched(self, i: str) -> None:
         s = self._scheduled[int(i)]
@@ -441,7 +454,7 @@ class DeviceSim:
         self.injected.append(InjectedFault(kind, self.device_id, self.now, self.now + (duration if hi > 0 else 0.0), detail))
         if hi > 0 or duration_s:
             self.active[kind] = params
-            self.timers[f"end:{kind}"] = self.now + duration
+            self._at(f"end:{kind}", self.now + duration)
 
     def _on_end(self, kind: str) -> None:
         params = self.active.pop(kind, None)
@@ -533,7 +546,7 @@ class DeviceSim:
 
     def _fault_payment_failures(self, p: dict[str, Any]) -> None:
         p["attempts"] = 0
-        self.timers["payattempt"] = self.now
+        self._at("payattempt", self.now)
 
     def _on_payattempt(self, _: str) -> None:
         p = self.active.get("payment_failures")
@@ -549,7 +562,7 @@ class DeviceSim:
         if p["attempts"] % 3 == 0:
             self._emit("security", ev.Security(kind="payment_attempts_failed", attempts=p["attempts"],
                                                detail="repeated declined card payments"))
-        self.timers["payattempt"] = self.now + self.rng.uniform(20, 60)
+        self._at("payattempt", self.now + self.rng.uniform(20, 60))
 
     def _fault_failed_vends(self, p: dict[str, Any]) -> None:
         pass  # _vend_failure consults self.active
@@ -585,7 +598,7 @@ class DeviceSim:
     def _fault_bad_connectivity(self, p: dict[str, Any]) -> None:
         self.active["bad_connectivity"] = p  # so the report below already shows it
         self._emit("connectivity", self._connectivity())
-        self.timers["connectivity"] = self.now + 300
+        self._at("connectivity", self.now + 300)
 
     def _end_bad_connectivity(self, p: dict[str, Any]) -> None:
         self._emit("connectivity", self._connectivity())
@@ -594,7 +607,7 @@ class DeviceSim:
         self._start_update(force_failure=True)
 
     def _fault_crash_loop(self, p: dict[str, Any]) -> None:
-        self.timers["crash"] = self.now
+        self._at("crash", self.now)
 
     def _on_crash(self, _: str) -> None:
         if "crash_loop" not in self.active:
@@ -606,7 +619,7 @@ class DeviceSim:
         self._emit("log", ev.Log(kind="crash", level="critical", message="vmc-app terminated by SIGSEGV", crash_dump=dump))
         self.boot_at = self.now
         self._emit("log", ev.Log(kind="startup", message="vmc-app restarted by watchdog"))
-        self.timers["crash"] = self.now + self.rng.uniform(480, 900)
+        self._at("crash", self.now + self.rng.uniform(480, 900))
 
     def _fault_resource_pressure(self, p: dict[str, Any]) -> None:
         self._emit("log", ev.Log(kind="system", level="warning", message="resource pressure: disk usage above 95%"))
