@@ -54,7 +54,7 @@ class DemoOptions:
     servicenow_emulator: bool = False
     refresh_s: float = 3.0
     drain_timeout_s: float = 120.0
-    max_backlog_s: float = 3000.0
+    max_backlog_s: float | None = None  # None: just under the collector's ingest.late_after_s
 
 
 class _IdOnly(msgspec.Struct):
@@ -240,7 +240,9 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         plan = FaultPlan.all() if opts.faults else FaultPlan.none()
         if opts.faults:
             plan.scheduled = showcase_plan(profiles_for(opts.seed, devices))
-        clock = SimClock(opts.speed, opts.duration_s, opts.max_backlog_s)
+        # start as far in the past as the run needs, but not so far that events count as late
+        backlog = opts.max_backlog_s if opts.max_backlog_s is not None else max(0.0, settings.ingest.late_after_s - 60)
+        clock = SimClock(opts.speed, opts.duration_s, backlog)
         fleet = Fleet(opts.seed, devices=devices, start=clock.sim_start, faults=plan, run_id=str(int(clock.sim_start)))
         stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, out))
         out.write("simulator stopped; waiting for the pipeline to catch up...\n")

@@ -19,7 +19,8 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Wall-clock seconds to run, then stop cleanly [default: until Ctrl-C].")
 @click.option("--speed", type=click.FloatRange(min=0.01), default=60.0, show_default=True,
-              help="Simulated seconds per wall-clock second (60: one simulated hour per minute).")
+              help="Simulated seconds per wall-clock second (60: one simulated hour per minute, until the "
+                   "simulated clock reaches the present; see --max-backlog).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Fleet layout and behaviour seed.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the server listens on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any free port).")
@@ -27,14 +28,14 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
 @click.option("--no-faults", is_flag=True, help="Simulate a healthy fleet (no injected faults).")
 @click.option("--servicenow-emulator", is_flag=True,
               help="Start the bundled ServiceNow emulator and send incidents to it.")
-@click.option("--max-backlog", type=click.FloatRange(min=0), default=3000, show_default=True,
-              help="The simulated clock starts at most this many seconds in the past (events older than the "
-                   "collector's ingest.late_after_s are marked late).")
+@click.option("--max-backlog", type=click.FloatRange(min=0), default=None,
+              help="The simulated clock starts at most this many seconds in the past, and runs at --speed until "
+                   "it reaches the present [default: ingest.late_after_s - 60, so no event is marked late].")
 @click.option("--drain-timeout", type=click.FloatRange(min=0), default=120, show_default=True,
               help="At the end, seconds to wait for the pipeline to process every acknowledged event.")
 @pass_env
 def demo(env: Env, devices: int, sites: int, duration: float | None, speed: float, seed: int, host: str, port: int,
-         summary_json: str | None, no_faults: bool, servicenow_emulator: bool, max_backlog: float,
+         summary_json: str | None, no_faults: bool, servicenow_emulator: bool, max_backlog: float | None,
          drain_timeout: float) -> None:
     """Run vendwatch end to end on a simulated fleet, in one process.
 
