@@ -39,6 +39,15 @@ LEAK_DOOR_OPEN_PER_S = 1 / 1200
 PHYSICS_STEP_S = 10.0
 
 
+def _explicit(payload: Any) -> dict[str, Any]:
+    """The payload's set fields, defaults included (``state: raised``, ``phase: completed``).
+
+    The structs omit defaults when encoded; firmware usually sends them, and consumers
+    matching raw JSON should not have to know the protocol's defaults to see them.
+    """
+    return {k: v for k, v in msgspec.structs.asdict(payload).items() if v is not None}
+
+
 def to_datetime(t: float) -> datetime:
     return datetime.fromtimestamp(round(t, 3), tz=UTC)
 
@@ -153,7 +162,7 @@ class DeviceSim:
             type=type_,  # type: ignore[arg-type]
             occurred_at=to_datetime(self.now),
             seq=self.counter,
-            data=msgspec.Raw(_enc.encode(payload)),
+            data=msgspec.Raw(_enc.encode(_explicit(payload))),
         ))
 
     def _local_hour(self, t: float) -> float:
