@@ -125,6 +125,16 @@ def test_fault_kind_produces_its_events(kind: str) -> None:
         ev.decode_device_event(ev.encode(e))
 
 
+def test_payload_defaults_are_sent_explicitly() -> None:
+    """Rules match raw JSON: a raised fault says so, like a completed refill does."""
+    fleet = Fleet(seed=21, n_devices=6, start=START,
+                  faults=FaultPlan(scheduled=[ScheduledFault("motor_jam", "VM-00001", 60, 600)]))
+    raw = [msgspec.json.decode(e.data) for e in fleet.run_for(36 * 3600) if e.type in ("fault", "refill")]
+    assert {"raised", "cleared"} <= {d.get("state") for d in raw}
+    assert {"started", "completed"} <= {d.get("phase") for d in raw}
+    assert all(("state" in d) != ("phase" in d) for d in raw)
+
+
 def test_healthy_fleet_has_no_fault_or_security_events() -> None:
     events = Fleet(seed=2, n_devices=10, start=START).run_for(6 * 3600)
     assert not [e for e in events if e.type in ("fault", "security")]
