@@ -447,23 +447,26 @@ class DeviceSim:
 
     def _on_sched(self, i: str) -> None:
         s = self._scheduled[int(i)]
-        if s.kind not in self.active and self._applicable(s.kind):
-            self.start_fault(s.kind, s.duration_s)
+        if s.kind not in self.active and self._applicable(s.kind) and not self.start_fault(s.kind, s.duration_s):
+            self._at(f"sched:{i}", self.now + 900)  # not possible right now (door open for a refill): retry
 
-    def start_fault(self, kind: str, duration_s: float | None = None) -> None:
-        """Inject ``kind`` now, for ``duration_s`` (default: the kind's range)."""
-        r = self.rng
+    def start_fault(self, kind: str, duration_s: float | None = None) -> bool:
+        """Inject ``kind`` now, for ``duration_s`` (default: the kind's range; ignored for instant kinds).
+
+        False when the machine's state rules it out (an unauthorized opening while the
+        door is already open).
+        """
         lo, hi = FAULTS[kind].duration_s
-        duration = duration_s if duration_s is not None else r.uniform(lo, hi)
         if kind == "door_unauthorized" and (self.visit and self.visit.get("started") or self.door_open):
-            return  # the door is already open for a refill: not unauthorized
+            return False
+        duration = 0.0 if hi == 0 else (duration_s if duration_s is not None else self.rng.uniform(lo, hi))
         params: dict[str, Any] = {"since": self.now}
         getattr(self, f"_fault_{kind}")(params)
-        detail = str(params.get("detail", ""))
-        self.injected.append(InjectedFault(kind, self.device_id, self.now, self.now + (duration if hi > 0 else 0.0), detail))
-        if hi > 0 or duration_s:
+        self.injected.append(InjectedFault(kind, self.device_id, self.now, self.now + duration, str(params.get("detail", ""))))
+        if duration > 0:
             self.active[kind] = params
             self._at(f"end:{kind}", self.now + duration)
+        return True
 
     def _on_end(self, kind: str) -> None:
         params = self.active.pop(kind, None)
