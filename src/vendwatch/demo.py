@@ -202,17 +202,40 @@ def _fmt_hooks(h: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+# Settings a live demo wants different from a production default, applied only when the
+# part that owns the key is present and the user left the key at its default.
+DEMO_TUNING: dict[str, Any] = {
+    "lake.batch_max_wait_s": 5.0,  # lake rows grow every few seconds, and the final drain is short
+}
+
+
+def demo_tuning(settings: Settings) -> dict[str, Any]:
+    """The DEMO_TUNING entries that apply to these settings."""
+    out = {}
+    for dotted, value in DEMO_TUNING.items():
+        *path, leaf = dotted.split(".")
+        node: Any = settings
+        for part in path:
+            node = getattr(node, part, None)
+        if isinstance(node, msgspec.Struct) and hasattr(node, leaf) and getattr(node, leaf) == getattr(type(node)(), leaf):
+            out[dotted] = value
+    return out
+
+
 def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, Any]], Settings],
              out: TextIO = sys.stderr) -> dict[str, Any]:
     """Run the demo and return its summary (see ``vendwatch demo --help``)."""
     stop_emulator: Callable[[], None] | None = None
+    overrides = demo_tuning(settings)
     if opts.servicenow_emulator:
         start = runtime.load(SERVICENOW_EMULATOR)
         if start is None:
             raise DemoError("--servicenow-emulator needs vendwatch.incidents.emulator, which is not part of this build")
-        base_url, stop_emulator, overrides = start(settings)
-        settings = reload(overrides)
+        base_url, stop_emulator, emulator_overrides = start(settings)
+        overrides.update(emulator_overrides)
         out.write(f"ServiceNow emulator at {base_url}\n")
+    if overrides:
+        settings = reload(overrides)
     try:
         return _run(settings, opts, out)
     finally:
