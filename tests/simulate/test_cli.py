@@ -76,20 +76,28 @@ def test_simulate_drives_a_real_collector(tmp_path: Path) -> None:
 
 
 def test_usage_errors_are_clear(tmp_path: Path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(vendwatch_cmd("simulate", "--url", "http://127.0.0.1:9", *args),
-                              capture_output=True, text=True, timeout=60)
+    from click.testing import CliRunner
 
-    p = run("--faults", "meltdown", "--data-dir", str(tmp_path))
-    assert p.returncode == 2 and "unknown fault kind 'meltdown'" in p.stderr
-    p = run("--fault-at", "offline:VM-1", "--data-dir", str(tmp_path))
-    assert p.returncode == 2 and "kind@DEVICE+START" in p.stderr
-    p = run("--tokens", str(tmp_path / "missing.csv"))
-    assert p.returncode == 1 and "tokens file not found" in p.stderr
+    from vendwatch.cli.common import Env
+    from vendwatch.cli.main import cli
+
+    def run(*args: str):  # type: ignore[no-untyped-def]
+        return CliRunner().invoke(cli, ["simulate", "--url", "http://127.0.0.1:9", *args], obj=Env(None, {}))
+
+    r = run("--faults", "meltdown", "--data-dir", str(tmp_path))
+    assert r.exit_code == 2 and "unknown fault kind 'meltdown'" in r.output
+    r = run("--fault-at", "offline:VM-1", "--data-dir", str(tmp_path))
+    assert r.exit_code == 2 and "kind@DEVICE+START" in r.output
+    r = run("--tokens", str(tmp_path / "missing.csv"))
+    assert r.exit_code == 1 and "tokens file not found" in r.output
     bad = tmp_path / "bad.csv"
     bad.write_text("id,secret\nA,B\n")
-    p = run("--tokens", str(bad))
-    assert p.returncode == 1 and "device_id and token" in p.stderr
+    r = run("--tokens", str(bad))
+    assert r.exit_code == 1 and "device_id and token" in r.output
+    one = tmp_path / "one.csv"
+    one.write_text("device_id,token\nVM-1,vwd_x\n")
+    r = run("--tokens", str(one), "--devices", "5")
+    assert r.exit_code == 1 and "has only 1 devices" in r.output
 
 
 def test_collector_killed_while_simulating_keeps_every_acked_event_once(tmp_path: Path) -> None:
