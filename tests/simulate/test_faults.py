@@ -163,3 +163,12 @@ def test_fault_specs_parse_and_explain_errors() -> None:
         ScheduledFault.parse("offline:VM-1")
     with pytest.raises(ValueError, match="unknown device"):
         Fleet(seed=1, n_devices=2, faults=FaultPlan(scheduled=[ScheduledFault("offline", "VM-99999", 0)]))
+
+
+def test_docs_list_every_fault_kind_with_its_rate() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "simulator.md").read_text()
+    rows = dict(re.findall(r"^\| `([a-z_]+)`(?: \([a-z]+\))? \| ([0-9.]+) \|", doc, re.M))
+    assert {k: float(v) for k, v in rows.items()} == {k: f.rate_per_day for k, f in FAULTS.items()}
