@@ -206,6 +206,9 @@ def _fmt_hooks(h: dict[str, Any]) -> str:
 # part that owns the key is present and the user left the key at its default.
 DEMO_TUNING: dict[str, Any] = {
     "lake.batch_max_wait_s": 5.0,  # lake rows grow every few seconds, and the final drain is short
+    # the accelerated fleet lives up to an hour in the past: timers (offline, sustained
+    # thresholds) must follow event time, or every machine would look silent for an hour
+    "detect.clock": "event",
 }
 
 
