@@ -77,3 +77,38 @@ def _module_exists() -> bool:
         return importlib.util.find_spec("vendwatch.incidents.emulator") is not None
     except ModuleNotFoundError:
         return False
+
+
+def test_stage_lag_reads_every_checkpoint_format_and_group_offsets(tmp_path: Path) -> None:
+    import msgspec
+
+    from vendwatch.config import load_settings
+    from vendwatch.demo import stage_lag
+    from vendwatch.runtime import Context
+
+    ctx = Context(load_settings(overrides={"data_dir": str(tmp_path), "bus.partitions": 2}, environ={}))
+    try:
+        ctx.log.create_topic("events")
+        ctx.log.append("events", [(f"VM-{i}", b"{}") for i in range(40)])
+        end = ctx.log.end_offsets("events")
+        st = ctx.state
+        # whole-map JSON (one row per stage), fully caught up
+        st.save_checkpoint("offsets:vendwatch-a", msgspec.json.encode({f"events/{p}": o for p, o in end.items()}))
+        # one row per partition holding an integer, 3 behind on partition 0
+        st.save_checkpoint("offsets:vendwatch-b:events/0", str(end[0] - 3).encode())
+        st.save_checkpoint("offsets:vendwatch-b:events/1", str(end[1]).encode())
+        # one msgpack row per partition with an offset field, and a row of another shape
+        st.save_checkpoint("detect:vendwatch-c:events/0", msgspec.msgpack.encode({"offset": end[0], "clock": 1.0}))
+        st.save_checkpoint("detect:vendwatch-c:events/1", msgspec.msgpack.encode({"offset": end[1] - 1}))
+        st.save_checkpoint("detect:vendwatch-c:sites", msgspec.msgpack.encode([1, 2]))
+        st.save_checkpoint("offsets:vendwatch-b:signals/0", b"999")
+        # a stage known only by its consumer group: behind by its whole partition 1
+        c = ctx.log.consumer("vendwatch-lake-writer", ["events"])
+        c.commit({("events", 0): end[0]})
+        c.close()
+        begin = ctx.log.begin_offsets("events")
+        lags = stage_lag(ctx, ["lake-writer"])
+        assert lags == {"vendwatch-a": 0, "vendwatch-b": 3, "vendwatch-c": 1,
+                        "vendwatch-lake-writer": end[1] - begin[1]}
+    finally:
+        ctx.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 import sys
@@ -86,23 +87,61 @@ def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
     return total, dup
 
 
-def stage_lag(ctx: Context, roles: list[str]) -> dict[str, int]:
-    """Events each log-consuming stage still has to process, by consumer group.
+_TOPIC_PART = re.compile(r"^(?P<topic>[a-z][a-z0-9_]*)/(?P<part>[0-9]+)$")
 
-    Stages are found from their checkpoints (``offsets:<group>``) and their group's
-    committed offsets; the furthest of the two is the stage's position.
+
+def _offset_of(raw: bytes) -> int | None:
+    """A checkpoint value's next offset: a JSON integer, or a JSON/msgpack map with ``offset``."""
+    for decode in (msgspec.json.decode, msgspec.msgpack.decode):
+        try:
+            v = decode(raw)
+        except (msgspec.DecodeError, ValueError):
+            continue
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("offset"), int):
+            return int(v["offset"])
+    return None
+
+
+def checkpoint_positions(ctx: Context, topic: str = EVENTS) -> dict[str, dict[int, int]]:
+    """Positions on ``topic`` that stages saved in the ``checkpoints`` table, by consumer group.
+
+    Understands ``offsets:<group>`` holding ``{"topic/partition": offset}`` and per-partition
+    rows named ``<prefix>:<group>:<topic>/<partition>`` holding an offset or ``{"offset": n}``;
+    anything else is ignored.
+    """
+    out: dict[str, dict[int, int]] = {}
+    for name, data in ctx.state.db.query("SELECT name, data FROM checkpoints"):
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        segs = str(name).split(":")
+        m = _TOPIC_PART.match(segs[-1]) if len(segs) >= 3 else None
+        if m is not None:
+            off = _offset_of(raw) if m["topic"] == topic else None
+            if off is not None:
+                out.setdefault(segs[-2], {})[int(m["part"])] = off
+        elif len(segs) == 2 and segs[0] == "offsets":
+            try:
+                saved = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(saved, dict):
+                for k, v in saved.items():
+                    t, _, p = str(k).rpartition("/")
+                    if t == topic and p.isdigit() and isinstance(v, int):
+                        out.setdefault(segs[1], {})[int(p)] = v
+    return out
+
+
+def stage_lag(ctx: Context, roles: list[str]) -> dict[str, int]:
+    """How far each stage consuming ``events`` is behind the end of the topic, by consumer group.
+
+    A stage's position is the furthest of what it checkpointed in the state store and
+    what its consumer group committed on the log (stages do one, the other or both).
     """
     end = ctx.log.end_offsets(EVENTS)
     begin = ctx.log.begin_offsets(EVENTS)
-    positions: dict[str, dict[int, int]] = {}
-    for name, data in ctx.state.db.query("SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%'"):
-        try:
-            saved: dict[str, int] = msgspec.json.decode(bytes(data))
-        except (msgspec.DecodeError, TypeError):
-            continue
-        parts = {int(k.rpartition("/")[2]): v for k, v in saved.items() if k.rpartition("/")[0] == EVENTS}
-        if parts:
-            positions[name.removeprefix("offsets:")] = parts
+    positions = checkpoint_positions(ctx)
     for group in {*positions, *(f"vendwatch-{r}" for r in roles)}:
         try:
             committed = ctx.log.committed_offsets(group, EVENTS)
