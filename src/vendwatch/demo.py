@@ -231,13 +231,13 @@ class _Display:
 
 
 def _fmt_hooks(h: dict[str, Any]) -> str:
+    """One line of the hooks' figures: scalars as they are, a dict of counts as its total."""
     parts = []
     for k, v in h.items():
         if isinstance(v, bool | int | float | str):
             parts.append(f"{k}={v}")
-        elif isinstance(v, dict):
-            inner = ", ".join(f"{ik}={iv}" for ik, iv in list(v.items())[:6] if isinstance(iv, bool | int | float | str))
-            parts.append(f"{k}: {inner}" if inner else k)
+        elif isinstance(v, dict) and all(isinstance(x, int) and not isinstance(x, bool) for x in v.values()):
+            parts.append(f"{k}={sum(v.values())}")
     return "  ".join(parts)
 
 
