@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +106,7 @@ class Sender:
         seed: int = 0,
         stats: SendStats | None = None,
         on_acked: Callable[[str, list[str]], None] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.url = url.rstrip("/") + "/v1/events" if not url.rstrip("/").endswith("/v1/events") else url
         self.tokens = tokens
@@ -113,6 +114,7 @@ class Sender:
         self.stats = stats or SendStats()
         self.rng = random.Random(f"vendwatch-sim-jitter:{seed}")
         self.on_acked = on_acked  # (device_id, acked event ids) after every 2xx
+        self._sleep = sleep  # injectable: tests check the waits without waiting
         self.give_up_at: float | None = None  # time.monotonic() deadline once the run is draining
         self._sem = asyncio.Semaphore(concurrency)
         self._client = httpx.AsyncClient(
@@ -167,7 +169,7 @@ class Sender:
             delay = self.retry.delay(attempt - 1, retry_after, self.rng)
             if self.give_up_at is not None:
                 delay = min(delay, max(0.0, self.give_up_at - time.monotonic()))
-            await asyncio.sleep(delay)
+            await self._sleep(delay)
 
     def _answered(self, device_id: str, n: int, content: bytes, event_ids: list[str] | None) -> None:
         st = self.stats
