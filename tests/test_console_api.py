@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
@@ -28,8 +28,8 @@ NOW = 1_800_000_000.0
 def _stored(device_id: str, type_: str, data: dict, received_at: float, site: str | None = None) -> bytes:
     e = ev.StoredEvent(
         event_id=f"{device_id}-{type_}-{received_at}", device_id=device_id, type=type_,
-        occurred_at=datetime.fromtimestamp(received_at - 1, timezone.utc),
-        received_at=datetime.fromtimestamp(received_at, timezone.utc),
+        occurred_at=datetime.fromtimestamp(received_at - 1, UTC),
+        received_at=datetime.fromtimestamp(received_at, UTC),
         data=msgspec.Raw(msgspec.json.encode(data)), site_id=site,
     )
     return ev.encode(e)

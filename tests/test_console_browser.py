@@ -15,14 +15,14 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-
 from tests.conftest import service_missing, vendwatch_cmd
+
 from vendwatch.config import load_settings
 from vendwatch.state import open_state
 
@@ -45,7 +45,7 @@ def _free_port() -> int:
 
 def _event(device_id: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
     return {"event_id": str(uuid.uuid4()), "device_id": device_id, "type": type_,
-            "occurred_at": datetime.now(timezone.utc).isoformat(), "data": data}
+            "occurred_at": datetime.now(UTC).isoformat(), "data": data}
 
 
 def _wait(what: str, fn: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
