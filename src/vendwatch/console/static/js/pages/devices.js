@@ -27,12 +27,13 @@ export async function render(main, page) {
     faulted: q.get('faulted') === '1',
   };
   const search = h('input', {type: 'search', name: 'q', value: filters.q, placeholder: 'id, serial, model, location', 'aria-label': 'Search'});
-  const site = h('input', {type: 'text', name: 'site_id', value: filters.site_id, placeholder: 'site id', 'aria-label': 'Site'});
+  const sites = h('datalist', {id: 'known-sites'});
+  const site = h('input', {type: 'text', name: 'site_id', value: filters.site_id, placeholder: 'site id', 'aria-label': 'Site', list: 'known-sites'});
   const status = h('select', {name: 'status', 'aria-label': 'Status'},
     STATUSES.map(([v, label]) => h('option', {value: v, selected: v === filters.status}, label)));
   const faulted = h('input', {type: 'checkbox', name: 'faulted', checked: filters.faulted, id: 'faulted'});
   const form = h('form', {class: 'filters', id: 'device-filters'},
-    search, site, status, h('label', {for: 'faulted', class: 'check'}, faulted, ' with active faults'),
+    search, site, sites, status, h('label', {for: 'faulted', class: 'check'}, faulted, ' with active faults'),
     h('button', {type: 'submit', class: 'primary'}, 'Filter'),
     h('a', {href: '/console/devices', class: 'button'}, 'Clear'));
   form.addEventListener('submit', (ev) => {
@@ -42,11 +43,16 @@ export async function render(main, page) {
   const results = h('div');
   main.append(h('div', {class: 'page-head'}, h('h1', null, 'Devices')), form, results);
 
+  // offer the busiest sites as suggestions (the overview ranks them; this is a hint only)
+  api('/v1/stats').then((st) => replace(sites, st.sites.filter((x) => x.site_id).map((x) => h('option', {value: x.site_id})))).catch(() => {});
+
   const after = q.get('after') || '';
   async function refresh() {
     const body = await api(`/v1/fleet/devices${qs({...filters, after, limit: 100})}`);
     if (!page.live()) return;
     replace(results,
+      h('p', {class: 'muted small', 'data-testid': 'device-count'},
+        `${body.devices.length} device${body.devices.length === 1 ? '' : 's'}${body.next ? ' on this page' : ''}`),
       table(COLUMNS, body.devices, {testid: 'devices', rowClass: (d) => `conn-${d.connectivity}`, empty: 'No device matches.'}),
       h('div', {class: 'pager'},
         after ? h('a', {href: `/console/devices${qs(filters)}`}, '← First page') : null,

@@ -86,6 +86,9 @@ export async function render(main, page) {
     ], stats.stages, {empty: 'No checkpointed stage has run yet.'}));
     replace(incidentsBox, await incidentSummary());
     replace(stamp, `updated ${fmtTime(stats.generated_at)}`);
+    // the tab title tells a NOC wall what is wrong without looking at the page
+    const down = c.offline + c.stale;
+    document.title = down ? `(${down} not reporting) vendwatch` : 'vendwatch console';
   }
 
   await page.every(refresh);
