@@ -7,6 +7,7 @@ Needs ``chromium`` and ``chromedriver`` (``scripts/browser.sh`` installs them) a
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -23,7 +24,9 @@ import httpx
 import pytest
 from tests.conftest import service_missing, vendwatch_cmd
 
+from vendwatch.bus.sqlite import SqliteLog
 from vendwatch.config import load_settings
+from vendwatch.signals import Signal, encode_signal, signal_id
 from vendwatch.state import open_state
 
 CHROME_FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -35,6 +38,19 @@ WAIT_S = 20.0
 XSS_LOCATION = '<img src=x onerror="window.__xss=1">'
 XSS_DETAIL = '"><img src=x onerror="window.__xss=2">'
 XSS_CONFIG = "<script>window.__xss=3</script>"
+XSS_SUMMARY = 'Fridge warm <img src=x onerror="window.__xss=4">'
+
+
+
+def _module_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # the parent package is absent
+        return False
+
+
+# the incident service is another part; its tests here run when the build has it
+HAS_INCIDENTS = _module_present("vendwatch.incidents.api")
 
 
 def _free_port() -> int:
@@ -63,6 +79,22 @@ def _wait(what: str, fn: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
+def _fire_signals(data: Path) -> None:
+    """Two firing signals on the log, as the detector would emit them (the orchestrator opens incidents)."""
+    now = datetime.now(UTC)
+    log = SqliteLog(data / "bus.db")
+    log.create_topic("signals")  # appending to a missing topic would try to create it under the write lock
+    items = []
+    for rule, sev, device, summary in (("cooling-failure", "critical", "m-001", XSS_SUMMARY),
+                                       ("payment-failures", "minor", "m-002", "5 failed card payments")):
+        key = f"{rule}/{device}"
+        sig = Signal(signal_id=signal_id(rule, key, "firing", now), rule_id=rule, status="firing", severity=sev,
+                     dedupe_key=key, summary=summary, occurred_at=now, emitted_at=now, device_id=device)
+        items.append((key, encode_signal(sig)))
+    log.append("signals", items)
+    log.close()
+
+
 class Fleet:
     """A running ``vendwatch serve`` with three machines and two operator tokens."""
 
@@ -87,6 +119,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     operator = st.add_operator_token("noc", "operator")
     viewer = st.add_operator_token("wall", "viewer")
     st.close()
+    _fire_signals(data)
     port = _free_port()
     env = {**os.environ, "VENDWATCH_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data), "--port", str(port)),
@@ -292,6 +325,45 @@ def test_incidents_page_shows_the_service_or_says_it_is_absent(fleet: Fleet, bro
     else:
         _wait("incident list", lambda: _css(drv, "[data-testid=incidents], [data-testid=incidents-empty]"))
     _shot(drv, "incidents")
+    assert _js_errors(drv) == []
+
+
+@pytest.mark.skipif(not HAS_INCIDENTS, reason="the incident service is not part of this build")
+def test_incidents_counts_detail_and_acknowledge(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    active = _wait("incidents opened", lambda: len(
+        body := fleet.get("/v1/incidents?status=active").json()["incidents"]) == 2 and body)
+    critical = next(i for i in active if i["severity"] == "critical")
+    _sign_in(drv, fleet, fleet.operator, "/console/")
+    _wait("incident counts", lambda: _text(drv, "[data-testid=incidents-critical]") == "1"
+          and _text(drv, "[data-testid=incidents-minor]") == "1")
+    assert _text(drv, "[data-testid=incidents-major]") == "0"
+
+    drv.get(fleet.base + "/console/incidents")
+    link = _wait("incident link", lambda: [a for a in _css(drv, "[data-testid=incidents] a")
+                                           if a.text == XSS_SUMMARY])[0]
+    link.click()
+    _wait("incident page", lambda: _css(drv, "#ack:not([disabled])"))
+    assert XSS_SUMMARY in _text(drv, "h1")
+    assert drv.execute_script("return window.__xss") is None and _css(drv, "img") == []
+    _css(drv, "#ack")[0].click()
+    _wait("acknowledged", lambda: "Acknowledged" in _text(drv, "[data-testid=action-message]"))
+    after = fleet.get(f"/v1/incidents/{critical['incident_id']}").json()
+    assert after["status"] == "acknowledged" and after["acknowledged_by"] == "operator:noc"
+    _wait("timeline entry", lambda: "acknowledged" in _text(drv, "[data-testid=timeline]"))
+    _shot(drv, "incident")
+    _wait("resolve enabled", lambda: _css(drv, "#resolve:not([disabled])"))[0]
+    _css(drv, "#resolve-note")[0].send_keys("compressor restarted on site")
+    _css(drv, "#resolve")[0].click()
+    _wait("resolved", lambda: "Resolved" in _text(drv, "[data-testid=action-message]"))
+    after = fleet.get(f"/v1/incidents/{critical['incident_id']}").json()
+    assert after["status"] == "resolved" and after["resolved_by"] == "operator:noc"
+    assert any("compressor restarted on site" in str(e) for e in after["timeline"])
+
+    # a viewer sees the incident but cannot act on it
+    _sign_in(drv, fleet, fleet.viewer, f"/console/incidents/{critical['incident_id']}")
+    _wait("incident page", lambda: _css(drv, "#resolve"))
+    assert _css(drv, "#resolve")[0].get_attribute("disabled") is not None
     assert _js_errors(drv) == []
 
 

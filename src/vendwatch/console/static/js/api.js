@@ -50,6 +50,26 @@ export async function api(path, {method = 'GET', body, tokenOverride} = {}) {
   throw new ApiError(res.status, err.code || `http_${res.status}`, err.message || res.statusText || 'request failed');
 }
 
+/** Fetch a file with the token and hand it to the browser as a download (no token in any URL). */
+export async function download(path, filename, {method = 'GET', body} = {}) {
+  const headers = {Authorization: `Bearer ${token()}`};
+  if (body !== undefined) headers['Content-Type'] = 'application/json';
+  const res = await fetch(path, {method, headers, cache: 'no-store', credentials: 'omit',
+    body: body === undefined ? undefined : JSON.stringify(body)});
+  if (!res.ok) {
+    const data = await res.json().catch(() => null);
+    throw new ApiError(res.status, data?.error?.code || `http_${res.status}`, data?.error?.message || res.statusText);
+  }
+  const url = URL.createObjectURL(await res.blob());
+  const a = document.createElement('a');
+  a.href = url;
+  a.download = filename;
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60000);
+}
+
 /** "?a=1&b=x" from an object, skipping empty values. */
 export function qs(params) {
   const p = new URLSearchParams();

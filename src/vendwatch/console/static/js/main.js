@@ -37,6 +37,13 @@ export function navigate(path, {replace: rep = false} = {}) {
   render();
 }
 
+const banner = document.getElementById('banner');
+
+function setBanner(text) {
+  banner.hidden = !text;
+  replace(banner, text || '');
+}
+
 function stopPage() {
   if (current) current.timers.forEach((t) => clearInterval(t));
   current = null;
@@ -66,6 +73,7 @@ function showChrome(section) {
 
 async function render() {
   stopPage();
+  setBanner(null);
   const gen = ++generation;
   const path = location.pathname;
   const match = ROUTES.map(([re, mod, section]) => [path.match(re), mod, section]).find(([m]) => m);
@@ -95,7 +103,11 @@ async function render() {
     navigate,
     /** Run fn now and every REFRESH_MS while this page is shown and the tab visible. */
     every(fn) {
-      this.timers.push(setInterval(() => { if (!document.hidden && gen === generation) fn(); }, REFRESH_MS));
+      this.timers.push(setInterval(() => {
+        if (document.hidden || gen !== generation) return;
+        // keep the last good data on screen and say the refresh failed (server restarting, network)
+        Promise.resolve().then(fn).then(() => setBanner(null), (e) => setBanner(`Refresh failed: ${e.message}`));
+      }, REFRESH_MS));
       return fn();
     },
     /** True while this page is still the one on screen (ignore late answers otherwise). */

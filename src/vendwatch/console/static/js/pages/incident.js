@@ -2,7 +2,7 @@
 
 import {api} from '../api.js';
 import {badge, brief, card, devicePath, facts, fmtNum, fmtTime, h, replace, table, when} from '../dom.js';
-import {severityBadge, unavailable} from './incidents.js';
+import {severityBadge, statusBadge, unavailable} from './incidents.js';
 
 const ACTIVE = ['open', 'acknowledged'];
 
@@ -17,14 +17,16 @@ export async function render(main, page) {
   const canAct = page.user && page.user.role !== 'viewer';
   const path = `/v1/incidents/${encodeURIComponent(id)}`;
 
-  const note = h('input', {type: 'text', id: 'action-note', placeholder: 'note (optional)', 'aria-label': 'Note', maxlength: 2000});
+  // only a resolve carries a note (the incident API records it in the timeline)
+  const note = h('input', {type: 'text', id: 'resolve-note', placeholder: 'resolution note (optional)', 'aria-label': 'Resolution note', maxlength: 2000});
 
   async function act(verb) {
+    const done = verb === 'ack' ? 'Acknowledged.' : 'Resolved.';
     try {
-      const text = note.value.trim();
+      const text = verb === 'resolve' ? note.value.trim() : '';
       await api(`${path}/${verb}`, {method: 'POST', body: text ? {note: text} : {}});
-      note.value = '';
-      replace(message, verb === 'ack' ? 'Acknowledged.' : 'Resolved.');
+      if (verb === 'resolve') note.value = '';
+      replace(message, done);
       message.className = 'notice';
     } catch (e) {
       replace(message, `Could not ${verb === 'ack' ? 'acknowledge' : 'resolve'}: ${e.message}`);
@@ -47,18 +49,19 @@ export async function render(main, page) {
       return;
     }
     if (!page.live()) return;
-    const i = inc.incident || inc;
-    const status = i.status || i.state;
-    replace(head, h('h1', null, i.summary || i.title || id), severityBadge(i.severity), badge(status, 'neutral'));
+    const i = inc;
+    const status = i.status;
+    replace(head, h('h1', null, i.summary || id), severityBadge(i.severity), statusBadge(status));
     const active = ACTIVE.includes(status);
     // rebuild the buttons only when the status changes, so a note being typed keeps focus
-    if (status !== shownStatus) replace(actions, canAct && active ? note : null,
+    if (status !== shownStatus) replace(actions,
       h('button', {type: 'button', class: 'primary', id: 'ack', disabled: !canAct || status !== 'open', onclick: () => act('ack')}, 'Acknowledge'),
+      canAct && active ? note : null,
       h('button', {type: 'button', id: 'resolve', disabled: !canAct || !active, onclick: () => act('resolve')}, 'Resolve'),
       canAct ? null : h('span', {class: 'muted small'}, ' Acknowledge and resolve need an operator token.'));
     shownStatus = status;
-    const refs = inc.refs || inc.external_refs || i.refs || [];
-    const sevHistory = inc.severity_history || i.severity_history || [];
+    const refs = inc.external_refs || [];
+    const sevHistory = inc.severity_history || [];
     replace(body,
       card('Incident', facts([
         ['Id', i.incident_id || id],
@@ -78,21 +81,22 @@ export async function render(main, page) {
       ], 'incident')),
       card('Severity history', table([
         {label: 'At', cell: (s) => fmtTime(s.at)},
-        {label: 'From', cell: (s) => severityBadge(s.from_severity || s.from)},
-        {label: 'To', cell: (s) => severityBadge(s.to_severity || s.to)},
+        {label: 'From', cell: (s) => (s.from ? severityBadge(s.from) : '—')},
+        {label: 'To', cell: (s) => severityBadge(s.to)},
         {label: 'By', cell: (s) => s.actor || '—'},
       ], sevHistory, {empty: 'Severity never changed.'})),
       card('External tickets', table([
         {label: 'System', cell: (r) => r.system},
         {label: 'Number', cell: (r) => r.number || r.ref_id},
         {label: 'State', cell: (r) => r.state || '—'},
+        {label: 'Link', class: 'data', cell: (r) => r.url || '—'},
       ], refs, {empty: 'Not sent to any external system.'})));
     replace(timeline, table([
       {label: 'At', cell: (e) => fmtTime(e.at)},
-      {label: 'What', cell: (e) => badge(e.kind || e.type || '?', 'neutral')},
+      {label: 'What', cell: (e) => badge(e.kind, 'neutral')},
       {label: 'Who', cell: (e) => e.actor || '—'},
       {label: 'Detail', class: 'data', cell: (e) => [e.note || '', e.detail && Object.keys(e.detail).length ? ` ${brief(e.detail)}` : '']},
-    ], inc.timeline || i.timeline || [], {testid: 'timeline', empty: 'No timeline entry.'}));
+    ], inc.timeline || [], {testid: 'timeline', empty: 'No timeline entry.'}));
   }
   await page.every(refresh);
 }

@@ -7,18 +7,21 @@ import {badge, devicePath, fmtNum, h, replace, table, when} from '../dom.js';
 
 export const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info']; // most severe first
 const STATES = [['active', 'Open + acknowledged'], ['open', 'Open'], ['acknowledged', 'Acknowledged'],
-  ['resolved', 'Resolved'], ['', 'All']];
+  ['resolved', 'Resolved'], ['absorbed', 'Absorbed by a site incident'], ['all', 'All']];
 
 export const UNAVAILABLE = 'Incident service not available: this vendwatch does not serve /v1/incidents.';
 
-/** The list of incidents in an API answer. */
-export const incidentsOf = (body) => (Array.isArray(body) ? body : body.incidents || body.items || []);
-export const incidentId = (i) => i.incident_id || i.id;
-export const incidentPath = (i) => `/console/incidents/${encodeURIComponent(incidentId(i))}`;
+/** The list of incidents in a GET /v1/incidents answer. */
+export const incidentsOf = (body) => body.incidents;
+export const incidentPath = (i) => `/console/incidents/${encodeURIComponent(i.incident_id)}`;
 
 export function unavailable(e) {
   if (e instanceof ApiError && e.missing) return h('p', {class: 'notice', 'data-testid': 'incidents-unavailable'}, UNAVAILABLE);
   throw e;
+}
+
+export function statusBadge(status) {
+  return badge(status, {open: 'offline', acknowledged: 'stale', resolved: 'online'}[status] || 'neutral');
 }
 
 export function severityBadge(sev) {
@@ -27,8 +30,8 @@ export function severityBadge(sev) {
 
 export const COLUMNS = [
   {label: 'Severity', cell: (i) => severityBadge(i.severity)},
-  {label: 'Incident', cell: (i) => h('a', {href: incidentPath(i)}, i.summary || i.title || incidentId(i))},
-  {label: 'Status', cell: (i) => badge(i.status || i.state || '?', 'neutral')},
+  {label: 'Incident', cell: (i) => h('a', {href: incidentPath(i)}, i.summary || i.incident_id)},
+  {label: 'Status', cell: (i) => statusBadge(i.status)},
   {label: 'Rule', cell: (i) => i.rule_id || '—'},
   {label: 'Device / site', cell: (i) => (i.device_id ? h('a', {href: devicePath(i.device_id)}, i.device_id) : i.site_id || '—')},
   {label: 'Opened', cell: (i) => when(i.opened_at)},
@@ -40,7 +43,7 @@ export const COLUMNS = [
 export async function incidentSummary() {
   let list;
   try {
-    list = incidentsOf(await api(`/v1/incidents${qs({status: 'active', limit: 500})}`));
+    list = incidentsOf(await api(`/v1/incidents${qs({status: 'active', limit: 1000})}`));
   } catch (e) {
     return unavailable(e);
   }
@@ -57,7 +60,7 @@ export async function incidentSummary() {
 /** Device page widget: that machine's incidents. */
 export async function deviceIncidents(deviceId) {
   try {
-    const list = incidentsOf(await api(`/v1/incidents${qs({device_id: deviceId, status: '', limit: 20})}`));
+    const list = incidentsOf(await api(`/v1/incidents${qs({device_id: deviceId, limit: 20})}`));
     return table(COLUMNS.filter((c) => c.label !== 'Device / site'), list, {testid: 'device-incidents', empty: 'No incident for this machine.'});
   } catch (e) {
     return unavailable(e);

@@ -1,6 +1,6 @@
 // Read-only SQL over the lake (POST /v1/sql, served by vendwatch.lake when it runs).
 
-import {api, ApiError} from '../api.js';
+import {api, ApiError, download} from '../api.js';
 import {fmtNum, h, replace} from '../dom.js';
 
 const EXAMPLE = 'SELECT device_id, count(*) AS events\nFROM raw.events\nGROUP BY device_id\nORDER BY events DESC\nLIMIT 20';
@@ -31,8 +31,9 @@ export async function render(main) {
   editor.value = sessionStorage.getItem(DRAFT_KEY) || EXAMPLE;
   const out = h('div', {id: 'sql-out'});
   const run = h('button', {type: 'submit', class: 'primary', id: 'run-sql'}, 'Run (Ctrl+Enter)');
-  const form = h('form', {class: 'sql card'}, editor, h('div', {class: 'actions'}, run,
-    h('span', {class: 'muted small'}, ' Read-only: SELECT over the lake tables; results are capped.')));
+  const csv = h('button', {type: 'button', id: 'sql-csv'}, 'Download CSV');
+  const form = h('form', {class: 'sql card'}, editor, h('div', {class: 'actions'}, run, csv,
+    h('span', {class: 'muted small'}, ' Read-only: SELECT over the lake tables (raw.events, analytics.*); results are capped. Needs an operator token.')));
   main.append(h('div', {class: 'page-head'}, h('h1', null, 'SQL')), form, out);
 
   async function execute() {
@@ -54,6 +55,10 @@ export async function render(main) {
     }
   }
   form.addEventListener('submit', (ev) => { ev.preventDefault(); execute(); });
+  csv.addEventListener('click', () => {
+    const sql = editor.value.trim();
+    if (sql) download('/v1/sql', 'query.csv', {method: 'POST', body: {sql, format: 'csv'}}).catch((e) => replace(out, h('pre', {class: 'error'}, e.message)));
+  });
   editor.addEventListener('keydown', (ev) => {
     if (ev.key === 'Enter' && (ev.ctrlKey || ev.metaKey)) { ev.preventDefault(); execute(); }
   });
