@@ -4,6 +4,8 @@ security headers) over a real SQLite state store and log."""
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,11 +44,28 @@ def _project(ctx: Context, values: list[bytes]) -> None:
         DeviceStateProjector(ctx).apply(tx, records)
 
 
-@pytest.fixture
-def ctx(tmp_path: Path) -> Iterator[Context]:
-    c = Context(load_settings(overrides={"data_dir": str(tmp_path / "data")}, environ={}))
-    yield c
-    c.close()
+def _module_present(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+# the fleet SQL must run on both state stores; PostgreSQL when the build has its adapter
+STATE_BACKENDS = ["sqlite", *(["postgres"] if _module_present("vendwatch.state.postgres") else [])]
+
+
+@pytest.fixture(params=STATE_BACKENDS)
+def ctx(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Context]:
+    overrides = {"data_dir": str(tmp_path / "data")}
+    with contextlib.ExitStack() as stack:
+        if request.param == "postgres":
+            from tests.contract.pg_backend import fresh_schema
+
+            overrides |= {"state.backend": "postgres", "state.postgres_dsn": stack.enter_context(fresh_schema())}
+        c = Context(load_settings(overrides=overrides, environ={}))
+        yield c
+        c.close()
 
 
 @pytest.fixture
