@@ -49,8 +49,9 @@ def _module_present(name: str) -> bool:
         return False
 
 
-# the incident service is another part; its tests here run when the build has it
+# the incident service and the lake are other parts; their tests here run when the build has them
 HAS_INCIDENTS = _module_present("vendwatch.incidents.api")
+HAS_LAKE = _module_present("vendwatch.lake.api")
 
 
 def _free_port() -> int:
@@ -364,6 +365,42 @@ def test_incidents_counts_detail_and_acknowledge(fleet: Fleet, browser: Any) -> 
     _sign_in(drv, fleet, fleet.viewer, f"/console/incidents/{critical['incident_id']}")
     _wait("incident page", lambda: _css(drv, "#resolve"))
     assert _css(drv, "#resolve")[0].get_attribute("disabled") is not None
+    assert _js_errors(drv) == []
+
+
+def test_sql_page_runs_a_query_or_says_the_lake_is_absent(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.operator, "/console/sql")
+    editor = _wait("editor", lambda: (_css(drv, "#sql") or [None])[0])
+    editor.clear()
+    editor.send_keys("SELECT 40 + 2 AS answer, '<b>x</b>' AS markup")
+    _css(drv, "#run-sql")[0].click()
+    if not HAS_LAKE:
+        assert "not available" in _text(drv, "[data-testid=sql-unavailable]")
+        return
+    result = _text(drv, "[data-testid=sql-result]")
+    assert "answer" in result and "42" in result and "<b>x</b>" in result
+    _shot(drv, "sql")
+    # a viewer may not run SQL: the page shows the API's refusal
+    _sign_in(drv, fleet, fleet.viewer, "/console/sql")
+    _wait("editor", lambda: _css(drv, "#run-sql"))[0].click()
+    assert "operator" in _text(drv, "[data-testid=sql-error]")
+    assert _js_errors(drv) == []
+
+
+def test_reports_page_lists_reports_or_says_the_lake_is_absent(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.viewer, "/console/reports")
+    if not HAS_LAKE:
+        assert "not available" in _text(drv, "[data-testid=reports-unavailable]")
+        return
+    names = {r["name"] for r in fleet.get("/v1/reports", fleet.viewer).json()["reports"]}
+    listed = _text(drv, "[data-testid=reports]")
+    assert names and all(n in listed for n in names)
+    first = sorted(names)[0]
+    drv.get(f"{fleet.base}/console/reports?name={first}")
+    _wait("report result", lambda: _css(drv, "[data-testid=report-result]") or _css(drv, "#report-out .error"))
+    assert _css(drv, "[data-testid=report-result]"), _text(drv, "#report-out")
     assert _js_errors(drv) == []
 
 
