@@ -15,6 +15,13 @@ export const UNAVAILABLE = 'Incident service not available: this vendwatch does 
 export const incidentsOf = (body) => body.incidents;
 export const incidentPath = (i) => `/console/incidents/${encodeURIComponent(i.incident_id)}`;
 
+const rank = (i) => (SEVERITIES.includes(i.severity) ? SEVERITIES.indexOf(i.severity) : SEVERITIES.length);
+
+/** Sort in place: most severe first, then the most recently active. */
+export function bySeverity(list) {
+  return list.sort((a, b) => rank(a) - rank(b) || b.last_seen_at - a.last_seen_at);
+}
+
 export function unavailable(e) {
   if (e instanceof ApiError && e.missing) return h('p', {class: 'notice', 'data-testid': 'incidents-unavailable'}, UNAVAILABLE);
   throw e;
@@ -49,6 +56,7 @@ export async function incidentSummary() {
   }
   const counts = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
   for (const i of list) counts[i.severity] = (counts[i.severity] || 0) + 1;
+  bySeverity(list);
   return h('div', null,
     h('div', {class: 'sev-counts', 'data-testid': 'incident-counts'},
       SEVERITIES.map((s) => h('a', {class: `sev-count sev-${s}`, href: `/console/incidents${qs({status: 'active', severity: s})}`},
@@ -71,15 +79,19 @@ export async function render(main, page) {
   const q = page.query;
   const filters = {status: q.has('status') ? q.get('status') : 'active', severity: q.get('severity') || '',
     device_id: q.get('device_id') || '', site_id: q.get('site_id') || ''};
+  const order = q.get('order') === 'newest' ? 'newest' : 'severity';
+  const orderSel = h('select', {'aria-label': 'Order'},
+    h('option', {value: 'severity', selected: order === 'severity'}, 'Most severe first'),
+    h('option', {value: 'newest', selected: order === 'newest'}, 'Newest first'));
   const status = h('select', {'aria-label': 'Status'}, STATES.map(([v, l]) => h('option', {value: v, selected: v === filters.status}, l)));
   const severity = h('select', {'aria-label': 'Severity'}, h('option', {value: ''}, 'Any severity'),
     SEVERITIES.map((s) => h('option', {value: s, selected: s === filters.severity}, s)));
   const device = h('input', {type: 'text', placeholder: 'device id', value: filters.device_id, 'aria-label': 'Device'});
   const site = h('input', {type: 'text', placeholder: 'site id', value: filters.site_id, 'aria-label': 'Site'});
-  const form = h('form', {class: 'filters'}, status, severity, device, site, h('button', {type: 'submit', class: 'primary'}, 'Filter'));
+  const form = h('form', {class: 'filters'}, status, severity, device, site, orderSel, h('button', {type: 'submit', class: 'primary'}, 'Filter'));
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    page.navigate(`/console/incidents${qs({status: status.value || 'all', severity: severity.value, device_id: device.value.trim(), site_id: site.value.trim()})}`);
+    page.navigate(`/console/incidents${qs({status: status.value || 'all', severity: severity.value, device_id: device.value.trim(), site_id: site.value.trim(), order: orderSel.value === 'newest' ? 'newest' : ''})}`);
   });
   const results = h('div');
   main.append(h('div', {class: 'page-head'}, h('h1', null, 'Incidents')), form, results);
@@ -87,7 +99,8 @@ export async function render(main, page) {
     let node;
     try {
       const apiStatus = filters.status === 'all' ? '' : filters.status;
-      const list = incidentsOf(await api(`/v1/incidents${qs({...filters, status: apiStatus, limit: 200})}`));
+      const list = incidentsOf(await api(`/v1/incidents${qs({...filters, status: apiStatus, limit: 500})}`));
+      if (order === 'severity') bySeverity(list); // the API answers newest first
       node = table(COLUMNS, list, {testid: 'incidents', rowClass: (i) => `sev-row-${i.severity}`, empty: 'No incident matches.'});
     } catch (e) {
       node = unavailable(e);
