@@ -21,11 +21,11 @@ SCAN_CHUNK = 2000
 
 
 def device_partition(log: Log, device_id: str) -> int:
-    """The partition of ``events`` holding a device's records (events are keyed by device id)."""
-    # a backend that picks partitions its own way (Kafka's murmur2) says so with partition_of
-    own = getattr(log, "partition_of", None)
-    if own is not None:
-        return int(own(EVENTS, device_id))
+    """The partition of ``events`` holding a device's records.
+
+    Events are keyed by device id and every backend places a key with ``partition_for``
+    (the Kafka log passes it to the producer explicitly), so this is where they are.
+    """
     return partition_for(device_id, log.partitions(EVENTS))
 
 
