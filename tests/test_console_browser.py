@@ -368,6 +368,26 @@ def test_incidents_counts_detail_and_acknowledge(fleet: Fleet, browser: Any) -> 
     assert _js_errors(drv) == []
 
 
+@pytest.mark.skipif(not HAS_INCIDENTS, reason="the incident service is not part of this build")
+def test_device_silence_can_be_added_and_ended(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.operator, "/console/devices/m-002")
+    _wait("silence form", lambda: _css(drv, "#silence-add"))
+    assert "No active silence" in _text(drv, "[data-testid=silences-empty]")
+    _css(drv, "#silence-duration option[value='14400']")[0].click()
+    _css(drv, "#silence-reason")[0].send_keys("refill visit <i>now</i>")
+    _css(drv, "#silence-add")[0].click()
+    _wait("silence listed", lambda: "refill visit <i>now</i>" in _text(drv, "[data-testid=silences]"))
+    active = [s for s in fleet.get("/v1/silences").json()["silences"] if s["active"]]
+    assert [(s["device_id"], s["reason"], s["created_by"]) for s in active] == [
+        ("m-002", "refill visit <i>now</i>", "operator:noc")]
+    assert 4 * 3600 - 60 < active[0]["expires_at"] - active[0]["starts_at"] <= 4 * 3600
+    _css(drv, "button.end-silence")[0].click()
+    _wait("silence ended", lambda: _css(drv, "[data-testid=silences-empty]"))
+    assert not [s for s in fleet.get("/v1/silences").json()["silences"] if s["active"]]
+    assert _js_errors(drv) == []
+
+
 def test_sql_page_runs_a_query_or_says_the_lake_is_absent(fleet: Fleet, browser: Any) -> None:
     drv = browser
     _sign_in(drv, fleet, fleet.operator, "/console/sql")

@@ -5,6 +5,7 @@ import {
   badge, brief, card, facts, wideCard, fmtBool, fmtMoney, fmtNum, fmtTime, fmtUnit, h, replace, table, when,
 } from '../dom.js';
 import {deviceIncidents} from './incidents.js';
+import {silenceCard} from './silences.js';
 
 const EVENT_TYPES = ['heartbeat', 'telemetry', 'transaction', 'refund', 'inventory', 'stock_alert', 'refill',
   'fault', 'security', 'config', 'connectivity', 'log'];
@@ -146,7 +147,9 @@ export async function render(main, page) {
   const grid = h('div', {class: 'cards'});
   const events = eventsCard(page, deviceId);
   const incidentsBox = h('div');
-  main.append(head, grid, card('Incidents', incidentsBox), events.node);
+  const silenceBox = h('div');
+  let silences = null; // built once the device's site is known
+  main.append(head, grid, h('div', {class: 'cols'}, card('Incidents', incidentsBox), silenceBox), events.node);
 
   async function refresh() {
     const d = await api(`/v1/fleet/devices/${encodeURIComponent(deviceId)}`);
@@ -171,6 +174,11 @@ export async function render(main, page) {
       ], 'machine')),
       healthCard(st), firmwareCard(st), connectivityCard(st), faultsCard(st), salesCard(st), stockCard(d.stock));
     replace(incidentsBox, await deviceIncidents(deviceId));
+    if (!silences) {
+      silences = silenceCard(page, d);
+      replace(silenceBox, silences.node);
+    }
+    await silences.load();
     await events.load(true);
   }
   try {
