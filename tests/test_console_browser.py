@@ -286,10 +286,11 @@ def test_device_page_shows_temperatures_stock_faults_and_events(fleet: Fleet, br
     assert drv.current_url.endswith("/console/devices/m-001")
     assert _text(drv, "[data-testid=cabinet-temp]") == "6.5 °C"
     assert _text(drv, "[data-testid=fridge-temp]") == "3.2 °C"
-    rows = _wait("stock", lambda: _css(drv, "[data-testid=stock] tbody tr"))
-    stock = {r.find_elements("css selector", "td")[0].text: r.get_attribute("class") for r in rows}
-    assert stock == {"A1": "level-ok", "A2": "level-low", "A10": "level-out"}  # natural slot order too
-    assert [r.find_elements("css selector", "td")[0].text for r in rows] == ["A1", "A2", "A10"]
+    tiles = _wait("stock", lambda: _css(drv, "[data-testid=stock] .slot"))
+    # slot order is natural (A2 before A10); each tile carries its level
+    assert [(t.get_attribute("data-slot"), t.get_attribute("class")) for t in tiles] == [
+        ("A1", "slot level-ok"), ("A2", "slot level-low"), ("A10", "slot level-out")]
+    assert "8 / 10" in tiles[0].text and "cola-33" in tiles[0].text and "out" in tiles[2].text
     assert "motor_jam" in _text(drv, "[data-testid=faults]")
     assert "4.2.1" in _text(drv, "[data-testid=firmware]")
     assert "€1.50" in _text(drv, "[data-testid=last-transaction]")

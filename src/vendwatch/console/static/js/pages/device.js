@@ -68,24 +68,30 @@ function connectivityCard(st) {
 function stockCard(stock) {
   const low = stock.filter((s) => s.level === 'low').length;
   const out = stock.filter((s) => s.level === 'out').length;
+  // a planogram: one tile per slot in slot order, coloured by level
   return wideCard('Stock',
     h('p', {class: 'small'}, `${stock.length} slots`, out ? [' · ', badge(`${out} out`, 'out')] : null,
-      low ? [' · ', badge(`${low} low`, 'low')] : null),
-    table([
-      {label: 'Slot', cell: (s) => s.slot},
-      {label: 'Product', cell: (s) => s.product_id || '—'},
-      {label: 'Count', class: 'num', cell: (s) => (s.count === undefined ? '—' : fmtNum(s.count))},
-      {label: 'Capacity', class: 'num', cell: (s) => (s.capacity === undefined ? '—' : fmtNum(s.capacity))},
-      {label: 'Fill', cell: (s) => fill(s)},
-      {label: 'Level', cell: (s) => badge(s.level, s.level === 'ok' ? 'online' : s.level)},
-      {label: 'Updated', cell: (s) => when(s.at)},
-    ], stock, {testid: 'stock', rowClass: (s) => `level-${s.level}`, empty: 'No inventory reported yet.'}));
+      low ? [' · ', badge(`${low} low`, 'low')] : null,
+      stock.length ? [' · updated ', when(Math.max(...stock.map((s) => s.at || 0)))] : null),
+    stock.length ? h('div', {class: 'planogram', 'data-testid': 'stock'}, stock.map((s, i) => h('div', {
+      class: `slot level-${s.level}${i && shelf(s.slot) !== shelf(stock[i - 1].slot) ? ' shelf-start' : ''}`,
+      'data-slot': s.slot, title: `updated ${fmtTime(s.at)}`},
+    h('div', {class: 'slot-head'}, h('strong', null, s.slot), badge(s.level, s.level === 'ok' ? 'online' : s.level)),
+    h('div', {class: 'slot-product'}, s.product_id || '—'),
+    h('div', {class: 'slot-count'}, s.count === undefined ? '—' : fmtNum(s.count),
+      s.capacity === undefined ? '' : h('span', {class: 'muted'}, ` / ${fmtNum(s.capacity)}`)),
+    fill(s)))) : h('p', {class: 'muted', 'data-testid': 'stock-empty'}, 'No inventory reported yet.'));
 }
 
+// the shelf of a slot is its letter prefix (A1..A6 are shelf A): each shelf starts a new row
+const shelf = (slot) => (slot.match(/^[^0-9]*/) || [''])[0];
+
 function fill(s) {
-  if (s.count === undefined || !s.capacity) return '';
+  if (s.count === undefined || !s.capacity) return null;
   const pct = Math.max(0, Math.min(100, Math.round((100 * s.count) / s.capacity)));
-  return h('meter', {min: 0, max: 100, low: 25, optimum: 100, value: pct, title: `${pct}%`}, `${pct}%`);
+  // the meter turns amber at the slot's own low threshold
+  const low = s.low_threshold === undefined ? 25 : (100 * s.low_threshold) / s.capacity + 0.5;
+  return h('meter', {min: 0, max: 100, low, optimum: 100, value: pct, title: `${pct}%`}, `${pct}%`);
 }
 
 function faultsCard(st) {

@@ -42,14 +42,14 @@ const SITE_COLUMNS = [
 export async function render(main, page) {
   const stamp = h('span', {class: 'muted small', 'data-testid': 'updated'});
   const kpis = h('div', {class: 'kpis', 'data-testid': 'kpis'});
-  const flow = h('div', {class: 'kpis'});
+  const flow = h('div', {class: 'kpis kpis-flow'});
   const incidentsBox = h('div');
   const sites = h('div');
   const faulted = h('div');
   const stages = h('div');
   main.append(
     h('div', {class: 'page-head'}, h('h1', null, 'Fleet overview'), stamp),
-    kpis, flow,
+    h('div', {class: 'kpi-row'}, kpis, flow),
     h('div', {class: 'cols'},
       card('Open incidents', incidentsBox),
       card('Machines with active faults', faulted)),
