@@ -45,7 +45,10 @@ function setBanner(text) {
 }
 
 function stopPage() {
-  if (current) current.timers.forEach((t) => clearInterval(t));
+  if (current) {
+    current.timers.forEach((t) => clearInterval(t));
+    current.cleanups.forEach((fn) => fn());
+  }
   current = null;
 }
 
@@ -100,7 +103,10 @@ async function render() {
     query: new URLSearchParams(location.search),
     user,
     timers: [],
+    cleanups: [],
     navigate,
+    /** Run fn when the operator leaves this page (remove document-level listeners). */
+    onLeave(fn) { this.cleanups.push(fn); },
     /** Run fn now and every REFRESH_MS while this page is shown and the tab visible. */
     every(fn) {
       this.timers.push(setInterval(() => {

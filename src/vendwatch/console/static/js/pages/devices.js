@@ -41,7 +41,15 @@ export async function render(main, page) {
     page.navigate(`/console/devices${qs({q: search.value.trim(), site_id: site.value.trim(), status: status.value, faulted: faulted.checked})}`);
   });
   const results = h('div');
-  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Devices')), form, results);
+  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Devices'), h('span', {class: 'muted small'}, 'press / to search')), form, results);
+  const focusSearch = (ev) => {
+    if (ev.key === '/' && !['INPUT', 'SELECT', 'TEXTAREA'].includes(document.activeElement.tagName)) {
+      ev.preventDefault();
+      search.focus();
+    }
+  };
+  document.addEventListener('keydown', focusSearch);
+  page.onLeave(() => document.removeEventListener('keydown', focusSearch));
 
   // offer the busiest sites as suggestions (the overview ranks them; this is a hint only)
   api('/v1/stats').then((st) => replace(sites, st.sites.filter((x) => x.site_id).map((x) => h('option', {value: x.site_id})))).catch(() => {});

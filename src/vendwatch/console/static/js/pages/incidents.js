@@ -9,6 +9,8 @@ export const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info']; // 
 const STATES = [['active', 'Open + acknowledged'], ['open', 'Open'], ['acknowledged', 'Acknowledged'],
   ['resolved', 'Resolved'], ['absorbed', 'Absorbed by a site incident'], ['all', 'All']];
 
+const ACTIVE_CAP = 1000; // the API's largest page; counts above it are shown as "N+"
+
 export const UNAVAILABLE = 'Incident service not available: this vendwatch does not serve /v1/incidents.';
 
 /** The list of incidents in a GET /v1/incidents answer. */
@@ -50,14 +52,16 @@ export const COLUMNS = [
 export async function incidentSummary() {
   let list;
   try {
-    list = incidentsOf(await api(`/v1/incidents${qs({status: 'active', limit: 1000})}`));
+    list = incidentsOf(await api(`/v1/incidents${qs({status: 'active', limit: ACTIVE_CAP})}`));
   } catch (e) {
     return unavailable(e);
   }
   const counts = Object.fromEntries(SEVERITIES.map((s) => [s, 0]));
   for (const i of list) counts[i.severity] = (counts[i.severity] || 0) + 1;
   bySeverity(list);
+  const capped = list.length >= ACTIVE_CAP;
   return h('div', null,
+    capped ? h('p', {class: 'notice'}, `More than ${ACTIVE_CAP} active incidents: counts cover the newest ${ACTIVE_CAP}.`) : null,
     h('div', {class: 'sev-counts', 'data-testid': 'incident-counts'},
       SEVERITIES.map((s) => h('a', {class: `sev-count sev-${s}`, href: `/console/incidents${qs({status: 'active', severity: s})}`},
         h('span', {class: 'kpi-value', 'data-testid': `incidents-${s}`}, fmtNum(counts[s])), h('span', null, s)))),
