@@ -235,8 +235,8 @@ def test_stage_lag_from_checkpoints(log: SqliteLog) -> None:
     ends = log.end_offsets(EVENTS)
     p = partition_for("dev-a", 2)
     data = msgspec.json.encode({f"{EVENTS}/{p}": ends[p] - 3})
-    assert activity.stage_lag(log, [("offsets:vendwatch-device-state", data)]) == [
-        {"stage": "device-state", "lag_records": 3}]
+    assert activity.stage_lag(log, [("offsets:vendwatch-device-state", data), ("offsets:other", b'["x"]')]) == [
+        {"stage": "device-state", "lag_records": 3}]  # a checkpoint in another format is not a stage
 
 
 # -- HTTP --------------------------------------------------------------------------------

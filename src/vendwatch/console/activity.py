@@ -18,6 +18,7 @@ from vendwatch import events as ev
 from vendwatch.bus.base import EVENTS, Log, partition_for
 
 SCAN_CHUNK = 2000
+_positions = msgspec.json.Decoder(dict[str, int])
 
 
 def device_partition(log: Log, device_id: str) -> int:
@@ -119,7 +120,10 @@ def stage_lag(log: Log, checkpoints: list[tuple[str, bytes]]) -> list[dict[str, 
     ends: dict[str, dict[int, int]] = {}
     out = []
     for name, data in checkpoints:
-        positions: dict[str, int] = msgspec.json.decode(data)
+        try:
+            positions = _positions.decode(data)
+        except msgspec.DecodeError:  # a component keeping another format under this name: not a stage
+            continue
         lag = 0
         for key, pos in positions.items():
             topic, _, part = key.rpartition("/")

@@ -14,8 +14,9 @@ export function resultTable(res, testid = 'sql-result') {
     if (v === null || v === undefined) return h('span', {class: 'muted'}, 'NULL');
     return typeof v === 'object' ? JSON.stringify(v) : String(v);
   };
+  const first = rows.length ? (Array.isArray(rows[0]) ? rows[0] : columns.map((c) => rows[0][c])) : [];
   return h('div', {class: 'scroll'}, h('table', {class: 'grid', 'data-testid': testid},
-    h('thead', null, h('tr', null, columns.map((c) => h('th', null, c)))),
+    h('thead', null, h('tr', null, columns.map((c, k) => h('th', {class: typeof first[k] === 'number' ? 'num' : null}, c)))),
     h('tbody', null, rows.map((r) => h('tr', null,
       (Array.isArray(r) ? r : columns.map((c) => r[c])).map((v) => h('td', {class: typeof v === 'number' ? 'num' : null}, cell(v))))))));
 }
