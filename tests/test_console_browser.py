@@ -99,10 +99,15 @@ def _fire_signals(data: Path) -> None:
 class Fleet:
     """A running ``vendwatch serve`` with three machines and two operator tokens."""
 
-    def __init__(self, base: str, operator: str, viewer: str) -> None:
+    def __init__(self, base: str, operator: str, viewer: str, data: Path) -> None:
         self.base = base
         self.operator = operator
         self.viewer = viewer
+        self.data = data
+
+    def state(self) -> Any:
+        """The server's state store, opened from this process (SQLite allows both)."""
+        return open_state(load_settings(overrides={"data_dir": str(self.data)}, environ={}))
 
     def get(self, path: str, token: str | None = None) -> httpx.Response:
         return httpx.get(self.base + path, headers={"Authorization": f"Bearer {token or self.operator}"}, timeout=10)
@@ -154,7 +159,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             r = httpx.post(base + "/v1/events", json={"events": evs},
                            headers={"Authorization": f"Bearer {tokens[device]}"}, timeout=10)
             assert r.status_code == 200 and r.json()["accepted"] == len(evs), r.text
-        f = Fleet(base, operator, viewer)
+        f = Fleet(base, operator, viewer, data)
         # the device-state stage folds the events in the background
         _wait("device state", lambda: f.get("/v1/fleet/devices/m-001").json()["events"] == 6)
         yield f
@@ -423,6 +428,20 @@ def test_reports_page_lists_reports_or_says_the_lake_is_absent(fleet: Fleet, bro
     _wait("report result", lambda: _css(drv, "[data-testid=report-result]") or _css(drv, "#report-out .error"))
     assert _css(drv, "[data-testid=report-result]"), _text(drv, "#report-out")
     assert _js_errors(drv) == []
+
+
+def test_a_revoked_token_is_sent_back_to_sign_in(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    st = fleet.state()
+    temp = st.add_operator_token("temp", "viewer")
+    _sign_in(drv, fleet, temp, "/console/devices")
+    _wait("device rows", lambda: _css(drv, "[data-testid=devices] tbody tr"))
+    st.revoke_operator_token("temp")
+    st.close()
+    _css(drv, "a.device-link")[0].click()  # the next API call answers 401
+    _wait("back to sign-in", lambda: "/console/login" in drv.current_url and _css(drv, "#token"))
+    assert "next=%2Fconsole%2Fdevices%2F" in drv.current_url  # where to return after signing in
+    assert drv.execute_script("return sessionStorage.getItem('vendwatch.operator-token')") is None
 
 
 def test_sign_out_forgets_the_token(fleet: Fleet, browser: Any) -> None:

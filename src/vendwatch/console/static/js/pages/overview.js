@@ -93,5 +93,6 @@ export async function render(main, page) {
 
   await page.every(refresh);
   // a rate needs two samples: take the second one soon instead of at the next refresh
-  setTimeout(() => { if (page.live()) refresh(); }, 2000);
+  // (a failure here is reported by the periodic refresh that follows)
+  setTimeout(() => { if (page.live()) refresh().catch(() => {}); }, 2000);
 }
