@@ -282,6 +282,8 @@ def test_whoami_stats_and_devices(client: TestClient, fleet_ctx: Context) -> Non
     ("/v1/fleet/devices?limit=abc", "bad_limit"),
     ("/v1/fleet/devices?limit=0", "bad_limit"),
     ("/v1/fleet/devices?limit=501", "bad_limit"),
+    ("/v1/fleet/devices?faulted=yes", "bad_faulted"),
+    ("/v1/fleet/devices?q=" + "x" * 201, "bad_q"),
     ("/v1/devices/m-online/events?limit=201", "bad_limit"),
     ("/v1/devices/m-online/events?type=nap", "bad_type"),
 ])

@@ -31,6 +31,8 @@ from vendwatch.runtime import Context
 
 MAX_PAGE = 500
 MAX_EVENTS = 200
+MAX_SEARCH = 200
+_BOOLS = {"1": True, "true": True, "0": False, "false": False, "": False}
 
 # API answers describe live state: never cache them, never sniff them as HTML
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
@@ -97,9 +99,14 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
             limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
         except _ParamError as e:
             return _bad("bad_limit", str(e))
-        f = fleet.DeviceFilter(site_id=q.get("site_id") or None, status=status, q=q.get("q") or None,
-                               faulted=q.get("faulted") in ("1", "true"), after=q.get("after", ""),
-                               limit=limit)
+        faulted = q.get("faulted", "0")
+        if faulted not in _BOOLS:
+            return _bad("bad_faulted", f"faulted must be 1, 0, true or false, got {faulted!r}")
+        text = q.get("q") or None
+        if text is not None and len(text) > MAX_SEARCH:
+            return _bad("bad_q", f"q must be at most {MAX_SEARCH} characters")
+        f = fleet.DeviceFilter(site_id=q.get("site_id") or None, status=status, q=text,
+                               faulted=_BOOLS[faulted], after=q.get("after", ""), limit=limit)
         rows = await run_in_threadpool(fleet.list_devices, ctx.state.db, f, clock())
         return _ok({"devices": rows, "next": rows[-1]["device_id"] if len(rows) == limit else None})
 
