@@ -20,7 +20,7 @@ from vendwatch import events as ev
 from vendwatch.bus.base import EVENTS, Record, partition_for
 from vendwatch.bus.sqlite import SqliteLog
 from vendwatch.config import load_settings
-from vendwatch.console import activity, app, fleet
+from vendwatch.console import activity, api, app, fleet
 from vendwatch.runtime import Context
 from vendwatch.state.projector import DeviceStateProjector
 
@@ -250,6 +250,17 @@ def client(fleet_ctx: Context) -> Iterator[TestClient]:
 
 def _auth(ctx: Context, role: str = "viewer") -> dict[str, str]:
     return {"Authorization": f"Bearer {ctx.state.add_operator_token(f'{role}-user', role)}"}
+
+
+def test_fleet_summary_is_shared_for_a_few_seconds(fleet_ctx: Context) -> None:
+    meters = {EVENTS: activity.RateMeter(), "rejected": activity.RateMeter()}
+    cache = api._SummaryCache(ttl_s=3.0)
+    fleet_ctx.log.create_topic(EVENTS)
+    first = api.fleet_stats(fleet_ctx, meters, NOW, cache)
+    fleet_ctx.state.add_device("m-new", "s3")
+    assert api.fleet_stats(fleet_ctx, meters, NOW + 2.9, cache)["devices"] == first["devices"] == 6
+    assert api.fleet_stats(fleet_ctx, meters, NOW + 3.0, cache)["devices"] == 7
+    assert api.fleet_stats(fleet_ctx, meters, NOW + 1.0, cache)["devices"] == 7  # clock went back: recompute
 
 
 def test_endpoints_need_a_token(client: TestClient) -> None:

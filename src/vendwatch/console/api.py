@@ -32,6 +32,7 @@ from vendwatch.runtime import Context
 MAX_PAGE = 500
 MAX_EVENTS = 200
 MAX_SEARCH = 200
+STATS_TTL_S = 3.0  # how long one fleet summary serves every console
 _BOOLS = {"1": True, "true": True, "0": False, "false": False, "": False}
 
 # API answers describe live state: never cache them, never sniff them as HTML
@@ -63,9 +64,25 @@ class _ParamError(ValueError):
     pass
 
 
-def fleet_stats(ctx: Context, meters: dict[str, activity.RateMeter], now: float) -> dict[str, Any]:
+class _SummaryCache:
+    """The fleet summary is one scan of the registry (~1 µs per device): several consoles
+    polling at once share one scan per ``ttl_s`` instead of each paying for it."""
+
+    def __init__(self, ttl_s: float = STATS_TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._at = float("-inf")
+        self._value: dict[str, Any] = {}
+
+    def get(self, ctx: Context, now: float) -> dict[str, Any]:
+        if not 0 <= now - self._at < self.ttl_s:
+            self._value, self._at = fleet.site_summary(ctx.state.db, now), now
+        return dict(self._value)
+
+
+def fleet_stats(ctx: Context, meters: dict[str, activity.RateMeter], now: float,
+                summary: _SummaryCache | None = None) -> dict[str, Any]:
     """The overview's numbers: connectivity counts, sites, rates, lag."""
-    out = fleet.site_summary(ctx.state.db, now)
+    out = summary.get(ctx, now) if summary is not None else fleet.site_summary(ctx.state.db, now)
     for topic in (EVENTS, REJECTED):
         end, retained = activity.log_position(ctx.log, topic)
         out[f"{topic}_retained"] = retained
@@ -79,6 +96,7 @@ def fleet_stats(ctx: Context, meters: dict[str, activity.RateMeter], now: float)
 def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
     """The console's read endpoints; ``clock`` gives "now" for connectivity classes."""
     meters = {EVENTS: activity.RateMeter(), REJECTED: activity.RateMeter()}
+    summary = _SummaryCache()
 
     @require(ctx, "viewer")
     async def whoami(request: Request) -> Response:
@@ -87,7 +105,7 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
 
     @require(ctx, "viewer")
     async def stats(request: Request) -> Response:
-        return _ok(await run_in_threadpool(fleet_stats, ctx, meters, clock()))
+        return _ok(await run_in_threadpool(fleet_stats, ctx, meters, clock(), summary))
 
     @require(ctx, "viewer")
     async def devices(request: Request) -> Response:
