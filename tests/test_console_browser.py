@@ -430,6 +430,16 @@ def test_reports_page_lists_reports_or_says_the_lake_is_absent(fleet: Fleet, bro
     assert _js_errors(drv) == []
 
 
+def test_unknown_device_and_page_say_so(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.viewer, "/console/devices/ghost%2F1")
+    assert _text(drv, "main h1") == "Unknown device"
+    assert "ghost/1" in _text(drv, "main p")  # the id decoded from its one path segment
+    drv.get(fleet.base + "/console/nowhere")
+    _wait("not found", lambda: _text(drv, "main h1") == "Not found")
+    assert _js_errors(drv) == []
+
+
 def test_a_revoked_token_is_sent_back_to_sign_in(fleet: Fleet, browser: Any) -> None:
     drv = browser
     st = fleet.state()

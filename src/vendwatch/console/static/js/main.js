@@ -93,6 +93,7 @@ async function render() {
     replace(main, h('p', {class: 'error'}, e.message));
     return;
   }
+  if (gen !== generation) return; // the operator navigated on while the token was checked
   if (mod !== login && !who) {
     navigate(`/console/login?next=${encodeURIComponent(path + location.search)}`, {replace: true});
     return;
@@ -109,12 +110,14 @@ async function render() {
     onLeave(fn) { this.cleanups.push(fn); },
     /** Run fn now and every REFRESH_MS while this page is shown and the tab visible. */
     every(fn) {
-      this.timers.push(setInterval(() => {
+      const timer = setInterval(() => {
         if (document.hidden || gen !== generation) return;
         // keep the last good data on screen and say the refresh failed (server restarting, network)
         Promise.resolve().then(fn).then(() => setBanner(null), (e) => setBanner(`Refresh failed: ${e.message}`));
-      }, REFRESH_MS));
-      return fn();
+      }, REFRESH_MS);
+      this.timers.push(timer);
+      // a page that cannot load at all (unknown device) is not refreshed
+      return Promise.resolve().then(fn).catch((e) => { clearInterval(timer); throw e; });
     },
     /** True while this page is still the one on screen (ignore late answers otherwise). */
     live: () => gen === generation,

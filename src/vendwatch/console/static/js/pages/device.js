@@ -168,7 +168,7 @@ export async function render(main, page) {
       h('span', {class: 'muted'}, ' last seen ', when(d.last_seen_at)));
     replace(grid,
       card('Machine', facts([
-        ['Site', d.site_id],
+        ['Site', d.site_id && h('a', {href: `/console/devices?site_id=${encodeURIComponent(d.site_id)}`}, d.site_id)],
         ['Location', d.location],
         ['Model', d.model],
         ['Serial', d.serial],

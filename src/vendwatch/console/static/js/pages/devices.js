@@ -8,7 +8,7 @@ const STATUSES = [['', 'Any status'], ['online', 'Online'], ['stale', 'Stale'], 
 
 const COLUMNS = [
   {label: 'Device', cell: (d) => h('a', {href: devicePath(d.device_id), class: 'device-link'}, d.device_id)},
-  {label: 'Site', cell: (d) => d.site_id || '—'},
+  {label: 'Site', cell: (d) => (d.site_id ? h('a', {href: `/console/devices${qs({site_id: d.site_id})}`}, d.site_id) : '—')},
   {label: 'Status', cell: (d) => badge(d.connectivity)},
   {label: 'Last seen', cell: (d) => when(d.last_seen_at)},
   {label: 'Cabinet', class: 'num', cell: (d) => fmtUnit(d.cabinet_temp_c, '°C') || '—'},
