@@ -89,10 +89,15 @@ def test_failure_rates(fleet):
 
 
 def test_sla_uptime_per_device_and_site(fleet):
-    rows = rep(fleet, "sla-uptime")
-    levels = {(r["level"], r["site_id"], r["device_id"]) for r in rows}
-    assert ("site", "site-a", None) in levels and ("device", "site-b", "b1") in levels
-    assert all(0 < r["uptime_pct"] <= 100 for r in rows)
+    rows = {(r["level"], r["site_id"], r["device_id"]): r for r in rep(fleet, "sla-uptime")}
+    assert set(rows) == {("device", "site-a", "a1"), ("device", "site-a", "a2"), ("site", "site-a", None),
+                         ("device", "site-b", "b1"), ("site", "site-b", None)}
+    a1, a2 = rows[("device", "site-a", "a1")], rows[("device", "site-a", "a2")]
+    # two days in the lake; a2 was silent on the second: that day counts as 0 %
+    assert (a1["days_seen"], a2["days_seen"]) == (2, 1)
+    assert a2["worst_day_pct"] == 0.0 and 0 < a2["uptime_pct"] < 50
+    site = rows[("site", "site-a", None)]
+    assert site["uptime_pct"] == pytest.approx((a1["uptime_pct"] + a2["uptime_pct"]) / 2)
 
 
 def test_stockouts_with_estimated_lost_sales(fleet):
