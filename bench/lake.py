@@ -410,7 +410,9 @@ def main() -> None:
                 pg.execute("SET TIME ZONE 'UTC'")
                 for name, r in REPORTS.items():
                     text = report_sql(r, now=now, stale_s=settings.lake.stale_after_s)
-                    pg.execute(text).fetchall()  # warm the cache like the DuckDB runs
+                    got = len(pg.execute(text).fetchall())  # also warms the cache like the DuckDB runs
+                    if got != rows[name]:
+                        raise SystemExit(f"{name}: PostgreSQL returned {got} rows, DuckDB {rows[name]}")
                     pg_times[name] = timed(lambda q=text: pg.execute(q).fetchall())
                     print(f"postgres {name}: {pg_times[name]:.3f}s", flush=True)
             out["report_s_postgres"] = {k: round(v, 3) for k, v in pg_times.items()}
