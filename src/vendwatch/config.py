@@ -122,6 +122,7 @@ class LakeSettings(_Section):
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "2GB"
     sql_threads: int = 2
+    sql_max_concurrent: int = 2  # POST /v1/sql and reports beyond this wait (each may use sql_memory_limit)
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
 
 
@@ -221,6 +222,7 @@ def _check(s: Settings) -> None:
         "lake.sql_row_limit": s.lake.sql_row_limit,
         "lake.sql_timeout_s": s.lake.sql_timeout_s,
         "lake.sql_threads": s.lake.sql_threads,
+        "lake.sql_max_concurrent": s.lake.sql_max_concurrent,
     }
     for key, value in positive.items():
         if value <= 0:

@@ -7,20 +7,22 @@ import io
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from tests.lake.conftest import drain
+from tests.lake.conftest import drain, make_settings
 from tests.lake.factory import T0, heartbeat, inventory, publish, sale
 
 from vendwatch.lake import etl as etl_mod
 from vendwatch.lake import formats
 from vendwatch.lake.etl import Etl
 from vendwatch.lake.reports import REPORTS, ReportError, run_report
+from vendwatch.runtime import Context
 
 NOW = T0 + timedelta(days=1)
 
 
-@pytest.fixture
-def fleet(ctx, monkeypatch):
-    """Two sites, three machines, a day of sales and stock, two incidents."""
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Two sites, three machines, a day of sales and stock, two incidents (built once; reports only read)."""
+    ctx = Context(make_settings(tmp_path_factory.mktemp("fleet") / "data"))
     items = [
         heartbeat(T0, device="a1", site="site-a"),
         heartbeat(NOW - timedelta(minutes=5), device="a1", site="site-a"),  # fresh
@@ -48,9 +50,11 @@ def fleet(ctx, monkeypatch):
          "resolved_at": T0.timestamp() + 600, "occurrences": 1},
     ]
     real = etl_mod.load
-    monkeypatch.setattr(etl_mod, "load", lambda ref: (lambda s: rows) if ref == etl_mod.INCIDENT_ROWS else real(ref))
-    Etl(ctx.settings, state=ctx.state).run()
-    return ctx.settings
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(etl_mod, "load", lambda ref: (lambda s: rows) if ref == etl_mod.INCIDENT_ROWS else real(ref))
+        Etl(ctx.settings, state=ctx.state).run()
+    yield ctx.settings
+    ctx.close()
 
 
 def rep(settings, name, **kw):

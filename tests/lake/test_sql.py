@@ -8,19 +8,23 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from tests.lake.conftest import drain
+from tests.lake.conftest import drain, make_settings
 from tests.lake.factory import T0, day_of_events, publish, sale
 
 from vendwatch.lake import formats
 from vendwatch.lake.catalog import open_catalog
 from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout
+from vendwatch.runtime import Context
 
 
-@pytest.fixture
-def lake(ctx):
-    publish(ctx.log, day_of_events(n=4))
-    drain(ctx)
-    return LakeSQL(ctx.settings)
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    """A small lake shared by the read-only tests (they cannot change it: that is the point)."""
+    c = Context(make_settings(tmp_path_factory.mktemp("sql") / "data"))
+    publish(c.log, day_of_events(n=4))
+    drain(c)
+    yield LakeSQL(c.settings)
+    c.close()
 
 
 @pytest.mark.parametrize(
@@ -49,8 +53,8 @@ def test_refused_with_clear_error(lake, sql, says):
     assert says in str(e.value)
 
 
-def test_catalog_file_next_to_the_warehouse_is_not_readable(lake, settings):
-    catalog_db = settings.data_path.resolve() / "lake" / "catalog.db"
+def test_catalog_file_next_to_the_warehouse_is_not_readable(lake):
+    catalog_db = lake.settings.data_path.resolve() / "lake" / "catalog.db"
     assert catalog_db.exists()
     with pytest.raises(QueryRefused):
         lake.run(f"SELECT * FROM read_blob('{catalog_db}')")
@@ -82,7 +86,10 @@ def test_timeout_interrupts(lake):
         lake.run("SELECT count(*) FROM range(1000000000000) a", timeout_s=0.2)
 
 
-def test_time_travel_by_snapshot_and_timestamp(ctx, lake):
+def test_time_travel_by_snapshot_and_timestamp(ctx):
+    publish(ctx.log, day_of_events(n=4))
+    drain(ctx)
+    lake = LakeSQL(ctx.settings)
     raw = open_catalog(ctx.settings).load_table("raw.events")
     first = raw.current_snapshot()
     publish(ctx.log, [sale(T0 + timedelta(days=2))])
