@@ -300,6 +300,7 @@ def main() -> None:
     ap.add_argument("--days", type=float, default=30.0)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--no-postgres", action="store_true")
+    ap.add_argument("--writer-only", action="store_true", help="measure only the lake-writer role (step 2a)")
     ap.add_argument("--keep", action="store_true", help="keep the data directory")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
@@ -344,6 +345,8 @@ def main() -> None:
         print(f"lake-writer role: {args.log_events} events in {role_s:.1f}s = {args.log_events / role_s:,.0f}/s", flush=True)
         ctx.close()
         shutil.rmtree(root / "role", ignore_errors=True)
+        if args.writer_only:
+            return
 
         # 2b. raw-zone commit path for all events
         settings = load_settings(overrides={"data_dir": str(root / "lake"), "lake.sql_memory_limit": "6GB"})
