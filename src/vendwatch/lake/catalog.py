@@ -28,6 +28,7 @@ from vendwatch.lake import schemas
 _log = logging.getLogger("vendwatch.lake.catalog")
 NAMESPACES = ("raw", "analytics")
 _INIT_LOCK = threading.Lock()
+_CATALOGS: dict[tuple[str, tuple[tuple[str, str], ...]], Catalog] = {}
 
 
 class LakeError(Exception):
@@ -71,11 +72,26 @@ def _catalog_properties(settings: Settings) -> dict[str, str]:
 
 
 def open_catalog(settings: Settings) -> Catalog:
-    """Open the configured catalog and make sure the lake's namespaces exist."""
+    """The configured catalog, with the lake's namespaces; one object per process and configuration.
+
+    Catalog objects are thread-safe (the SQL catalog is a SQLAlchemy engine with a
+    connection pool); reusing one saves each query and report the catalog set-up.
+    """
     wh = local_warehouse(settings)
     if wh is not None:
         wh.mkdir(parents=True, exist_ok=True)
     props = _catalog_properties(settings)
+    key = (settings.lake.catalog.name, tuple(sorted(props.items())))
+    with _INIT_LOCK:
+        cached = _CATALOGS.get(key)
+    if cached is not None:
+        return cached
+    cat = _open(settings, props)
+    with _INIT_LOCK:
+        return _CATALOGS.setdefault(key, cat)
+
+
+def _open(settings: Settings, props: dict[str, str]) -> Catalog:
     for attempt in range(3):
         try:
             with _INIT_LOCK:
