@@ -13,7 +13,7 @@ from tests.lake.factory import T0, day_of_events, publish, sale
 
 from vendwatch.lake import formats
 from vendwatch.lake.catalog import open_catalog
-from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout
+from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout, referenced_tables
 from vendwatch.runtime import Context
 
 
@@ -113,3 +113,9 @@ def test_output_formats(lake):
     assert doc["columns"] == ["event_id", "occurred_at", "n"] and doc["rows"][0]["n"] == 12
     back = pq.read_table(io.BytesIO(formats.to_parquet(res.table)))
     assert back.num_rows == 2 and back.schema.field("n").type == "int64"
+
+
+def test_table_names_are_found_quoted_or_not():
+    known = ["raw.events", "analytics.transactions", "analytics.faults"]
+    sql = 'SELECT * FROM "raw"."events" e JOIN ANALYTICS.Transactions t ON true -- analytics.nope'
+    assert referenced_tables(sql, known) == ["analytics.transactions", "raw.events"]

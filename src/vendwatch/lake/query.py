@@ -44,7 +44,7 @@ from vendwatch.lake import metrics, schemas
 from vendwatch.lake.catalog import NAMESPACES, local_warehouse, open_catalog, table_names
 from vendwatch.lake.formats import normalize
 
-_TABLE_REF = re.compile(r'\b(' + "|".join(NAMESPACES) + r')\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
+_TABLE_REF = re.compile(r'"?\b(' + "|".join(NAMESPACES) + r')"?\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 _DUCK_TYPES: dict[type[IcebergType], str] = {
     StringType: "VARCHAR",
