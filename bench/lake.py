@@ -354,6 +354,7 @@ def main() -> None:
         ctx.close()
         shutil.rmtree(root / "role", ignore_errors=True)
         if args.writer_only:
+            _emit(out, args.json_out)
             return
 
         # 2b. raw-zone commit path for all events
@@ -433,9 +434,13 @@ def main() -> None:
             pgsrv.stop()
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    _emit(out, args.json_out)
+
+
+def _emit(out: dict[str, object], path: str | None) -> None:
     print(json.dumps(out, indent=2))
-    if args.json_out:
-        Path(args.json_out).write_text(json.dumps(out, indent=2))
+    if path:
+        Path(path).write_text(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":
