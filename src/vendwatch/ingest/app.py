@@ -227,7 +227,8 @@ class Collector:
             _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
-            fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
+            # a plain future (not a coroutine): wait_for needs no extra Task per request
+            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
         except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",

@@ -58,12 +58,18 @@ class GroupCommitter:
             self._q.put(None)
             self._thread.join(10)
 
-    async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """Queue a request's events; resolves once they are durable (True = new, False = duplicate)."""
+    def enqueue(self, accepted: Sequence[Pending],
+                rejected: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[bool]]:
+        """Queue a request's events (from the event loop); the future resolves once they are
+        durable, with True for a new event and False for a duplicate, or fails with the log's error."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bool]] = loop.create_future()
         self._q.put(_Job(accepted, rejected, fut, loop))
-        return await fut
+        return fut
+
+    async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """``enqueue`` and wait."""
+        return await self.enqueue(accepted, rejected)
 
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the writer thread between commits (housekeeping of the sink)."""
