@@ -84,6 +84,47 @@ class StateSettings(_Section):
     pool_size: int = 8
 
 
+class LakeCatalogSettings(_Section):
+    """Where the Iceberg catalog and warehouse live (see docs/lake.md)."""
+
+    # sql: pyiceberg SQL catalog (SQLite embedded, PostgreSQL scale-out; Java's JDBC catalog reads it)
+    type: Literal["sql", "rest", "glue"] = "sql"
+    name: str = "vendwatch"
+    # sql: SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; rest: the REST endpoint.
+    # Default: sqlite:///<data_dir>/lake/catalog.db
+    uri: str | None = None
+    # file:// path or s3://bucket/prefix. Default: <data_dir>/lake/warehouse
+    warehouse: str | None = None
+    # passed to pyiceberg as-is: s3.endpoint, s3.access-key-id, glue.region, token, ...
+    properties: dict[str, str] = {}
+
+
+class LakeSettings(_Section):
+    catalog: LakeCatalogSettings = msgspec.field(default_factory=LakeCatalogSettings)
+    # raw-zone writer: a batch is committed when any threshold is reached
+    batch_max_events: int = 200_000
+    batch_max_bytes: int = 128 * 1024 * 1024
+    batch_max_wait_s: float = 30.0
+    # maintenance
+    target_file_mb: int = 128  # compaction output size
+    small_file_mb: int = 16  # files below this count as small
+    compact_min_files: int = 4  # a partition with at least this many small files is compacted
+    snapshot_retention_hours: float = 7 * 24.0
+    orphan_min_age_hours: float = 1.0  # younger unreferenced files may be an in-flight write
+    # rows older than N days are deleted; key "table" or "table:type" (raw.events by event type)
+    retention_days: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0}
+    )
+    # ETL cleansing
+    max_clock_skew_s: float = 300.0  # occurred_at beyond received_at + this: device clock is wrong
+    # SQL and reports
+    sql_row_limit: int = 10_000
+    sql_timeout_s: float = 30.0
+    sql_memory_limit: str = "2GB"
+    sql_threads: int = 2
+    stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -95,7 +136,7 @@ class Settings(_Section):
     # sections owned by later stages; each is a free-form table validated by its owner
     detect: dict[str, Any] = {}
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
-    lake: dict[str, Any] = {}
+    lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: dict[str, Any] = {}
 
     @property
@@ -172,6 +213,14 @@ def _check(s: Settings) -> None:
         "ingest.group_commit_max_events": s.ingest.group_commit_max_events,
         "bus.partitions": s.bus.partitions,
         "bus.kafka.partitions": s.bus.kafka.partitions,
+        "lake.batch_max_events": s.lake.batch_max_events,
+        "lake.batch_max_bytes": s.lake.batch_max_bytes,
+        "lake.batch_max_wait_s": s.lake.batch_max_wait_s,
+        "lake.target_file_mb": s.lake.target_file_mb,
+        "lake.compact_min_files": s.lake.compact_min_files,
+        "lake.sql_row_limit": s.lake.sql_row_limit,
+        "lake.sql_timeout_s": s.lake.sql_timeout_s,
+        "lake.sql_threads": s.lake.sql_threads,
     }
     for key, value in positive.items():
         if value <= 0:
