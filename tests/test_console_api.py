@@ -337,7 +337,7 @@ def test_static_assets_have_no_outside_urls_or_html_sinks() -> None:
     for f in app.STATIC_DIR.rglob("*"):
         if f.suffix not in (".js", ".css", ".html"):
             continue
-        text = f.read_text()
+        text = f.read_text().replace("'http://www.w3.org/2000/svg'", "")  # a namespace name, not a URL
         assert "http://" not in text and "https://" not in text, f
         for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
             assert sink not in text, f"{f.name} uses {sink}"
