@@ -31,6 +31,9 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
             ctx.log.partitions("events")
         except Exception as e:
             return json_response({"status": "unavailable", "error": str(e)}, 503)
+        collector = ctx.extras.get("collector")
+        if collector is not None and not collector.healthy():
+            return json_response({"status": "unavailable", "error": "the collector's commit thread is not running"}, 503)
         return json_response({"status": "ok", "version": __version__, "roles": roles})
 
     async def metrics(request: Request) -> Response:

@@ -139,6 +139,10 @@ class Collector:
         if self.committer is not None and self.sink is not None:
             self.committer.call(self.sink.maintain)  # the index belongs to the commit thread
 
+    def healthy(self) -> bool:
+        """False when events could not become durable (the commit thread is gone)."""
+        return self.committer is not None and self.committer.alive()
+
     def stop(self) -> None:
         self._housekeeping_stop.set()
         if self.committer is not None:
@@ -215,6 +219,10 @@ class Collector:
         in_batch_dups = out.in_batch_duplicates
 
         assert self.committer is not None
+        if not self.committer.alive():  # shutting down (or broken): nothing could become durable
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", "the collector is not taking writes; retry with the same event ids",
+                          {"Retry-After": "5"})
         if not accepted and not quarantine:
             _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})

@@ -48,6 +48,10 @@ class GroupCommitter:
             self._started = True
             self._thread.start()
 
+    def alive(self) -> bool:
+        """The writer thread is running (requests can become durable)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Commit what is queued, then end the writer thread."""
         if self._started:
