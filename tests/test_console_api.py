@@ -280,6 +280,7 @@ def test_whoami_stats_and_devices(client: TestClient, fleet_ctx: Context) -> Non
     body = stats.json()
     assert body["devices"] == 6 and sum(body["connectivity"].values()) == 6
     assert body["events_per_s"] is None  # first sample
+    assert body["rules"] == {"online_intervals": 2, "stale_intervals": 10, "default_heartbeat_s": 60}
     assert {s["stage"] for s in body["stages"]} == set()
     page = client.get("/v1/fleet/devices?limit=4", headers=h).json()
     assert len(page["devices"]) == 4 and page["next"] == page["devices"][-1]["device_id"]
