@@ -41,6 +41,7 @@ def lake(tmp_path_factory):
         ("SET enable_external_access = true", "SET statements are not allowed"),
         ("PRAGMA version", "not allowed"),
         ("SELECT 1; SELECT 2", "exactly one statement"),
+        ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "EXPLAIN is allowed for SELECT queries only"),
         ("SELECT * FROM read_csv('/etc/passwd')", "Cannot access file \"/etc/passwd\""),
         ("SELECT * FROM read_text('/etc/hostname')", "Cannot access file"),
         ("SELECT * FROM read_parquet('/tmp/*.parquet')", "Cannot access file"),
@@ -63,6 +64,10 @@ def test_catalog_file_next_to_the_warehouse_is_not_readable(lake):
 def test_syntax_error_is_a_query_error(lake):
     with pytest.raises(QueryError, match="syntax error"):
         lake.run("SELEC 1")
+
+
+def test_explain_of_a_query_is_allowed(lake):
+    assert lake.run("EXPLAIN SELECT count(*) FROM raw.events").table.num_rows >= 1
 
 
 def test_select_reads_tables_by_name(lake):
