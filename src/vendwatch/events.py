@@ -246,6 +246,7 @@ class RejectedEvent(Struct, kw_only=True, omit_defaults=True):
 
     received_at: datetime
     reason: str
+    code: str | None = None  # machine-readable reason: schema, device_mismatch, future, too_old, too_large
     device_id: str | None = None
     event_id: str | None = None
     index: int | None = None
@@ -287,7 +288,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _EnvelopeDoc(Struct, kw_only=True):
+class _EnvelopeDoc(Struct, kw_only=True, forbid_unknown_fields=True):
     """Schema-only twin of DeviceEvent (msgspec cannot describe Raw)."""
 
     event_id: EventId

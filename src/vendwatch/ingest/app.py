@@ -11,82 +11,170 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import threading
 import time
 import zlib
-from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from vendwatch import events as ev
 from vendwatch.bus.base import LogUnavailable
+from vendwatch.bus.retention import RetentionTask
+from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
-from vendwatch.ingest.sink import Pending, open_sink
+from vendwatch.ingest.openapi import openapi
+from vendwatch.ingest.sink import IngestSink, open_sink
+from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
 
 log = logging.getLogger("vendwatch.ingest")
-_batch_decoder = msgspec.json.Decoder(ev.Batch)
+# label lookups resolved once: they are on the per-request path
+_OK = m.INGEST_REQUESTS.labels(status="200")
+_ACCEPTED = m.INGEST_EVENTS.labels(outcome="accepted", reason="")
+_DUPLICATE = m.INGEST_EVENTS.labels(outcome="duplicate", reason="")
 _enc = msgspec.json.Encoder()
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(_enc.encode(body), status_code=status, media_type="application/json", headers=headers)
+class _Answer:
+    """A JSON answer sent straight over ASGI (the collector bypasses Starlette's request
+    machinery: it is the per-request cost that dominates small batches)."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def send(self, send: Send) -> None:
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        if self.headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+class _Disconnected(Exception):
+    pass
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> _Answer:
+    return _Answer(status, _enc.encode(body), headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> _Answer:
     m.INGEST_REQUESTS.labels(status=str(status)).inc()
     return _json(status, {"error": {"code": code, "message": message}}, headers)
 
 
-class _AuthCache:
-    """token -> device for a few seconds, so a busy device costs one DB lookup per TTL."""
+class _TooLarge(Exception):
+    pass
 
-    def __init__(self, ctx: Context, ttl_s: float = 5.0) -> None:
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress every gzip member of ``data``, never producing more than ``limit`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        d = zlib.decompressobj(wbits=31)
+        chunk = d.decompress(data, limit - size + 1)  # bounded: a gzip bomb stops here
+        size += len(chunk)
+        if size > limit or d.unconsumed_tail:
+            raise _TooLarge
+        if not d.eof:
+            raise EOFError("gzip stream is truncated")
+        out.append(chunk)
+        data = d.unused_data
+        if not data:
+            return b"".join(out)
+
+
+class _AuthCache:
+    """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
+
+    The price: a disabled device or an expired token keeps working up to ``ttl_s``
+    (``ingest.auth_cache_s``; 0 disables the cache).
+    """
+
+    max_entries = 200_000
+
+    def __init__(self, ctx: Context, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.ttl = ttl_s
+        self.clock = clock
         self._c: dict[str, tuple[float, Device | None]] = {}
 
     def get(self, token: str) -> Device | None:
-        now = time.monotonic()
+        now = self.clock()
         hit = self._c.get(token)
-        if hit and hit[0] > now:
+        if hit is not None and hit[0] > now:
             return hit[1]
         dev = self.ctx.state.authenticate_device(token)
-        if len(self._c) > 200_000:
-            self._c.clear()
-        self._c[token] = (now + self.ttl, dev)
+        if self.ttl > 0:
+            if len(self._c) >= self.max_entries:
+                self._c.clear()  # bounded memory, also against floods of made-up tokens
+            self._c[token] = (now + self.ttl, dev)
         return dev
 
 
 class Collector:
+    """The ``POST /v1/events`` endpoint and the machinery behind it (group commit, housekeeping)."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         s = ctx.settings.ingest
         self.s = s
-        self.auth = _AuthCache(ctx)
+        self.auth = _AuthCache(ctx, s.auth_cache_s)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
+        self.validator = Validator(s)
         self.committer: GroupCommitter | None = None
+        self.sink: IngestSink | None = None
+        self._housekeeping_stop = threading.Event()
+        self._housekeeping: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self.committer is None:
-            sink = open_sink(self.ctx.log, self.ctx.settings)
-            self.committer = GroupCommitter(sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
-            self.committer.on_commit = lambda n, secs: m.LOG_APPEND_SECONDS.observe(secs)
-            self.committer.start()
+    def start(self, sink: IngestSink | None = None) -> None:
+        """Open the sink (rebuilding the dedupe index), start group commit and housekeeping."""
+        if self.committer is not None:
+            return
+        self.sink = sink or open_sink(self.ctx.log, self.ctx.settings)
+        self.sink.warm()
+        self.committer = GroupCommitter(self.sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
+        self.committer.on_commit = _observe_commit
+        self.committer.start()
+        index = getattr(self.sink, "index", None)
+        if index is not None:
+            im.DEDUPE_KEYS.set_function(index.__len__)
+        bus = self.ctx.settings.bus
+        task = RetentionTask(self.ctx.log, bus.retention_hours * 3600, bus.retention_check_s, also=self._maintain)
+        self._housekeeping = threading.Thread(target=task.run, args=(self._housekeeping_stop,),
+                                              name="vw-ingest-housekeeping", daemon=True)
+        self._housekeeping.start()
+
+    def _maintain(self) -> None:
+        if self.committer is not None and self.sink is not None:
+            self.committer.call(self.sink.maintain)  # the index belongs to the commit thread
+
+    def healthy(self) -> bool:
+        """False when events could not become durable (the commit thread is gone)."""
+        return self.committer is not None and self.committer.alive()
 
     def stop(self) -> None:
+        self._housekeeping_stop.set()
         if self.committer is not None:
             self.committer.stop()
 
-    async def _body(self, request: Request) -> bytes | Response:
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
         limit = self.s.max_body_bytes
-        cl = request.headers.get("content-length")
+        cl = headers.get("content-length")
         if cl is not None:
             try:
                 if int(cl) > limit:
@@ -95,55 +183,63 @@ class Collector:
                 return _error(400, "bad_content_length", "Content-Length is not a number")
         chunks = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 return _error(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = b"".join(chunks)
-        enc = request.headers.get("content-encoding", "identity").lower()
+        enc = headers.get("content-encoding", "identity").lower()
         if enc == "gzip":
             try:
-                d = zlib.decompressobj(wbits=31)
-                body = d.decompress(body, limit + 1)
-                if len(body) > limit or d.unconsumed_tail:
-                    return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
-                if not d.eof:
-                    return _error(400, "bad_gzip", "gzip stream is truncated")
-            except (zlib.error, gzip.BadGzipFile) as e:
+                body = _gunzip(body, limit)
+            except _TooLarge:
+                return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+            except (zlib.error, gzip.BadGzipFile, EOFError) as e:
                 return _error(400, "bad_gzip", f"body is not valid gzip: {e}")
         elif enc not in ("identity", ""):
             return _error(415, "unsupported_encoding", f"Content-Encoding {enc} is not supported; use gzip or none")
         return body
 
-    async def post_events(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point of ``POST /v1/events``."""
         t0 = time.perf_counter()
         try:
-            return await self._post_events(request)
-        finally:
-            m.INGEST_LATENCY.observe(time.perf_counter() - t0)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            answer = await self._post_events(headers, receive)
+        except _Disconnected:
+            return  # the device went away; nothing was stored for this request
+        except Exception:
+            log.exception("collector request failed")
+            answer = _error(500, "internal", "unexpected error; retry with the same event ids")
+        await answer.send(send)
+        m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, request: Request) -> Response:
-        authz = request.headers.get("authorization", "")
+    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+        authz = headers.get("authorization", "")
         scheme, _, token = authz.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _error(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         device = self.auth.get(token.strip())
         if device is None:
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
-        body = await self._body(request)
-        if isinstance(body, Response):
+        body = await self._body(headers, receive)
+        if isinstance(body, _Answer):
             return body
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype not in ("application/json", ""):
             return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype}")
         try:
-            batch = _batch_decoder.decode(body)
-        except msgspec.ValidationError as e:
-            return _error(400, "invalid_body", f"body must be {{\"events\": [...]}}: {e}")
-        except msgspec.DecodeError as e:
-            return _error(400, "invalid_json", f"body is not valid JSON: {e}")
-        n = len(batch.events)
+            parsed = parse(body)
+        except BodyError as e:
+            return _error(e.status, e.code, e.message)
+        n = len(parsed)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
         wait = self.buckets.take(device.device_id, max(n, 1))
@@ -152,62 +248,25 @@ class Collector:
             retry = max(1, int(wait + 0.999))
             return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
                           {"Retry-After": str(retry)})
-
-        now = ev.utcnow()
-        future_limit = now + timedelta(seconds=self.s.max_future_skew_s)
-        late_limit = now - timedelta(seconds=self.s.late_after_s)
-        oldest = now - timedelta(days=self.s.max_age_days)
-        accepted: list[Pending] = []
-        acc_index: list[int] = []
-        rejected_out: list[dict[str, Any]] = []
-        quarantine: list[tuple[str, bytes]] = []
-        seen_in_batch: set[str] = set()
-        in_batch_dups = 0
-
-        def reject(i: int, raw: msgspec.Raw, reason: str, code: str, event_id: str | None) -> None:
-            rejected_out.append({"index": i, "event_id": event_id, "reason": reason})
-            m.INGEST_EVENTS.labels(outcome="rejected", reason=code).inc()
-            quarantine.append((device.device_id, _enc.encode(ev.RejectedEvent(
-                received_at=now, reason=reason, device_id=device.device_id, event_id=event_id, index=i,
-                raw=raw if len(raw) <= 65_536 else None))))
-
-        for i, raw in enumerate(batch.events):
-            try:
-                e = ev.decode_device_event(raw)
-            except msgspec.ValidationError as err:
-                reject(i, raw, str(err), "schema", _peek_event_id(raw))
-                continue
-            except msgspec.DecodeError as err:
-                reject(i, raw, f"not a JSON object: {err}", "schema", None)
-                continue
-            if e.device_id != device.device_id:
-                reject(i, raw, f"device_id {e.device_id!r} does not match the authenticated device {device.device_id!r}",
-                       "device_mismatch", e.event_id)
-                continue
-            if e.occurred_at > future_limit:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is more than {self.s.max_future_skew_s:g}s in the future",
-                       "future", e.event_id)
-                continue
-            if e.occurred_at < oldest:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is older than {self.s.max_age_days:g} days",
-                       "too_old", e.event_id)
-                continue
-            if e.event_id in seen_in_batch:
-                in_batch_dups += 1
-                continue
-            seen_in_batch.add(e.event_id)
-            stored = ev.StoredEvent(
-                event_id=e.event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at,
-                received_at=now, data=e.data, seq=e.seq, site_id=device.site_id,
-                late=e.occurred_at < late_limit,
-            )
-            accepted.append(Pending(e.device_id, e.event_id, _enc.encode(stored)))
-            acc_index.append(i)
+        out = self.validator.validate(parsed, device.device_id, device.site_id, ev.utcnow())
+        for r in out.rejected:
+            m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
+        im.BATCH_EVENTS.observe(n)
+        accepted, quarantine, rejected_out = out.accepted, out.quarantine, out.rejected
+        in_batch_dups = out.in_batch_duplicates
 
         assert self.committer is not None
+        if not self.committer.alive():  # shutting down (or broken): nothing could become durable
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", "the collector is not taking writes; retry with the same event ids",
+                          {"Retry-After": "5"})
+        if not accepted and not quarantine:
+            _OK.inc()
+            return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
-            fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError, asyncio.TimeoutError) as e:
+            # a plain future (not a coroutine): wait_for needs no extra Task per request
+            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
+        except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
                           {"Retry-After": "5"})
@@ -215,25 +274,34 @@ class Collector:
             log.exception("append failed")
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        n_new = sum(fresh)
+        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "in_flight", "some events of this batch are being stored by another request;"
+                          " retry with the same event ids", {"Retry-After": "2"})
+        n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
-        m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
+        _ACCEPTED.inc(n_new)
         if n_dup:
-            m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(n_dup)
-        m.INGEST_REQUESTS.labels(status="200").inc()
+            _DUPLICATE.inc(n_dup)
+        _OK.inc()
         return _json(200, {"accepted": n_new, "duplicates": n_dup, "rejected": rejected_out})
 
 
-def _peek_event_id(raw: msgspec.Raw) -> str | None:
-    try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    eid = obj.get("event_id") if isinstance(obj, dict) else None
-    return eid[:128] if isinstance(eid, str) else None
+def _observe_commit(events: int, requests: int, seconds: float) -> None:
+    m.LOG_APPEND_SECONDS.observe(seconds)
+    im.GROUP_COMMIT_EVENTS.observe(events)
+    im.GROUP_COMMIT_REQUESTS.observe(requests)
 
 
 def routes(ctx: Context) -> list[Route]:
     collector = Collector(ctx)
     ctx.extras["collector"] = collector
-    return [Route("/v1/events", collector.post_events, methods=["POST"])]
+    spec = _enc.encode(openapi())
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
+    # api/server.py also dispatches POST /v1/events to it before Starlette's middleware
+    return [Route("/v1/events", collector, methods=["POST"]),
+            Route("/openapi.json", openapi_json, methods=["GET"])]
