@@ -141,7 +141,7 @@ class Engine:
                 lines.append("    ENGINE._visit(dev, t, d)")
             elif etype == "heartbeat":
                 lines += ["    iv = d.get('interval_s')", "    if iv and iv != dev.hb_reported:",
-                          "        dev.hb_reported = float(iv)", "        ENGINE.reschedule(dev)"]
+                          "        dev.hb_reported = float(iv)", "        if R:", "            ENGINE.reschedule(dev)"]
             tracked = self._tracked.get(etype or "")
             if tracked:
                 lines.append(f"    ENGINE._track(dev, t, d, {tracked!r})")
