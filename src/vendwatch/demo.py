@@ -249,6 +249,9 @@ DEMO_TUNING: dict[str, Any] = {
     # the accelerated fleet lives up to an hour in the past: timers (offline, sustained
     # thresholds) must follow event time, or every machine would look silent for an hour
     "detect.clock": "event",
+    # flap damping is wall time; at --speed 60, 5 s is five simulated minutes, so cleared
+    # conditions close their incidents within the demo instead of two simulated hours later
+    "incidents.flap_damping_s": 5.0,
 }
 
 
