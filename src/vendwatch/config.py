@@ -60,7 +60,14 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_ca_location: str | None = None
-    extra: dict[str, str] = {}  # passed to librdkafka as-is
+    client_id: str = "vendwatch"
+    linger_ms: float = 5.0  # producer batching delay; appends wait for delivery anyway
+    compression: str = "lz4"
+    delivery_timeout_ms: int = 30_000  # an append fails (LogUnavailable) after this
+    request_timeout_ms: int = 30_000  # admin requests (topic creation)
+    session_timeout_ms: int = 10_000  # a dead consumer's partitions move after this
+    max_poll_interval_ms: int = 300_000
+    extra: dict[str, str] = {}  # passed to librdkafka as-is (e.g. sasl.oauthbearer.* for MSK IAM)
 
 
 class BusSettings(_Section):
