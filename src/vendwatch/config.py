@@ -137,8 +137,8 @@ def load_settings(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
     for key, raw in env.items():
-        if not key.startswith("VENDWATCH_") or key == "VENDWATCH_CONFIG":
-            continue
+        if not key.startswith("VENDWATCH_") or key == "VENDWATCH_CONFIG" or key.startswith("VENDWATCH_TEST_"):
+            continue  # VENDWATCH_TEST_* name the test services (scripts/services.sh env), not settings
         parts = key[len("VENDWATCH_"):].lower().split("__")
         _set_path(tree, parts, _parse_env_value(raw))
     for dotted, value in (overrides or {}).items():
