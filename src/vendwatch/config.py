@@ -83,6 +83,24 @@ class StateSettings(_Section):
     pool_size: int = 8
 
 
+class MqttSettings(_Section):
+    """The MQTT bridge (role mqtt-bridge): how it reaches the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = "vendwatch-bridge"
+    password: str | None = None  # VENDWATCH_MQTT__PASSWORD; mount from a Secret
+    tls: bool = False
+    tls_ca: str | None = None  # CA bundle for the broker's certificate (None: system CAs)
+    share_group: str = "vendwatch"  # replicas in one group split the messages ($share/<group>/...)
+    topic: str = "vendwatch/v1/+/events"  # + is the device id, enforced by the broker's ACL
+    client_id_prefix: str = "vendwatch-bridge"
+    keepalive_s: int = 30
+    max_batch_messages: int = 1000  # messages appended (and then acknowledged) together
+    max_wait_ms: float = 5.0
+    max_payload_bytes: int = 1_048_576
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -95,7 +113,7 @@ class Settings(_Section):
     detect: dict[str, Any] = {}
     incidents: dict[str, Any] = {}
     lake: dict[str, Any] = {}
-    mqtt: dict[str, Any] = {}
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 
     @property
     def data_path(self) -> Path:

@@ -6,9 +6,9 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-
 from tests.contract.kafka_backend import kafka_settings
 from tests.contract.pg_backend import fresh_schema
+
 from vendwatch import bus
 from vendwatch.config import BusSettings, KafkaSettings, Settings, StateSettings
 from vendwatch.ingest.sink import LogIngestSink, Pending, dedupe_key, open_sink

@@ -126,4 +126,58 @@ def bus_init(env: Env, partitions: int | None) -> None:
         log.close()
 
 
+def _write_private(path: str, lines: list[str]) -> None:
+    """Write atomically with mode 0600 (the broker re-reads it on SIGHUP)."""
+    import os
+
+    tmp = f"{path}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("\n".join(lines) + ("\n" if lines else ""))
+    os.replace(tmp, path)
+
+
+@click.command("export-mosquitto")
+@click.option("--passwords", "passwords_path", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Mosquitto password_file to write (username = device id, password = device token).")
+@click.option("--acl", "acl_path", required=True, type=click.Path(dir_okay=False, writable=True),
+              help="Mosquitto acl_file to write (a device may publish only to vendwatch/v1/<id>/events).")
+@click.option("--bridge-user", default=None, help="The MQTT bridge's account [default: mqtt.username].")
+@click.option("--bridge-password-file", type=click.File("r"), default=None,
+              help="File holding the bridge's password [default: mqtt.password; without one, no bridge entry].")
+@data_dir_option
+@pass_env
+@_clear_errors
+def export_mosquitto(env: Env, passwords_path: str, acl_path: str, bridge_user: str | None,
+                     bridge_password_file: click.utils.LazyFile | None) -> None:
+    """Write Mosquitto's password file and ACL from the device registry.
+
+    Active devices get an entry; disabled ones are left out (they can no longer
+    connect once the broker reloads: `kill -HUP <mosquitto pid>`). Run it after adding,
+    disabling or rotating devices. A device's MQTT password is its current token.
+    """
+    from vendwatch.state.mqtt_auth import export_mosquitto as export
+
+    s = env.settings()
+    user = bridge_user or s.mqtt.username
+    password = bridge_password_file.read().strip() if bridge_password_file else s.mqtt.password
+    out = export(env.context().state.db, user, password)
+    _write_private(passwords_path, out.passwords)
+    _write_private(acl_path, out.acl)
+    for device_id, why in out.skipped:
+        click.echo(f"skipped {device_id}: {why}", err=True)
+    devices_n = len(out.passwords) - (1 if password else 0)
+    click.echo(f"{devices_n} device(s) exported to {passwords_path}; ACL in {acl_path}"
+               + (f"; {len(out.skipped)} skipped" if out.skipped else ""))
+
+
+def _attach_device_commands() -> None:
+    # `devices` is defined in cli/devices.py; this command belongs to the MQTT work
+    from vendwatch.cli.devices import devices
+
+    devices.add_command(export_mosquitto)
+
+
+_attach_device_commands()
+
 commands = [db, bus]

@@ -13,7 +13,6 @@ import gzip
 import logging
 import time
 import zlib
-from datetime import timedelta
 from typing import Any
 
 import msgspec
@@ -25,7 +24,8 @@ from vendwatch import events as ev
 from vendwatch.bus.base import LogUnavailable
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
-from vendwatch.ingest.sink import Pending, open_sink
+from vendwatch.ingest.sink import open_sink
+from vendwatch.ingest.validate import validate_batch
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
@@ -154,60 +154,13 @@ class Collector:
                           {"Retry-After": str(retry)})
 
         now = ev.utcnow()
-        future_limit = now + timedelta(seconds=self.s.max_future_skew_s)
-        late_limit = now - timedelta(seconds=self.s.late_after_s)
-        oldest = now - timedelta(days=self.s.max_age_days)
-        accepted: list[Pending] = []
-        acc_index: list[int] = []
-        rejected_out: list[dict[str, Any]] = []
-        quarantine: list[tuple[str, bytes]] = []
-        seen_in_batch: set[str] = set()
-        in_batch_dups = 0
-
-        def reject(i: int, raw: msgspec.Raw, reason: str, code: str, event_id: str | None) -> None:
-            rejected_out.append({"index": i, "event_id": event_id, "reason": reason})
-            m.INGEST_EVENTS.labels(outcome="rejected", reason=code).inc()
-            quarantine.append((device.device_id, _enc.encode(ev.RejectedEvent(
-                received_at=now, reason=reason, device_id=device.device_id, event_id=event_id, index=i,
-                raw=raw if len(raw) <= 65_536 else None))))
-
-        for i, raw in enumerate(batch.events):
-            try:
-                e = ev.decode_device_event(raw)
-            except msgspec.ValidationError as err:
-                reject(i, raw, str(err), "schema", _peek_event_id(raw))
-                continue
-            except msgspec.DecodeError as err:
-                reject(i, raw, f"not a JSON object: {err}", "schema", None)
-                continue
-            if e.device_id != device.device_id:
-                reject(i, raw, f"device_id {e.device_id!r} does not match the authenticated device {device.device_id!r}",
-                       "device_mismatch", e.event_id)
-                continue
-            if e.occurred_at > future_limit:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is more than {self.s.max_future_skew_s:g}s in the future",
-                       "future", e.event_id)
-                continue
-            if e.occurred_at < oldest:
-                reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is older than {self.s.max_age_days:g} days",
-                       "too_old", e.event_id)
-                continue
-            if e.event_id in seen_in_batch:
-                in_batch_dups += 1
-                continue
-            seen_in_batch.add(e.event_id)
-            stored = ev.StoredEvent(
-                event_id=e.event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at,
-                received_at=now, data=e.data, seq=e.seq, site_id=device.site_id,
-                late=e.occurred_at < late_limit,
-            )
-            accepted.append(Pending(e.device_id, e.event_id, _enc.encode(stored)))
-            acc_index.append(i)
+        v = validate_batch(batch.events, device, self.s, now)
+        accepted, quarantine, rejected_out, in_batch_dups = v.accepted, v.quarantine, v.rejected, v.in_batch_duplicates
 
         assert self.committer is not None
         try:
             fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError, asyncio.TimeoutError) as e:
+        except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
                           {"Retry-After": "5"})
@@ -222,15 +175,6 @@ class Collector:
             m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(n_dup)
         m.INGEST_REQUESTS.labels(status="200").inc()
         return _json(200, {"accepted": n_new, "duplicates": n_dup, "rejected": rejected_out})
-
-
-def _peek_event_id(raw: msgspec.Raw) -> str | None:
-    try:
-        obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
-        return None
-    eid = obj.get("event_id") if isinstance(obj, dict) else None
-    return eid[:128] if isinstance(eid, str) else None
 
 
 def routes(ctx: Context) -> list[Route]:
