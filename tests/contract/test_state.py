@@ -160,8 +160,7 @@ def test_device_state_projection(store: StateStore, tmp_path: Path) -> None:
     assert store.count_device_states() == 2
     assert [s["device_id"] for s in store.list_device_states(after="vm-1")] == ["vm-2"]
     # the stage's positions are stored with its output
-    saved = msgspec.json.decode(store.load_checkpoint(proj.checkpoint_name) or b"{}")
-    assert saved == {"events/0": 4}
+    assert store.load_checkpoint(f"{proj.checkpoint_name}:events/0") == b"4"
 
 
 # -- checkpoints and transactions ----------------------------------------------------
