@@ -20,6 +20,7 @@ import time
 from abc import ABC, abstractmethod
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
+from vendwatch.observe.metrics import STAGE_LAG
 from vendwatch.runtime import Context
 from vendwatch.state.db import Tx
 
@@ -45,6 +46,7 @@ class CheckpointedStage(ABC):
         self._consumer: Consumer | None = None
         self.positions: dict[TopicPartition, int] = {}
         self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
+        self._lag_due = 0.0
 
     @property
     def group(self) -> str:
@@ -119,6 +121,22 @@ class CheckpointedStage(ABC):
         if n != 1:
             raise StaleAssignment(tp)
 
+    def _report_lag(self, every_s: float = 15.0) -> None:
+        """Set ``vendwatch_stage_lag_records`` for the partitions this replica owns (throttled:
+        on Kafka each end-offset lookup is a broker round trip)."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + every_s
+        try:
+            lag = 0
+            for topic in self.topics:
+                ends = self.ctx.log.end_offsets(topic)
+                lag += sum(max(0, ends.get(p, 0) - pos) for (t, p), pos in self.positions.items() if t == topic)
+            STAGE_LAG.labels(stage=self.name).set(lag)
+        except LogError as e:
+            log.debug("%s: lag not measured: %s", self.name, e)
+
     def idle(self) -> None:
         """Hook called when a poll returns nothing (timers)."""
 
@@ -145,5 +163,6 @@ class CheckpointedStage(ABC):
                         log.info("%s: group commit skipped (%s)", self.name, e)
                 else:
                     self.idle()
+                self._report_lag()
         finally:
             c.close()
