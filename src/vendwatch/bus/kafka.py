@@ -402,6 +402,7 @@ class KafkaConsumer(Consumer):
 
     def _assign_cb(self, c: ck.Consumer, parts: list[ck.TopicPartition]) -> None:
         new = [self._tp(p) for p in parts]
+        log.info("group %s: assigned %s", self.group, ", ".join(f"{t}/{p}" for t, p in new) or "nothing")
         self._assigned.extend(tp for tp in new if tp not in self._assigned)
         self._seeks = {}
         try:
@@ -420,6 +421,7 @@ class KafkaConsumer(Consumer):
 
     def _revoke_cb(self, c: ck.Consumer, parts: list[ck.TopicPartition]) -> None:
         gone = [self._tp(p) for p in parts]
+        log.info("group %s: revoked %s", self.group, ", ".join(f"{t}/{p}" for t, p in gone))
         try:
             if self._on_revoke and gone:
                 self._on_revoke(list(gone))
