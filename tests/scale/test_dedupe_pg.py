@@ -26,19 +26,36 @@ def _dedupe(settings: Settings, clock=None):  # type: ignore[no-untyped-def]
     return PostgresDedupe(settings, clock=clock) if clock else PostgresDedupe(settings)
 
 
-def test_claim_marks_keys_once(settings: Settings) -> None:
+def test_claim_confirm_and_duplicates(settings: Settings) -> None:
     d = _dedupe(settings)
     assert d.claim([b"a", b"b", b"a"]) == [True, True, False]
+    assert d.claim([b"a"]) == [None], "claimed, not yet stored: the caller must retry later"
+    d.confirm([b"a", b"b"])
     assert d.claim([b"b", b"c"]) == [False, True]
     d.release([b"c"])
     assert d.claim([b"c"]) == [True], "a released claim can be claimed again"
+    d.confirm([b"c"])
+    d.release([b"c"])  # release never forgets a stored event
+    assert d.claim([b"c"]) == [False]
     d.close()
+
+
+def test_abandoned_claim_expires_after_the_lease(settings: Settings) -> None:
+    # a collector claimed, then died before appending: the event is not stored anywhere
+    now = [10_000 * 86_400.0 + 3600]
+    crashed, other = _dedupe(settings, clock=lambda: now[0]), _dedupe(settings, clock=lambda: now[0])
+    assert crashed.claim([b"k"]) == [True]
+    assert other.claim([b"k"]) == [None]
+    now[0] += other.lease_s + 1
+    assert other.claim([b"k"]) == [True], "the retry stores the event instead of calling it a duplicate"
+    crashed.close()
+    other.close()
 
 
 def test_concurrent_replicas_claim_each_key_exactly_once(settings: Settings) -> None:
     replicas = [_dedupe(settings) for _ in range(3)]
     keys = [i.to_bytes(4, "big") for i in range(300)]
-    wins: list[list[bool]] = [[] for _ in replicas]
+    wins: list[list[bool | None]] = [[] for _ in replicas]
     barrier = threading.Barrier(len(replicas))
 
     def run(i: int) -> None:
@@ -51,8 +68,9 @@ def test_concurrent_replicas_claim_each_key_exactly_once(settings: Settings) -> 
         t.start()
     for t in threads:
         t.join()
-    per_key = [sum(w[k] for w in wins) for k in range(len(keys))]
-    assert per_key == [1] * len(keys)
+    per_key = [sum(w[k] is True for w in wins) for k in range(len(keys))]
+    assert per_key == [1] * len(keys), "exactly one replica stores each event"
+    assert all(w[k] in (True, None) for w in wins for k in range(len(keys))), "unconfirmed: in flight, not duplicate"
     for r in replicas:
         r.close()
 
@@ -61,6 +79,7 @@ def test_window_spans_days_and_old_days_expire(settings: Settings) -> None:
     now = [10_000 * 86_400.0]
     d = _dedupe(settings, clock=lambda: now[0])
     assert d.claim([b"k"]) == [True]
+    d.confirm([b"k"])
     now[0] += 86_400  # next day: yesterday's keys still count
     assert d.claim([b"k"]) == [False]
     now[0] += d.window_days * 86_400 + 86_400  # past the window: the day table is dropped

@@ -168,7 +168,11 @@ class Collector:
             log.exception("append failed")
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        n_new = sum(fresh)
+        if None in fresh:  # some events are being stored by another request right now
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "in_flight", "some events of this batch are being stored by another request;"
+                          " retry with the same event ids", {"Retry-After": "2"})
+        n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
         m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
         if n_dup:

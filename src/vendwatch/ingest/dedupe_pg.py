@@ -6,10 +6,13 @@ recognised. Like the embedded index, keys live in one table per UTC day
 (``ingest_seen_<day>``): a claim inserts into today's table and checks the tables of
 the window; expiry drops whole tables, which costs nothing per event.
 
-Claims are atomic per key (``INSERT ... ON CONFLICT DO NOTHING RETURNING``): two
-replicas claiming the same key at once get one True and one False. The only gap is a
-retry that crosses midnight while the first attempt is still uncommitted; the event
-is then stored twice (at-least-once), which downstream stages tolerate.
+A key goes through two states: *claimed* (a collector is appending it) and
+*confirmed* (it is durable in the log). Claims are atomic per key (``INSERT ... ON
+CONFLICT``): two replicas claiming one key at once get one True and one None
+("being stored elsewhere, retry"), never two Trues. A claim that is never confirmed
+(the collector died between claim and append) expires after a lease, so the
+device's retry stores the event instead of being told it is a duplicate of an event
+that was lost.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ class PostgresDedupe(DedupeStore):
             )
         self.db = PostgresDatabase(settings.state.postgres_dsn, pool_size=pool_size)
         self.window_days = max(1, int(settings.ingest.dedupe_window_s // _DAY) + 1)
+        # an unconfirmed claim older than the longest possible append is abandoned
+        self.lease_s = settings.bus.kafka.delivery_timeout_ms / 1000 + settings.ingest.append_timeout_s + 20
         self._now = clock
         self._tables: set[int] = set()
         self._lock = threading.Lock()
@@ -52,7 +57,8 @@ class PostgresDedupe(DedupeStore):
                 with self.db.transaction() as tx:
                     # concurrent CREATE TABLE IF NOT EXISTS can race on PostgreSQL's catalog
                     tx.execute("SELECT pg_advisory_xact_lock(?)", (0x73656E,))
-                    tx.execute(f"CREATE TABLE IF NOT EXISTS ingest_seen_{day}(k BYTEA PRIMARY KEY)")
+                    tx.execute(f"CREATE TABLE IF NOT EXISTS ingest_seen_{day}(k BYTEA PRIMARY KEY,"
+                               " claimed_at DOUBLE PRECISION NOT NULL, confirmed BOOLEAN NOT NULL DEFAULT FALSE)")
                 self._tables.add(day)
             if self._gc_day != day:
                 self._gc_day = day
@@ -71,40 +77,69 @@ class PostgresDedupe(DedupeStore):
             else:
                 self._tables.add(d)
 
-    def claim(self, keys: Sequence[bytes]) -> list[bool]:
-        """Mark keys seen; True for each key not seen before (first occurrence in ``keys``)."""
+    def claim(self, keys: Sequence[bytes]) -> list[bool | None]:
+        """True: claimed now (store it); False: already stored; None: another request is
+        storing it right now (retry later). The first copy of a key in ``keys`` decides."""
         if not keys:
             return []
+        now = self._now()
         day = self._day()
         days = self._ensure(day)
         uniq = list(dict.fromkeys(keys))
-        older = " UNION ALL ".join(f"SELECT k FROM ingest_seen_{d} WHERE k = ANY(?)" for d in days if d != day)
-        params: list[object] = [uniq] * (len(days) - 1 if day in days else len(days))
-        sql = (
-            f"INSERT INTO ingest_seen_{day}(k) SELECT k FROM unnest(?::bytea[]) AS input(k)"
-            + (f" WHERE k NOT IN ({older})" if older else "")
-            + " ON CONFLICT DO NOTHING RETURNING k"
-        )
+        state: dict[bytes, bool | None] = {}
         with self.db.transaction() as tx:
-            fresh = {bytes(r[0]) for r in tx.query(sql, [uniq, *params])}
-        out = []
+            # earlier days: confirmed keys are duplicates, live claims are in flight
+            for d in days:
+                if d == day:
+                    continue
+                for k, confirmed, claimed_at in tx.query(
+                        f"SELECT k, confirmed, claimed_at FROM ingest_seen_{d} WHERE k = ANY(?)", (uniq,)):
+                    k = bytes(k)
+                    if confirmed:
+                        state[k] = False
+                    elif claimed_at > now - self.lease_s and state.get(k) is not False:
+                        state[k] = None
+            todo = [k for k in uniq if k not in state]
+            if todo:
+                # new keys, or abandoned claims (lease over) taken over
+                got = tx.query(
+                    f"INSERT INTO ingest_seen_{day} AS s(k, claimed_at) SELECT k, ? FROM unnest(?::bytea[]) AS input(k)"
+                    " ON CONFLICT (k) DO UPDATE SET claimed_at = excluded.claimed_at"
+                    " WHERE NOT s.confirmed AND s.claimed_at < ? RETURNING k",
+                    (now, todo, now - self.lease_s),
+                )
+                for (k,) in got:
+                    state[bytes(k)] = True
+                rest = [k for k in todo if k not in state]
+                if rest:
+                    for k, confirmed in tx.query(f"SELECT k, confirmed FROM ingest_seen_{day} WHERE k = ANY(?)", (rest,)):
+                        state[bytes(k)] = False if confirmed else None
+        out: list[bool | None] = []
+        first: set[bytes] = set()
         for k in keys:
-            if k in fresh:
-                fresh.discard(k)  # a later copy in the same batch is a duplicate
-                out.append(True)
-            else:
-                out.append(False)
+            if k in first:
+                out.append(False)  # a later copy in the same batch is a duplicate
+                continue
+            first.add(k)
+            out.append(state.get(k, False))
         return out
+
+    def confirm(self, keys: Sequence[bytes]) -> None:
+        """The events of these claims are durable in the log."""
+        self._set(keys, "UPDATE ingest_seen_{d} SET confirmed = TRUE WHERE k = ANY(?)")
 
     def release(self, keys: Sequence[bytes]) -> None:
         """Forget claims whose append failed, so the device's retry is not a duplicate."""
+        self._set(keys, "DELETE FROM ingest_seen_{d} WHERE k = ANY(?) AND NOT confirmed")
+
+    def _set(self, keys: Sequence[bytes], sql: str) -> None:
         if not keys:
             return
         day = self._day()
         with self.db.transaction() as tx:
-            for d in (day, day - 1):
+            for d in (day, day - 1):  # a claim made just before midnight lives in yesterday's table
                 if d in self._tables:
-                    tx.execute(f"DELETE FROM ingest_seen_{d} WHERE k = ANY(?)", (list(keys),))
+                    tx.execute(sql.format(d=d), (list(keys),))
 
     def close(self) -> None:
         self.db.close()

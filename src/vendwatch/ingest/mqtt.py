@@ -191,26 +191,35 @@ class MqttBridge:
 
     def _handle(self, client: paho.Client, sink: IngestSink, msgs: list[paho.MQTTMessage], stop: threading.Event) -> None:
         judged = [self.judge(msg) for msg in msgs]
-        accepted = [p for j in judged for p in j.accepted]
-        quarantine = [q for j in judged for q in j.quarantine]
         backoff = 0.2
-        while True:
+        while judged:
+            accepted = [p for j in judged for p in j.accepted]
+            quarantine = [q for j in judged for q in j.quarantine]
             try:
                 fresh = sink.commit(accepted, quarantine)
-                break
             except LogUnavailable as e:
                 MQTT_APPEND_RETRIES.inc()
-                log.warning("log unavailable (%s); %d MQTT messages stay unacknowledged, retrying", e, len(msgs))
+                log.warning("log unavailable (%s); %d MQTT messages stay unacknowledged, retrying", e, len(judged))
                 if stop.wait(backoff):
                     return  # not acknowledged: the broker delivers them again
                 backoff = min(backoff * 2, 5.0)
-        n_new = sum(fresh)
-        m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
-        if len(fresh) - n_new:
-            m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(len(fresh) - n_new)
-        for j in judged:  # durable now: acknowledge (PUBACK)
-            if j.msg.qos > 0:
-                client.ack(j.msg.mid, j.msg.qos)
+                continue
+            n_new = sum(1 for f in fresh if f)
+            m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
+            if len(fresh) - n_new:
+                m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(len(fresh) - n_new)
+            retry: list[_Judged] = []
+            i = 0
+            for j in judged:
+                part = fresh[i : i + len(j.accepted)]
+                i += len(j.accepted)
+                if None in part:  # another request is storing some of them: settle first
+                    retry.append(_Judged(j.msg, j.accepted, []))
+                elif j.msg.qos > 0:  # durable now: acknowledge (PUBACK)
+                    client.ack(j.msg.mid, j.msg.qos)
+            judged = retry
+            if judged and stop.wait(backoff):
+                return
 
 
 def build(ctx: Context) -> MqttBridge:

@@ -97,29 +97,38 @@ class DedupeStore(ABC):
     """A shared 'seen event ids' index for scale-out collectors (e.g. PostgreSQL)."""
 
     @abstractmethod
-    def claim(self, keys: Sequence[bytes]) -> list[bool]:
-        """Mark keys seen; True for each key that was not seen before."""
+    def claim(self, keys: Sequence[bytes]) -> list[bool | None]:
+        """Claim keys before appending them: True for a key not seen before (now claimed by
+        this caller), False for one already stored, None for one another request is storing
+        right now (answer "retry later": if that request fails, the retry must store it)."""
+
+    def confirm(self, keys: Sequence[bytes]) -> None:  # noqa: B027 - optional
+        """The claimed keys' events are durable in the log."""
+
+    def release(self, keys: Sequence[bytes]) -> None:  # noqa: B027 - optional
+        """The claimed keys' events could not be appended: forget the claims."""
 
 
 class LogIngestSink(IngestSink):
-    """Any log plus a separate dedupe index. Claims first, then appends; if the append
-    fails the claims are released, so a retry of the batch is not taken for a duplicate."""
+    """Any log plus a separate dedupe index: claim, append, confirm. If the append fails
+    the claims are released; if the process dies before confirming, the claims expire,
+    so a retry of the batch is never taken for a duplicate of an event that was lost."""
 
     def __init__(self, log: Log, dedupe: DedupeStore) -> None:
         self.log = log
         self.dedupe = dedupe
 
-    def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
+    def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool | None]:  # type: ignore[override]
         keys = [dedupe_key(p.device_id, p.event_id) for p in accepted]
         fresh = self.dedupe.claim(keys)
+        mine = [k for k, f in zip(keys, fresh, strict=True) if f]
         items = [(p.device_id, p.value) for p, f in zip(accepted, fresh, strict=True) if f]
         try:
             self.log.append_many({EVENTS: items, REJECTED: list(rejected)})
         except Exception:
-            release = getattr(self.dedupe, "release", None)
-            if release is not None:
-                release([k for k, f in zip(keys, fresh, strict=True) if f])
+            self.dedupe.release(mine)
             raise
+        self.dedupe.confirm(mine)
         return fresh
 
 
