@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 from msgspec import Struct
 
+from vendwatch.incidents.config import IncidentsSettings
 
 DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
 
@@ -111,7 +112,7 @@ class Settings(_Section):
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     # sections owned by later stages; each is a free-form table validated by its owner
     detect: dict[str, Any] = {}
-    incidents: dict[str, Any] = {}
+    incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: dict[str, Any] = {}
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 

@@ -1,0 +1,71 @@
+"""The orchestrator role: signals -> incident lifecycle -> outbox -> ServiceNow.
+
+It reads the ``signals`` topic as a checkpointed stage (lifecycle changes, outbox rows
+and the consumer position commit together: exactly-once effects), keeps only signals
+that a routing rule sends to the ``orchestrator`` target, runs the flap-damping timer
+and drains the outbox through the ServiceNow sink.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+
+from vendwatch.bus import SIGNALS
+from vendwatch.bus.base import Record
+from vendwatch.incidents.clock import Clock, SystemClock
+from vendwatch.incidents.delivering import DeliveringStage
+from vendwatch.incidents.delivery import Dispatcher, Sink
+from vendwatch.incidents.service import IncidentService
+from vendwatch.route.envelope import from_signal
+from vendwatch.route.rules import RuleSet, load_rules
+from vendwatch.runtime import Context
+from vendwatch.signals import decode_signal
+from vendwatch.state.db import Tx
+
+log = logging.getLogger("vendwatch.incidents")
+
+
+class Orchestrator(DeliveringStage):
+    name = "orchestrator"
+    topics = (SIGNALS,)
+    batch_size = 500
+
+    def __init__(self, ctx: Context, clock: Clock | None = None, rules: RuleSet | None = None) -> None:
+        super().__init__(ctx)
+        cfg = ctx.settings.incidents
+        self.clock = clock or SystemClock()
+        self.service = IncidentService(ctx.state, cfg, self.clock)
+        self.rules = rules or load_rules(cfg.routing_rules)
+        sinks: list[Sink] = []
+        if cfg.servicenow.url:
+            from vendwatch.incidents.servicenow.sink import ServiceNowSink
+
+            sinks.append(ServiceNowSink(cfg.servicenow, self.service.store, self.clock))
+        self.dispatcher = Dispatcher(ctx.state.db, self.service.outbox, sinks, self.clock,
+                                     batch=cfg.outbox_batch, lease_s=cfg.outbox_lease_s)
+        self.tick_s = cfg.tick_s
+        self.ctx.log.create_topic(SIGNALS)
+
+    def apply(self, tx: Tx, records: list[Record]) -> None:
+        for r in records:
+            try:
+                sig = decode_signal(r.value)
+            except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                # a malformed signal cannot become valid by retrying: log it and move on
+                log.error("skipping undecodable signal at %s/%d@%d: %s", r.topic, r.partition, r.offset, e)
+                continue
+            if not self.rules.to_orchestrator(from_signal(sig)):
+                continue
+            self.service.handle_signal(tx, sig)
+
+    def timers(self) -> int:
+        return self.service.tick()
+
+    def housekeeping(self) -> None:
+        self.service.refresh_metrics()
+
+
+def build(ctx: Context) -> Orchestrator:
+    return Orchestrator(ctx)

@@ -1,0 +1,1 @@
+"""ServiceNow connector: Table API client, field mapping and the outbox sink."""

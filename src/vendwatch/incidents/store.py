@@ -1,0 +1,310 @@
+"""Incident tables in the state store: incidents, timeline, severity history, external
+references and silences. Migrations are registered under component ``incidents``."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, fields
+from typing import Any
+
+import msgspec
+
+from vendwatch.incidents.lifecycle import ACTIVE, Decision, Entry, Incident
+from vendwatch.state import migrations
+from vendwatch.state.db import Database, Tx
+from vendwatch.state.store import StateStore
+
+migrations.register(
+    "incidents",
+    1,
+    """CREATE TABLE incidents(
+        incident_id TEXT PRIMARY KEY,
+        dedupe_key TEXT NOT NULL,
+        rule_id TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        status TEXT NOT NULL,
+        opened_at DOUBLE PRECISION NOT NULL,
+        last_seen_at DOUBLE PRECISION NOT NULL,
+        scope TEXT NOT NULL,
+        device_id TEXT,
+        site_id TEXT,
+        summary TEXT NOT NULL DEFAULT '',
+        occurrences {bigint} NOT NULL,
+        acknowledged_at DOUBLE PRECISION,
+        acknowledged_by TEXT,
+        resolve_due_at DOUBLE PRECISION,
+        resolved_at DOUBLE PRECISION,
+        resolved_by TEXT,
+        parent_id TEXT,
+        caused_by TEXT,
+        reopen_count INTEGER NOT NULL DEFAULT 0,
+        labels TEXT NOT NULL DEFAULT '{{}}',
+        version {bigint} NOT NULL DEFAULT 1)""",
+    # the database enforces "one active incident per dedupe key", whatever the code does
+    "CREATE UNIQUE INDEX incidents_one_active ON incidents(dedupe_key) WHERE status IN ('open', 'acknowledged')",
+    "CREATE INDEX incidents_key ON incidents(dedupe_key, opened_at)",
+    "CREATE INDEX incidents_status ON incidents(status, opened_at)",
+    "CREATE INDEX incidents_due ON incidents(resolve_due_at)",
+    "CREATE INDEX incidents_caused_by ON incidents(caused_by)",
+    """CREATE TABLE incident_timeline(
+        entry_id {serial_pk},
+        incident_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{{}}',
+        note TEXT,
+        note_sent INTEGER NOT NULL DEFAULT 0)""",
+    "CREATE INDEX incident_timeline_inc ON incident_timeline(incident_id, entry_id)",
+    """CREATE TABLE incident_severity(
+        entry_id {serial_pk},
+        incident_id TEXT NOT NULL,
+        at DOUBLE PRECISION NOT NULL,
+        from_severity TEXT NOT NULL,
+        to_severity TEXT NOT NULL,
+        actor TEXT NOT NULL)""",
+    "CREATE INDEX incident_severity_inc ON incident_severity(incident_id, entry_id)",
+    """CREATE TABLE incident_refs(
+        incident_id TEXT NOT NULL,
+        system TEXT NOT NULL,
+        ref_id TEXT NOT NULL,
+        number TEXT,
+        url TEXT,
+        state TEXT,
+        synced TEXT NOT NULL DEFAULT '{{}}',
+        updated_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY(incident_id, system))""",
+    """CREATE TABLE silences(
+        silence_id TEXT PRIMARY KEY,
+        device_id TEXT,
+        site_id TEXT,
+        rule_id TEXT,
+        reason TEXT NOT NULL DEFAULT '',
+        created_by TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        starts_at DOUBLE PRECISION NOT NULL,
+        expires_at DOUBLE PRECISION NOT NULL,
+        suppressed {bigint} NOT NULL DEFAULT 0)""",
+    """CREATE TABLE incident_seen_signals(
+        signal_id TEXT PRIMARY KEY,
+        at DOUBLE PRECISION NOT NULL)""",
+)
+
+_FIELDS = [f.name for f in fields(Incident)]
+_COLS = ", ".join(_FIELDS)
+
+
+def _row_to_incident(row: tuple[Any, ...]) -> Incident:
+    data = dict(zip(_FIELDS, row, strict=True))
+    data["labels"] = msgspec.json.decode(data["labels"] or "{}")
+    return Incident(**data)
+
+
+def _incident_params(inc: Incident) -> tuple[Any, ...]:
+    d = asdict(inc)
+    d["labels"] = msgspec.json.encode(d["labels"]).decode()
+    return tuple(d[f] for f in _FIELDS)
+
+
+class IncidentStore:
+    """Reads and writes incident state; every write method takes the caller's transaction."""
+
+    def __init__(self, state: StateStore) -> None:
+        state.migrate()  # idempotent: applies our tables if the store was opened before import
+        self.state = state
+        self.db: Database = state.db
+
+    # -- incidents ----------------------------------------------------------------
+    @property
+    def _lock_rows(self) -> str:
+        # PostgreSQL: lock what we read-modify-write (the API and the orchestrator may race);
+        # SQLite: write transactions are already serialised
+        return " FOR UPDATE" if self.db.dialect == "postgres" else ""
+
+    def active_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
+        row = tx.one(f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status IN ('open','acknowledged')"
+                     + self._lock_rows, (dedupe_key,))
+        return _row_to_incident(row) if row else None
+
+    def active_caused_by(self, tx: Tx, cause_key: str) -> list[Incident]:
+        """Active incidents whose signals blamed the condition ``cause_key`` (absorption candidates)."""
+        rows = tx.query(f"SELECT {_COLS} FROM incidents WHERE caused_by=? AND status IN ('open','acknowledged')"
+                        + self._lock_rows, (cause_key,))
+        return [_row_to_incident(r) for r in rows]
+
+    def last_closed_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
+        row = tx.one(
+            f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status='resolved'"
+            " ORDER BY resolved_at DESC LIMIT 1", (dedupe_key,))
+        return _row_to_incident(row) if row else None
+
+    def get(self, incident_id: str, tx: Tx | None = None) -> Incident | None:
+        sql = f"SELECT {_COLS} FROM incidents WHERE incident_id=?"
+        row = tx.one(sql + self._lock_rows, (incident_id,)) if tx else self.db.one(sql, (incident_id,))
+        return _row_to_incident(row) if row else None
+
+    def due_resolves(self, tx: Tx, now: float, limit: int = 500) -> list[Incident]:
+        """Active incidents whose flap-damping delay has passed (locked on PostgreSQL, so one replica resolves each)."""
+        sql = (f"SELECT {_COLS} FROM incidents WHERE resolve_due_at IS NOT NULL AND resolve_due_at<=?"
+               " AND status IN ('open','acknowledged') ORDER BY resolve_due_at LIMIT ?")
+        if self.db.dialect == "postgres":
+            sql += " FOR UPDATE SKIP LOCKED"
+        rows = tx.query(sql, (now, limit))
+        return [_row_to_incident(r) for r in rows]
+
+    def list(self, *, status: str | None = None, severity: str | None = None, device_id: str | None = None,
+             site_id: str | None = None, rule_id: str | None = None, dedupe_key: str | None = None,
+             limit: int = 100, offset: int = 0) -> list[Incident]:
+        where, params = [], []
+        for col, val in (("severity", severity), ("device_id", device_id), ("site_id", site_id),
+                         ("rule_id", rule_id), ("dedupe_key", dedupe_key)):
+            if val:
+                where.append(f"{col}=?")
+                params.append(val)
+        if status == "active":
+            where.append("status IN ('open','acknowledged')")
+        elif status:
+            where.append("status=?")
+            params.append(status)
+        sql = f"SELECT {_COLS} FROM incidents"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY opened_at DESC, incident_id LIMIT ? OFFSET ?"
+        return [_row_to_incident(r) for r in self.db.query(sql, (*params, limit, offset))]
+
+    def counts_by_status(self) -> dict[str, int]:
+        return {s: int(n) for s, n in self.db.query("SELECT status, count(*) FROM incidents GROUP BY status")}
+
+    def apply(self, tx: Tx, d: Decision) -> None:
+        """Write a lifecycle decision."""
+        # absorbed/resolved rows first so the unique "one active per key" index never trips
+        for inc in sorted(d.incidents, key=lambda i: i.status in ACTIVE):
+            tx.execute(
+                f"INSERT INTO incidents({_COLS}) VALUES ({','.join('?' * len(_FIELDS))})"
+                f" ON CONFLICT(incident_id) DO UPDATE SET "
+                + ", ".join(f"{f}=excluded.{f}" for f in _FIELDS if f != "incident_id"),
+                _incident_params(inc))
+        for e in d.entries:
+            if e.kind == "updated" and self._fold_update(tx, e):
+                continue
+            tx.execute(
+                "INSERT INTO incident_timeline(incident_id, at, kind, actor, detail, note) VALUES (?,?,?,?,?,?)",
+                (e.incident_id, e.at, e.kind, e.actor, msgspec.json.encode(e.detail).decode(), e.note))
+        for inc_id, at, frm, to, actor in d.severity_changes:
+            tx.execute(
+                "INSERT INTO incident_severity(incident_id, at, from_severity, to_severity, actor) VALUES (?,?,?,?,?)",
+                (inc_id, at, frm, to, actor))
+
+    def _fold_update(self, tx: Tx, e: Entry) -> bool:
+        """A run of plain re-fires is one timeline entry (count and last time), not one per signal."""
+        row = tx.one("SELECT entry_id, kind, actor, detail FROM incident_timeline WHERE incident_id=?"
+                     " ORDER BY entry_id DESC LIMIT 1", (e.incident_id,))
+        if row is None or row[1] != "updated" or row[2] != e.actor:
+            return False
+        detail = msgspec.json.decode(row[3])
+        detail.update(e.detail, repeats=int(detail.get("repeats", 1)) + 1, last_at=e.at)
+        tx.execute("UPDATE incident_timeline SET detail=? WHERE entry_id=?",
+                   (msgspec.json.encode(detail).decode(), row[0]))
+        return True
+
+    def timeline(self, incident_id: str) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT entry_id, at, kind, actor, detail, note FROM incident_timeline WHERE incident_id=? ORDER BY entry_id",
+            (incident_id,))
+        return [{"entry_id": r[0], "at": r[1], "kind": r[2], "actor": r[3], "detail": msgspec.json.decode(r[4]),
+                 **({"note": r[5]} if r[5] else {})} for r in rows]
+
+    def severity_history(self, incident_id: str) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT at, from_severity, to_severity, actor FROM incident_severity WHERE incident_id=? ORDER BY entry_id",
+            (incident_id,))
+        return [{"at": r[0], "from": r[1] or None, "to": r[2], "actor": r[3]} for r in rows]
+
+    def pending_notes(self, tx: Tx, incident_id: str) -> list[tuple[int, str]]:
+        return [(int(r[0]), r[1]) for r in tx.query(
+            "SELECT entry_id, note FROM incident_timeline WHERE incident_id=? AND note IS NOT NULL AND note_sent=0"
+            " ORDER BY entry_id", (incident_id,))]
+
+    def mark_notes_sent(self, tx: Tx, entry_ids: list[int]) -> None:
+        tx.executemany("UPDATE incident_timeline SET note_sent=1 WHERE entry_id=?", [(i,) for i in entry_ids])
+
+    def seen_signal(self, tx: Tx, signal_id: str, now: float) -> bool:
+        """Record a signal id; True if it was already processed (a detector replay)."""
+        return tx.execute("INSERT INTO incident_seen_signals VALUES (?,?) ON CONFLICT(signal_id) DO NOTHING",
+                          (signal_id, now)) == 0
+
+    def prune_seen(self, tx: Tx, older_than: float) -> None:
+        tx.execute("DELETE FROM incident_seen_signals WHERE at<?", (older_than,))
+
+    # -- external references ------------------------------------------------------
+    def ref(self, tx: Tx | None, incident_id: str, system: str) -> dict[str, Any] | None:
+        q = ("SELECT ref_id, number, url, state, synced, updated_at FROM incident_refs WHERE incident_id=? AND system=?",
+             (incident_id, system))
+        row = tx.one(*q) if tx else self.db.one(*q)
+        if row is None:
+            return None
+        return {"system": system, "ref_id": row[0], "number": row[1], "url": row[2], "state": row[3],
+                "synced": msgspec.json.decode(row[4]), "updated_at": row[5]}
+
+    def refs(self, incident_id: str) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT system FROM incident_refs WHERE incident_id=? ORDER BY system", (incident_id,))
+        out = []
+        for (system,) in rows:
+            r = self.ref(None, incident_id, system)
+            if r:
+                r.pop("synced", None)
+                out.append(r)
+        return out
+
+    def save_ref(self, tx: Tx, incident_id: str, system: str, ref_id: str, *, number: str | None, url: str | None,
+                 state: str | None, synced: dict[str, Any], now: float) -> None:
+        tx.execute(
+            "INSERT INTO incident_refs VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(incident_id, system) DO UPDATE SET"
+            " ref_id=excluded.ref_id, number=excluded.number, url=excluded.url, state=excluded.state,"
+            " synced=excluded.synced, updated_at=excluded.updated_at",
+            (incident_id, system, ref_id, number, url, state, msgspec.json.encode(synced).decode(), now))
+
+    def drop_ref(self, tx: Tx, incident_id: str, system: str) -> None:
+        tx.execute("DELETE FROM incident_refs WHERE incident_id=? AND system=?", (incident_id, system))
+
+    # -- silences -------------------------------------------------------------------
+    def add_silence(self, *, device_id: str | None, site_id: str | None, rule_id: str | None, expires_at: float,
+                    created_by: str, reason: str, now: float, starts_at: float | None = None) -> str:
+        if not (device_id or site_id or rule_id):
+            raise ValueError("a silence needs at least one of device_id, site_id, rule_id")
+        if expires_at <= now:
+            raise ValueError("expires_at must be in the future")
+        sid = "sil_" + secrets.token_hex(6)
+        self.db.execute(
+            "INSERT INTO silences(silence_id, device_id, site_id, rule_id, reason, created_by, created_at, starts_at,"
+            " expires_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            (sid, device_id, site_id, rule_id, reason, created_by, now, starts_at or now, expires_at))
+        return sid
+
+    def remove_silence(self, silence_id: str) -> bool:
+        return self.db.execute("DELETE FROM silences WHERE silence_id=?", (silence_id,)) > 0
+
+    def list_silences(self, now: float | None = None) -> list[dict[str, Any]]:
+        rows = self.db.query(
+            "SELECT silence_id, device_id, site_id, rule_id, reason, created_by, created_at, starts_at, expires_at,"
+            " suppressed FROM silences ORDER BY created_at")
+        keys = ("silence_id", "device_id", "site_id", "rule_id", "reason", "created_by", "created_at", "starts_at",
+                "expires_at", "suppressed")
+        out = [dict(zip(keys, r, strict=True)) for r in rows]
+        if now is not None:
+            for s in out:
+                s["active"] = s["starts_at"] <= now < s["expires_at"]
+        return out
+
+    def matching_silence(self, tx: Tx, now: float, *, device_id: str | None, site_id: str | None,
+                         rule_id: str) -> str | None:
+        """The id of an unexpired silence whose every given matcher equals the signal's, or None."""
+        row = tx.one(
+            "SELECT silence_id FROM silences WHERE starts_at<=? AND expires_at>?"
+            " AND (device_id IS NULL OR device_id=?) AND (site_id IS NULL OR site_id=?)"
+            " AND (rule_id IS NULL OR rule_id=?) ORDER BY created_at LIMIT 1",
+            (now, now, device_id or "", site_id or "", rule_id))
+        if row:
+            tx.execute("UPDATE silences SET suppressed=suppressed+1 WHERE silence_id=?", (row[0],))
+            return str(row[0])
+        return None

@@ -1,0 +1,275 @@
+"""EventBridge event patterns: compile once, match many events.
+
+Semantics follow AWS EventBridge / aws/event-ruler:
+
+* A pattern is a JSON object mirroring the event's structure. Every field named in
+  the pattern must match (AND); a leaf is an *array* of alternatives (OR).
+* Alternatives are literal values (string, number, boolean, null: exact, type-sensitive;
+  numbers compare numerically) or one-key operator objects: ``prefix``, ``suffix``
+  (each optionally ``{"equals-ignore-case": ...}``), ``equals-ignore-case``,
+  ``wildcard``, ``anything-but`` (value, list, or ``prefix``/``suffix``/``wildcard``/
+  ``equals-ignore-case``), ``numeric`` (up to two comparisons), ``exists``.
+* When the event value is an array, the field matches if *any* element matches; for
+  nested objects inside arrays each element is tried as a whole (array-consistent).
+* ``exists`` works on leaves only: an object value does not "exist" as a leaf, and an
+  empty array holds no leaf. Absent fields match nothing except ``{"exists": false}``.
+* ``"$or": [{...}, {...}]`` (two or more objects) at any level is an OR of sub-patterns.
+
+``compile_pattern`` validates the pattern and raises ``PatternError`` naming the path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any
+
+_MISSING = object()
+Leaf = Callable[[Any], bool]  # called with the event value or _MISSING
+
+
+class PatternError(ValueError):
+    """The event pattern is malformed; the message names the offending path."""
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _wildcard_regex(pat: str, where: str) -> re.Pattern[str]:
+    out, i, prev_star = [], 0, False
+    while i < len(pat):
+        ch = pat[i]
+        if ch == "\\":
+            if i + 1 >= len(pat) or pat[i + 1] not in "*\\":
+                raise PatternError(f"{where}: wildcard: a backslash may only escape '*' or '\\'")
+            out.append(re.escape(pat[i + 1]))
+            i += 2
+            prev_star = False
+            continue
+        if ch == "*":
+            if prev_star:
+                raise PatternError(f"{where}: wildcard: consecutive '*' are not allowed")
+            out.append(".*")
+            prev_star = True
+        else:
+            out.append(re.escape(ch))
+            prev_star = False
+        i += 1
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _string_op(name: str, arg: Any, where: str) -> Callable[[str], bool]:
+    """prefix / suffix / equals-ignore-case / wildcard as a predicate on strings."""
+    if name in ("prefix", "suffix") and isinstance(arg, dict):
+        if list(arg) != ["equals-ignore-case"] or not isinstance(arg["equals-ignore-case"], str):
+            raise PatternError(f"{where}: {name} takes a string or {{\"equals-ignore-case\": string}}")
+        low = arg["equals-ignore-case"].casefold()
+        if name == "prefix":
+            return lambda s: s.casefold().startswith(low)
+        return lambda s: s.casefold().endswith(low)
+    if not isinstance(arg, str):
+        raise PatternError(f"{where}: {name} takes a string, got {type(arg).__name__}")
+    if name == "prefix":
+        return lambda s: s.startswith(arg)
+    if name == "suffix":
+        return lambda s: s.endswith(arg)
+    if name == "equals-ignore-case":
+        low = arg.casefold()
+        return lambda s: s.casefold() == low
+    if name == "wildcard":
+        rx = _wildcard_regex(arg, where)
+        return lambda s: rx.fullmatch(s) is not None
+    raise PatternError(f"{where}: unknown operator {name!r}")
+
+
+def _literal_eq(lit: Any) -> Leaf:
+    if _is_num(lit):
+        return lambda v: _is_num(v) and math.isclose(float(v), float(lit), rel_tol=0, abs_tol=1e-6)
+    if lit is None:
+        return lambda v: v is None
+    if isinstance(lit, bool):
+        return lambda v: isinstance(v, bool) and v is lit
+    return lambda v: isinstance(v, str) and v == lit
+
+
+def _anything_but(arg: Any, where: str) -> Leaf:
+    if isinstance(arg, dict):
+        if len(arg) != 1:
+            raise PatternError(f"{where}: anything-but takes one operator, got {sorted(arg)}")
+        (op, sub), = arg.items()
+        if op not in ("prefix", "suffix", "wildcard", "equals-ignore-case"):
+            raise PatternError(f"{where}: anything-but does not support {op!r}")
+        if op == "equals-ignore-case" and isinstance(sub, list):
+            if not sub or not all(isinstance(s, str) for s in sub):
+                raise PatternError(f"{where}: anything-but equals-ignore-case list must be non-empty strings")
+            lows = {s.casefold() for s in sub}
+            return lambda v: isinstance(v, str) and v.casefold() not in lows
+        if op == "wildcard" and isinstance(sub, list):
+            preds = [_string_op("wildcard", s, where) for s in sub]
+            return lambda v: isinstance(v, str) and not any(p(v) for p in preds)
+        if isinstance(sub, dict):  # anything-but prefix/suffix do not nest equals-ignore-case
+            raise PatternError(f"{where}: anything-but {op} takes a string")
+        pred = _string_op(op, sub, where)
+        return lambda v: isinstance(v, str) and not pred(v)
+    values = arg if isinstance(arg, list) else [arg]
+    if not values:
+        raise PatternError(f"{where}: anything-but list must not be empty")
+    if not (all(isinstance(x, str) for x in values) or all(_is_num(x) for x in values)):
+        raise PatternError(f"{where}: anything-but values must be all strings or all numbers")
+    if all(isinstance(x, str) for x in values):
+        excluded = frozenset(values)
+        return lambda v: v is not _MISSING and not (isinstance(v, str) and v in excluded)
+    eqs = [_literal_eq(x) for x in values]
+    # a present value that equals none of the listed ones (null and booleans included)
+    return lambda v: v is not _MISSING and not any(eq(v) for eq in eqs)
+
+
+_NUM_OPS: dict[str, Callable[[float, float], bool]] = {
+    "=": lambda a, b: math.isclose(a, b, rel_tol=0, abs_tol=1e-6),
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
+}
+
+
+def _numeric(arg: Any, where: str) -> Leaf:
+    if not isinstance(arg, list) or not arg or len(arg) % 2:
+        raise PatternError(f"{where}: numeric takes [op, number] or [op, number, op, number]")
+    checks: list[tuple[Callable[[float, float], bool], float]] = []
+    for i in range(0, len(arg), 2):
+        op, num = arg[i], arg[i + 1]
+        if op not in _NUM_OPS or not _is_num(num):
+            raise PatternError(f"{where}: numeric: bad comparison {op!r} {num!r}")
+        checks.append((_NUM_OPS[op], float(num)))
+    if len(checks) > 2 or (len(checks) == 2 and (arg[0] not in (">", ">=") or arg[2] not in ("<", "<="))):
+        raise PatternError(f"{where}: numeric range must be a lower bound (> or >=) then an upper bound (< or <=)")
+    return lambda v: _is_num(v) and all(fn(float(v), n) for fn, n in checks)
+
+
+def _alternative(alt: Any, where: str) -> tuple[str, Leaf]:
+    """One alternative of a leaf array; returns (kind, predicate)."""
+    if not isinstance(alt, dict):
+        if isinstance(alt, list):
+            raise PatternError(f"{where}: nested arrays are not allowed in a pattern")
+        return "value", _literal_eq(alt)
+    if len(alt) != 1:
+        raise PatternError(f"{where}: an operator object must have exactly one key, got {sorted(alt)}")
+    (op, arg), = alt.items()
+    if op == "exists":
+        if not isinstance(arg, bool):
+            raise PatternError(f"{where}: exists takes true or false")
+        return ("exists_true" if arg else "exists_false"), lambda v: False
+    if op == "anything-but":
+        return "value", _anything_but(arg, where)
+    if op == "numeric":
+        return "value", _numeric(arg, where)
+    if op in ("prefix", "suffix", "equals-ignore-case", "wildcard"):
+        pred = _string_op(op, arg, where)
+        return "value", lambda v: isinstance(v, str) and pred(v)
+    raise PatternError(f"{where}: unknown operator {op!r}")
+
+
+def _leaves(value: Any) -> list[Any]:
+    """Leaf values of an event field (arrays flattened; objects are not leaves)."""
+    if isinstance(value, list):
+        out: list[Any] = []
+        for v in value:
+            out.extend(_leaves(v))
+        return out
+    if isinstance(value, dict):
+        return []
+    return [value]
+
+
+def _compile_leaf(alts: list[Any], where: str) -> Callable[[Any], bool]:
+    if not alts:
+        raise PatternError(f"{where}: a leaf must list at least one value")
+    # plain strings are the common alternative: one set lookup instead of a predicate each
+    strings = frozenset(a for a in alts if isinstance(a, str))
+    compiled = [_alternative(a, where) for a in alts if not isinstance(a, str)]
+    preds = [p for kind, p in compiled if kind == "value"]
+    if strings:
+        preds.insert(0, lambda v: isinstance(v, str) and v in strings)
+    want_exists = any(kind == "exists_true" for kind, _ in compiled)
+    want_absent = any(kind == "exists_false" for kind, _ in compiled)
+
+    def match(value: Any) -> bool:
+        if value is not _MISSING and not isinstance(value, list | dict):  # the common case: one scalar
+            if want_exists:
+                return True
+            return any(p(value) for p in preds)
+        leaves = [] if value is _MISSING else _leaves(value)
+        if want_absent and not leaves:
+            return True
+        if want_exists and leaves:
+            return True
+        return any(p(v) for v in leaves for p in preds)
+
+    return match
+
+
+def _is_or(key: str, val: Any) -> bool:
+    return key == "$or" and isinstance(val, list) and len(val) >= 2 and all(isinstance(x, dict) for x in val)
+
+
+def _compile_object(pat: Any, where: str) -> Callable[[Any], bool]:
+    if not isinstance(pat, dict):
+        raise PatternError(f"{where or 'pattern'}: must be an object")
+    if not pat:
+        raise PatternError(f"{where or 'pattern'}: must not be empty")
+    fields: list[tuple[str, Callable[[Any], bool]]] = []
+    ors: list[list[Callable[[Any], bool]]] = []
+    for key, val in pat.items():
+        path = f"{where}.{key}" if where else key
+        if _is_or(key, val):
+            ors.append([_compile_object(sub, f"{path}[{i}]") for i, sub in enumerate(val)])
+        elif isinstance(val, dict):
+            fields.append((key, _compile_nested(val, path)))
+        elif isinstance(val, list):
+            fields.append((key, _compile_leaf(val, path)))
+        else:
+            raise PatternError(f"{path}: must be an array of values or an object, got {type(val).__name__}")
+
+    def match(obj: Any) -> bool:
+        if not isinstance(obj, dict):
+            return False
+        for key, m in fields:
+            if not m(obj.get(key, _MISSING)):
+                return False
+        return all(any(alt(obj) for alt in group) for group in ors)
+
+    return match
+
+
+def _compile_nested(pat: dict[str, Any], where: str) -> Callable[[Any], bool]:
+    inner = _compile_object(pat, where)
+    # only leaves can be tested for absence; an absent object still feeds its fields _MISSING
+    def match(value: Any) -> bool:
+        if value is _MISSING or not isinstance(value, dict | list):
+            return inner({})
+        if isinstance(value, list):
+            return any(match(v) for v in value if isinstance(v, dict | list)) or (
+                not any(isinstance(v, dict) for v in value) and inner({})
+            )
+        return inner(value)
+
+    return match
+
+
+class Pattern:
+    """A compiled event pattern; ``matches(event)`` is pure and thread-safe."""
+
+    def __init__(self, source: dict[str, Any]) -> None:
+        self.source = source
+        self._match = _compile_object(source, "")
+
+    def matches(self, event: dict[str, Any]) -> bool:
+        return self._match(event)
+
+
+def compile_pattern(source: Any) -> Pattern:
+    """Validate and compile an EventBridge event pattern (a dict)."""
+    return Pattern(source)

@@ -1,0 +1,361 @@
+"""Acceptance: the orchestrator against the ServiceNow emulator over real HTTP sockets.
+
+Long waits run on a virtual clock shared by the orchestrator and the emulator (the
+emulator stamps requests and expires faults with it), so "ten minutes of 503" takes
+seconds. The crash test runs the orchestrator as a real subprocess and SIGKILLs it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from incident_helpers import context, make_signal, publish
+from tests.conftest import vendwatch_cmd
+
+from vendwatch.api.server import build_app
+from vendwatch.incidents.clock import VirtualClock
+from vendwatch.incidents.emulation import ThreadedServer
+from vendwatch.incidents.emulator import ServiceNowEmulator
+from vendwatch.incidents.outbox import Outbox
+from vendwatch.incidents.role import Orchestrator
+from vendwatch.runtime import Context
+
+
+@pytest.fixture
+def clock() -> VirtualClock:
+    return VirtualClock()
+
+
+@pytest.fixture
+def emulator(clock: VirtualClock) -> Iterator[tuple[ServiceNowEmulator, str]]:
+    emu = ServiceNowEmulator(clock=clock.now)
+    emu.add_ci("SER-0001", "Vending machine VM-0001")
+    srv = emu.serve()
+    yield emu, srv.url
+    srv.stop()
+
+
+def sn_settings(url: str, **more: Any) -> dict[str, Any]:
+    return {"incidents.servicenow.url": url, "incidents.servicenow.username": "vendwatch",
+            "incidents.servicenow.password": "vendwatch", "incidents.servicenow.timeout_s": 5.0, **more}
+
+
+def run_for(orch: Orchestrator, clock: VirtualClock, seconds: float, step_s: float = 1.0) -> None:
+    """Advance virtual time, letting the orchestrator work at every step."""
+    end = clock.now() + seconds
+    while clock.now() < end:
+        clock.advance(step_s)
+        orch.step(0.01)
+
+
+def max_calls_in_window(times: list[float], window: float = 60.0) -> int:
+    times = sorted(times)
+    best, j = 0, 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
+
+
+def test_storm_is_one_ticket_updated_within_the_rate_limit(tmp_path: Path, clock: VirtualClock,
+                                                          emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.rate_limit.per_minute": 20,
+                                                  "incidents.servicenow.rate_limit.burst": 5}))
+    orch = Orchestrator(ctx, clock=clock)
+    orch.open()
+    sent = 0
+    while sent < 1000:  # 1,000 firings of one key within one minute, 10 per 0.6 s
+        batch = []
+        for _ in range(10):
+            clock.advance(0.06)
+            batch.append(make_signal(clock, severity="critical" if sent == 500 else "major", seq=sent))
+            sent += 1
+        publish(ctx, *batch)
+        orch.step(0.05)
+    run_for(orch, clock, 300, step_s=2.0)
+
+    tickets = emu.by_correlation("offline/VM-0001")
+    assert len(tickets) == 1
+    inc = orch.service.store.list()[0]
+    assert inc.occurrences == 1000
+    assert "occurrences: 1000" in tickets[0]["description"]  # the last update reached ServiceNow
+    assert int(tickets[0]["sys_mod_count"]) >= 1
+    calls = [r.at for r in emu.faults.requests if r.path.startswith("/api/now")]
+    assert max_calls_in_window(calls) <= 20
+    assert len(calls) < 60  # coalesced: a handful of updates, not a thousand
+    print(f"storm: {len(calls)} ServiceNow calls, at most {max_calls_in_window(calls)} in any minute")
+    assert Outbox(ctx.state.db).depth() == {}
+
+
+def test_outage_loses_and_doubles_nothing_then_dlq_redrive(tmp_path: Path, clock: VirtualClock,
+                                                           emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{
+        "incidents.servicenow.rate_limit.per_minute": 600, "incidents.servicenow.rate_limit.burst": 50,
+        "incidents.servicenow.retry.backoff_max_s": 60, "incidents.servicenow.circuit.open_s": 30}))
+    orch = Orchestrator(ctx, clock=clock)
+    orch.open()
+    emu.inject(status=503, until=clock.now() + 600)  # ten virtual minutes down
+    for i in range(50):
+        publish(ctx, make_signal(clock, key=f"offline/VM-{i:04d}", device_id=f"VM-{i:04d}"))
+        clock.advance(1)
+        orch.step(0.01)
+    run_for(orch, clock, 540, step_s=5.0)
+    assert emu.incidents == {}  # still down
+    failed = [r for r in emu.faults.requests if r.status == 503]
+    assert failed and len(failed) < 200  # backoff and the circuit breaker keep retries sparse
+    print(f"outage: {len(failed)} calls answered 503 in ten minutes")
+    run_for(orch, clock, 300, step_s=5.0)
+
+    for i in range(50):
+        assert len(emu.by_correlation(f"offline/VM-{i:04d}")) == 1
+    assert len(emu.incidents) == 50
+    outbox = Outbox(ctx.state.db)
+    assert outbox.depth() == {} and outbox.dlq_list() == []
+
+    # a 400 is not retried: it goes to the DLQ; after the fix, a redrive delivers it
+    emu.inject(status=400, body_contains="VM-0999", message="Invalid assignment group")
+    publish(ctx, make_signal(clock, key="offline/VM-0999", device_id="VM-0999"))
+    run_for(orch, clock, 10)
+    dead = outbox.dlq_list()
+    assert len(dead) == 1 and dead[0]["last_status"] == 400 and dead[0]["attempts"] == 1
+    assert emu.by_correlation("offline/VM-0999") == []
+    emu.faults.clear()  # the fix
+    assert outbox.redrive(clock.now(), dlq_id=dead[0]["dlq_id"]) == 1
+    run_for(orch, clock, 10)
+    assert len(emu.by_correlation("offline/VM-0999")) == 1
+    assert outbox.dlq_list() == []
+
+
+def test_retry_after_is_honoured(tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url))
+    orch = Orchestrator(ctx, clock=clock)
+    emu.inject(status=429, retry_after=120, count=1)
+    publish(ctx, make_signal(clock))
+    orch.step(0.05)
+    t429 = clock.now()
+    run_for(orch, clock, 200, step_s=5.0)
+    after = [r.at for r in emu.faults.requests if r.status != 429]
+    assert after and min(after) >= t429 + 120
+    assert len(emu.by_correlation("offline/VM-0001")) == 1
+
+
+def test_lifecycle_is_visible_in_servicenow_and_the_api(tmp_path: Path, clock: VirtualClock,
+                                                        emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.flap_damping_s": 60,
+                                                  "incidents.reopen_window_s": 900}))
+    ctx.state.add_device("VM-0001", "SITE-1", serial="SER-0001")
+    token = ctx.state.add_operator_token("tester", "viewer")
+    orch = Orchestrator(ctx, clock=clock)
+    api_ctx = Context(ctx.settings)
+    api = ThreadedServer(build_app(api_ctx, ["console"])).start()
+    http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"})
+
+    def ticket() -> dict[str, str]:
+        [t] = emu.by_correlation("offline/VM-0001")
+        return t
+
+    def local() -> dict[str, Any]:
+        [row] = http.get("/v1/incidents", params={"dedupe_key": "offline/VM-0001"}).json()["incidents"]
+        return http.get(f"/v1/incidents/{row['incident_id']}").json()
+
+    try:
+        publish(ctx, make_signal(clock, severity="major"))  # fire
+        run_for(orch, clock, 5)
+        t = ticket()
+        assert t["state"] == "1" and t["impact"] == "1" and t["urgency"] == "2"
+        assert t["correlation_display"] == "vendwatch" and t["cmdb_ci"] == next(iter(emu.cmdb))
+        assert local()["status"] == "open" and local()["external_refs"][0]["number"] == t["number"]
+
+        publish(ctx, make_signal(clock, severity="major", seq=1))  # update
+        run_for(orch, clock, 5)
+        assert "occurrences: 2" in ticket()["description"] and local()["occurrences"] == 2
+
+        publish(ctx, make_signal(clock, severity="critical", seq=2))  # severity change
+        run_for(orch, clock, 5)
+        assert ticket()["urgency"] == "1" and ticket()["priority"] == "1"
+        assert any("major to critical" in n for n in emu.notes(t["sys_id"]))
+        assert [h["to"] for h in local()["severity_history"]] == ["major", "critical"]
+
+        publish(ctx, make_signal(clock, status="resolved"))  # resolve, after flap damping
+        run_for(orch, clock, 30)
+        assert ticket()["state"] == "1" and local()["status"] == "open"
+        run_for(orch, clock, 40)
+        assert ticket()["state"] == "6" and ticket()["close_code"] and ticket()["close_notes"]
+        assert local()["status"] == "resolved"
+
+        publish(ctx, make_signal(clock, seq=3))  # refire within the window: reopen, same ticket
+        run_for(orch, clock, 5)
+        assert len(emu.by_correlation("offline/VM-0001")) == 1
+        assert ticket()["state"] == "2" and ticket()["active"] == "true"
+        assert any(n.startswith("Reopened") for n in emu.notes(t["sys_id"]))
+        detail = local()
+        assert detail["status"] == "open" and detail["reopen_count"] == 1
+        assert [e["kind"] for e in detail["timeline"]][-1] == "reopened"
+    finally:
+        http.close()
+        api.stop()
+        api_ctx.close()
+
+
+def test_closed_ticket_with_new_policy_opens_another(tmp_path: Path, clock: VirtualClock,
+                                                     emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.on_closed_refire": "new",
+                                                  "incidents.flap_damping_s": 0}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, make_signal(clock))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, status="resolved"))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, seq=1))
+    run_for(orch, clock, 5)
+    states = sorted(t["state"] for t in emu.by_correlation("offline/VM-0001"))
+    assert states == ["1", "6"]
+
+
+def test_oauth_token_is_fetched_and_renewed(tmp_path: Path, clock: VirtualClock,
+                                            emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{
+        "incidents.servicenow.auth": "oauth", "incidents.servicenow.oauth.client_id": "vendwatch-client",
+        "incidents.servicenow.oauth.client_secret": "vendwatch-secret"}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, make_signal(clock))
+    run_for(orch, clock, 5)
+    clock.advance(3600)  # the token expired
+    publish(ctx, make_signal(clock, seq=1))
+    run_for(orch, clock, 5)
+    assert len(emu.faults.calls("POST", "/oauth_token.do")) == 2  # fetched once, renewed once after the 401
+    assert [r.status for r in emu.faults.calls(path_contains="/api/now")].count(401) == 1
+    assert "occurrences: 2" in emu.by_correlation("offline/VM-0001")[0]["description"]
+
+
+def test_wrong_basic_credentials_go_to_dlq(tmp_path: Path, clock: VirtualClock,
+                                           emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.password": "wrong"}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, make_signal(clock))
+    run_for(orch, clock, 5)
+    [dead] = Outbox(ctx.state.db).dlq_list()
+    assert dead["last_status"] == 401 and emu.incidents == {}
+
+
+# -- crash safety -------------------------------------------------------------------------
+def _wait(cond: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path) -> None:
+    created, release = threading.Event(), threading.Event()
+
+    def hold_response(rec: dict[str, str]) -> None:
+        created.set()
+        release.wait(30)  # ServiceNow has the ticket; vendwatch has not heard back yet
+
+    emu = ServiceNowEmulator(on_create=hold_response)
+    srv = emu.serve()
+    env = {**os.environ, "VENDWATCH_DATA_DIR": str(tmp_path), "VENDWATCH_BUS__PARTITIONS": "2",
+           "VENDWATCH_INCIDENTS__SERVICENOW__URL": srv.url, "VENDWATCH_INCIDENTS__SERVICENOW__USERNAME": "vendwatch",
+           "VENDWATCH_INCIDENTS__SERVICENOW__PASSWORD": "vendwatch", "VENDWATCH_INCIDENTS__OUTBOX_LEASE_S": "2",
+           "VENDWATCH_INCIDENTS__TICK_S": "0.1", "VENDWATCH_INCIDENTS__SERVICENOW__TIMEOUT_S": "1"}
+    ctx = context(tmp_path)
+    clock = VirtualClock(time.time())
+    publish(ctx, make_signal(clock))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        p1 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
+        procs.append(p1)
+        assert created.wait(60), "orchestrator never called ServiceNow"
+        p1.send_signal(signal.SIGKILL)
+        p1.wait(10)
+        release.set()
+        refs = ctx.state.db.query("SELECT ref_id FROM incident_refs")
+        assert refs == []  # killed before it could record the ticket
+        assert len(emu.incidents) == 1
+
+        emu.on_create = None
+        p2 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
+        procs.append(p2)
+        _wait(lambda: ctx.state.db.query("SELECT ref_id FROM incident_refs"), 60, "the restarted orchestrator")
+        [(ref_id,)] = ctx.state.db.query("SELECT ref_id FROM incident_refs")
+        tickets = emu.by_correlation("offline/VM-0001")
+        assert len(tickets) == 1 and tickets[0]["sys_id"] == ref_id
+        _wait(lambda: Outbox(ctx.state.db).depth() == {}, 30, "the outbox to drain")
+        assert len(emu.incidents) == 1
+    finally:
+        release.set()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        srv.stop()
+        ctx.close()
+
+
+def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.2}))
+    orch = Orchestrator(ctx, clock=clock)
+    emu.inject(status=200, delay_s=0.5, count=1)  # the first call hangs past the client timeout
+    publish(ctx, make_signal(clock))
+    run_for(orch, clock, 60, step_s=5.0)
+    assert len(emu.by_correlation("offline/VM-0001")) == 1
+    assert Outbox(ctx.state.db).dlq_list() == []
+
+
+def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, make_signal(clock))  # device incident first
+    run_for(orch, clock, 5)
+    site = "site-down/SITE-1"
+    publish(ctx, make_signal(clock, key=site, rule_id="site-down", scope="site", device_id=None, severity="critical"))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, caused_by=site, seq=1))
+    run_for(orch, clock, 5)
+    [site_ticket] = emu.by_correlation(site)
+    [dev_ticket] = emu.by_correlation("offline/VM-0001")
+    assert site_ticket["state"] == "1"
+    assert dev_ticket["state"] == "6" and site_ticket["number"] in dev_ticket["close_notes"]
+
+
+def test_servicenow_hourly_rate_limit_waits_for_the_reset(tmp_path: Path, clock: VirtualClock) -> None:
+    emu = ServiceNowEmulator(clock=clock.now, rate_limit_per_hour=6)
+    srv = emu.serve()
+    try:
+        ctx = context(tmp_path, **sn_settings(srv.url))
+        orch = Orchestrator(ctx, clock=clock)
+        publish(ctx, *(make_signal(clock, key=f"offline/VM-{i:04d}", device_id=f"VM-{i:04d}") for i in range(5)))
+        run_for(orch, clock, 60, step_s=5.0)
+        limited = [r for r in emu.faults.requests if r.status == 429]
+        assert limited, "the instance's hourly limit was never hit"
+        reset = (int(limited[0].at // 3600) + 1) * 3600
+        run_for(orch, clock, 3700, step_s=60.0)
+        assert all(len(emu.by_correlation(f"offline/VM-{i:04d}")) == 1 for i in range(5))
+        # the first 429 held the whole target until the reset: no call was wasted on a second 429
+        assert [r.status for r in emu.faults.requests].count(429) == 1
+        after_429 = [r.at for r in emu.faults.requests if r.at > limited[0].at]
+        assert after_429 and min(after_429) >= reset
+    finally:
+        srv.stop()
