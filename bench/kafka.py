@@ -9,7 +9,9 @@ Parts:
   log      one process appending 1,000-event batches: KafkaLog vs SqliteLog
   ingest   HTTP load (100-event batches, concurrent requests) against
            1 embedded collector (SQLite log + SQLite dedupe: the baseline) and
-           2 collector processes on Kafka + the PostgreSQL dedupe index
+           1 and 2 collector processes on Kafka + the PostgreSQL dedupe index
+  stage    one device-state replica folding events from the log into the state
+           store: SQLite log + SQLite state vs Kafka + PostgreSQL
 Prints a JSON document (also written to --out) and a Markdown table.
 """
 
@@ -265,6 +267,65 @@ def _cpu(r: dict[str, Any]) -> str:
             f" kafka {c['kafka']}, postgres {c['postgres']}, load generator {c['load_generator']}")
 
 
+# -- part 3: a checkpointed stage (device-state) consuming the log --------------------
+def bench_stage(n_events: int) -> dict[str, Any]:
+    """One device-state replica folding ``n_events`` already in the log into the state store."""
+    import threading
+
+    import psycopg
+
+    from vendwatch.config import BusSettings
+    from vendwatch.runtime import Context
+    from vendwatch.state.projector import DeviceStateProjector
+
+    devices = [f"vm-{i:05d}" for i in range(2000)]
+    values = [(devices[i % len(devices)], stored_value(devices[i % len(devices)])) for i in range(n_events)]
+    out: dict[str, Any] = {"events": n_events, "devices": len(devices)}
+    tmp = Path(tempfile.mkdtemp(prefix="vw-bench-stage-"))
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    setups = {
+        "sqlite": Settings(data_dir=str(tmp / "data")),
+        "kafka_postgres": Settings(
+            bus=BusSettings(backend="kafka", kafka=KafkaSettings(bootstrap_servers=KAFKA, partitions=8,
+                                                                 topic_prefix=f"vwbench.{uuid.uuid4().hex[:6]}.")),
+            state=StateSettings(backend="postgres", postgres_dsn=dsn)),
+    }
+    try:
+        for name, settings in setups.items():
+            ctx = Context(settings)
+            ctx.log.create_topic("events", 8)
+            for i in range(0, n_events, 5000):
+                ctx.log.append("events", values[i : i + 5000])
+            stage = DeviceStateProjector(ctx)
+            stop = threading.Event()
+            ctx.state.db.one("SELECT 1")  # open the pool first: its server processes are counted
+            pids = service_pids()
+            before = {k: cpu_seconds(v) for k, v in pids.items()}
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            th = threading.Thread(target=stage.run, args=(stop,), daemon=True)
+            th.start()
+            while sum(stage.positions.values()) < n_events and time.perf_counter() - t0 < 300:
+                time.sleep(0.01)
+            dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            done = sum(stage.positions.values())  # before stopping: a revoke forgets positions
+            stop.set()
+            th.join(30)
+            out[name] = {"events_per_s": round(done / dt), "seconds": round(dt, 2),
+                         "events_per_stage_cpu_s": round(done / max(cpu, 1e-9)),
+                         "cpu_seconds": {"stage_process": round(cpu, 2),
+                                         **{k: round(cpu_seconds(v) - before[k], 2) for k, v in pids.items()}}}
+            ctx.close()
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["kafka_postgres_vs_sqlite"] = round(out["kafka_postgres"]["events_per_s"] / out["sqlite"]["events_per_s"], 2)
+    return out
+
+
 def markdown(res: dict[str, Any]) -> str:
     lines = ["| measurement | events/s | ratio to SQLite | notes |", "|---|---:|---:|---|"]
     if "log" in res:
@@ -279,6 +340,13 @@ def markdown(res: dict[str, Any]) -> str:
             k = ing[key]
             lines.append(f"| HTTP ingest, {label}, Kafka + PostgreSQL dedupe | {k['events_per_s']:,} | "
                          f"{k['events_per_s'] / max(1, b['events_per_s']):.2f} | p50/p99 request {k['request_ms_p50']}/{k['request_ms_p99']} ms, errors {k['errors']}; {_cpu(k)} |")
+    if "stage" in res:
+        st = res["stage"]
+        for key, label in (("sqlite", "SQLite log + SQLite state"), ("kafka_postgres", "Kafka + PostgreSQL")):
+            r = st[key]
+            ratio = 1.0 if key == "sqlite" else st["kafka_postgres_vs_sqlite"]
+            lines.append(f"| device-state stage, 1 replica, {label} ({st['events']:,} events) | {r['events_per_s']:,} | {ratio:.2f} |"
+                         f" {r['events_per_stage_cpu_s']:,} events per stage-process CPU-second; CPU s: {r['cpu_seconds']} |")
     return "\n".join(lines)
 
 
@@ -288,7 +356,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="events per HTTP request")
     ap.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP requests")
     ap.add_argument("--devices", type=int, default=500, help="registered devices the load cycles through")
-    ap.add_argument("--parts", default="log,ingest", help="comma-separated: log, ingest")
+    ap.add_argument("--parts", default="log,ingest,stage", help="comma-separated: log, ingest, stage")
+    ap.add_argument("--stage-events", type=int, default=100_000, help="events the stage benchmark folds")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "kafka.json"))
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -301,6 +370,8 @@ def main() -> None:
         res["log"] = bench_log_append(args.seconds, 1000)
     if "ingest" in parts:
         res["ingest"] = bench_ingest(args.seconds, args.batch, args.concurrency, args.devices)
+    if "stage" in parts:
+        res["stage"] = bench_stage(args.stage_events)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
