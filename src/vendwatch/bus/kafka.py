@@ -503,7 +503,11 @@ class KafkaConsumer(Consumer):
         out = dict(self._pos)
         missing = [tp for tp in self._assigned if tp not in out]
         if missing:
-            for ktp in self._c.position([ck.TopicPartition(self.log.kafka_topic(t), p) for t, p in missing]):
+            try:
+                known = self._c.position([ck.TopicPartition(self.log.kafka_topic(t), p) for t, p in missing])
+            except ck.KafkaException:  # e.g. asked inside on_assign, before fetching starts
+                known = []
+            for ktp in known:
                 if ktp.offset >= 0:
                     out[self._tp(ktp)] = ktp.offset
         return out
