@@ -40,15 +40,21 @@ class ServerSettings(_Section):
 class IngestSettings(_Section):
     max_body_bytes: int = 1_048_576  # after gzip decompression too
     max_batch_events: int = 1000
+    max_event_bytes: int = 131_072  # one event's JSON (unknown fields included); a crash dump fits
     max_future_skew_s: float = 300.0  # occurred_at later than now + this is refused
     late_after_s: float = 3600.0  # older than now - this is accepted and marked late
     max_age_days: float = 30.0  # older than this is refused
     rate_limit_events_per_s: float = 200.0  # per device, token bucket
     rate_limit_burst: float = 2000.0
-    dedupe_window_s: float = 7 * 86_400.0  # how long a device's event ids are remembered
+    # how long a device's event ids are remembered (retries within it are never stored twice);
+    # the embedded index holds ~110 bytes per event id received within the window
+    dedupe_window_s: float = 86_400.0
     group_commit_max_events: int = 20_000
-    group_commit_max_wait_ms: float = 2.0
+    # 0: commit as soon as the writer is free; what arrives meanwhile joins the next commit
+    # (measured faster than waiting, see docs/benchmarks.md)
+    group_commit_max_wait_ms: float = 0.0
     append_timeout_s: float = 10.0  # longer than this waiting for the log: 503
+    auth_cache_s: float = 5.0  # a disabled or expired token keeps working at most this long
 
 
 class KafkaSettings(_Section):
@@ -75,6 +81,7 @@ class BusSettings(_Section):
     backend: Literal["sqlite", "kafka"] = "sqlite"
     partitions: int = 4
     retention_hours: float = 24 * 7.0
+    retention_check_s: float = 300.0  # how often the collector drops expired records
     kafka: KafkaSettings = msgspec.field(default_factory=KafkaSettings)
 
 
@@ -102,6 +109,47 @@ class MqttSettings(_Section):
     max_payload_bytes: int = 1_048_576
 
 
+class LakeCatalogSettings(_Section):
+    """Where the Iceberg catalog and warehouse live (see docs/lake.md)."""
+
+    # sql: pyiceberg SQL catalog (SQLite embedded, PostgreSQL scale-out; Java's JDBC catalog reads it)
+    type: Literal["sql", "rest", "glue"] = "sql"
+    name: str = "vendwatch"
+    # sql: SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db; rest: the REST endpoint.
+    # Default: sqlite:///<data_dir>/lake/catalog.db
+    uri: str | None = None
+    # file:// path or s3://bucket/prefix. Default: <data_dir>/lake/warehouse
+    warehouse: str | None = None
+    # passed to pyiceberg as-is: s3.endpoint, s3.access-key-id, glue.region, token, ...
+    properties: dict[str, str] = {}
+
+
+class LakeSettings(_Section):
+    catalog: LakeCatalogSettings = msgspec.field(default_factory=LakeCatalogSettings)
+    # raw-zone writer: a batch is committed when any threshold is reached
+    batch_max_events: int = 200_000
+    batch_max_bytes: int = 128 * 1024 * 1024
+    batch_max_wait_s: float = 30.0
+    # maintenance
+    target_file_mb: int = 128  # compaction output size
+    small_file_mb: int = 16  # files below this count as small
+    compact_min_files: int = 4  # a partition with at least this many small files is compacted
+    snapshot_retention_hours: float = 7 * 24.0
+    orphan_min_age_hours: float = 1.0  # younger unreferenced files may be an in-flight write
+    # rows older than N days are deleted; key "table" or "table:type" (raw.events by event type)
+    retention_days: dict[str, float] = msgspec.field(
+        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0}
+    )
+    # ETL cleansing
+    max_clock_skew_s: float = 300.0  # occurred_at beyond received_at + this: device clock is wrong
+    # SQL and reports
+    sql_row_limit: int = 10_000
+    sql_timeout_s: float = 30.0
+    sql_memory_limit: str = "2GB"
+    sql_threads: int = 2
+    stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -113,7 +161,7 @@ class Settings(_Section):
     # sections owned by later stages; each is a free-form table validated by its owner
     detect: dict[str, Any] = {}
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
-    lake: dict[str, Any] = {}
+    lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 
     @property
@@ -184,14 +232,43 @@ def _check(s: Settings) -> None:
         "server.port": s.server.port,
         "ingest.max_body_bytes": s.ingest.max_body_bytes,
         "ingest.max_batch_events": s.ingest.max_batch_events,
+        "ingest.max_event_bytes": s.ingest.max_event_bytes,
         "ingest.rate_limit_events_per_s": s.ingest.rate_limit_events_per_s,
         "ingest.rate_limit_burst": s.ingest.rate_limit_burst,
         "ingest.group_commit_max_events": s.ingest.group_commit_max_events,
         "bus.partitions": s.bus.partitions,
         "bus.kafka.partitions": s.bus.kafka.partitions,
+        "lake.batch_max_events": s.lake.batch_max_events,
+        "lake.batch_max_bytes": s.lake.batch_max_bytes,
+        "lake.batch_max_wait_s": s.lake.batch_max_wait_s,
+        "lake.target_file_mb": s.lake.target_file_mb,
+        "lake.compact_min_files": s.lake.compact_min_files,
+        "lake.sql_row_limit": s.lake.sql_row_limit,
+        "lake.sql_timeout_s": s.lake.sql_timeout_s,
+        "lake.sql_threads": s.lake.sql_threads,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    non_negative = {
+        "ingest.max_future_skew_s": s.ingest.max_future_skew_s,
+        "ingest.late_after_s": s.ingest.late_after_s,
+        "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,
+        "ingest.auth_cache_s": s.ingest.auth_cache_s,
+    }
+    for key, value in non_negative.items():
+        if value < 0:
+            raise ConfigError(f"invalid configuration: {key}: must be >= 0, got {value}")
+    for key, value in {"ingest.max_age_days": s.ingest.max_age_days, "ingest.dedupe_window_s": s.ingest.dedupe_window_s,
+                       "ingest.append_timeout_s": s.ingest.append_timeout_s, "bus.retention_hours": s.bus.retention_hours,
+                       "bus.retention_check_s": s.bus.retention_check_s}.items():
+        if value <= 0:
+            raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    if s.ingest.dedupe_window_s > s.bus.retention_hours * 3600:
+        # the embedded dedupe index is rebuilt from the log: it cannot remember longer than the log keeps
+        raise ConfigError(
+            f"invalid configuration: ingest.dedupe_window_s: {s.ingest.dedupe_window_s:g}s is longer than"
+            f" bus.retention_hours ({s.bus.retention_hours:g}h); raise the retention or shorten the window"
+        )
     if not 0 < s.server.port < 65536:
         raise ConfigError(f"invalid configuration: server.port: must be 1-65535, got {s.server.port}")

@@ -246,6 +246,7 @@ class RejectedEvent(Struct, kw_only=True, omit_defaults=True):
 
     received_at: datetime
     reason: str
+    code: str | None = None  # machine-readable reason: schema, device_mismatch, future, too_old, too_large
     device_id: str | None = None
     event_id: str | None = None
     index: int | None = None

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from vendwatch.bus.base import BUSINESS, EVENTS, REJECTED, SIGNALS, Consumer, Log, LogError, LogUnavailable, Record
+from vendwatch.bus.base import (
+    BUSINESS,
+    EVENTS,
+    REJECTED,
+    SIGNALS,
+    Consumer,
+    Log,
+    LogError,
+    LogUnavailable,
+    Record,
+)
 
 if TYPE_CHECKING:
     from vendwatch.config import Settings

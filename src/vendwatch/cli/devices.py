@@ -30,8 +30,9 @@ def devices() -> None:
 def add(env: Env, device_id: str, site_id: str | None, serial: str | None, model: str | None,
         location: str | None, heartbeat_interval: int | None, as_json: bool) -> None:
     """Register DEVICE_ID and print its token (shown once; only a hash is stored)."""
-    from vendwatch.events import Id  # validate the id like the protocol does
     import msgspec
+
+    from vendwatch.events import Id  # validate the id like the protocol does
 
     try:
         msgspec.convert(device_id, Id)
@@ -87,17 +88,20 @@ def import_(env: Env, csv_file: click.utils.LazyFile, tokens_out: click.utils.La
             raise click.ClickException(f"line {n}: heartbeat_interval_s must be an integer, got {hb!r}")
         rows.append((did, row, int(hb) if hb else None))
     st = env.context().state
-    out = csv.writer(tokens_out)
-    out.writerow(["device_id", "token"])
+    issued: list[tuple[str, str]] = []
     try:
         with st.db.transaction() as tx:
             for did, row, hb in rows:
                 tok = st.add_device(did, (row.get("site_id") or None), serial=row.get("serial") or None,
                                     model=row.get("model") or None, location=row.get("location") or None,
                                     heartbeat_interval_s=hb, tx=tx)
-                out.writerow([did, tok])
+                issued.append((did, tok))
     except RegistryError as e:
         raise click.ClickException(f"{e}; nothing was imported") from None
+    # tokens are printed only once the import has committed: a failed import prints none
+    out = csv.writer(tokens_out)
+    out.writerow(["device_id", "token"])
+    out.writerows(issued)
     click.echo(f"imported {len(rows)} devices", err=True)
 
 
@@ -136,7 +140,7 @@ def show(env: Env, device_id: str) -> None:
 @data_dir_option
 @pass_env
 def disable(env: Env, device_id: str) -> None:
-    """Refuse the device's events from now on (its tokens stop working)."""
+    """Refuse the device's events from now on (within ingest.auth_cache_s, 5 s by default)."""
     try:
         env.context().state.set_device_status(device_id, "disabled")
     except RegistryError as e:

@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "vendwatch.cli.serve",
     "vendwatch.cli.devices",
     "vendwatch.cli.schema",
+    "vendwatch.cli.quarantine",
     "vendwatch.cli.simulate",
     "vendwatch.cli.demo",
     "vendwatch.cli.rules",

@@ -15,9 +15,17 @@ def schema() -> None:
 
 @schema.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", help="File to write [default: stdout].")
-def export(output: str) -> None:
+@click.option("--openapi", "as_openapi", is_flag=True,
+              help="Write the OpenAPI 3.1 document of the device endpoint instead (also served at GET /openapi.json).")
+def export(output: str, as_openapi: bool) -> None:
     """Write the JSON Schema (2020-12) of POST /v1/events bodies and every payload type."""
-    text = msgspec.json.format(msgspec.json.encode(events.json_schema())).decode() + "\n"
+    if as_openapi:
+        from vendwatch.ingest.openapi import openapi
+
+        doc = openapi()
+    else:
+        doc = events.json_schema()
+    text = msgspec.json.format(msgspec.json.encode(doc)).decode() + "\n"
     with click.open_file(output, "w") as f:
         f.write(text)
 

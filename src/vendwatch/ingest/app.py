@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import threading
 import time
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -22,16 +24,22 @@ from starlette.routing import Route
 
 from vendwatch import events as ev
 from vendwatch.bus.base import LogUnavailable
+from vendwatch.bus.retention import RetentionTask
+from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
-from vendwatch.ingest.sink import open_sink
-from vendwatch.ingest.validate import validate_batch
+from vendwatch.ingest.openapi import openapi
+from vendwatch.ingest.sink import IngestSink, open_sink
+from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
 
 log = logging.getLogger("vendwatch.ingest")
-_batch_decoder = msgspec.json.Decoder(ev.Batch)
+# label lookups resolved once: they are on the per-request path
+_OK = m.INGEST_REQUESTS.labels(status="200")
+_ACCEPTED = m.INGEST_EVENTS.labels(outcome="accepted", reason="")
+_DUPLICATE = m.INGEST_EVENTS.labels(outcome="duplicate", reason="")
 _enc = msgspec.json.Encoder()
 
 
@@ -44,43 +52,95 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
     return _json(status, {"error": {"code": code, "message": message}}, headers)
 
 
-class _AuthCache:
-    """token -> device for a few seconds, so a busy device costs one DB lookup per TTL."""
+class _TooLarge(Exception):
+    pass
 
-    def __init__(self, ctx: Context, ttl_s: float = 5.0) -> None:
+
+def _gunzip(data: bytes, limit: int) -> bytes:
+    """Decompress every gzip member of ``data``, never producing more than ``limit`` bytes."""
+    out: list[bytes] = []
+    size = 0
+    while True:
+        d = zlib.decompressobj(wbits=31)
+        chunk = d.decompress(data, limit - size + 1)  # bounded: a gzip bomb stops here
+        size += len(chunk)
+        if size > limit or d.unconsumed_tail:
+            raise _TooLarge
+        if not d.eof:
+            raise EOFError("gzip stream is truncated")
+        out.append(chunk)
+        data = d.unused_data
+        if not data:
+            return b"".join(out)
+
+
+class _AuthCache:
+    """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
+
+    The price: a disabled device or an expired token keeps working up to ``ttl_s``
+    (``ingest.auth_cache_s``; 0 disables the cache).
+    """
+
+    max_entries = 200_000
+
+    def __init__(self, ctx: Context, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.ttl = ttl_s
+        self.clock = clock
         self._c: dict[str, tuple[float, Device | None]] = {}
 
     def get(self, token: str) -> Device | None:
-        now = time.monotonic()
+        now = self.clock()
         hit = self._c.get(token)
-        if hit and hit[0] > now:
+        if hit is not None and hit[0] > now:
             return hit[1]
         dev = self.ctx.state.authenticate_device(token)
-        if len(self._c) > 200_000:
-            self._c.clear()
-        self._c[token] = (now + self.ttl, dev)
+        if self.ttl > 0:
+            if len(self._c) >= self.max_entries:
+                self._c.clear()  # bounded memory, also against floods of made-up tokens
+            self._c[token] = (now + self.ttl, dev)
         return dev
 
 
 class Collector:
+    """The ``POST /v1/events`` endpoint and the machinery behind it (group commit, housekeeping)."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         s = ctx.settings.ingest
         self.s = s
-        self.auth = _AuthCache(ctx)
+        self.auth = _AuthCache(ctx, s.auth_cache_s)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
+        self.validator = Validator(s)
         self.committer: GroupCommitter | None = None
+        self.sink: IngestSink | None = None
+        self._housekeeping_stop = threading.Event()
+        self._housekeeping: threading.Thread | None = None
 
-    def start(self) -> None:
-        if self.committer is None:
-            sink = open_sink(self.ctx.log, self.ctx.settings)
-            self.committer = GroupCommitter(sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
-            self.committer.on_commit = lambda n, secs: m.LOG_APPEND_SECONDS.observe(secs)
-            self.committer.start()
+    def start(self, sink: IngestSink | None = None) -> None:
+        """Open the sink (rebuilding the dedupe index), start group commit and housekeeping."""
+        if self.committer is not None:
+            return
+        self.sink = sink or open_sink(self.ctx.log, self.ctx.settings)
+        self.sink.warm()
+        self.committer = GroupCommitter(self.sink, self.s.group_commit_max_events, self.s.group_commit_max_wait_ms)
+        self.committer.on_commit = _observe_commit
+        self.committer.start()
+        index = getattr(self.sink, "index", None)
+        if index is not None:
+            im.DEDUPE_KEYS.set_function(index.__len__)
+        bus = self.ctx.settings.bus
+        task = RetentionTask(self.ctx.log, bus.retention_hours * 3600, bus.retention_check_s, also=self._maintain)
+        self._housekeeping = threading.Thread(target=task.run, args=(self._housekeeping_stop,),
+                                              name="vw-ingest-housekeeping", daemon=True)
+        self._housekeeping.start()
+
+    def _maintain(self) -> None:
+        if self.committer is not None and self.sink is not None:
+            self.committer.call(self.sink.maintain)  # the index belongs to the commit thread
 
     def stop(self) -> None:
+        self._housekeeping_stop.set()
         if self.committer is not None:
             self.committer.stop()
 
@@ -104,13 +164,10 @@ class Collector:
         enc = request.headers.get("content-encoding", "identity").lower()
         if enc == "gzip":
             try:
-                d = zlib.decompressobj(wbits=31)
-                body = d.decompress(body, limit + 1)
-                if len(body) > limit or d.unconsumed_tail:
-                    return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
-                if not d.eof:
-                    return _error(400, "bad_gzip", "gzip stream is truncated")
-            except (zlib.error, gzip.BadGzipFile) as e:
+                body = _gunzip(body, limit)
+            except _TooLarge:
+                return _error(413, "body_too_large", f"decompressed body exceeds {limit} bytes")
+            except (zlib.error, gzip.BadGzipFile, EOFError) as e:
                 return _error(400, "bad_gzip", f"body is not valid gzip: {e}")
         elif enc not in ("identity", ""):
             return _error(415, "unsupported_encoding", f"Content-Encoding {enc} is not supported; use gzip or none")
@@ -138,12 +195,10 @@ class Collector:
         if ctype not in ("application/json", ""):
             return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype}")
         try:
-            batch = _batch_decoder.decode(body)
-        except msgspec.ValidationError as e:
-            return _error(400, "invalid_body", f"body must be {{\"events\": [...]}}: {e}")
-        except msgspec.DecodeError as e:
-            return _error(400, "invalid_json", f"body is not valid JSON: {e}")
-        n = len(batch.events)
+            parsed = parse(body)
+        except BodyError as e:
+            return _error(e.status, e.code, e.message)
+        n = len(parsed)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
         wait = self.buckets.take(device.device_id, max(n, 1))
@@ -152,12 +207,17 @@ class Collector:
             retry = max(1, int(wait + 0.999))
             return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
                           {"Retry-After": str(retry)})
-
-        now = ev.utcnow()
-        v = validate_batch(batch.events, device, self.s, now)
-        accepted, quarantine, rejected_out, in_batch_dups = v.accepted, v.quarantine, v.rejected, v.in_batch_duplicates
+        out = self.validator.validate(parsed, device.device_id, device.site_id, ev.utcnow())
+        for r in out.rejected:
+            m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
+        im.BATCH_EVENTS.observe(n)
+        accepted, quarantine, rejected_out = out.accepted, out.quarantine, out.rejected
+        in_batch_dups = out.in_batch_duplicates
 
         assert self.committer is not None
+        if not accepted and not quarantine:
+            _OK.inc()
+            return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
             fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
         except (LogUnavailable, TimeoutError) as e:
@@ -168,20 +228,32 @@ class Collector:
             log.exception("append failed")
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        if None in fresh:  # some events are being stored by another request right now
+        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "in_flight", "some events of this batch are being stored by another request;"
                           " retry with the same event ids", {"Retry-After": "2"})
         n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
-        m.INGEST_EVENTS.labels(outcome="accepted", reason="").inc(n_new)
+        _ACCEPTED.inc(n_new)
         if n_dup:
-            m.INGEST_EVENTS.labels(outcome="duplicate", reason="").inc(n_dup)
-        m.INGEST_REQUESTS.labels(status="200").inc()
+            _DUPLICATE.inc(n_dup)
+        _OK.inc()
         return _json(200, {"accepted": n_new, "duplicates": n_dup, "rejected": rejected_out})
+
+
+def _observe_commit(events: int, requests: int, seconds: float) -> None:
+    m.LOG_APPEND_SECONDS.observe(seconds)
+    im.GROUP_COMMIT_EVENTS.observe(events)
+    im.GROUP_COMMIT_REQUESTS.observe(requests)
 
 
 def routes(ctx: Context) -> list[Route]:
     collector = Collector(ctx)
     ctx.extras["collector"] = collector
-    return [Route("/v1/events", collector.post_events, methods=["POST"])]
+    spec = _enc.encode(openapi())
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(spec, media_type="application/json")
+
+    return [Route("/v1/events", collector.post_events, methods=["POST"]),
+            Route("/openapi.json", openapi_json, methods=["GET"])]

@@ -3,7 +3,8 @@
 Request handlers (on the event loop) submit their accepted events and await a future;
 one writer thread drains the queue, commits everything waiting in one transaction (one
 fsync), and resolves every future. Throughput grows with concurrency instead of being
-capped by fsyncs per second.
+capped by fsyncs per second. The writer thread is also the only one that touches the
+sink's dedupe index, so the index needs no lock.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from vendwatch.ingest.sink import IngestSink, Pending
@@ -21,7 +22,7 @@ from vendwatch.ingest.sink import IngestSink, Pending
 log = logging.getLogger("vendwatch.ingest")
 
 
-@dataclass
+@dataclass(slots=True)
 class _Job:
     accepted: Sequence[Pending]
     rejected: Sequence[tuple[str, bytes]]
@@ -30,14 +31,17 @@ class _Job:
 
 
 class GroupCommitter:
+    """One writer thread committing queued jobs together (up to ``max_events`` per commit)."""
+
     def __init__(self, sink: IngestSink, max_events: int = 20_000, max_wait_ms: float = 2.0) -> None:
         self.sink = sink
         self.max_events = max_events
         self.max_wait_s = max_wait_ms / 1000
-        self._q: queue.Queue[_Job | None] = queue.Queue()
+        self._q: queue.SimpleQueue[_Job | Callable[[], None] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="vw-group-commit", daemon=True)
         self._started = False
-        self.on_commit = None  # optional callback(events, seconds) for metrics
+        # optional callback(events, requests, seconds) for metrics
+        self.on_commit: Callable[[int, int, float], None] | None = None
 
     def start(self) -> None:
         if not self._started:
@@ -45,36 +49,56 @@ class GroupCommitter:
             self._thread.start()
 
     def stop(self) -> None:
+        """Commit what is queued, then end the writer thread."""
         if self._started:
             self._q.put(None)
             self._thread.join(10)
 
     async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """Queue a request's events; resolves once they are durable (True = new, False = duplicate)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bool]] = loop.create_future()
         self._q.put(_Job(accepted, rejected, fut, loop))
         return await fut
 
+    def call(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the writer thread between commits (housekeeping of the sink)."""
+        self._q.put(fn)
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = self._q.get()
-            if job is None:
+            item = self._q.get()
+            if item is None:
                 return
-            jobs = [job]
-            n = len(job.accepted) + len(job.rejected)
+            if not isinstance(item, _Job):
+                self._call(item)
+                continue
+            jobs = [item]
+            n = len(item.accepted) + len(item.rejected)
             deadline = time.monotonic() + self.max_wait_s
             while n < self.max_events:
                 try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic())) if self.max_wait_s else self._q.get_nowait()
+                    remaining = deadline - time.monotonic()
+                    nxt = self._q.get(timeout=remaining) if remaining > 0 else self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None:
                     stopping = True
                     break
+                if not isinstance(nxt, _Job):
+                    self._call(nxt)
+                    continue
                 jobs.append(nxt)
                 n += len(nxt.accepted) + len(nxt.rejected)
             self._commit(jobs)
+
+    @staticmethod
+    def _call(fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("housekeeping on the commit thread failed")
 
     def _commit(self, jobs: list[_Job]) -> None:
         accepted = [p for j in jobs for p in j.accepted]
@@ -88,7 +112,7 @@ class GroupCommitter:
                 j.loop.call_soon_threadsafe(_set_exc, j.future, e)
             return
         if self.on_commit is not None:
-            self.on_commit(len(accepted), time.perf_counter() - t0)
+            self.on_commit(len(accepted) + len(rejected), len(jobs), time.perf_counter() - t0)
         i = 0
         for j in jobs:
             part = fresh[i : i + len(j.accepted)]

@@ -1,22 +1,42 @@
 """Durable, deduplicated commit of accepted events (and quarantined ones) to the log.
 
-``SqliteIngestSink`` keeps the dedupe index in the log's own SQLite file and writes it
-in the same transaction as the events, so "seen" and "stored" can never disagree, even
-after a crash. The index is split into one table per UTC day (dropped whole after the
-dedupe window) so a lookup touches small B-trees and expiry costs nothing per event.
+``SqliteIngestSink`` (embedded) pays no write for deduplication: the log is the record
+of what was accepted, and an in-memory ``SeenIndex`` is derived from it. Every commit
+runs inside the log's write transaction (SQLite's single-writer lock) and first indexes
+whatever other processes appended since the last look, then checks the batch against
+the index, then appends. "Seen" and "stored" therefore cannot disagree: after a crash
+the index is rebuilt from the log's tail (the dedupe window), and a rolled-back append
+leaves nothing in the index. A random-key B-tree insert per event would cost 4-5x the
+append itself (docs/benchmarks.md); this design costs one hash and one dict probe.
+
+The price is memory (about 100 bytes per event id inside the window, reported by
+``vendwatch_ingest_dedupe_keys``) and a start-up scan of the window. The dedupe
+window cannot be longer than the log's retention (checked in config).
 """
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import msgspec
 
 from vendwatch.bus import EVENTS, REJECTED
 from vendwatch.bus.base import Log
-from vendwatch.bus.sqlite import SqliteLog
+from vendwatch.bus.sqlite import SqliteLog, _table
+from vendwatch.ingest.dedupe import SeenIndex, dedupe_key
+
+if TYPE_CHECKING:
+    from vendwatch.config import Settings
+
+__all__ = ["IngestSink", "LogIngestSink", "Pending", "SqliteIngestSink", "dedupe_key", "open_sink"]
+
+log = logging.getLogger("vendwatch.ingest")
 
 
 @dataclass(slots=True)
@@ -26,70 +46,106 @@ class Pending:
     value: bytes  # StoredEvent JSON
 
 
-def dedupe_key(device_id: str, event_id: str) -> bytes:
-    # 128-bit: a collision (a real event taken for a duplicate) is ~1e-20 likely at 1e9 ids
-    return hashlib.blake2b(f"{device_id}\x00{event_id}".encode(), digest_size=16).digest()
-
-
 class IngestSink(ABC):
     @abstractmethod
     def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
         """Store new events durably; returns, per accepted event, True if stored, False if a duplicate."""
 
+    def warm(self) -> None:  # noqa: B027 - optional hook
+        """Prepare before the first request (load indexes)."""
+
+    def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Periodic housekeeping (expire old dedupe keys)."""
+
+
+class _EventIdOnly(msgspec.Struct):
+    event_id: str
+
+
+_event_id_decoder = msgspec.json.Decoder(_EventIdOnly)
+
 
 class SqliteIngestSink(IngestSink):
-    def __init__(self, log: SqliteLog, window_s: float = 7 * 86_400.0) -> None:
+    """Events + quarantine in one SQLite transaction, deduplicated by an index derived from the log."""
+
+    scan_chunk = 20_000
+
+    def __init__(self, log: SqliteLog, window_s: float = 7 * 86_400.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.log = log
-        self.window_days = max(1, int(window_s // 86_400) + 1)
-        self._tables: set[int] = set()
-        self._last_gc_day = -1
+        self.clock = clock
+        self.index = SeenIndex(window_s)
+        self._next: dict[int, int] | None = None  # events partition -> next offset not yet indexed
+        self._last_expire = 0.0
 
-    def _day(self) -> int:
-        return int(time.time() // 86_400)
+    def warm(self) -> None:
+        """Index the log's tail (the dedupe window) before serving; reads only, no write lock."""
+        t0 = time.perf_counter()
+        n = self._catch_up(self.log._conn())
+        log.info("dedupe index: %d event ids from the log in %.2fs", n, time.perf_counter() - t0)
 
-    def _ensure(self, db, day: int) -> None:  # type: ignore[no-untyped-def]
-        if day in self._tables:
-            return
-        db.execute(f"CREATE TABLE IF NOT EXISTS ingest_seen_{day}(k BLOB PRIMARY KEY) WITHOUT ROWID")
-        self._tables.add(day)
-        if self._last_gc_day != day:
-            self._last_gc_day = day
-            names = [r[0] for r in db.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name LIKE 'ingest_seen_%'")]
-            for n in names:
-                d = int(n.rsplit("_", 1)[1])
-                if d < day - self.window_days:
-                    db.execute(f"DROP TABLE {n}")
-                    self._tables.discard(d)
-                else:
-                    self._tables.add(d)
+    def maintain(self) -> None:
+        self.index.expire(self.clock())
+
+    def _catch_up(self, db: sqlite3.Connection) -> int:
+        """Index records appended since the last look (by this or another process)."""
+        parts = self.log.partitions(EVENTS)
+        if self._next is None:
+            self._next = self.log.begin_offsets(EVENTS)
+        cutoff_ms = int((self.clock() - self.index.window_s) * 1000)
+        added = 0
+        for p in range(parts):
+            t = _table(EVENTS, p)
+            while True:
+                rows = db.execute(
+                    f"SELECT offset, ts, key, value FROM {t} WHERE offset >= ? ORDER BY offset LIMIT ?",
+                    (self._next.get(p, 0), self.scan_chunk),
+                ).fetchall()
+                for off, ts, key, value in rows:
+                    if ts < cutoff_ms:
+                        continue
+                    try:
+                        event_id = _event_id_decoder.decode(value).event_id
+                    except (msgspec.DecodeError, UnicodeDecodeError):
+                        # not written by a collector; it cannot be a duplicate of anything
+                        log.warning("events/%d@%d is not a stored event; not indexed", p, off)
+                        continue
+                    self.index.add(dedupe_key(key, event_id), ts / 1000)
+                    added += 1
+                if rows:
+                    self._next[p] = rows[-1][0] + 1
+                if len(rows) < self.scan_chunk:
+                    break
+        return added
 
     def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
         keys = [dedupe_key(p.device_id, p.event_id) for p in accepted]
-        day = self._day()
+        fresh: list[bool] = []
+        new_keys: list[bytes] = []
         with self.log.transaction() as db:
-            self._ensure(db, day)
-            seen: set[bytes] = set()
-            if keys:
-                for d in sorted(t for t in self._tables if t >= day - self.window_days):
-                    for i in range(0, len(keys), 900):
-                        chunk = keys[i : i + 900]
-                        seen.update(r[0] for r in db.execute(
-                            f"SELECT k FROM ingest_seen_{d} WHERE k IN ({','.join('?' * len(chunk))})", chunk))
-            fresh: list[bool] = []
-            new_keys: list[tuple[bytes]] = []
+            self._catch_up(db)
+            seen = self.index.membership()
+            in_commit: set[bytes] = set()  # the same event twice in one group commit
             items: list[tuple[str, bytes]] = []
             for p, k in zip(accepted, keys, strict=True):
-                if k in seen:
+                if k in seen or k in in_commit:
                     fresh.append(False)
                     continue
-                seen.add(k)  # the same event twice in one group commit
+                in_commit.add(k)
                 fresh.append(True)
-                new_keys.append((k,))
+                new_keys.append(k)
                 items.append((p.device_id, p.value))
-            if new_keys:
-                db.executemany(f"INSERT INTO ingest_seen_{day} VALUES (?)", new_keys)
-            self.log.append_in(db, {EVENTS: items, REJECTED: list(rejected)})
+            positions = self.log.append_in(db, {EVENTS: items, REJECTED: list(rejected)})
+        # committed: only now may the index claim these keys
+        now = self.clock()
+        self.index.add_many(new_keys, now)
+        assert self._next is not None
+        for part, off in positions.get(EVENTS, []):
+            if off >= self._next.get(part, 0):
+                self._next[part] = off + 1
+        if now - self._last_expire > 60:
+            self._last_expire = now
+            self.index.expire(now)
         return fresh
 
 
@@ -132,7 +188,8 @@ class LogIngestSink(IngestSink):
         return fresh
 
 
-def open_sink(log: Log, settings) -> IngestSink:  # type: ignore[no-untyped-def]
+def open_sink(log: Log, settings: Settings) -> IngestSink:
+    """The sink for the configured log: embedded SQLite, or any log plus a shared dedupe store."""
     if isinstance(log, SqliteLog):
         return SqliteIngestSink(log, settings.ingest.dedupe_window_s)
     from vendwatch.ingest.dedupe_pg import PostgresDedupe  # type: ignore[import-not-found]

@@ -1,9 +1,10 @@
-"""Per-event validation shared by every ingestion front door (HTTP collector, MQTT bridge).
+"""Validation of one request body against device protocol v1 (pure: no I/O, clock passed in).
 
-Given the raw elements of a batch and the authenticated device, decide for each event:
-accepted (becomes a ``StoredEvent``), rejected (reason + quarantine record), or a
-duplicate within the batch. Both collectors call ``validate_batch`` so an event is
-judged the same whichever way it arrives.
+Two paths give the same answers. The fast path decodes the whole batch into typed
+envelopes in one msgspec call (about half the cost of decoding events one by one) and
+is taken while every event is acceptable. At the first event that is not, the batch is
+re-read event by event so that each bad one is refused alone, with its reason and its
+exact bytes for the quarantine.
 """
 
 from __future__ import annotations
@@ -21,90 +22,228 @@ from vendwatch.ingest.sink import Pending
 from vendwatch.observe import metrics as m
 from vendwatch.state.store import Device
 
+_QUARANTINE_MAX = 65_536  # larger rejected events are kept as reason + ids only
 _enc = msgspec.json.Encoder()
+_raw_batch = msgspec.json.Decoder(ev.Batch)
+_device_event = msgspec.json.Decoder(ev.DeviceEvent)
 
 
-@dataclass
-class Verdicts:
-    """The outcome of validating one batch."""
+class _TypedBatch(msgspec.Struct):
+    events: list[ev.DeviceEvent]
 
+
+_typed_batch = msgspec.json.Decoder(_TypedBatch)
+_DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+
+
+class BodyError(Exception):
+    """The body as a whole is unreadable: answer ``status`` with ``code``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(slots=True)
+class Parsed:
+    """A readable body: typed events (fast path) or raw ones (some event is malformed)."""
+
+    body: bytes
+    typed: list[ev.DeviceEvent] | None
+    raw: list[msgspec.Raw] | None
+
+    def __len__(self) -> int:
+        return len(self.typed if self.typed is not None else self.raw or ())
+
+    def raw_events(self) -> list[msgspec.Raw]:
+        if self.raw is None:
+            self.raw = _raw_batch.decode(self.body).events
+        return self.raw
+
+
+def parse(body: bytes) -> Parsed:
+    """Decode ``{"events": [...]}``; raises BodyError (400) when the body itself is unusable."""
+    try:
+        return Parsed(body, _typed_batch.decode(body).events, None)
+    except msgspec.ValidationError:
+        pass  # some event is bad (or the shape is wrong): find out below
+    except _DECODE_ERRORS:
+        pass
+    try:
+        return Parsed(body, None, _raw_batch.decode(body).events)
+    except msgspec.ValidationError as e:
+        raise BodyError(400, "invalid_body", f'body must be {{"events": [...]}}: {e}') from None
+    except RecursionError:
+        raise BodyError(400, "invalid_json", "body is nested too deeply") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        raise BodyError(400, "invalid_json", f"body is not valid JSON: {e}") from None
+
+
+@dataclass(slots=True)
+class Outcome:
     accepted: list[Pending] = field(default_factory=list)
-    accepted_index: list[int] = field(default_factory=list)
-    rejected: list[dict[str, Any]] = field(default_factory=list)  # {index, event_id, reason} for the answer
-    quarantine: list[tuple[str, bytes]] = field(default_factory=list)  # (key, RejectedEvent JSON)
+    accepted_index: list[int] = field(default_factory=list)  # position of each accepted event in the batch
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # index, event_id, code, reason
+    quarantine: list[tuple[str, bytes]] = field(default_factory=list)  # (device_id, RejectedEvent JSON)
     in_batch_duplicates: int = 0
 
 
+@dataclass(slots=True)
+class _Limits:
+    now: datetime
+    future: datetime
+    late: datetime
+    oldest: datetime
+    max_data: int
+
+
+class Validator:
+    """Applies the per-event rules of protocol v1 for one authenticated device."""
+
+    def __init__(self, s: IngestSettings) -> None:
+        self.s = s
+
+    def _limits(self, now: datetime) -> _Limits:
+        s = self.s
+        return _Limits(now, now + timedelta(seconds=s.max_future_skew_s), now - timedelta(seconds=s.late_after_s),
+                       now - timedelta(days=s.max_age_days), s.max_event_bytes)
+
+    def _problem(self, e: ev.DeviceEvent, device_id: str, lim: _Limits) -> tuple[str, str] | None:
+        """(code, reason) if the decoded event must be refused."""
+        if len(e.data) > lim.max_data:
+            return "too_large", f"data is {len(e.data)} bytes; the limit is {lim.max_data}"
+        if e.occurred_at.tzinfo is None:
+            return "schema", "`occurred_at` must carry a UTC offset (RFC 3339) - at `$.occurred_at`"
+        if e.device_id != device_id:
+            return "device_mismatch", (f"device_id {e.device_id!r} does not match the authenticated"
+                                       f" device {device_id!r}")
+        if e.occurred_at > lim.future:
+            return "future", (f"occurred_at {e.occurred_at.isoformat()} is more than"
+                              f" {self.s.max_future_skew_s:g}s in the future")
+        if e.occurred_at < lim.oldest:
+            return "too_old", f"occurred_at {e.occurred_at.isoformat()} is older than {self.s.max_age_days:g} days"
+        try:
+            ev.decode_payload(e.type, e.data)
+        except msgspec.ValidationError as err:
+            return "schema", f"{err} (in `data` of a `{e.type}` event)"
+        except _DECODE_ERRORS as err:
+            return "schema", f"`data` is not valid JSON: {err}"
+        return None
+
+    def validate(self, parsed: Parsed, device_id: str, site_id: str | None, now: datetime) -> Outcome:
+        """Split a parsed batch into accepted events (ready for the log) and refused ones."""
+        lim = self._limits(now)
+        if parsed.typed is not None:
+            out = self._fast(parsed.typed, device_id, site_id, lim)
+            if out is not None:
+                return out
+        return self._slow(parsed.raw_events(), device_id, site_id, lim)
+
+    def _stored(self, e: ev.DeviceEvent, site_id: str | None, lim: _Limits) -> Pending:
+        stored = ev.StoredEvent(
+            event_id=e.event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at,
+            received_at=lim.now, data=e.data, seq=e.seq, site_id=site_id, late=e.occurred_at < lim.late,
+        )
+        return Pending(e.device_id, e.event_id, _enc.encode(stored))
+
+    def _fast(self, events: list[ev.DeviceEvent], device_id: str, site_id: str | None,
+              lim: _Limits) -> Outcome | None:
+        out = Outcome()
+        seen: set[str] = set()
+        for i, e in enumerate(events):
+            if self._problem(e, device_id, lim) is not None:
+                return None
+            if e.event_id in seen:
+                out.in_batch_duplicates += 1
+                continue
+            seen.add(e.event_id)
+            out.accepted.append(self._stored(e, site_id, lim))
+            out.accepted_index.append(i)
+        return out
+
+    def _slow(self, raws: list[msgspec.Raw], device_id: str, site_id: str | None, lim: _Limits) -> Outcome:
+        out = Outcome()
+        seen: set[str] = set()
+
+        def reject(i: int, raw: msgspec.Raw, code: str, reason: str, event_id: str | None) -> None:
+            out.rejected.append({"index": i, "event_id": event_id, "code": code, "reason": reason})
+            out.quarantine.append((device_id, _enc.encode(ev.RejectedEvent(
+                received_at=lim.now, reason=reason, code=code, device_id=device_id, event_id=event_id, index=i,
+                raw=_quarantine_copy(raw)))))
+
+        for i, raw in enumerate(raws):
+            try:
+                e = _device_event.decode(raw)
+            except msgspec.ValidationError as err:
+                reject(i, raw, "schema", str(err), _peek_event_id(raw))
+                continue
+            except _DECODE_ERRORS as err:
+                reject(i, raw, "schema", f"not a valid JSON event: {err}", _peek_event_id(raw))
+                continue
+            problem = self._problem(e, device_id, lim)
+            if problem is not None:
+                reject(i, raw, problem[0], problem[1], e.event_id)
+                continue
+            if e.event_id in seen:
+                out.in_batch_duplicates += 1
+                continue
+            seen.add(e.event_id)
+            out.accepted.append(self._stored(e, site_id, lim))
+            out.accepted_index.append(i)
+        return out
+
+
+# --- the function API used by every ingestion front door (HTTP collector, MQTT bridge) ---
+
+Verdicts = Outcome  # name used by the MQTT bridge
+
+
+def validate_batch(raws: Sequence[msgspec.Raw], device: Device, s: IngestSettings, now: datetime) -> Outcome:
+    """Judge each raw event of ``device``'s batch received at ``now`` (counts rejection metrics)."""
+    out = Validator(s).validate(Parsed(b"", None, list(raws)), device.device_id, device.site_id, now)
+    for r in out.rejected:
+        m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
+    return out
+
+
 def quarantine_record(device_id: str | None, now: datetime, reason: str, raw: bytes | None,
-                      event_id: str | None = None, index: int | None = None) -> bytes:
-    """A ``RejectedEvent`` for the ``rejected`` topic (raw kept up to 64 KiB; bytes that
-    are not JSON are kept as a JSON string so the record itself stays valid JSON)."""
+                      event_id: str | None = None, index: int | None = None, code: str | None = None) -> bytes:
+    """A ``RejectedEvent`` for the ``rejected`` topic, for input refused before it could be split
+    into events (raw kept up to 64 KiB; bytes that are not JSON are kept as a JSON string)."""
     keep = None
-    if raw is not None and len(raw) <= 65_536:
+    if raw is not None and len(raw) <= _QUARANTINE_MAX:
         try:
             msgspec.json.decode(raw)
             keep = msgspec.Raw(raw)
-        except msgspec.DecodeError:
-            keep = msgspec.Raw(_enc.encode(raw.decode("utf-8", "replace")))
-    return _enc.encode(ev.RejectedEvent(received_at=now, reason=reason, device_id=device_id, event_id=event_id,
-                                        index=index, raw=keep))
-
-
-def validate_batch(raws: Sequence[msgspec.Raw], device: Device, s: IngestSettings, now: datetime) -> Verdicts:
-    """Judge each raw event of ``device``'s batch received at ``now`` (counts metrics)."""
-    future_limit = now + timedelta(seconds=s.max_future_skew_s)
-    late_limit = now - timedelta(seconds=s.late_after_s)
-    oldest = now - timedelta(days=s.max_age_days)
-    out = Verdicts()
-    seen_in_batch: set[str] = set()
-
-    def reject(i: int, raw: msgspec.Raw, reason: str, code: str, event_id: str | None) -> None:
-        out.rejected.append({"index": i, "event_id": event_id, "reason": reason})
-        m.INGEST_EVENTS.labels(outcome="rejected", reason=code).inc()
-        out.quarantine.append((device.device_id, _enc.encode(ev.RejectedEvent(
-            received_at=now, reason=reason, device_id=device.device_id, event_id=event_id, index=i,
-            raw=raw if len(raw) <= 65_536 else None))))
-
-    for i, raw in enumerate(raws):
-        try:
-            e = ev.decode_device_event(raw)
-        except msgspec.ValidationError as err:
-            reject(i, raw, str(err), "schema", peek_event_id(raw))
-            continue
-        except msgspec.DecodeError as err:
-            reject(i, raw, f"not a JSON object: {err}", "schema", None)
-            continue
-        if e.device_id != device.device_id:
-            reject(i, raw, f"device_id {e.device_id!r} does not match the authenticated device {device.device_id!r}",
-                   "device_mismatch", e.event_id)
-            continue
-        if e.occurred_at > future_limit:
-            reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is more than {s.max_future_skew_s:g}s in the future",
-                   "future", e.event_id)
-            continue
-        if e.occurred_at < oldest:
-            reject(i, raw, f"occurred_at {e.occurred_at.isoformat()} is older than {s.max_age_days:g} days",
-                   "too_old", e.event_id)
-            continue
-        if e.event_id in seen_in_batch:
-            out.in_batch_duplicates += 1
-            continue
-        seen_in_batch.add(e.event_id)
-        stored = ev.StoredEvent(
-            event_id=e.event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at,
-            received_at=now, data=e.data, seq=e.seq, site_id=device.site_id,
-            late=e.occurred_at < late_limit,
-        )
-        out.accepted.append(Pending(e.device_id, e.event_id, _enc.encode(stored)))
-        out.accepted_index.append(i)
-    return out
+        except (*_DECODE_ERRORS,):
+            keep = msgspec.Raw(_enc.encode(bytes(raw).decode("utf-8", "backslashreplace")))
+    return _enc.encode(ev.RejectedEvent(received_at=now, reason=reason, code=code, device_id=device_id,
+                                        event_id=event_id, index=index, raw=keep))
 
 
 def peek_event_id(raw: msgspec.Raw) -> str | None:
     """The event_id of an event that failed validation, when it has a readable one."""
+    return _peek_event_id(raw)
+
+
+def _quarantine_copy(raw: msgspec.Raw) -> msgspec.Raw | None:
+    """The event as sent, for audit; a JSON string with escapes when it is not valid UTF-8."""
+    if len(raw) > _QUARANTINE_MAX:
+        return None
+    data = bytes(raw)
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return msgspec.Raw(_enc.encode(data.decode("utf-8", "backslashreplace")))
+    return raw
+
+
+def _peek_event_id(raw: msgspec.Raw) -> str | None:
     try:
         obj = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except _DECODE_ERRORS:
         return None
     eid = obj.get("event_id") if isinstance(obj, dict) else None
     return eid[:128] if isinstance(eid, str) else None

@@ -35,8 +35,10 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
         health = doc.setdefault("health", {})
         health.update({k: v for k, v in data.items() if v is not None})
         health["at"] = at
-    if t == "heartbeat" and data.get("firmware_version"):
-        doc.setdefault("firmware", {})["firmware_version"] = data["firmware_version"]
+    if t == "heartbeat" and data.get("firmware_version") and newer("firmware"):
+        fw = doc.setdefault("firmware", {})
+        fw["firmware_version"] = data["firmware_version"]
+        fw["at"] = at
     elif t == "config" and newer("firmware"):
         fw = doc.setdefault("firmware", {})
         fw.update({k: v for k, v in data.items() if v is not None})
@@ -68,12 +70,18 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
     elif t == "transaction" and newer("last_transaction"):
         doc["last_transaction"] = {**data, "at": at}
     elif t == "fault":
-        faults = doc.setdefault("active_faults", {})
-        if data.get("state") == "cleared":
-            faults.pop(data["code"], None)
-        else:
-            faults[data["code"]] = at
-    elif t == "security":
+        # raised/cleared per code, newest change wins (an old "raised" arriving late must
+        # not re-open a fault that was cleared since)
+        changed = doc.setdefault("fault_changed_at", {})
+        code = data["code"]
+        if at >= changed.get(code, float("-inf")):
+            changed[code] = at
+            faults = doc.setdefault("active_faults", {})
+            if data.get("state") == "cleared":
+                faults.pop(code, None)
+            else:
+                faults[code] = at
+    elif t == "security" and newer("last_security"):
         doc["last_security"] = {**data, "at": at}
     elif t == "log" and data.get("kind") == "crash":
         doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)

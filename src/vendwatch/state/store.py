@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,8 +109,9 @@ def _device(row: tuple[Any, ...]) -> Device:
 
 
 class StateStore:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, clock: Callable[[], float] = time.time) -> None:
         self.db = db
+        self.clock = clock  # epoch seconds; injected in tests of token expiry
 
     def migrate(self) -> list[tuple[str, int]]:
         return migrations.apply(self.db)
@@ -133,7 +135,7 @@ class StateStore:
     ) -> str:
         """Register a device and return its token (shown once, stored only as a hash)."""
         token = token or new_token(DEVICE_TOKEN_PREFIX)
-        now = time.time()
+        now = self.clock()
 
         def run(t: Tx) -> None:
             if t.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)):
@@ -177,7 +179,7 @@ class StateStore:
         if status not in ("active", "disabled"):
             raise RegistryError(f"unknown status {status!r}")
         n = self.db.execute(
-            "UPDATE devices SET status=?, updated_at=? WHERE device_id=?", (status, time.time(), device_id)
+            "UPDATE devices SET status=?, updated_at=? WHERE device_id=?", (status, self.clock(), device_id)
         )
         if n == 0:
             raise RegistryError(f"no device {device_id}")
@@ -185,7 +187,7 @@ class StateStore:
     def rotate_device_token(self, device_id: str, grace_s: float = 86_400.0) -> str:
         """New token; existing tokens stay valid for ``grace_s`` seconds (0 revokes them now)."""
         token = new_token(DEVICE_TOKEN_PREFIX)
-        now = time.time()
+        now = self.clock()
         with self.db.transaction() as t:
             if not t.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)):
                 raise RegistryError(f"no device {device_id}")
@@ -209,7 +211,7 @@ class StateStore:
         )
         if row is None or not hmac.compare_digest(row[0], h):
             return None
-        if row[1] is not None and row[1] <= time.time():
+        if row[1] is not None and row[1] <= self.clock():
             return None
         dev = _device(row[2:])
         return dev if dev.status == "active" else None
@@ -222,7 +224,7 @@ class StateStore:
         with self.db.transaction() as t:
             if t.one("SELECT 1 FROM operator_tokens WHERE name=?", (name,)):
                 raise RegistryError(f"operator token {name} already exists")
-            t.execute("INSERT INTO operator_tokens VALUES (?,?,?,?,0)", (name, role, hash_token(token), time.time()))
+            t.execute("INSERT INTO operator_tokens VALUES (?,?,?,?,0)", (name, role, hash_token(token), self.clock()))
         return token
 
     def list_operator_tokens(self) -> list[tuple[str, str, bool]]:
@@ -273,9 +275,9 @@ class StateStore:
         sql = ("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(name) DO UPDATE"
                " SET data=excluded.data, updated_at=excluded.updated_at")
         if tx is not None:
-            tx.execute(sql, (name, data, time.time()))
+            tx.execute(sql, (name, data, self.clock()))
         else:
-            self.db.execute(sql, (name, data, time.time()))
+            self.db.execute(sql, (name, data, self.clock()))
 
 
 def _state_row(row: tuple[Any, ...]) -> dict[str, Any]:

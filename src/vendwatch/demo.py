@@ -1,0 +1,416 @@
+"""``vendwatch demo``: the whole platform and a simulated fleet in one process.
+
+Provision the fleet in the data directory (idempotent), serve every role with uvicorn
+in a background thread, drive the simulator from the main thread, show a live summary,
+and at the end drain: wait until the pipeline stages have consumed every event the
+collector acknowledged, then count what is in the log and write the summary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+
+from vendwatch import runtime
+from vendwatch.bus import EVENTS
+from vendwatch.config import Settings
+from vendwatch.runtime import Context
+from vendwatch.simulate import FaultPlan, Fleet, LiveRun, Sender, SimClock, showcase_plan
+from vendwatch.simulate.fleet import profiles_for
+from vendwatch.simulate.provision import provision_fleet
+
+log = logging.getLogger("vendwatch.demo")
+
+SUMMARY_HOOKS = ("vendwatch.detect.summary:summary", "vendwatch.incidents.summary:summary", "vendwatch.lake.summary:summary")
+SERVICENOW_EMULATOR = "vendwatch.incidents.emulator:start_for_demo"
+
+
+class DemoError(Exception):
+    """The demo cannot start or finish; the message says why."""
+
+
+@dataclass
+class DemoOptions:
+    devices: int = 200
+    sites: int = 10
+    duration_s: float | None = None
+    speed: float = 60.0
+    seed: int = 0
+    host: str = "127.0.0.1"
+    port: int = 0
+    faults: bool = True
+    servicenow_emulator: bool = False
+    refresh_s: float = 3.0
+    drain_timeout_s: float = 120.0
+    max_backlog_s: float | None = None  # None: just under the collector's ingest.late_after_s
+
+
+class _IdOnly(msgspec.Struct):
+    event_id: str
+    device_id: str
+
+
+_id_decoder = msgspec.json.Decoder(_IdOnly)
+
+
+def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
+    """Events in the ``events`` topic after ``since`` offsets, and how many of them repeat an id."""
+    total = dup = 0
+    seen: set[tuple[str, str]] = set()
+    for p, end in ctx.log.end_offsets(EVENTS).items():
+        off = since.get(p, 0)
+        while off < end:
+            recs = ctx.log.read(EVENTS, p, off, 5000)
+            if not recs:
+                break
+            for r in recs:
+                e = _id_decoder.decode(r.value)
+                key = (e.device_id, e.event_id)
+                if key in seen:
+                    dup += 1
+                seen.add(key)
+            total += len(recs)
+            off = recs[-1].offset + 1
+    return total, dup
+
+
+_TOPIC_PART = re.compile(r"^(?P<topic>[a-z][a-z0-9_]*)/(?P<part>[0-9]+)$")
+
+
+def _offset_of(raw: bytes) -> int | None:
+    """A checkpoint value's next offset: a JSON integer, or a JSON/msgpack map with ``offset``."""
+    for decode in (msgspec.json.decode, msgspec.msgpack.decode):
+        try:
+            v = decode(raw)
+        except (msgspec.DecodeError, ValueError):
+            continue
+        if isinstance(v, int) and not isinstance(v, bool):
+            return v
+        if isinstance(v, dict) and isinstance(v.get("offset"), int):
+            return int(v["offset"])
+    return None
+
+
+def checkpoint_positions(ctx: Context, topic: str = EVENTS) -> dict[str, dict[int, int]]:
+    """Positions on ``topic`` that stages saved in the ``checkpoints`` table, by consumer group.
+
+    Understands ``offsets:<group>`` holding ``{"topic/partition": offset}`` and per-partition
+    rows named ``<prefix>:<group>:<topic>/<partition>`` holding an offset or ``{"offset": n}``;
+    anything else is ignored.
+    """
+    out: dict[str, dict[int, int]] = {}
+    for name, data in ctx.state.db.query("SELECT name, data FROM checkpoints"):
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        segs = str(name).split(":")
+        m = _TOPIC_PART.match(segs[-1]) if len(segs) >= 3 else None
+        if m is not None:
+            off = _offset_of(raw) if m["topic"] == topic else None
+            if off is not None:
+                out.setdefault(segs[-2], {})[int(m["part"])] = off
+        elif len(segs) == 2 and segs[0] == "offsets":
+            try:
+                saved = msgspec.json.decode(raw)
+            except msgspec.DecodeError:
+                continue
+            if isinstance(saved, dict):
+                for k, v in saved.items():
+                    t, _, p = str(k).rpartition("/")
+                    if t == topic and p.isdigit() and isinstance(v, int):
+                        out.setdefault(segs[1], {})[int(p)] = v
+    return out
+
+
+def stage_lag(ctx: Context, roles: list[str]) -> dict[str, int]:
+    """How far each stage consuming ``events`` is behind the end of the topic, by consumer group.
+
+    A stage's position is the furthest of what it checkpointed in the state store and
+    what its consumer group committed on the log (stages do one, the other or both).
+    """
+    end = ctx.log.end_offsets(EVENTS)
+    begin = ctx.log.begin_offsets(EVENTS)
+    positions = checkpoint_positions(ctx)
+    for group in {*positions, *(f"vendwatch-{r}" for r in roles)}:
+        try:
+            committed = ctx.log.committed_offsets(group, EVENTS)
+        except NotImplementedError:
+            continue
+        if committed:
+            mine = positions.setdefault(group, {})
+            for p, o in committed.items():
+                mine[p] = max(mine.get(p, 0), o)
+    return {g: sum(max(0, e - pos.get(p, begin.get(p, 0))) for p, e in end.items()) for g, pos in sorted(positions.items())}
+
+
+def call_hooks(ctx: Context) -> tuple[dict[str, Any], dict[str, str]]:
+    """Merge the summaries the detection, incident and lake parts provide (absent ones are skipped)."""
+    merged: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for ref in SUMMARY_HOOKS:
+        try:
+            fn = runtime.load(ref)
+        except AttributeError:
+            continue  # the module exists but has no summary yet
+        if fn is None:
+            continue
+        try:
+            merged.update(fn(ctx) or {})
+        except Exception as e:  # a broken hook must not hide the demo's own counts
+            errors[ref] = f"{type(e).__name__}: {e}"
+    return merged, errors
+
+
+def devices_seen_since(ctx: Context, since: float) -> int:
+    row = ctx.state.db.one("SELECT count(*) FROM device_state WHERE last_seen_at >= ?", (since,))
+    return int(row[0]) if row else 0
+
+
+class _Server:
+    """uvicorn serving ``build_app`` in a background thread on an already bound socket."""
+
+    def __init__(self, ctx: Context, roles: list[str], host: str, port: int) -> None:
+        import uvicorn
+
+        from vendwatch.api.server import build_app
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self.sock.bind((host, port))
+        except OSError as e:
+            raise DemoError(f"cannot listen on {host}:{port}: {e}") from None
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(build_app(ctx, roles), log_level="warning", access_log=False,
+                                timeout_graceful_shutdown=5, limit_concurrency=4096)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="vw-demo-http", daemon=True)
+
+    def start(self, timeout_s: float = 60.0) -> None:
+        self.thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise DemoError("the server stopped while starting (see the log above)")
+            if time.monotonic() > deadline:
+                raise DemoError(f"the server did not start within {timeout_s:g}s")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        self.sock.close()
+
+
+class _Display:
+    """A few lines refreshed in place on a terminal, appended otherwise."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self.lines = 0
+
+    def show(self, lines: list[str]) -> None:
+        if self.tty and self.lines:
+            self.out.write(f"\x1b[{self.lines}F\x1b[J")
+        self.out.write("\n".join(lines) + "\n")
+        self.out.flush()
+        self.lines = len(lines)
+
+
+def _fmt_hooks(h: dict[str, Any]) -> str:
+    """One line of the hooks' figures: scalars as they are, a dict of counts as its total."""
+    parts = []
+    for k, v in h.items():
+        if isinstance(v, bool | int | float | str):
+            parts.append(f"{k}={v}")
+        elif isinstance(v, dict) and all(isinstance(x, int) and not isinstance(x, bool) for x in v.values()):
+            parts.append(f"{k}={sum(v.values())}")
+    return "  ".join(parts)
+
+
+# Settings a live demo wants different from a production default, applied only when the
+# part that owns the key is present and the user left the key at its default.
+DEMO_TUNING: dict[str, Any] = {
+    "lake.batch_max_wait_s": 5.0,  # lake rows grow every few seconds, and the final drain is short
+    # the accelerated fleet lives up to an hour in the past: timers (offline, sustained
+    # thresholds) must follow event time, or every machine would look silent for an hour
+    "detect.clock": "event",
+}
+
+
+def demo_tuning(settings: Settings) -> dict[str, Any]:
+    """The DEMO_TUNING entries that apply to these settings."""
+    out = {}
+    for dotted, value in DEMO_TUNING.items():
+        *path, leaf = dotted.split(".")
+        node: Any = settings
+        for part in path:
+            node = getattr(node, part, None)
+        if isinstance(node, msgspec.Struct) and hasattr(node, leaf) and getattr(node, leaf) == getattr(type(node)(), leaf):
+            out[dotted] = value
+    return out
+
+
+def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, Any]], Settings],
+             out: TextIO = sys.stderr) -> dict[str, Any]:
+    """Run the demo and return its summary (see ``vendwatch demo --help``)."""
+    stop_emulator: Callable[[], None] | None = None
+    overrides = demo_tuning(settings)
+    if opts.servicenow_emulator:
+        start = runtime.load(SERVICENOW_EMULATOR)
+        if start is None:
+            raise DemoError("--servicenow-emulator needs vendwatch.incidents.emulator, which is not part of this build")
+        base_url, stop_emulator, emulator_overrides = start(settings)
+        overrides.update(emulator_overrides)
+        out.write(f"ServiceNow emulator at {base_url}\n")
+    if overrides:
+        settings = reload(overrides)
+    try:
+        return _run(settings, opts, out)
+    finally:
+        if stop_emulator is not None:
+            stop_emulator()
+
+
+def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
+    ctx = Context(settings)
+    data_dir = Path(settings.data_dir)
+    devices, tokens, added = provision_fleet(ctx.state, data_dir, opts.devices, opts.sites, opts.seed)
+    if not devices:
+        raise DemoError("no active demo machines to simulate (all disabled?)")
+    out.write(f"fleet: {len(devices)} machines over {len({s for _, s in devices})} sites "
+              f"({added} newly registered; tokens in {data_dir / 'fleet' / 'tokens.csv'})\n")
+    ctx.log.create_topic(EVENTS)
+    since_offsets = ctx.log.end_offsets(EVENTS)
+    started_at = time.time()
+    roles = list(dict.fromkeys([*settings.server.roles, "console"]))
+    server = _Server(ctx, roles, opts.host, opts.port)
+    server.start()
+    out.write(f"vendwatch serving on {server.url} (data in {data_dir}); Ctrl-C stops\n")
+    summary: dict[str, Any] = {}
+    try:
+        plan = FaultPlan.all() if opts.faults else FaultPlan.none()
+        if opts.faults:
+            plan.scheduled = showcase_plan(profiles_for(opts.seed, devices))
+        # start as far in the past as the run needs, but not so far that events count as late
+        backlog = opts.max_backlog_s if opts.max_backlog_s is not None else max(0.0, settings.ingest.late_after_s - 60)
+        clock = SimClock(opts.speed, opts.duration_s, backlog)
+        fleet = Fleet(opts.seed, devices=devices, start=clock.sim_start, faults=plan, run_id=str(int(clock.sim_start)))
+        stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, out))
+        out.write("simulator stopped; waiting for the pipeline to catch up...\n")
+        lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
+        in_log, dup = count_log_events(ctx, since_offsets)
+        hooks, hook_errors = call_hooks(ctx)
+        summary = {
+            **hooks,  # the demo's own counts below win over a hook's key of the same name
+            **stats.as_dict(),
+            "events_in_log": in_log,
+            "duplicate_events_in_log": dup,
+            "devices_seen": devices_seen_since(ctx, started_at),
+            "devices": len(devices),
+            "sites": len({s for _, s in devices}),
+            "seed": opts.seed,
+            "speed": opts.speed,
+            "wall_seconds": round(time.time() - started_at, 1),
+            "simulated_seconds": round(fleet.now - fleet.start, 1),
+            "faults_injected": _count_kinds(fleet),
+            "drained": drained,
+            "stage_lag": lags,
+            "url": server.url,
+            "data_dir": str(data_dir),
+        }
+        if hook_errors:
+            summary["hook_errors"] = hook_errors
+    finally:
+        server.stop()
+        ctx.close()
+    return summary
+
+
+def _count_kinds(fleet: Fleet) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for f in fleet.injected:
+        out[f.kind] = out.get(f.kind, 0) + 1
+    return dict(sorted(out.items()))
+
+
+async def _simulate(ctx: Context, fleet: Fleet, clock: SimClock, url: str, tokens: dict[str, str], opts: DemoOptions,
+                    started_at: float, since: dict[int, int], out: TextIO) -> Any:
+    sender = Sender(url, tokens, concurrency=8, timeout_s=30.0, seed=opts.seed)
+    run = LiveRun(fleet, clock, sender, duration_s=opts.duration_s, batch_max=100, flush_s=1.0, drain_timeout_s=60.0)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        out.write("\nstopping (Ctrl-C again to skip waiting)...\n")
+        stop.set()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, on_signal)
+    display = _Display(out)
+    shown = {"t": time.monotonic(), "acked": 0}
+
+    async def refresh() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), opts.refresh_s)
+            st = run.stats
+            now = time.monotonic()
+            rate = (st.events_acked - shown["acked"]) / max(1e-9, now - shown["t"])
+            shown.update(t=now, acked=st.events_acked)
+            # offsets advanced: cheap and close; the exact count is taken at the end
+            in_log = sum(e - since.get(p, 0) for p, e in ctx.log.end_offsets(EVENTS).items())
+            seen = await asyncio.to_thread(devices_seen_since, ctx, started_at)
+            hooks, errors = await asyncio.to_thread(call_hooks, ctx)
+            sim = time.strftime("%Y-%m-%d %H:%M", time.gmtime(clock.now()))
+            lines = [
+                f"[{clock.elapsed_wall():5.0f}s | simulated {sim} UTC x{opts.speed:g}]  {rate:,.0f} events/s",
+                f"  sent {st.events_sent:,}  acked {st.events_acked:,}  in log ~{in_log:,}  "
+                f"devices seen {seen}  rejected {st.events_rejected}  retries {st.retries}",
+            ]
+            if hooks:
+                lines.append("  " + _fmt_hooks(hooks))
+            if errors:
+                lines.append("  summary hook errors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
+            display.show(lines)
+
+    task = asyncio.create_task(refresh())
+    try:
+        stats = await run.run(stop)
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await sender.aclose()
+    return stats
+
+
+def _drain(ctx: Context, roles: list[str], timeout_s: float) -> tuple[dict[str, int], bool]:
+    """Wait until every stage has consumed the whole ``events`` topic (or the timeout)."""
+    deadline = time.monotonic() + timeout_s
+    lags = stage_lag(ctx, roles)
+    try:
+        while any(lags.values()) and time.monotonic() < deadline:
+            time.sleep(0.5)
+            lags = stage_lag(ctx, roles)
+    except KeyboardInterrupt:
+        log.warning("drain interrupted; counts may be incomplete")
+    return lags, not any(lags.values())

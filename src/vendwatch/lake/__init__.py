@@ -1,0 +1,1 @@
+"""The Iceberg lake: raw zone writer, analytics ETL, maintenance, SQL, reports, replay."""

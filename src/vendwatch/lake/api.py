@@ -1,0 +1,124 @@
+"""HTTP: ``POST /v1/sql`` (operator) and ``GET /v1/reports/{name}`` (viewer)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date
+from typing import Any
+
+import msgspec
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from vendwatch.api.auth import error_response, json_response, require
+from vendwatch.lake import formats
+from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout
+from vendwatch.runtime import Context
+
+
+class SqlRequest(msgspec.Struct, forbid_unknown_fields=True):
+    sql: str
+    as_of: str | int | None = None  # snapshot id or ISO 8601 timestamp
+    limit: int | None = None
+    timeout_s: float | None = None
+    format: str = "json"
+
+
+_MEDIA = {"json": "application/json", "csv": "text/csv; charset=utf-8", "parquet": "application/vnd.apache.parquet"}
+
+
+def _respond(res: QueryResult, fmt: str, filename: str) -> Response:
+    if fmt == "csv":
+        body = formats.to_csv(res.table)
+    elif fmt == "parquet":
+        body = formats.to_parquet(res.table)
+    else:
+        return Response(formats.to_json(res.table, truncated=res.truncated, snapshots=res.snapshots),
+                        media_type=_MEDIA["json"])
+    headers = {"Content-Disposition": f'attachment; filename="{filename}.{fmt}"',
+               "X-Vendwatch-Truncated": str(res.truncated).lower()}
+    return Response(body, media_type=_MEDIA[fmt], headers=headers)
+
+
+def _query_error(e: QueryError) -> Response:
+    if isinstance(e, QueryRefused):
+        return error_response(403, "refused", str(e))
+    if isinstance(e, QueryTimeout):
+        return error_response(408, "timeout", str(e))
+    return error_response(400, "query_error", str(e))
+
+
+def _as_of(v: str | int | None) -> Any:
+    from datetime import datetime
+
+    if v is None or isinstance(v, int):
+        return v
+    if v.isdigit():
+        return int(v)
+    dt = datetime.fromisoformat(v.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def routes(ctx: Context) -> list[Route]:
+    """Routes of the lake API (mounted by the console role)."""
+
+    @require(ctx, "operator")
+    async def post_sql(request: Request) -> Response:
+        try:
+            req = msgspec.json.decode(await request.body(), type=SqlRequest)
+        except msgspec.DecodeError as e:
+            return error_response(400, "bad_request", f"body: {e}")
+        if req.format not in _MEDIA:
+            return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {req.format!r}")
+        if req.limit is not None and req.limit < 0:
+            return error_response(400, "bad_request", "limit: must be >= 0")
+        try:
+            as_of = _as_of(req.as_of)
+        except ValueError:
+            return error_response(400, "bad_request", f"as_of: not a snapshot id or ISO 8601 timestamp: {req.as_of!r}")
+        from vendwatch.lake.query import LakeSQL
+
+        cfg = ctx.settings.lake
+        timeout = min(req.timeout_s or cfg.sql_timeout_s, cfg.sql_timeout_s)  # a client may only shorten it
+        try:
+            res = await run_in_threadpool(
+                LakeSQL(ctx.settings).run, req.sql, limit=req.limit, timeout_s=timeout, as_of=as_of
+            )
+        except QueryError as e:
+            return _query_error(e)
+        return _respond(res, req.format, "query")
+
+    @require(ctx, "viewer")
+    async def get_report(request: Request) -> Response:
+        from vendwatch.lake.reports import REPORTS, run_report
+
+        name = request.path_params["name"]
+        if name not in REPORTS:
+            return error_response(404, "not_found", f"no report {name!r}; available: {', '.join(REPORTS)}")
+        q = request.query_params
+        fmt = q.get("format", "json")
+        if fmt not in _MEDIA:
+            return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {fmt!r}")
+        try:
+            since = date.fromisoformat(q["since"]) if "since" in q else None
+            until = date.fromisoformat(q["until"]) if "until" in q else None
+            limit = int(q["limit"]) if "limit" in q else None
+        except ValueError as e:
+            return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
+        try:
+            res = await run_in_threadpool(run_report, ctx.settings, name, since=since, until=until, limit=limit)
+        except QueryError as e:
+            return _query_error(e)
+        return _respond(res, fmt, name)
+
+    async def list_reports(request: Request) -> Response:
+        from vendwatch.lake.reports import REPORTS
+
+        return json_response({"reports": [{"name": r.name, "title": r.title} for r in REPORTS.values()]})
+
+    return [
+        Route("/v1/sql", post_sql, methods=["POST"]),
+        Route("/v1/reports", require(ctx, "viewer")(list_reports), methods=["GET"]),
+        Route("/v1/reports/{name}", get_report, methods=["GET"]),
+    ]

@@ -1,0 +1,155 @@
+"""Opening the Iceberg catalog and the lake's tables.
+
+Embedded: the pyiceberg SQL catalog in ``<data_dir>/lake/catalog.db`` (SQLite in WAL
+mode with a busy timeout, so the writer, the ETL and readers in other processes can
+share it) and a warehouse directory ``<data_dir>/lake/warehouse``. Scale-out: the same
+SQL catalog on PostgreSQL, or a REST / Glue catalog, with an ``s3://`` warehouse; only
+settings change.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pyiceberg.catalog import Catalog, load_catalog
+from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Snapshot
+
+from vendwatch.config import Settings
+from vendwatch.lake import schemas
+
+NAMESPACES = ("raw", "analytics")
+_INIT_LOCK = threading.Lock()
+
+
+class LakeError(Exception):
+    """A lake operation cannot be done; the message says why."""
+
+
+def lake_dir(settings: Settings) -> Path:
+    return settings.data_path.resolve() / "lake"
+
+
+def warehouse_uri(settings: Settings) -> str:
+    wh = settings.lake.catalog.warehouse
+    if wh:
+        return wh if "://" in wh else Path(wh).resolve().as_uri()
+    return (lake_dir(settings) / "warehouse").as_uri()
+
+
+def local_warehouse(settings: Settings) -> Path | None:
+    """The warehouse directory when it is on local disk (DuckDB may read only there)."""
+    u = urlparse(warehouse_uri(settings))
+    return Path(u.path) if u.scheme == "file" else None
+
+
+def _catalog_properties(settings: Settings) -> dict[str, str]:
+    c = settings.lake.catalog
+    props: dict[str, str] = {"type": c.type, "warehouse": warehouse_uri(settings)}
+    if c.type == "sql":
+        if c.uri:
+            props["uri"] = c.uri
+        else:
+            path = lake_dir(settings) / "catalog.db"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # WAL lets readers run while the writer commits; set once, it persists in the file
+            with sqlite3.connect(path) as db:
+                db.execute("PRAGMA journal_mode=WAL")
+            props["uri"] = f"sqlite:///{path}?timeout=30"
+    elif c.uri:
+        props["uri"] = c.uri
+    props.update(c.properties)
+    return props
+
+
+def open_catalog(settings: Settings) -> Catalog:
+    """Open the configured catalog and make sure the lake's namespaces exist."""
+    wh = local_warehouse(settings)
+    if wh is not None:
+        wh.mkdir(parents=True, exist_ok=True)
+    props = _catalog_properties(settings)
+    for attempt in range(3):
+        try:
+            with _INIT_LOCK:
+                cat = load_catalog(settings.lake.catalog.name, **props)
+            break
+        except Exception as e:
+            # two processes creating the catalog's own tables at once: the loser retries and finds them
+            if "already exists" in str(e) and attempt < 2:
+                continue
+            raise LakeError(f"lake.catalog: cannot open {settings.lake.catalog.type} catalog: {e}") from e
+    engine = getattr(cat, "engine", None)
+    if engine is not None and engine.dialect.name == "sqlite":
+        from sqlalchemy import event
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _rec: Any) -> None:
+            dbapi_conn.execute("PRAGMA busy_timeout=30000")
+            dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    existing = {ns[0] for ns in cat.list_namespaces()}
+    for ns in NAMESPACES:
+        if ns not in existing:
+            try:
+                cat.create_namespace(ns)
+            except Exception:
+                # another thread or process was first (SQLite reports that as an IntegrityError)
+                if (ns,) not in cat.list_namespaces():
+                    raise
+    return cat
+
+
+def ensure_table(cat: Catalog, name: str) -> Table:
+    """Load a lake table, creating it from its definition in ``schemas`` when absent."""
+    try:
+        return cat.load_table(name)
+    except NoSuchTableError:
+        pass
+    spec = schemas.TABLES.get(name)
+    if spec is None:
+        raise LakeError(f"unknown lake table {name!r}; known: {', '.join(sorted(schemas.TABLES))}")
+    try:
+        return cat.create_table(
+            name, schema=spec.schema, partition_spec=spec.partition_spec, properties=spec.properties
+        )
+    except Exception:
+        # another process created it first
+        return cat.load_table(name)
+
+
+def ancestors(table: Table) -> Iterator[Snapshot]:
+    """The current snapshot and its parents, newest first (stops where history was expired)."""
+    snap = table.current_snapshot()
+    while snap is not None:
+        yield snap
+        snap = table.snapshot_by_id(snap.parent_snapshot_id) if snap.parent_snapshot_id is not None else None
+
+
+def newest_property(table: Table, key: str) -> str | None:
+    """The newest value of a snapshot-summary property among the current snapshot's ancestors.
+
+    Progress markers (log offsets, processed raw snapshot, content hash) live in snapshot
+    summaries; commits by others (compaction, retention) carry none, hence the walk.
+    """
+    for snap in ancestors(table):
+        props = snap.summary.additional_properties if snap.summary else {}
+        if key in props:
+            return props[key]
+    return None
+
+
+def table_names(cat: Catalog) -> list[str]:
+    """Every table in the lake's namespaces, as ``namespace.table``."""
+    out = []
+    for ns in NAMESPACES:
+        try:
+            out.extend(".".join(ident) for ident in cat.list_tables(ns))
+        except Exception:
+            continue
+    return sorted(out)

@@ -1,0 +1,236 @@
+"""The ETL's SQL: raw events -> cleansed analytics rows (DuckDB dialect).
+
+Every query reads the view ``ev``: raw events of the affected days, deduplicated by
+event id, with ``event_time`` corrected for clock skew. Cleansing rules (impossible
+values, units) live here, next to the columns they produce.
+"""
+
+from __future__ import annotations
+
+# Currencies whose minor unit is not 1/100 (ISO 4217 exponents)
+_EXP0 = ("JPY", "KRW", "CLP", "ISK", "VND", "XOF", "XAF", "UGX", "PYG", "RWF")
+_EXP3 = ("BHD", "KWD", "OMR", "JOD", "TND", "LYD", "IQD")
+
+
+def ev_view(skew_s: float) -> str:
+    """Deduplicated, skew-corrected raw events of the affected days (table ``affected(d)``)."""
+    return f"""
+    CREATE OR REPLACE TEMP VIEW ev AS
+    WITH src AS (
+        SELECT * FROM raw.events
+        WHERE event_date IN (SELECT d FROM affected)
+           OR CAST(received_at AS DATE) IN (SELECT d FROM affected)
+    ), dedup AS (
+        SELECT * FROM src
+        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, log_partition, log_offset) = 1
+    )
+    SELECT *,
+        occurred_at > received_at + INTERVAL {float(skew_s)} SECOND AS clock_skewed,
+        CASE WHEN occurred_at > received_at + INTERVAL {float(skew_s)} SECOND
+             THEN received_at ELSE occurred_at END AS event_time,
+        CAST(CASE WHEN occurred_at > received_at + INTERVAL {float(skew_s)} SECOND
+             THEN received_at ELSE occurred_at END AS DATE) AS day
+    FROM dedup
+    """
+
+
+def _exp_case(col: str) -> str:
+    e0 = ", ".join(f"'{c}'" for c in _EXP0)
+    e3 = ", ".join(f"'{c}'" for c in _EXP3)
+    return f"CASE WHEN {col} IN ({e0}) THEN 1.0 WHEN {col} IN ({e3}) THEN 1000.0 ELSE 100.0 END"
+
+
+TRANSACTIONS = f"""
+WITH t AS (
+    SELECT event_id, device_id, site_id, event_time, day, received_at, clock_skewed,
+        json_extract_string(payload, '$.transaction_id') AS transaction_id,
+        json_extract_string(payload, '$.product_id') AS product_id,
+        json_extract_string(payload, '$.slot') AS slot,
+        TRY_CAST(json_extract_string(payload, '$.price_minor') AS BIGINT) AS price_raw,
+        upper(json_extract_string(payload, '$.currency')) AS currency,
+        lower(json_extract_string(payload, '$.payment_method')) AS payment_method,
+        lower(json_extract_string(payload, '$.payment_status')) AS payment_status,
+        lower(json_extract_string(payload, '$.vend_status')) AS vend_status,
+        json_extract_string(payload, '$.failure_reason') AS failure_reason
+    FROM ev WHERE type = 'transaction' AND day IN (SELECT d FROM affected)
+)
+SELECT event_id, coalesce(transaction_id, event_id) AS transaction_id, device_id, site_id,
+    event_time, day AS event_date, received_at, clock_skewed, product_id, slot,
+    -- impossible: negative prices or above 100,000 major units
+    CASE WHEN price_raw BETWEEN 0 AND 10000000 THEN price_raw END AS price_minor,
+    CASE WHEN price_raw BETWEEN 0 AND 10000000 THEN price_raw / {_exp_case('currency')} END AS amount,
+    currency, payment_method, payment_status, vend_status, failure_reason,
+    coalesce(payment_status = 'success' AND vend_status = 'success', false) AS sold
+FROM t
+-- a device retrying a sale with a fresh event id: one transaction id counts once
+QUALIFY row_number() OVER (PARTITION BY device_id, coalesce(transaction_id, event_id) ORDER BY event_time, event_id) = 1
+"""
+
+
+def _num(path: str) -> str:
+    return f"TRY_CAST(json_extract_string(payload, '$.{path}') AS DOUBLE)"
+
+
+def _temp(name: str) -> str:
+    # unit normalisation: firmware that reports Fahrenheit sends <name>_f
+    return f"coalesce({_num(name + '_c')}, ({_num(name + '_f')} - 32) * 5 / 9)"
+
+
+TELEMETRY_HOURLY = f"""
+WITH t AS (
+    SELECT device_id, site_id, event_time, day,
+        {_temp('cabinet_temp')} AS cab_in,
+        {_temp('refrigeration_temp')} AS ref_in,
+        coalesce({_num('voltage_v')}, {_num('voltage_mv')} / 1000) AS volt_in,
+        TRY_CAST(json_extract_string(payload, '$.door_open') AS BOOLEAN) AS door_open,
+        TRY_CAST(json_extract_string(payload, '$.power_on') AS BOOLEAN) AS power_on
+    FROM ev WHERE type = 'telemetry' AND day IN (SELECT d FROM affected)
+), c AS (
+    -- impossible readings become NULL (and are counted), the sample itself is kept
+    SELECT *,
+        CASE WHEN cab_in BETWEEN -40 AND 85 THEN cab_in END AS cab,
+        CASE WHEN ref_in BETWEEN -40 AND 85 THEN ref_in END AS ref,
+        CASE WHEN volt_in BETWEEN 0 AND 400 THEN volt_in END AS volt,
+        (cab_in IS NOT NULL AND NOT cab_in BETWEEN -40 AND 85)::INT
+          + (ref_in IS NOT NULL AND NOT ref_in BETWEEN -40 AND 85)::INT
+          + (volt_in IS NOT NULL AND NOT volt_in BETWEEN 0 AND 400)::INT AS bad
+    FROM t
+)
+SELECT device_id, max(site_id) AS site_id, date_trunc('hour', event_time) AS hour,
+    CAST(date_trunc('hour', event_time) AS DATE) AS event_date, count(*) AS samples,
+    min(cab) AS cabinet_temp_min, max(cab) AS cabinet_temp_max, avg(cab) AS cabinet_temp_avg,
+    min(ref) AS refrigeration_temp_min, max(ref) AS refrigeration_temp_max, avg(ref) AS refrigeration_temp_avg,
+    min(volt) AS voltage_min, max(volt) AS voltage_max, avg(volt) AS voltage_avg,
+    -- share of samples with the door open, as minutes of the hour
+    60.0 * avg(CASE WHEN door_open THEN 1.0 WHEN door_open IS NOT NULL THEN 0.0 END) AS door_open_minutes,
+    count(*) FILTER (WHERE power_on = false) AS power_off_samples,
+    coalesce(sum(bad), 0) AS rejected_values
+FROM c GROUP BY device_id, date_trunc('hour', event_time)
+"""
+
+_SLOT = '{"slot":"VARCHAR","product_id":"VARCHAR","count":"BIGINT","capacity":"BIGINT","count_after":"BIGINT"}'
+
+INVENTORY = f"""
+WITH inv AS (
+    SELECT device_id, site_id, event_time, day, event_id, type,
+        unnest(from_json(json_extract(payload, '$.slots'), '[{_SLOT}]')) AS s
+    FROM ev WHERE type IN ('inventory', 'refill') AND day IN (SELECT d FROM affected)
+), rows AS (
+    SELECT device_id, site_id, s.slot AS slot, s.product_id AS product_id, event_time AS observed_at, day AS event_date,
+        CASE WHEN type = 'refill' THEN s.count_after ELSE s.count END AS count,
+        s.capacity AS capacity, type AS source, event_id
+    FROM inv
+    UNION ALL
+    SELECT device_id, site_id, json_extract_string(payload, '$.slot'), json_extract_string(payload, '$.product_id'),
+        event_time, day,
+        coalesce(TRY_CAST(json_extract_string(payload, '$.count') AS BIGINT),
+                 CASE json_extract_string(payload, '$.level') WHEN 'out' THEN 0 END),
+        NULL, 'stock_alert', event_id
+    FROM ev WHERE type = 'stock_alert' AND day IN (SELECT d FROM affected)
+)
+-- impossible: negative counts; unknown counts (refill without count_after) say nothing
+SELECT * FROM rows WHERE slot IS NOT NULL AND count IS NOT NULL AND count >= 0
+"""
+
+STOCKOUTS = """
+WITH s AS (
+    SELECT *, count = 0 AS is_out,
+        lag(count = 0) OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id) AS prev_out
+    FROM analytics.inventory
+), r AS (
+    SELECT *, sum(CASE WHEN prev_out IS NULL OR is_out <> prev_out THEN 1 ELSE 0 END)
+        OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id ROWS UNBOUNDED PRECEDING) AS run
+    FROM s
+), runs AS (
+    SELECT device_id, slot, run, bool_and(is_out) AS out, min(observed_at) AS started_at,
+        max(site_id) AS site_id, max(product_id) AS product_id
+    FROM r GROUP BY device_id, slot, run
+), x AS (
+    SELECT *, lead(started_at) OVER (PARTITION BY device_id, slot ORDER BY run) AS ended_at FROM runs
+)
+SELECT device_id, site_id, slot, product_id, started_at, ended_at,
+    epoch(ended_at) - epoch(started_at) AS duration_s, CAST(started_at AS DATE) AS event_date
+FROM x WHERE out
+"""
+
+FAULTS = """
+SELECT event_id, device_id, site_id, event_time, day AS event_date,
+    lower(json_extract_string(payload, '$.code')) AS code,
+    coalesce(json_extract_string(payload, '$.state'), 'raised') AS state,
+    json_extract_string(payload, '$.component') AS component,
+    json_extract_string(payload, '$.slot') AS slot,
+    json_extract_string(payload, '$.detail') AS detail
+FROM ev WHERE type = 'fault' AND day IN (SELECT d FROM affected)
+    AND json_extract_string(payload, '$.code') IS NOT NULL
+"""
+
+SECURITY_EVENTS = """
+SELECT event_id, device_id, site_id, event_time, day AS event_date,
+    json_extract_string(payload, '$.kind') AS kind,
+    CASE WHEN TRY_CAST(json_extract_string(payload, '$.magnitude_g') AS DOUBLE) >= 0
+         THEN TRY_CAST(json_extract_string(payload, '$.magnitude_g') AS DOUBLE) END AS magnitude_g,
+    TRY_CAST(json_extract_string(payload, '$.attempts') AS BIGINT) AS attempts,
+    json_extract_string(payload, '$.detail') AS detail
+FROM ev WHERE type = 'security' AND day IN (SELECT d FROM affected)
+    AND json_extract_string(payload, '$.kind') IS NOT NULL
+"""
+
+# uptime: share of 5-minute buckets of the day in which the device sent anything;
+# the newest day counts only the buckets up to the newest event seen in the lake
+DEVICE_DAILY = """
+WITH d AS (
+    SELECT device_id, day, any_value(site_id) FILTER (WHERE site_id IS NOT NULL) AS site_id,
+        count(*) AS events,
+        count(*) FILTER (WHERE type = 'heartbeat') AS heartbeats,
+        count(DISTINCT floor(epoch(event_time) / 300)) AS buckets,
+        min(event_time) AS first_event_at, max(event_time) AS last_event_at
+    FROM ev WHERE day IN (SELECT d FROM affected) GROUP BY device_id, day
+), tx AS (
+    SELECT device_id, event_date AS day, count(*) AS transactions,
+        count(*) FILTER (WHERE sold) AS sales,
+        coalesce(sum(price_minor) FILTER (WHERE sold), 0) AS revenue_minor,
+        count(*) FILTER (WHERE payment_status = 'success' AND vend_status = 'failure') AS failed_vends,
+        count(*) FILTER (WHERE payment_status = 'failure') AS failed_payments
+    FROM tx_new GROUP BY 1, 2
+), f AS (
+    SELECT device_id, day, count(*) FILTER (WHERE type = 'fault') AS faults,
+        count(*) FILTER (WHERE type = 'security') AS security_events
+    FROM ev WHERE type IN ('fault', 'security') AND day IN (SELECT d FROM affected) GROUP BY 1, 2
+), horizon AS (SELECT max(received_at) AS newest FROM raw.events)
+SELECT d.device_id, d.site_id, d.day AS event_date, d.events, d.heartbeats,
+    coalesce(tx.transactions, 0) AS transactions, coalesce(tx.sales, 0) AS sales,
+    coalesce(tx.revenue_minor, 0) AS revenue_minor, coalesce(tx.failed_vends, 0) AS failed_vends,
+    coalesce(tx.failed_payments, 0) AS failed_payments, coalesce(f.faults, 0) AS faults,
+    coalesce(f.security_events, 0) AS security_events,
+    least(100.0, 100.0 * d.buckets / greatest(1.0, ceil(
+        (least(epoch(d.day + INTERVAL 1 DAY), epoch(h.newest)) - epoch(CAST(d.day AS TIMESTAMPTZ))) / 300.0))) AS uptime_pct,
+    d.first_event_at, d.last_event_at
+FROM d CROSS JOIN horizon h
+LEFT JOIN tx ON tx.device_id = d.device_id AND tx.day = d.day
+LEFT JOIN f ON f.device_id = d.device_id AND f.day = d.day
+"""
+
+DEVICE_SEEN = """
+SELECT device_id, max(site_id) AS site_id, min(received_at) AS first_seen_at, max(received_at) AS last_seen_at,
+    count(*) AS events,
+    arg_max(json_extract_string(payload, '$.firmware_version'), occurred_at)
+        FILTER (WHERE type IN ('heartbeat', 'config') AND json_extract_string(payload, '$.firmware_version') IS NOT NULL)
+        AS firmware_version
+FROM raw.events GROUP BY device_id
+"""
+
+DIM_PRODUCTS = """
+WITH t AS (
+    SELECT product_id, arg_max(price_minor, event_time) AS last_price_minor, arg_max(currency, event_time) AS currency,
+        count(DISTINCT device_id) AS devices, count(*) AS transactions,
+        min(event_time) AS first_seen_at, max(event_time) AS last_seen_at
+    FROM analytics.transactions WHERE product_id IS NOT NULL GROUP BY 1
+), i AS (
+    SELECT product_id, count(DISTINCT device_id) AS devices, min(observed_at) AS first_seen_at, max(observed_at) AS last_seen_at
+    FROM analytics.inventory WHERE product_id IS NOT NULL GROUP BY 1
+)
+SELECT coalesce(t.product_id, i.product_id) AS product_id, t.last_price_minor, t.currency,
+    greatest(coalesce(t.devices, 0), coalesce(i.devices, 0)) AS devices, coalesce(t.transactions, 0) AS transactions,
+    least(t.first_seen_at, i.first_seen_at) AS first_seen_at, greatest(t.last_seen_at, i.last_seen_at) AS last_seen_at
+FROM t FULL OUTER JOIN i ON t.product_id = i.product_id
+"""

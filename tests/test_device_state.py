@@ -1,0 +1,128 @@
+"""Device state: the projector folds accepted events, newest wins, exactly once across restarts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from tests.ingest_support import ago, event, running, settings
+
+from vendwatch import events as ev
+from vendwatch.bus import EVENTS
+from vendwatch.runtime import Context
+from vendwatch.state.projector import DeviceStateProjector, fold
+
+
+def _stored(type_: str, data: dict[str, Any], at: datetime, device: str = "VM-1") -> ev.StoredEvent:
+    return ev.StoredEvent(event_id=f"{type_}-{at.timestamp()}", device_id=device, type=type_, occurred_at=at,
+                          received_at=ev.utcnow(), data=msgspec.Raw(msgspec.json.encode(data)), site_id="S1")
+
+
+def test_fold_keeps_the_newest_state_whatever_the_arrival_order() -> None:
+    new, old = ago(minutes=1), ago(minutes=30)
+    doc: dict[str, Any] = {}
+    for e in [
+        _stored("telemetry", {"cabinet_temp_c": 5.0}, new),
+        _stored("telemetry", {"cabinet_temp_c": 12.0}, old),
+        _stored("config", {"firmware_version": "2.0"}, new),
+        _stored("heartbeat", {"firmware_version": "1.0"}, old),
+        _stored("connectivity", {"network": "5g", "signal_dbm": -70}, new),
+        _stored("connectivity", {"network": "4g"}, old),
+        _stored("inventory", {"slots": [{"slot": "A1", "count": 3, "capacity": 10}]}, new),
+        _stored("inventory", {"slots": [{"slot": "A1", "count": 9, "capacity": 10}]}, old),
+        _stored("fault", {"code": "motor_jam", "state": "cleared"}, new),
+        _stored("fault", {"code": "motor_jam", "state": "raised"}, old),
+        _stored("fault", {"code": "cooling_failure"}, old),
+        _stored("transaction", {"transaction_id": "t2", "price_minor": 150}, new),
+        _stored("transaction", {"transaction_id": "t1", "price_minor": 100}, old),
+        _stored("security", {"kind": "door_forced"}, new),
+        _stored("security", {"kind": "shock"}, old),
+    ]:
+        fold(doc, e)
+    assert doc["health"]["cabinet_temp_c"] == 5.0
+    assert doc["firmware"]["firmware_version"] == "2.0"
+    assert doc["connectivity"]["network"] == "5g" and doc["connectivity"]["signal_dbm"] == -70
+    assert doc["stock"]["A1"]["count"] == 3
+    assert list(doc["active_faults"]) == ["cooling_failure"]
+    assert doc["last_transaction"]["transaction_id"] == "t2"
+    assert doc["last_security"]["kind"] == "door_forced"
+
+
+def _wait(cond, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached")
+        time.sleep(0.02)
+
+
+def _run_projector(data_dir: Path, until_events: int, fail_after: int | None = None) -> None:
+    """Run the device-state role until the device has ``until_events`` events folded."""
+    ctx = Context(settings(data_dir))
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 7  # several transactions per run
+    if fail_after is not None:
+        real = proj.apply
+        calls = [0]
+
+        def flaky(tx, records):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            real(tx, records)  # the effects are written, then the process "dies" before commit
+            if calls[0] > fail_after:
+                raise RuntimeError("crash")
+
+        proj.apply = flaky  # type: ignore[method-assign]
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            proj.run(stop)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        if fail_after is not None:
+            _wait(lambda: bool(errors))
+        else:
+            _wait(lambda: (ctx.state.get_device_state("VM-1") or {}).get("events") == until_events)
+    finally:
+        stop.set()
+        t.join(10)
+        ctx.close()
+
+
+def test_projection_is_exactly_once_across_restart_and_crash(data_dir: Path) -> None:
+    with running(data_dir) as h:
+        h.add_device("VM-1", "SITE-1")
+        first = [event("VM-1", "telemetry", {"cabinet_temp_c": 4.0 + i / 10}, occurred_at=ago(minutes=60 - i), seq=i)
+                 for i in range(30)]
+        assert h.post("VM-1", first).json()["accepted"] == 30
+        _run_projector(data_dir, 30)
+        more = [event("VM-1", "heartbeat", {"uptime_s": i}, occurred_at=ago(minutes=20 - i / 10), seq=30 + i)
+                for i in range(25)]
+        assert h.post("VM-1", more).json()["accepted"] == 25
+        _run_projector(data_dir, 55, fail_after=2)  # dies after two committed batches
+        _run_projector(data_dir, 55)  # the restart replays exactly what was not committed
+        st = h.ctx.state.get_device_state("VM-1")
+        assert st is not None
+        assert st["events"] == 55
+        assert st["last_seq"] == 54
+        assert st["site_id"] == "SITE-1"
+        assert st["health"]["uptime_s"] == 24
+        assert st["health"]["cabinet_temp_c"] == pytest.approx(6.9)
+
+        # the operator API and the CLI show it
+        tok = h.ctx.state.add_operator_token("viewer", "viewer")
+        r = h.client.get("/v1/devices/VM-1", headers={"authorization": f"Bearer {tok}"})
+        assert r.json()["state"]["events"] == 55
+        listing = h.client.get("/v1/devices", headers={"authorization": f"Bearer {tok}"}).json()
+        assert [d["device_id"] for d in listing["devices"]] == ["VM-1"]
+        assert h.log.end_offsets(EVENTS)  # log is intact

@@ -1,0 +1,62 @@
+"""The fast (whole-batch) and slow (event-by-event) validation paths give the same answer."""
+
+from __future__ import annotations
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tests.ingest_support import ago, event
+
+from vendwatch import events as ev
+from vendwatch.config import load_settings
+from vendwatch.ingest.validate import Parsed, Validator, parse
+
+_V = Validator(load_settings(environ={}).ingest)
+_NOW = ev.utcnow()
+
+_good = st.builds(lambda i: event("VM-1", "telemetry", {"cabinet_temp_c": 4.0, "x_vendor": i}, seq=i),
+                  st.integers(0, 10**6))
+_bad = st.sampled_from([
+    event("VM-2"),
+    event("VM-1", "telemetry", {"cabinet_temp_c": 900}),
+    event("VM-1", occurred_at=ago(days=-1)),
+    event("VM-1", occurred_at=ago(days=90)),
+    {"event_id": "no-type", "device_id": "VM-1"},
+    "not an object",
+])
+
+
+def _both(body: bytes) -> tuple[object, object]:
+    fast = _V.validate(parse(body), "VM-1", "S1", _NOW)
+    slow = _V.validate(Parsed(body, None, None), "VM-1", "S1", _NOW)
+    return fast, slow
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(_good, _good, _bad), max_size=12), st.booleans())
+def test_paths_agree(events: list, repeat_first: bool) -> None:
+    if repeat_first and events:
+        events = [*events, events[0]]
+    body = msgspec.json.encode({"events": events})
+    fast, slow = _both(body)
+    assert fast == slow
+
+
+def test_all_good_batch_takes_the_fast_path() -> None:
+    body = msgspec.json.encode({"events": [event("VM-1") for _ in range(3)]})
+    parsed = parse(body)
+    assert parsed.typed is not None and parsed.raw is None
+    out = _V.validate(parsed, "VM-1", "S1", _NOW)
+    assert len(out.accepted) == 3 and parsed.raw is None
+
+
+def test_function_api_for_other_front_doors() -> None:
+    from vendwatch.ingest.validate import quarantine_record, validate_batch
+    from vendwatch.state.store import Device
+
+    raws = [msgspec.Raw(msgspec.json.encode(e)) for e in (event("VM-1"), event("VM-2"), event("VM-1"))]
+    v = validate_batch(raws, Device("VM-1", "S1", "active"), load_settings(environ={}).ingest, _NOW)
+    assert v.accepted_index == [0, 2] and [r["index"] for r in v.rejected] == [1]
+    rec = msgspec.json.decode(quarantine_record("VM-1", _NOW, "bad topic", b"\xff not json"))
+    assert rec["reason"] == "bad topic" and isinstance(rec["raw"], str)
+    assert msgspec.json.decode(quarantine_record(None, _NOW, "x", b'{"a": 1}'))["raw"] == {"a": 1}
