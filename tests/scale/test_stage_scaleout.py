@@ -111,3 +111,19 @@ def test_zombie_owner_cannot_apply_twice(tmp_path: Path) -> None:
     zombie.process([Record(EVENTS, 0, 1, "vm-1", _value("vm-1", 1), 0)])
     assert ctx.state.get_device_state("vm-1")["events"] == 2  # type: ignore[index]
     ctx.close()
+
+
+def test_console_stage_lag_reads_per_partition_checkpoints(tmp_path: Path) -> None:
+    from vendwatch.console import activity
+
+    ctx = Context(Settings(data_dir=str(tmp_path)))
+    ctx.log.create_topic(EVENTS, 2)
+    ctx.log.append(EVENTS, [("vm-1", _value("vm-1", i)) for i in range(5)])
+    stage = DeviceStateProjector(ctx)
+    stage._consumer = ctx.log.consumer(stage.group, [EVENTS])
+    stage._on_assign([(EVENTS, 0), (EVENTS, 1)])
+    recs = [r for p in range(2) for r in ctx.log.read(EVENTS, p, 0)]
+    stage.process(recs[:2])  # 3 of the 5 records still to read
+    rows = [(n, bytes(d)) for n, d in ctx.state.db.query("SELECT name, data FROM checkpoints")]
+    assert activity.stage_lag(ctx.log, rows) == [{"stage": "device-state", "lag_records": 3}]
+    ctx.close()
