@@ -44,10 +44,11 @@ class Role:
 
     def __init__(self, role: str, env: dict[str, str], workdir: Path, name: str | None = None,
                  http: bool = False) -> None:
+        """``role`` "serve" runs the embedded all-in-one process instead of one role."""
         self.role = role
         self.name = name or role
         self.port = free_port() if http else None
-        args = ["run", role, "--data-dir", str(workdir / "data")]
+        args = (["serve"] if role == "serve" else ["run", role]) + ["--data-dir", str(workdir / "data")]
         if self.port:
             args += ["--port", str(self.port)]
         self.logfile = workdir / f"{self.name}.log"
