@@ -12,6 +12,9 @@ Parts:
            1 and 2 collector processes on Kafka + the PostgreSQL dedupe index
   stage    one device-state replica folding events from the log into the state
            store: SQLite log + SQLite state vs Kafka + PostgreSQL
+  e2e      event accepted -> incident opened (p50/p99) with 2 collectors, 2 detectors,
+           an orchestrator and a lake writer on Kafka + PostgreSQL (needs the
+           detection, incident and lake parts)
 Prints a JSON document (also written to --out) and a Markdown table.
 """
 
@@ -29,7 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +264,145 @@ def bench_ingest(seconds: float, batch: int, concurrency: int, devices: int) -> 
     return out
 
 
+# -- part 4: end to end, event accepted -> incident opened -----------------------------
+def bench_e2e(devices: int, sim_minutes: float, seed: int = 5) -> dict[str, Any]:
+    """2 collectors, 2 detectors, 1 orchestrator, 1 lake writer on Kafka + PostgreSQL.
+
+    A seeded fleet with faults is replayed in 30-second rounds of event time; for every
+    incident opened by an event (not by a timer), latency = the incident's ``opened_at``
+    (orchestrator wall clock) - the wall time the collector acknowledged the event that
+    fired it (matched through the signal's ``occurred_at``)."""
+    import psycopg
+
+    from vendwatch.bus import SIGNALS
+    from vendwatch.simulate.faults import FaultPlan
+    from vendwatch.simulate.fleet import Fleet, encode_event, layout, profiles_for, showcase_plan
+    from vendwatch.simulate.provision import provision_fleet
+    from vendwatch.state.postgres import PostgresDatabase
+
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    tmp = Path(tempfile.mkdtemp(prefix="vw-bench-e2e-"))
+    prefix = f"vwbench.{uuid.uuid4().hex[:6]}."
+    env = {"VENDWATCH_BUS__BACKEND": "kafka", "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": KAFKA,
+           "VENDWATCH_BUS__KAFKA__TOPIC_PREFIX": prefix, "VENDWATCH_BUS__KAFKA__PARTITIONS": "8",
+           "VENDWATCH_STATE__BACKEND": "postgres", "VENDWATCH_STATE__POSTGRES_DSN": dsn,
+           "VENDWATCH_DETECT__CLOCK": "event", "VENDWATCH_LOG_LEVEL": "warning",
+           "VENDWATCH_LAKE__CATALOG__URI": "postgresql+psycopg://" + dsn.split("://", 1)[1],
+           "VENDWATCH_LAKE__CATALOG__WAREHOUSE": f"file://{tmp / 'warehouse'}",
+           "VENDWATCH_INGEST__RATE_LIMIT_EVENTS_PER_S": "100000", "VENDWATCH_INGEST__RATE_LIMIT_BURST": "100000"}
+    full = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **env}
+    subprocess.run([sys.executable, "-m", "vendwatch", "bus", "init"], env=full, check=True, capture_output=True)
+    settings = Settings(state=StateSettings(backend="postgres", postgres_dsn=dsn))
+    store = open_state(settings)
+    _, tokens, _ = provision_fleet(store, tmp, devices, None, seed)
+    store.close()
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=sim_minutes + 5)
+    lay = layout(devices)
+    plan = FaultPlan(rates=FaultPlan.all(scale=40.0).rates,
+                     scheduled=showcase_plan(profiles_for(seed, lay), start_offset_s=60, spacing_s=20))
+    fleet = Fleet(seed, devices, start=start, faults=plan)
+    procs = []
+    collectors = [Collector(env, tmp / f"c{i}" / "data", f"collector-{i}") for i in range(2)]
+    logs = []
+    for role in ("detector", "detector", "orchestrator", "lake-writer"):
+        logs.append(tmp / f"{role}-{len(procs)}.log")
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "vendwatch", "--log-level", "info", "run", role, "--data-dir", str(tmp / "w")],
+            env=full, stdout=logs[-1].open("wb"), stderr=subprocess.STDOUT))
+    acked: dict[tuple[str, str], float] = {}  # (device_id, occurred_at iso) -> ack wall time
+    order = sorted(tokens)
+
+    async def post(client: httpx.AsyncClient, did: str, evs: list[tuple[str, bytes]]) -> None:
+        url = collectors[order.index(did) % 2].url
+        body = b'{"events":[' + b",".join(b for _, b in evs) + b"]}"
+        while True:
+            r = await client.post(url + "/v1/events", content=body,
+                                  headers={"Authorization": f"Bearer {tokens[did]}", "Content-Type": "application/json"})
+            if r.status_code == 200:
+                now = time.time()
+                for at, _ in evs:
+                    acked.setdefault((did, at), now)
+                return
+            await asyncio.sleep(0.2)
+
+    async def replay() -> int:
+        n = 0
+        t = start.timestamp()
+        async with httpx.AsyncClient(timeout=60) as client:
+            while t < start.timestamp() + sim_minutes * 60:
+                t += 30
+                per: dict[str, list[tuple[str, bytes]]] = {}
+                for e in fleet.advance(t):
+                    per.setdefault(e.device_id, []).append((e.occurred_at.isoformat(), encode_event(e)))
+                    n += 1
+                await asyncio.gather(*(post(client, d, evs) for d, evs in per.items()))
+                await asyncio.sleep(0.05)  # pace the rounds like a (fast) live fleet
+        return n
+
+    try:
+        deadline = time.monotonic() + 60  # measure the steady state: both detectors own partitions
+        while time.monotonic() < deadline and not all("assigned events/" in lg.read_text() for lg in logs[:2]):
+            time.sleep(0.2)
+        t0 = time.perf_counter()
+        n_events = asyncio.run(replay())
+        send_s = time.perf_counter() - t0
+        db = PostgresDatabase(dsn, pool_size=1)
+        deadline, last, stable = time.monotonic() + 120, -1, 0.0
+        while time.monotonic() < deadline:  # until no new incident for 10 s
+            n = int((db.one("SELECT count(*) FROM incidents") or (0,))[0]) if db.one(
+                "SELECT to_regclass('incidents')")[0] else 0  # type: ignore[index]
+            if n != last:
+                last, stable = n, time.monotonic()
+            elif time.monotonic() - stable > 10:
+                break
+            time.sleep(0.5)
+        incidents = db.query("SELECT dedupe_key, device_id, opened_at FROM incidents")
+        db.close()
+        klog = KafkaLog(KafkaSettings(bootstrap_servers=KAFKA, topic_prefix=prefix))
+        first_fire: dict[str, str] = {}
+        for p in range(klog.partitions(SIGNALS)):
+            off = 0
+            while True:
+                recs = klog.read(SIGNALS, p, off, 5000)
+                if not recs:
+                    break
+                for r in recs:
+                    sig = msgspec.json.decode(r.value)
+                    if sig.get("status") == "firing":
+                        first_fire.setdefault(sig["dedupe_key"], sig["occurred_at"])
+                off = recs[-1].offset + 1
+        klog.close()
+        lat = []
+        for key, device, opened_at in incidents:
+            at = first_fire.get(key)
+            if at is None or device is None:
+                continue
+            iso = datetime.fromisoformat(at.replace("Z", "+00:00")).isoformat()
+            if (device, iso) in acked:  # fired by an event (timers have no matching event)
+                lat.append(opened_at - acked[(device, iso)])
+    finally:
+        for pr in procs:
+            pr.terminate()
+        for pr in procs:
+            pr.wait(20)
+        for c in collectors:
+            c.stop()
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        shutil.rmtree(tmp, ignore_errors=True)
+    lat.sort()
+
+    def pct(p: float) -> float:
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000) if lat else 0.0
+
+    return {"devices": devices, "events": n_events, "replay_s": round(send_s, 1), "incidents": len(incidents),
+            "event_fired_incidents_measured": len(lat), "latency_ms_p50": pct(0.5), "latency_ms_p99": pct(0.99),
+            "latency_ms_max": round(lat[-1] * 1000) if lat else 0.0}
+
+
 def _cpu(r: dict[str, Any]) -> str:
     c = r["cpu_seconds"]
     return (f"{r.get('events_per_collector_cpu_s', 0):,} events per collector CPU-second; CPU s: collectors {c['collectors']},"
@@ -347,6 +489,11 @@ def markdown(res: dict[str, Any]) -> str:
             ratio = 1.0 if key == "sqlite" else st["kafka_postgres_vs_sqlite"]
             lines.append(f"| device-state stage, 1 replica, {label} ({st['events']:,} events) | {r['events_per_s']:,} | {ratio:.2f} |"
                          f" {r['events_per_stage_cpu_s']:,} events per stage-process CPU-second; CPU s: {r['cpu_seconds']} |")
+    if "e2e" in res:
+        e = res["e2e"]
+        lines.append(f"| end to end: event accepted -> incident opened, 2 collectors + 2 detectors + orchestrator + lake writer,"
+                     f" Kafka + PostgreSQL ({e['devices']} machines, {e['events']:,} events, {e['event_fired_incidents_measured']}"
+                     f" event-fired incidents) | p50 {e['latency_ms_p50']} ms, p99 {e['latency_ms_p99']} ms | | max {e['latency_ms_max']} ms |")
     return "\n".join(lines)
 
 
@@ -356,8 +503,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="events per HTTP request")
     ap.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP requests")
     ap.add_argument("--devices", type=int, default=500, help="registered devices the load cycles through")
-    ap.add_argument("--parts", default="log,ingest,stage", help="comma-separated: log, ingest, stage")
+    ap.add_argument("--parts", default="log,ingest,stage", help="comma-separated: log, ingest, stage, e2e")
     ap.add_argument("--stage-events", type=int, default=100_000, help="events the stage benchmark folds")
+    ap.add_argument("--e2e-devices", type=int, default=100, help="fleet size of the end-to-end part")
+    ap.add_argument("--e2e-minutes", type=float, default=60.0, help="simulated minutes of the end-to-end part")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "kafka.json"))
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -372,6 +521,8 @@ def main() -> None:
         res["ingest"] = bench_ingest(args.seconds, args.batch, args.concurrency, args.devices)
     if "stage" in parts:
         res["stage"] = bench_stage(args.stage_events)
+    if "e2e" in parts:
+        res["e2e"] = bench_e2e(args.e2e_devices, args.e2e_minutes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
