@@ -13,7 +13,7 @@ import pytest
 from tests.contract.pg_backend import postgres_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 SUITES = ["tests/incidents"]
 
