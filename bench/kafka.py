@@ -12,6 +12,8 @@ Parts:
            1 and 2 collector processes on Kafka + the PostgreSQL dedupe index
   stage    one device-state replica folding events from the log into the state
            store: SQLite log + SQLite state vs Kafka + PostgreSQL
+  detector one detector replica evaluating a simulated fleet's events (SQLite vs
+           Kafka + PostgreSQL; needs the detection part)
   e2e      event accepted -> incident opened (p50/p99) with 2 collectors, 2 detectors,
            an orchestrator and a lake writer on Kafka + PostgreSQL (needs the
            detection, incident and lake parts)
@@ -264,6 +266,67 @@ def bench_ingest(seconds: float, batch: int, concurrency: int, devices: int) -> 
     return out
 
 
+# -- part 3b: the detector consuming the log ------------------------------------------
+def bench_detector(devices: int, sim_minutes: float, seed: int = 3) -> dict[str, Any]:
+    """One detector replica evaluating a simulated fleet's events already in the log."""
+    import threading
+
+    import psycopg
+    from vendwatch.detect.role import Detector
+
+    from vendwatch.config import BusSettings
+    from vendwatch.runtime import Context
+    from vendwatch.simulate.faults import FaultPlan
+    from vendwatch.simulate.fleet import Fleet
+
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=sim_minutes + 5)
+    fleet = Fleet(seed, devices, start=start, faults=FaultPlan.all(scale=10.0))
+    values = [(e.device_id, ev.encode(e)) for e in fleet.stored(fleet.run_for(sim_minutes * 60))]
+    out: dict[str, Any] = {"events": len(values), "devices": devices}
+    tmp = Path(tempfile.mkdtemp(prefix="vw-bench-det-"))
+    schema = "bench_" + uuid.uuid4().hex[:8]
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    dsn = f"{POSTGRES}?options=-csearch_path%3D{schema}"
+    setups = {
+        "sqlite": Settings(data_dir=str(tmp / "data")),
+        "kafka_postgres": Settings(
+            bus=BusSettings(backend="kafka", kafka=KafkaSettings(bootstrap_servers=KAFKA, partitions=8,
+                                                                 topic_prefix=f"vwbench.{uuid.uuid4().hex[:6]}.")),
+            state=StateSettings(backend="postgres", postgres_dsn=dsn)),
+    }
+    try:
+        for name, settings in setups.items():
+            settings = msgspec.structs.replace(settings, detect=msgspec.structs.replace(settings.detect, clock="event"))
+            ctx = Context(settings)
+            ctx.log.create_topic("events", 8)
+            ctx.log.create_topic("signals", 8)
+            for i in range(0, len(values), 5000):
+                ctx.log.append("events", values[i : i + 5000])
+            ends = ctx.log.end_offsets("events")
+            det = Detector(ctx)
+            stop = threading.Event()
+            ctx.state.db.one("SELECT 1")
+            cpu0, t0 = time.process_time(), time.perf_counter()
+            th = threading.Thread(target=det.run, args=(stop,), daemon=True)
+            th.start()
+            while time.perf_counter() - t0 < 300 and not all(det.positions.get(p, -1) >= e for p, e in ends.items()):
+                time.sleep(0.01)
+            dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            stop.set()
+            th.join(30)
+            signals = sum(ctx.log.end_offsets("signals").values()) - sum(ctx.log.begin_offsets("signals").values())
+            out[name] = {"events_per_s": round(len(values) / dt), "seconds": round(dt, 2),
+                         "events_per_detector_cpu_s": round(len(values) / max(cpu, 1e-9)), "signals": signals}
+            ctx.close()
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["kafka_postgres_vs_sqlite"] = round(out["kafka_postgres"]["events_per_s"] / out["sqlite"]["events_per_s"], 2)
+    return out
+
+
 # -- part 4: end to end, event accepted -> incident opened -----------------------------
 def bench_e2e(devices: int, sim_minutes: float, seed: int = 5) -> dict[str, Any]:
     """2 collectors, 2 detectors, 1 orchestrator, 1 lake writer on Kafka + PostgreSQL.
@@ -489,6 +552,14 @@ def markdown(res: dict[str, Any]) -> str:
             ratio = 1.0 if key == "sqlite" else st["kafka_postgres_vs_sqlite"]
             lines.append(f"| device-state stage, 1 replica, {label} ({st['events']:,} events) | {r['events_per_s']:,} | {ratio:.2f} |"
                          f" {r['events_per_stage_cpu_s']:,} events per stage-process CPU-second; CPU s: {r['cpu_seconds']} |")
+    if "detector" in res:
+        d = res["detector"]
+        for key, label in (("sqlite", "SQLite log + SQLite state"), ("kafka_postgres", "Kafka + PostgreSQL")):
+            r = d[key]
+            ratio = 1.0 if key == "sqlite" else d["kafka_postgres_vs_sqlite"]
+            lines.append(f"| detector, 1 replica, {label} ({d['events']:,} simulated events, {d['devices']} machines) |"
+                         f" {r['events_per_s']:,} | {ratio:.2f} | {r['events_per_detector_cpu_s']:,} events per process"
+                         f" CPU-second; {r['signals']} signals |")
     if "e2e" in res:
         e = res["e2e"]
         lines.append(f"| end to end: event accepted -> incident opened, 2 collectors + 2 detectors + orchestrator + lake writer,"
@@ -503,7 +574,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=100, help="events per HTTP request")
     ap.add_argument("--concurrency", type=int, default=32, help="concurrent HTTP requests")
     ap.add_argument("--devices", type=int, default=500, help="registered devices the load cycles through")
-    ap.add_argument("--parts", default="log,ingest,stage", help="comma-separated: log, ingest, stage, e2e")
+    ap.add_argument("--parts", default="log,ingest,stage", help="comma-separated: log, ingest, stage, detector, e2e")
     ap.add_argument("--stage-events", type=int, default=100_000, help="events the stage benchmark folds")
     ap.add_argument("--e2e-devices", type=int, default=100, help="fleet size of the end-to-end part")
     ap.add_argument("--e2e-minutes", type=float, default=60.0, help="simulated minutes of the end-to-end part")
@@ -521,6 +592,8 @@ def main() -> None:
         res["ingest"] = bench_ingest(args.seconds, args.batch, args.concurrency, args.devices)
     if "stage" in parts:
         res["stage"] = bench_stage(args.stage_events)
+    if "detector" in parts:
+        res["detector"] = bench_detector(args.e2e_devices * 10, args.e2e_minutes)
     if "e2e" in parts:
         res["e2e"] = bench_e2e(args.e2e_devices, args.e2e_minutes)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
