@@ -16,7 +16,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _event(device_id: str, type_: str, data: dict[str, Any]) -> dict[str, Any]:
+def _event(device_id: str, type_: str, data: dict[str, Any], ago_s: float = 0.0) -> dict[str, Any]:
     return {"event_id": str(uuid.uuid4()), "device_id": device_id, "type": type_,
-            "occurred_at": datetime.now(UTC).isoformat(), "data": data}
+            "occurred_at": (datetime.now(UTC) - timedelta(seconds=ago_s)).isoformat(), "data": data}
 
 
 def _wait(what: str, fn: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
@@ -139,6 +139,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             raise AssertionError(f"vendwatch serve did not start: {proc.communicate(timeout=10)[1].decode()[-2000:]}") from None
         posts = {
             "m-001": [
+                _event("m-001", "telemetry", {"cabinet_temp_c": 9.5, "refrigeration_temp_c": 5.0}, ago_s=120),
                 _event("m-001", "telemetry", {"cabinet_temp_c": 6.5, "refrigeration_temp_c": 3.2, "power_on": True,
                                               "door_open": False, "bill_validator": "degraded"}),
                 _event("m-001", "heartbeat", {"uptime_s": 86000, "firmware_version": "4.2.1"}),
@@ -161,7 +162,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             assert r.status_code == 200 and r.json()["accepted"] == len(evs), r.text
         f = Fleet(base, operator, viewer, data)
         # the device-state stage folds the events in the background
-        _wait("device state", lambda: f.get("/v1/fleet/devices/m-001").json()["events"] == 6)
+        _wait("device state", lambda: f.get("/v1/fleet/devices/m-001").json()["events"] == 7)
         yield f
     finally:
         proc.terminate()
@@ -300,7 +301,9 @@ def test_device_page_shows_temperatures_stock_faults_and_events(fleet: Fleet, br
     assert "4.2.1" in _text(drv, "[data-testid=firmware]")
     assert "€1.50" in _text(drv, "[data-testid=last-transaction]")
     events = _wait("events", lambda: _css(drv, "[data-testid=events] tbody tr"))
-    assert len(events) == 6
+    assert len(events) == 7
+    # the temperature trend draws both series from the two telemetry readings
+    assert len(_css(drv, "svg.spark polyline")) == 2
     assert "transaction" in events[0].text and "telemetry" in events[-1].text  # newest first
     _shot(drv, "device")
     assert _js_errors(drv) == []

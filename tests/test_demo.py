@@ -45,15 +45,6 @@ def test_demo_acks_every_event_once_and_reuses_its_fleet(tmp_path: Path) -> None
         assert "ServiceNow emulator at http" in err
 
 
-def test_demo_without_the_servicenow_emulator_says_so(tmp_path: Path) -> None:
-    if _module_exists():
-        pytest.skip("the emulator is part of this build: the demo test above runs with it")
-    proc = subprocess.run(vendwatch_cmd("demo", "--data-dir", str(tmp_path), "--duration", "1", "--servicenow-emulator"),
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 1
-    assert "--servicenow-emulator needs vendwatch.incidents.emulator" in proc.stderr
-
-
 def test_demo_tuning_applies_only_to_present_keys_left_at_default() -> None:
     import msgspec
 

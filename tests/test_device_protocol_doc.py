@@ -73,6 +73,10 @@ def test_the_published_schema_refuses_what_the_collector_refuses() -> None:
     with pytest.raises(msgspec.ValidationError):
         ev.decode_device_event(msgspec.json.encode(bad))
     assert not validator.is_valid({"events": [bad]})
+    extra = {**_examples()[0], "firmware": "4.2"}  # the envelope is closed; data is open
+    assert not validator.is_valid({"events": [extra]})
+    open_data = {**_examples()[0], "data": {"uptime_s": 1, "vendor_field": [1, 2]}}
+    assert validator.is_valid({"events": [open_data]})
 
 
 @pytest.mark.parametrize("type_", sorted(ev.PAYLOADS))

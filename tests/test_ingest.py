@@ -45,6 +45,16 @@ def test_unknown_payload_fields_are_preserved_end_to_end(h: Harness) -> None:
     assert msgspec.json.decode(stored.data) == data
 
 
+def test_unknown_envelope_field_is_refused_not_dropped(h: Harness) -> None:
+    odd = event("VM-1", firmware="4.2")  # belongs inside data
+    r = h.post("VM-1", [odd, event("VM-1")]).json()
+    assert r["accepted"] == 1
+    (rej,) = r["rejected"]
+    assert rej["code"] == "schema" and "firmware" in rej["reason"] and "inside `data`" in rej["reason"]
+    (q,) = h.quarantine()
+    assert q["raw"] == odd
+
+
 def test_identity_comes_from_the_token(h: Harness) -> None:
     good, foreign = event("VM-1"), event("VM-2")
     r = h.post("VM-1", [good, foreign])

@@ -73,3 +73,14 @@ def test_locked_log_gives_503_then_the_retry_is_stored_once(data_dir: Path) -> N
         body = r.json()
         assert body["accepted"] + body["duplicates"] == 5
         assert sorted(e.event_id for e in h.stored_events()) == sorted(e["event_id"] for e in evs)
+
+
+def test_healthz_fails_when_the_commit_thread_is_gone(data_dir: Path) -> None:
+    with running(data_dir) as h:
+        assert h.client.get("/healthz").status_code == 200
+        h.ctx.extras["collector"].committer.stop()
+        r = h.client.get("/healthz")
+        assert r.status_code == 503 and "commit thread" in r.json()["error"]
+        h.add_device("VM-1")
+        r = h.post("VM-1", [event("VM-1")])
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"  # at once, not after a timeout

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -285,6 +286,23 @@ def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, 
             stop_emulator()
 
 
+def demo_console_token(ctx: Context, data_dir: Path) -> str:
+    """An admin operator token for the web console, created once per data dir and kept
+    (mode 0600) beside the fleet's tokens, since the store keeps only its hash."""
+    path = data_dir / "fleet" / "console-token"
+    if path.exists():
+        token = path.read_text().strip()
+        if ctx.state.authenticate_operator(token) is not None:
+            return token
+    name = f"demo-console-{int(time.time())}"
+    token = ctx.state.add_operator_token(name, "admin")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
 def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     ctx = Context(settings)
     data_dir = Path(settings.data_dir)
@@ -300,6 +318,8 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     server = _Server(ctx, roles, opts.host, opts.port)
     server.start()
     out.write(f"vendwatch serving on {server.url} (data in {data_dir}); Ctrl-C stops\n")
+    console_token = demo_console_token(ctx, data_dir)
+    out.write(f"console: {server.url}/  (sign in with the operator token {console_token})\n")
     summary: dict[str, Any] = {}
     try:
         plan = FaultPlan.all() if opts.faults else FaultPlan.none()

@@ -288,7 +288,7 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class _EnvelopeDoc(Struct, kw_only=True):
+class _EnvelopeDoc(Struct, kw_only=True, forbid_unknown_fields=True):
     """Schema-only twin of DeviceEvent (msgspec cannot describe Raw)."""
 
     event_id: EventId

@@ -163,3 +163,10 @@ def test_binary_values_roundtrip(log: Log, topic: str) -> None:
     blob = bytes(range(256)) * 40
     p, o = log.append(topic, [("k", blob)])[0]
     assert log.read(topic, p, o, 1)[0].value == blob
+
+
+def test_append_to_a_new_topic_creates_it(log: Log, topic: str) -> None:
+    # no create_topic first: the first append must create the topic, not hang or fail
+    pos = log.append(topic, [("k", b"v")])
+    assert len(pos) == 1
+    assert log.read(topic, pos[0][0], pos[0][1], 1)[0].value == b"v"

@@ -11,6 +11,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vendwatch import __version__
 from vendwatch.api.auth import json_response
@@ -31,6 +32,9 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
             ctx.log.partitions("events")
         except Exception as e:
             return json_response({"status": "unavailable", "error": str(e)}, 503)
+        collector = ctx.extras.get("collector")
+        if collector is not None and not collector.healthy():
+            return json_response({"status": "unavailable", "error": "the collector's commit thread is not running"}, 503)
         return json_response({"status": "ok", "version": __version__, "roles": roles})
 
     async def metrics(request: Request) -> Response:
@@ -53,4 +57,28 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
             sup.stop()
 
     all_routes = [Route("/healthz", healthz), Route("/metrics", metrics), *routes]
-    return Starlette(routes=all_routes, lifespan=lifespan)
+    app = Starlette(routes=all_routes, lifespan=lifespan)
+    collector = ctx.extras.get("collector")
+    if collector is not None:
+        return _DirectRoute(app, "POST", "/v1/events", collector)  # type: ignore[return-value]
+    return app
+
+
+class _DirectRoute:
+    """Sends one hot endpoint straight to its ASGI handler, past Starlette's routing and
+    middleware (measured at ~30 µs per request on this machine); everything else,
+    lifespan included, goes to the Starlette app."""
+
+    def __init__(self, app: Starlette, method: str, path: str, handler: ASGIApp) -> None:
+        self.app = app
+        self.method = method
+        self.path = path
+        self.handler = handler
+        self.state = app.state
+        self.routes = app.routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == self.path and scope["method"] == self.method:
+            await self.handler(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

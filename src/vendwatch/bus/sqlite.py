@@ -94,27 +94,27 @@ class SqliteLog(Log):
 
     # -- topics -----------------------------------------------------------------
     def create_topic(self, topic: str, partitions: int | None = None) -> None:
+        with self.transaction() as db:
+            self._create_in(db, topic, partitions)
+
+    def _create_in(self, db: sqlite3.Connection, topic: str, partitions: int | None = None) -> int:
+        """Create a topic inside an open write transaction; returns its partition count."""
         if not _TOPIC_RE.match(topic):
             raise LogError(f"invalid topic name {topic!r}: use lowercase letters, digits and _")
+        row = db.execute("SELECT partitions FROM topics WHERE name=?", (topic,)).fetchone()
+        if row is not None:
+            self._topics[topic] = row[0]
+            return int(row[0])
         n = partitions or self.default_partitions
-        db = self._conn()
-        with self._write_lock:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT partitions FROM topics WHERE name=?", (topic,)).fetchone()
-                if row is None:
-                    db.execute("INSERT INTO topics VALUES (?, ?)", (topic, n))
-                    for p in range(n):
-                        db.execute(
-                            f"CREATE TABLE IF NOT EXISTS {_table(topic, p)}("
-                            "offset INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL,"
-                            " key TEXT NOT NULL, value BLOB NOT NULL)"
-                        )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-        self._load_topics()
+        db.execute("INSERT INTO topics VALUES (?, ?)", (topic, n))
+        for p in range(n):
+            db.execute(
+                f"CREATE TABLE IF NOT EXISTS {_table(topic, p)}("
+                "offset INTEGER PRIMARY KEY AUTOINCREMENT, ts INTEGER NOT NULL,"
+                " key TEXT NOT NULL, value BLOB NOT NULL)"
+            )
+        self._topics[topic] = n  # dropped again by _WriteTxn if the transaction rolls back
+        return n
 
     def partitions(self, topic: str) -> int:
         return self._parts(topic)
@@ -140,7 +140,7 @@ class SqliteLog(Log):
         for topic, items in batches.items():
             if not items:
                 continue
-            n = self._parts(topic)
+            n = self._topics.get(topic) or self._create_in(db, topic)
             by_part: dict[int, list[int]] = {}
             part_of: dict[str, int] = {}  # batches repeat keys (one device per request)
             for i, (key, _v) in enumerate(items):
@@ -286,9 +286,11 @@ class _WriteTxn:
                     db.execute("COMMIT")
                 except sqlite3.OperationalError as e:
                     db.execute("ROLLBACK")
+                    self.log._topics.clear()  # topics created in this transaction are gone
                     raise LogUnavailable(f"log commit failed: {e}") from e
             else:
                 db.execute("ROLLBACK")
+                self.log._topics.clear()
                 if isinstance(exc, sqlite3.OperationalError):
                     raise LogUnavailable(f"log write failed: {exc}") from exc
         finally:

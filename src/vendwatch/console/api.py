@@ -90,6 +90,9 @@ def fleet_stats(ctx: Context, meters: dict[str, activity.RateMeter], now: float,
     rows = ctx.state.db.query("SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%' ORDER BY name")
     out["stages"] = activity.stage_lag(ctx.log, [(n, bytes(d)) for n, d in rows])
     out["generated_at"] = now
+    # how the classes are judged, so a page can explain its numbers
+    out["rules"] = {"online_intervals": fleet.ONLINE_INTERVALS, "stale_intervals": fleet.STALE_INTERVALS,
+                    "default_heartbeat_s": fleet.DEFAULT_HEARTBEAT_S}
     return out
 
 

@@ -21,6 +21,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from vendwatch import events as ev
 from vendwatch.bus.base import LogUnavailable
@@ -43,11 +44,34 @@ _DUPLICATE = m.INGEST_EVENTS.labels(outcome="duplicate", reason="")
 _enc = msgspec.json.Encoder()
 
 
-def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
-    return Response(_enc.encode(body), status_code=status, media_type="application/json", headers=headers)
+class _Answer:
+    """A JSON answer sent straight over ASGI (the collector bypasses Starlette's request
+    machinery: it is the per-request cost that dominates small batches)."""
+
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status = status
+        self.body = body
+        self.headers = headers
+
+    async def send(self, send: Send) -> None:
+        raw = [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+        if self.headers:
+            raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers.items()]
+        await send({"type": "http.response.start", "status": self.status, "headers": raw})
+        await send({"type": "http.response.body", "body": self.body})
 
 
-def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> Response:
+class _Disconnected(Exception):
+    pass
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> _Answer:
+    return _Answer(status, _enc.encode(body), headers)
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> _Answer:
     m.INGEST_REQUESTS.labels(status=str(status)).inc()
     return _json(status, {"error": {"code": code, "message": message}}, headers)
 
@@ -139,14 +163,18 @@ class Collector:
         if self.committer is not None and self.sink is not None:
             self.committer.call(self.sink.maintain)  # the index belongs to the commit thread
 
+    def healthy(self) -> bool:
+        """False when events could not become durable (the commit thread is gone)."""
+        return self.committer is not None and self.committer.alive()
+
     def stop(self) -> None:
         self._housekeeping_stop.set()
         if self.committer is not None:
             self.committer.stop()
 
-    async def _body(self, request: Request) -> bytes | Response:
+    async def _body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
         limit = self.s.max_body_bytes
-        cl = request.headers.get("content-length")
+        cl = headers.get("content-length")
         if cl is not None:
             try:
                 if int(cl) > limit:
@@ -155,13 +183,19 @@ class Collector:
                 return _error(400, "bad_content_length", "Content-Length is not a number")
         chunks = []
         size = 0
-        async for chunk in request.stream():
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
                 return _error(413, "body_too_large", f"body exceeds the limit of {limit} bytes")
             chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
         body = b"".join(chunks)
-        enc = request.headers.get("content-encoding", "identity").lower()
+        enc = headers.get("content-encoding", "identity").lower()
         if enc == "gzip":
             try:
                 body = _gunzip(body, limit)
@@ -173,25 +207,32 @@ class Collector:
             return _error(415, "unsupported_encoding", f"Content-Encoding {enc} is not supported; use gzip or none")
         return body
 
-    async def post_events(self, request: Request) -> Response:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry point of ``POST /v1/events``."""
         t0 = time.perf_counter()
         try:
-            return await self._post_events(request)
-        finally:
-            m.INGEST_LATENCY.observe(time.perf_counter() - t0)
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            answer = await self._post_events(headers, receive)
+        except _Disconnected:
+            return  # the device went away; nothing was stored for this request
+        except Exception:
+            log.exception("collector request failed")
+            answer = _error(500, "internal", "unexpected error; retry with the same event ids")
+        await answer.send(send)
+        m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, request: Request) -> Response:
-        authz = request.headers.get("authorization", "")
+    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+        authz = headers.get("authorization", "")
         scheme, _, token = authz.partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _error(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         device = self.auth.get(token.strip())
         if device is None:
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
-        body = await self._body(request)
-        if isinstance(body, Response):
+        body = await self._body(headers, receive)
+        if isinstance(body, _Answer):
             return body
-        ctype = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+        ctype = headers.get("content-type", "application/json").split(";")[0].strip().lower()
         if ctype not in ("application/json", ""):
             return _error(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype}")
         try:
@@ -215,11 +256,16 @@ class Collector:
         in_batch_dups = out.in_batch_duplicates
 
         assert self.committer is not None
+        if not self.committer.alive():  # shutting down (or broken): nothing could become durable
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", "the collector is not taking writes; retry with the same event ids",
+                          {"Retry-After": "5"})
         if not accepted and not quarantine:
             _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
         try:
-            fresh = await asyncio.wait_for(self.committer.submit(accepted, quarantine), self.s.append_timeout_s)
+            # a plain future (not a coroutine): wait_for needs no extra Task per request
+            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
         except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
@@ -255,5 +301,7 @@ def routes(ctx: Context) -> list[Route]:
     async def openapi_json(request: Request) -> Response:
         return Response(spec, media_type="application/json")
 
-    return [Route("/v1/events", collector.post_events, methods=["POST"]),
+    # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
+    # api/server.py also dispatches POST /v1/events to it before Starlette's middleware
+    return [Route("/v1/events", collector, methods=["POST"]),
             Route("/openapi.json", openapi_json, methods=["GET"])]

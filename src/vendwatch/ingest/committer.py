@@ -48,18 +48,28 @@ class GroupCommitter:
             self._started = True
             self._thread.start()
 
+    def alive(self) -> bool:
+        """The writer thread is running (requests can become durable)."""
+        return self._thread.is_alive()
+
     def stop(self) -> None:
         """Commit what is queued, then end the writer thread."""
         if self._started:
             self._q.put(None)
             self._thread.join(10)
 
-    async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
-        """Queue a request's events; resolves once they are durable (True = new, False = duplicate)."""
+    def enqueue(self, accepted: Sequence[Pending],
+                rejected: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[bool]]:
+        """Queue a request's events (from the event loop); the future resolves once they are
+        durable, with True for a new event and False for a duplicate, or fails with the log's error."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bool]] = loop.create_future()
         self._q.put(_Job(accepted, rejected, fut, loop))
-        return await fut
+        return fut
+
+    async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
+        """``enqueue`` and wait."""
+        return await self.enqueue(accepted, rejected)
 
     def call(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` on the writer thread between commits (housekeeping of the sink)."""

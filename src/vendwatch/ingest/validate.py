@@ -25,11 +25,18 @@ from vendwatch.state.store import Device
 _QUARANTINE_MAX = 65_536  # larger rejected events are kept as reason + ids only
 _enc = msgspec.json.Encoder()
 _raw_batch = msgspec.json.Decoder(ev.Batch)
-_device_event = msgspec.json.Decoder(ev.DeviceEvent)
+
+
+class _Envelope(ev.DeviceEvent, forbid_unknown_fields=True):
+    """The envelope is fixed in protocol v1: a field it does not define is refused (and
+    quarantined), never silently dropped. Unknown fields inside ``data`` are kept."""
+
+
+_device_event = msgspec.json.Decoder(_Envelope)
 
 
 class _TypedBatch(msgspec.Struct):
-    events: list[ev.DeviceEvent]
+    events: list[_Envelope]
 
 
 _typed_batch = msgspec.json.Decoder(_TypedBatch)
@@ -177,7 +184,10 @@ class Validator:
             try:
                 e = _device_event.decode(raw)
             except msgspec.ValidationError as err:
-                reject(i, raw, "schema", str(err), _peek_event_id(raw))
+                reason = str(err)
+                if reason.startswith("Object contains unknown field"):
+                    reason += " (the envelope is fixed in protocol v1; put extra fields inside `data`)"
+                reject(i, raw, "schema", reason, _peek_event_id(raw))
                 continue
             except _DECODE_ERRORS as err:
                 reject(i, raw, "schema", f"not a valid JSON event: {err}", _peek_event_id(raw))

@@ -39,12 +39,23 @@ LEAK_DOOR_OPEN_PER_S = 1 / 1200
 PHYSICS_STEP_S = 10.0
 
 
-def _explicit(payload: Any) -> dict[str, Any]:
-    """The payload's set fields, defaults included (``state: raised``, ``phase: completed``).
+def _has_defaults(cls: type) -> bool:
+    return any(f.default not in (None, msgspec.NODEFAULT) or f.default_factory is not msgspec.NODEFAULT
+               for f in msgspec.structs.fields(cls))
+
+
+# payload types with non-None defaults (fault state, refill phase, log level...)
+_WITH_DEFAULTS = frozenset(cls for cls in ev.PAYLOADS.values() if _has_defaults(cls))
+
+
+def _explicit(payload: Any) -> Any:
+    """The payload with its defaults spelled out (``state: raised``, ``phase: completed``).
 
     The structs omit defaults when encoded; firmware usually sends them, and consumers
     matching raw JSON should not have to know the protocol's defaults to see them.
     """
+    if type(payload) not in _WITH_DEFAULTS:
+        return payload
     return {k: v for k, v in msgspec.structs.asdict(payload).items() if v is not None}
 
 

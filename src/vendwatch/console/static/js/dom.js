@@ -130,3 +130,31 @@ export function brief(value, max = 160) {
   const s = JSON.stringify(value);
   return s.length > max ? `${s.slice(0, max - 1)}…` : s;
 }
+
+const SVG = 'http://www.w3.org/2000/svg';
+
+function svg(tag, attrs, ...children) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
+  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  return el;
+}
+
+/** A small line chart: series [{label, cls, points: [[t, v], ...]}] on shared axes. */
+export function sparkline(series, {width = 320, height = 70, unit = ''} = {}) {
+  const pts = series.flatMap((s) => s.points);
+  if (pts.length < 2) return null;
+  const [t0, t1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
+  const [v0, v1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
+  const pad = 4;
+  const x = (t) => pad + ((t - t0) / (t1 - t0 || 1)) * (width - 2 * pad);
+  const y = (v) => height - pad - ((v - v0) / (v1 - v0 || 1)) * (height - 2 * pad);
+  const chart = svg('svg', {viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none', class: 'spark', role: 'img'},
+    svg('title', {}, `${series.map((s) => s.label).join(', ')}: ${fmtNum(v0, 1)}–${fmtNum(v1, 1)} ${unit}`),
+    ...series.filter((s) => s.points.length).map((s) => svg('polyline', {
+      class: s.cls, fill: 'none', 'stroke-width': 1.5,
+      points: s.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ')})));
+  return h('figure', {class: 'spark-box'}, chart, h('figcaption', {class: 'muted small'},
+    series.filter((s) => s.points.length).map((s) => h('span', {class: `legend ${s.cls}`}, s.label)),
+    ` ${fmtNum(v0, 1)} to ${fmtNum(v1, 1)} ${unit} · ${fmtTime(t0)} – ${fmtTime(t1).slice(11)}`));
+}

@@ -2,7 +2,7 @@
 
 import {api, qs} from '../api.js';
 import {
-  badge, brief, card, facts, wideCard, fmtBool, fmtMoney, fmtNum, fmtTime, fmtUnit, h, replace, table, when,
+  badge, brief, card, facts, sparkline, wideCard, fmtBool, fmtMoney, fmtNum, fmtTime, fmtUnit, h, replace, table, when,
 } from '../dom.js';
 import {deviceIncidents} from './incidents.js';
 import {silenceCard} from './silences.js';
@@ -14,7 +14,17 @@ function sensor(v) {
   return v ? badge(v, v === 'ok' ? 'online' : v === 'degraded' ? 'stale' : 'offline') : null;
 }
 
-function healthCard(st) {
+/** Temperature trend from the device's recent telemetry events (newest first in the answer). */
+function trend(telemetry) {
+  const series = (field) => telemetry.filter((e) => typeof e.data[field] === 'number')
+    .map((e) => [e.occurred_at, e.data[field]]).reverse();
+  return sparkline([
+    {label: 'cabinet', cls: 'cabinet', points: series('cabinet_temp_c')},
+    {label: 'refrigeration', cls: 'fridge', points: series('refrigeration_temp_c')},
+  ], {unit: '°C'});
+}
+
+function healthCard(st, telemetry) {
   const x = st.health || {};
   return card('Health',
     h('div', {class: 'temps'},
@@ -22,6 +32,7 @@ function healthCard(st) {
         h('div', {class: 'kpi-value', 'data-testid': 'cabinet-temp'}, fmtUnit(x.cabinet_temp_c, '°C') || '—')),
       h('div', {class: 'temp'}, h('div', {class: 'kpi-label'}, 'Refrigeration'),
         h('div', {class: 'kpi-value', 'data-testid': 'fridge-temp'}, fmtUnit(x.refrigeration_temp_c, '°C') || '—'))),
+    trend(telemetry),
     facts([
       ['Power', fmtBool(x.power_on, 'on', badge('OFF', 'offline'))],
       ['Voltage', fmtUnit(x.voltage_v, 'V')],
@@ -158,7 +169,11 @@ export async function render(main, page) {
   main.append(head, grid, h('div', {class: 'cols'}, card('Incidents', incidentsBox), silenceBox), events.node);
 
   async function refresh() {
-    const d = await api(`/v1/fleet/devices/${encodeURIComponent(deviceId)}`);
+    const [d, telemetry] = await Promise.all([
+      api(`/v1/fleet/devices/${encodeURIComponent(deviceId)}`),
+      api(`/v1/devices/${encodeURIComponent(deviceId)}/events${qs({type: 'telemetry', limit: 120})}`)
+        .then((r) => r.events, () => []), // the trend is a nicety: the page stands without it
+    ]);
     if (!page.live()) return;
     const st = d.state || {};
     replace(head,
@@ -178,7 +193,7 @@ export async function render(main, page) {
         ['Last crash', st.last_crash_at && when(st.last_crash_at)],
         ['Last refill', st.last_refill_at && when(st.last_refill_at)],
       ], 'machine')),
-      healthCard(st), firmwareCard(st), connectivityCard(st), faultsCard(st), salesCard(st), stockCard(d.stock));
+      healthCard(st, telemetry), firmwareCard(st), connectivityCard(st), faultsCard(st), salesCard(st), stockCard(d.stock));
     replace(incidentsBox, await deviceIncidents(deviceId));
     if (!silences) {
       silences = silenceCard(page, d);

@@ -42,6 +42,7 @@ const SITE_COLUMNS = [
 export async function render(main, page) {
   const stamp = h('span', {class: 'muted small', 'data-testid': 'updated'});
   const kpis = h('div', {class: 'kpis', 'data-testid': 'kpis'});
+  const legend = h('p', {class: 'muted small legend-line'});
   const flow = h('div', {class: 'kpis kpis-flow'});
   const incidentsBox = h('div');
   const sites = h('div');
@@ -50,6 +51,7 @@ export async function render(main, page) {
   main.append(
     h('div', {class: 'page-head'}, h('h1', null, 'Fleet overview'), stamp),
     h('div', {class: 'kpi-row'}, kpis, flow),
+    legend,
     h('div', {class: 'cols'},
       card('Open incidents', incidentsBox),
       card('Machines with active faults', faulted)),
@@ -86,6 +88,9 @@ export async function render(main, page) {
     ], stats.stages, {empty: 'No checkpointed stage has run yet.'}));
     replace(incidentsBox, await incidentSummary());
     replace(stamp, `updated ${fmtTime(stats.generated_at)}`);
+    const r = stats.rules;
+    replace(legend, `Online: heard from within ${r.online_intervals} heartbeat intervals; stale: within ${r.stale_intervals}; `
+      + `offline: longer (interval as registered, ${r.default_heartbeat_s} s otherwise).`);
     // the tab title tells a NOC wall what is wrong without looking at the page
     const down = c.offline + c.stale;
     document.title = down ? `(${down} not reporting) vendwatch` : 'vendwatch console';
