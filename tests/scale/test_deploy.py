@@ -59,7 +59,7 @@ def _embedded_toml() -> str:
     return str(cm["data"]["vendwatch.toml"])
 
 
-@pytest.mark.parametrize("name", ["local-scaleout.toml", "aws-msk-rds.toml", "configmap"])
+@pytest.mark.parametrize("name", ["local-scaleout.toml", "aws-msk-rds.toml", "s3-rest-catalog.toml", "configmap"])
 def test_config_examples_are_valid_settings(name: str, tmp_path: Path) -> None:
     path = DEPLOY / "config" / name
     if name == "configmap":
@@ -67,6 +67,10 @@ def test_config_examples_are_valid_settings(name: str, tmp_path: Path) -> None:
         path.write_text(_embedded_toml())
     s = load_settings(path, environ={})
     assert s.bus.backend == "kafka" and s.state.backend == "postgres"
+    expected_catalog = {"aws-msk-rds.toml": "glue", "configmap": "glue", "s3-rest-catalog.toml": "rest"}
+    if name in expected_catalog:
+        assert s.lake.catalog.type == expected_catalog[name]
+        assert (s.lake.catalog.warehouse or "").startswith("s3://")
 
 
 def _exported_metric_names() -> set[str]:
