@@ -147,7 +147,29 @@ class LakeSettings(_Section):
     sql_timeout_s: float = 30.0
     sql_memory_limit: str = "2GB"
     sql_threads: int = 2
+    sql_max_concurrent: int = 2  # POST /v1/sql and reports beyond this wait (each may use sql_memory_limit)
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+
+
+class DetectSettings(_Section):
+    """The detector (``vendwatch.detect``); see docs/detection.md."""
+
+    # extra rule files loaded after the shipped default pack (a rule id may appear once)
+    rule_files: list[str] = []
+    default_pack: bool = True  # load src/vendwatch/detect/rules/default.yaml
+    # timers wait this long past their deadline so events delayed up to it still count
+    allowed_lateness_s: float = 60.0
+    # "wall": timers follow wall time once caught up with the log (live);
+    # "event": timers follow event time only (replay, deterministic tests)
+    clock: Literal["wall", "event"] = "wall"
+    tick_interval_s: float = 1.0  # how often timers are checked when the log is quiet
+    checkpoint_interval_s: float = 5.0  # state + offsets are saved at most this often
+    batch_size: int = 2000
+    recent_ids_per_device: int = 32  # duplicate-event memory per device
+    site_min_devices: int = 3  # site-level offline signal needs at least this many machines...
+    site_min_fraction: float = 0.5  # ...and this share of the site's machines
+    site_wait_s: float = 120.0  # per-device offline signals wait this long for site grouping
+    registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
 class Settings(_Section):
@@ -159,7 +181,7 @@ class Settings(_Section):
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     # sections owned by later stages; each is a free-form table validated by its owner
-    detect: dict[str, Any] = {}
+    detect: DetectSettings = msgspec.field(default_factory=DetectSettings)
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
@@ -246,6 +268,12 @@ def _check(s: Settings) -> None:
         "lake.sql_row_limit": s.lake.sql_row_limit,
         "lake.sql_timeout_s": s.lake.sql_timeout_s,
         "lake.sql_threads": s.lake.sql_threads,
+        "lake.sql_max_concurrent": s.lake.sql_max_concurrent,
+        "detect.tick_interval_s": s.detect.tick_interval_s,
+        "detect.batch_size": s.detect.batch_size,
+        "detect.recent_ids_per_device": s.detect.recent_ids_per_device,
+        "detect.site_min_devices": s.detect.site_min_devices,
+        "detect.site_min_fraction": s.detect.site_min_fraction,
     }
     for key, value in positive.items():
         if value <= 0:
@@ -270,5 +298,14 @@ def _check(s: Settings) -> None:
             f"invalid configuration: ingest.dedupe_window_s: {s.ingest.dedupe_window_s:g}s is longer than"
             f" bus.retention_hours ({s.bus.retention_hours:g}h); raise the retention or shorten the window"
         )
+    for key, value in {
+        "detect.allowed_lateness_s": s.detect.allowed_lateness_s,
+        "detect.checkpoint_interval_s": s.detect.checkpoint_interval_s,
+        "detect.site_wait_s": s.detect.site_wait_s,
+    }.items():
+        if value < 0:
+            raise ConfigError(f"invalid configuration: {key}: must be >= 0, got {value}")
+    if s.detect.site_min_fraction > 1:
+        raise ConfigError(f"invalid configuration: detect.site_min_fraction: must be <= 1, got {s.detect.site_min_fraction}")
     if not 0 < s.server.port < 65536:
         raise ConfigError(f"invalid configuration: server.port: must be 1-65535, got {s.server.port}")

@@ -7,20 +7,22 @@ import io
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
-from tests.lake.conftest import drain
+from tests.lake.conftest import drain, make_settings
 from tests.lake.factory import T0, heartbeat, inventory, publish, sale
 
 from vendwatch.lake import etl as etl_mod
 from vendwatch.lake import formats
 from vendwatch.lake.etl import Etl
 from vendwatch.lake.reports import REPORTS, ReportError, run_report
+from vendwatch.runtime import Context
 
 NOW = T0 + timedelta(days=1)
 
 
-@pytest.fixture
-def fleet(ctx, monkeypatch):
-    """Two sites, three machines, a day of sales and stock, two incidents."""
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    """Two sites, three machines, a day of sales and stock, two incidents (built once; reports only read)."""
+    ctx = Context(make_settings(tmp_path_factory.mktemp("fleet") / "data"))
     items = [
         heartbeat(T0, device="a1", site="site-a"),
         heartbeat(NOW - timedelta(minutes=5), device="a1", site="site-a"),  # fresh
@@ -48,9 +50,11 @@ def fleet(ctx, monkeypatch):
          "resolved_at": T0.timestamp() + 600, "occurrences": 1},
     ]
     real = etl_mod.load
-    monkeypatch.setattr(etl_mod, "load", lambda ref: (lambda s: rows) if ref == etl_mod.INCIDENT_ROWS else real(ref))
-    Etl(ctx.settings, state=ctx.state).run()
-    return ctx.settings
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(etl_mod, "load", lambda ref: (lambda s: rows) if ref == etl_mod.INCIDENT_ROWS else real(ref))
+        Etl(ctx.settings, state=ctx.state).run()
+    yield ctx.settings
+    ctx.close()
 
 
 def rep(settings, name, **kw):
@@ -89,10 +93,15 @@ def test_failure_rates(fleet):
 
 
 def test_sla_uptime_per_device_and_site(fleet):
-    rows = rep(fleet, "sla-uptime")
-    levels = {(r["level"], r["site_id"], r["device_id"]) for r in rows}
-    assert ("site", "site-a", None) in levels and ("device", "site-b", "b1") in levels
-    assert all(0 < r["uptime_pct"] <= 100 for r in rows)
+    rows = {(r["level"], r["site_id"], r["device_id"]): r for r in rep(fleet, "sla-uptime")}
+    assert set(rows) == {("device", "site-a", "a1"), ("device", "site-a", "a2"), ("site", "site-a", None),
+                         ("device", "site-b", "b1"), ("site", "site-b", None)}
+    a1, a2 = rows[("device", "site-a", "a1")], rows[("device", "site-a", "a2")]
+    # two days in the lake; a2 was silent on the second: that day counts as 0 %
+    assert (a1["days_seen"], a2["days_seen"]) == (2, 1)
+    assert a2["worst_day_pct"] == 0.0 and 0 < a2["uptime_pct"] < 50
+    site = rows[("site", "site-a", None)]
+    assert site["uptime_pct"] == pytest.approx((a1["uptime_pct"] + a2["uptime_pct"]) / 2)
 
 
 def test_stockouts_with_estimated_lost_sales(fleet):

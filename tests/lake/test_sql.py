@@ -8,19 +8,23 @@ from datetime import UTC, datetime, timedelta
 
 import pyarrow.parquet as pq
 import pytest
-from tests.lake.conftest import drain
+from tests.lake.conftest import drain, make_settings
 from tests.lake.factory import T0, day_of_events, publish, sale
 
 from vendwatch.lake import formats
 from vendwatch.lake.catalog import open_catalog
-from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout
+from vendwatch.lake.query import LakeSQL, QueryError, QueryRefused, QueryTimeout, referenced_tables
+from vendwatch.runtime import Context
 
 
-@pytest.fixture
-def lake(ctx):
-    publish(ctx.log, day_of_events(n=4))
-    drain(ctx)
-    return LakeSQL(ctx.settings)
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    """A small lake shared by the read-only tests (they cannot change it: that is the point)."""
+    c = Context(make_settings(tmp_path_factory.mktemp("sql") / "data"))
+    publish(c.log, day_of_events(n=4))
+    drain(c)
+    yield LakeSQL(c.settings)
+    c.close()
 
 
 @pytest.mark.parametrize(
@@ -37,6 +41,7 @@ def lake(ctx):
         ("SET enable_external_access = true", "SET statements are not allowed"),
         ("PRAGMA version", "not allowed"),
         ("SELECT 1; SELECT 2", "exactly one statement"),
+        ("EXPLAIN ANALYZE CREATE TABLE t AS SELECT 1", "EXPLAIN is allowed for SELECT queries only"),
         ("SELECT * FROM read_csv('/etc/passwd')", "Cannot access file \"/etc/passwd\""),
         ("SELECT * FROM read_text('/etc/hostname')", "Cannot access file"),
         ("SELECT * FROM read_parquet('/tmp/*.parquet')", "Cannot access file"),
@@ -49,8 +54,8 @@ def test_refused_with_clear_error(lake, sql, says):
     assert says in str(e.value)
 
 
-def test_catalog_file_next_to_the_warehouse_is_not_readable(lake, settings):
-    catalog_db = settings.data_path.resolve() / "lake" / "catalog.db"
+def test_catalog_file_next_to_the_warehouse_is_not_readable(lake):
+    catalog_db = lake.settings.data_path.resolve() / "lake" / "catalog.db"
     assert catalog_db.exists()
     with pytest.raises(QueryRefused):
         lake.run(f"SELECT * FROM read_blob('{catalog_db}')")
@@ -59,6 +64,10 @@ def test_catalog_file_next_to_the_warehouse_is_not_readable(lake, settings):
 def test_syntax_error_is_a_query_error(lake):
     with pytest.raises(QueryError, match="syntax error"):
         lake.run("SELEC 1")
+
+
+def test_explain_of_a_query_is_allowed(lake):
+    assert lake.run("EXPLAIN SELECT count(*) FROM raw.events").table.num_rows >= 1
 
 
 def test_select_reads_tables_by_name(lake):
@@ -82,7 +91,10 @@ def test_timeout_interrupts(lake):
         lake.run("SELECT count(*) FROM range(1000000000000) a", timeout_s=0.2)
 
 
-def test_time_travel_by_snapshot_and_timestamp(ctx, lake):
+def test_time_travel_by_snapshot_and_timestamp(ctx):
+    publish(ctx.log, day_of_events(n=4))
+    drain(ctx)
+    lake = LakeSQL(ctx.settings)
     raw = open_catalog(ctx.settings).load_table("raw.events")
     first = raw.current_snapshot()
     publish(ctx.log, [sale(T0 + timedelta(days=2))])
@@ -106,3 +118,9 @@ def test_output_formats(lake):
     assert doc["columns"] == ["event_id", "occurred_at", "n"] and doc["rows"][0]["n"] == 12
     back = pq.read_table(io.BytesIO(formats.to_parquet(res.table)))
     assert back.num_rows == 2 and back.schema.field("n").type == "int64"
+
+
+def test_table_names_are_found_quoted_or_not():
+    known = ["raw.events", "analytics.transactions", "analytics.faults"]
+    sql = 'SELECT * FROM "raw"."events" e JOIN ANALYTICS.Transactions t ON true -- analytics.nope'
+    assert referenced_tables(sql, known) == ["analytics.transactions", "raw.events"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from datetime import timedelta
 
@@ -105,54 +106,59 @@ def _wait_for(pred, timeout_s=60.0):
 
 
 def test_sigkill_mid_batch_then_restart_is_exactly_once(tmp_path):
-    """Kill -9 the lake-writer process while it commits small batches, restart, count each id once."""
+    """Kill -9 the lake-writer process while events keep arriving and batches are committed;
+    restart it: raw.events holds every event id exactly once."""
     data = tmp_path / "data"
     settings = make_settings(data)
     env = {**os.environ, "VENDWATCH_LAKE__BATCH_MAX_EVENTS": "400", "VENDWATCH_LAKE__BATCH_MAX_WAIT_S": "0.05",
            "VENDWATCH_BUS__PARTITIONS": "2", "VENDWATCH_LOG_LEVEL": "warning"}
     ctx = Context(settings)
     ctx.log.create_topic(EVENTS)
-    total = 0
+    fed = [0]
+    feeding = threading.Event()
+    feeding.set()
 
-    def feed(n_batches: int, base: int) -> int:
-        for b in range(n_batches):
-            items = [heartbeat(T0 + timedelta(seconds=base + b * 500 + i), device=f"dev-{i % 7}",
-                               event_id=f"e-{base + b * 500 + i}") for i in range(500)]
-            publish(ctx.log, items)
-        return n_batches * 500
+    def feeder() -> None:
+        # a steady stream, so the writer always has a batch open when it is killed
+        while feeding.is_set():
+            base = fed[0]
+            publish(ctx.log, [heartbeat(T0 + timedelta(seconds=base + i), device=f"dev-{i % 7}", event_id=f"e-{base + i}")
+                              for i in range(100)])
+            fed[0] += 100
+            time.sleep(0.005)
 
-    total += feed(4, 0)
+    cat = open_catalog(settings)
+
+    def committed() -> int:
+        try:
+            t = cat.load_table("raw.events")
+        except Exception:
+            return 0
+        return sum(o - 1 for o in committed_offsets(t).values())  # SQLite log offsets start at 1
+
     cmd = vendwatch_cmd("run", "lake-writer", "--data-dir", str(data))
-    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    feed = threading.Thread(target=feeder, daemon=True)
+    feed.start()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        cat = open_catalog(settings)
-
-        def committed() -> int:
-            try:
-                t = cat.load_table("raw.events")
-            except Exception:
-                return 0
-            return sum(o - 1 for o in committed_offsets(t).values())
-
-        # keep feeding while it commits, and kill it once some but not all batches are in
-        assert _wait_for(lambda: committed() > 0), p.stderr.read().decode() if p.poll() is not None else "no commit"
-        total += feed(6, 10_000)
-        assert _wait_for(lambda: committed() >= 2400)
+        assert _wait_for(lambda: committed() >= 1200), "no commits from the writer"
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        before = committed()
-        assert before < total, "the writer finished before it was killed; nothing tested"
+        at_kill = committed()
+        assert at_kill < fed[0], "nothing was in flight when the writer died"
+        assert _wait_for(lambda: fed[0] >= at_kill + 1000)  # more arrives while it is down
     finally:
+        feeding.clear()
+        feed.join()
         if p.poll() is None:
             p.kill()
             p.wait()
-    total += feed(2, 50_000)
+    total = fed[0]
     p2 = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         assert _wait_for(lambda: committed() >= total), f"{committed()} of {total} after restart"
     finally:
         p2.send_signal(signal.SIGTERM)
         p2.wait(30)
-    counts = _count(settings)
-    assert counts == {"n": total, "d": total}
+    assert _count(settings) == {"n": total, "d": total}
     ctx.close()

@@ -49,5 +49,5 @@ def routes(ctx: Context) -> list[Route]:
 
     return [
         Route("/v1/devices", list_devices, methods=["GET"]),
-        Route("/v1/devices/{device_id:path}", get_device, methods=["GET"]),
+        Route("/v1/devices/{device_id}", get_device, methods=["GET"]),
     ]

@@ -97,13 +97,16 @@ def _report_names() -> list[str]:
 @data_dir_option
 @click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) included.")
 @click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) included.")
-@click.option("--limit", type=int, default=None, help="Maximum rows [default: all].")
+@click.option("--limit", type=int, default=None, help="Maximum rows [default 1,000,000].")
 @_format_option
 @_output_option
 @pass_env
 def report(env: Env, name: str, since: datetime | None, until: datetime | None, limit: int | None,
            fmt: str, output: str | None) -> None:
-    """Run a canned report (reads the analytics tables: run `vendwatch etl run` first).
+    """Run a canned report.
+
+    device-last-seen reads raw.events; the others read the analytics tables, which
+    `vendwatch etl run` brings up to date.
 
     \b
     device-last-seen  last event per device and whether it is stale

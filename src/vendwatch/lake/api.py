@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date
 from typing import Any
 
@@ -62,6 +63,8 @@ def _as_of(v: str | int | None) -> Any:
 
 def routes(ctx: Context) -> list[Route]:
     """Routes of the lake API (mounted by the console role)."""
+    # each query may take lake.sql_memory_limit: bound how many run at once
+    slots = asyncio.Semaphore(ctx.settings.lake.sql_max_concurrent)
 
     @require(ctx, "operator")
     async def post_sql(request: Request) -> Response:
@@ -82,9 +85,10 @@ def routes(ctx: Context) -> list[Route]:
         cfg = ctx.settings.lake
         timeout = min(req.timeout_s or cfg.sql_timeout_s, cfg.sql_timeout_s)  # a client may only shorten it
         try:
-            res = await run_in_threadpool(
-                LakeSQL(ctx.settings).run, req.sql, limit=req.limit, timeout_s=timeout, as_of=as_of
-            )
+            async with slots:
+                res = await run_in_threadpool(
+                    LakeSQL(ctx.settings).run, req.sql, limit=req.limit, timeout_s=timeout, as_of=as_of
+                )
         except QueryError as e:
             return _query_error(e)
         return _respond(res, req.format, "query")
@@ -107,7 +111,8 @@ def routes(ctx: Context) -> list[Route]:
         except ValueError as e:
             return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
         try:
-            res = await run_in_threadpool(run_report, ctx.settings, name, since=since, until=until, limit=limit)
+            async with slots:
+                res = await run_in_threadpool(run_report, ctx.settings, name, since=since, until=until, limit=limit)
         except QueryError as e:
             return _query_error(e)
         return _respond(res, fmt, name)

@@ -9,6 +9,7 @@ settings change.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -17,15 +18,17 @@ from typing import Any
 from urllib.parse import urlparse
 
 from pyiceberg.catalog import Catalog, load_catalog
-from pyiceberg.exceptions import NoSuchTableError
+from pyiceberg.exceptions import CommitFailedException, NoSuchTableError
 from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from vendwatch.config import Settings
 from vendwatch.lake import schemas
 
+_log = logging.getLogger("vendwatch.lake.catalog")
 NAMESPACES = ("raw", "analytics")
 _INIT_LOCK = threading.Lock()
+_CATALOGS: dict[tuple[str, tuple[tuple[str, str], ...]], Catalog] = {}
 
 
 class LakeError(Exception):
@@ -69,11 +72,26 @@ def _catalog_properties(settings: Settings) -> dict[str, str]:
 
 
 def open_catalog(settings: Settings) -> Catalog:
-    """Open the configured catalog and make sure the lake's namespaces exist."""
+    """The configured catalog, with the lake's namespaces; one object per process and configuration.
+
+    Catalog objects are thread-safe (the SQL catalog is a SQLAlchemy engine with a
+    connection pool); reusing one saves each query and report the catalog set-up.
+    """
     wh = local_warehouse(settings)
     if wh is not None:
         wh.mkdir(parents=True, exist_ok=True)
     props = _catalog_properties(settings)
+    key = (settings.lake.catalog.name, tuple(sorted(props.items())))
+    with _INIT_LOCK:
+        cached = _CATALOGS.get(key)
+    if cached is not None:
+        return cached
+    cat = _open(settings, props)
+    with _INIT_LOCK:
+        return _CATALOGS.setdefault(key, cat)
+
+
+def _open(settings: Settings, props: dict[str, str]) -> Catalog:
     for attempt in range(3):
         try:
             with _INIT_LOCK:
@@ -107,11 +125,21 @@ def open_catalog(settings: Settings) -> Catalog:
 
 def ensure_table(cat: Catalog, name: str) -> Table:
     """Load a lake table, creating it from its definition in ``schemas`` when absent."""
+    spec = schemas.TABLES.get(name)
     try:
-        return cat.load_table(name)
+        table = cat.load_table(name)
+        if spec is not None:
+            try:
+                if evolve(table, spec):
+                    table.refresh()
+            except CommitFailedException:
+                # another process evolved it at the same moment; theirs is the same change
+                table.refresh()
+                if evolve(table, spec):
+                    table.refresh()
+        return table
     except NoSuchTableError:
         pass
-    spec = schemas.TABLES.get(name)
     if spec is None:
         raise LakeError(f"unknown lake table {name!r}; known: {', '.join(sorted(schemas.TABLES))}")
     try:
@@ -142,6 +170,17 @@ def newest_property(table: Table, key: str) -> str | None:
         if key in props:
             return props[key]
     return None
+
+
+def evolve(table: Table, tdef: schemas.TableDef) -> bool:
+    """Add columns the definition has and the table lacks (Iceberg schema evolution)."""
+    have = {f.name for f in table.schema().fields}
+    if all(f.name in have for f in tdef.schema.fields):
+        return False
+    with table.update_schema() as upd:
+        upd.union_by_name(tdef.schema)
+    _log.info("schema of %s evolved: %s", tdef.name, [f.name for f in tdef.schema.fields if f.name not in have])
+    return True
 
 
 def table_names(cat: Catalog) -> list[str]:

@@ -61,17 +61,6 @@ class EtlReport:
                 "seconds": round(self.seconds, 3)}
 
 
-def evolve(table: Table, tdef: schemas.TableDef) -> bool:
-    """Add columns the definition has and the table lacks (Iceberg schema evolution)."""
-    have = {f.name for f in table.schema().fields}
-    if all(f.name in have for f in tdef.schema.fields):
-        return False
-    with table.update_schema() as upd:
-        upd.union_by_name(tdef.schema)
-    log.info("schema of %s evolved: %s", tdef.name, [f.name for f in tdef.schema.fields if f.name not in have])
-    return True
-
-
 def content_hash(t: pa.Table) -> str:
     """Order-independent digest of a table's rows."""
     if t.num_rows == 0:
@@ -103,10 +92,7 @@ class Etl:
     def _tables(self) -> dict[str, Table]:
         out = {}
         for name in schemas.ANALYTICS:
-            t = ensure_table(self.catalog, name)
-            if evolve(t, schemas.TABLES[name]):
-                t.refresh()
-            out[name] = t
+            out[name] = ensure_table(self.catalog, name)  # evolves the schema when the definition grew
         return out
 
     # -- which days changed ------------------------------------------------------

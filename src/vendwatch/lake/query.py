@@ -44,8 +44,9 @@ from vendwatch.lake import metrics, schemas
 from vendwatch.lake.catalog import NAMESPACES, local_warehouse, open_catalog, table_names
 from vendwatch.lake.formats import normalize
 
-_TABLE_REF = re.compile(r'\b(' + "|".join(NAMESPACES) + r')\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
+_TABLE_REF = re.compile(r'"?\b(' + "|".join(NAMESPACES) + r')"?\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
+_EXPLAIN_SELECT = re.compile(r"\s*explain\s+(analy[sz]e\s+)?[(\s]*(select|with|from|values)\b", re.I)
 _DUCK_TYPES: dict[type[IcebergType], str] = {
     StringType: "VARCHAR",
     LongType: "BIGINT",
@@ -108,6 +109,9 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryRefused(
             f"read-only: {kind.name} statements are not allowed; the lake is queried with SELECT only"
         )
+    if kind == duckdb.StatementType.EXPLAIN and not _EXPLAIN_SELECT.match(stmts[0].query):
+        # EXPLAIN ANALYZE runs its statement: only a query may follow
+        raise QueryRefused("read-only: EXPLAIN is allowed for SELECT queries only")
 
 
 class LakeSQL:

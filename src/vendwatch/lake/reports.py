@@ -56,15 +56,25 @@ REPORTS: dict[str, Report] = {r.name: r for r in [
     ),
     Report(
         "sla-uptime",
-        "Uptime % per device and per site (5-minute buckets with data)",
-        ("analytics.device_daily",),
+        "Uptime % per device and per site (5-minute buckets with data; a silent day counts as 0 %)",
+        ("analytics.dim_devices", "analytics.device_daily"),
         f"""
-        SELECT CASE WHEN device_id IS NULL THEN 'site' ELSE 'device' END AS level,
-            site_id, device_id, count(DISTINCT event_date) AS days,
-            avg(uptime_pct) AS uptime_pct, min(uptime_pct) AS worst_day_pct,
-            sum(events) AS events
-        FROM analytics.device_daily WHERE {_between('event_date')}
-        GROUP BY GROUPING SETS ((site_id, device_id), (site_id))
+        WITH days AS (
+            SELECT count(DISTINCT event_date) AS n FROM analytics.device_daily WHERE {_between('event_date')}
+        ), dev AS (
+            -- every known device, so a machine that sent nothing in the window shows 0 %, not nothing
+            SELECT d.site_id, d.device_id, count(dd.event_date) AS days_seen,
+                coalesce(sum(dd.uptime_pct), 0) / greatest(1, max(days.n)) AS uptime_pct,
+                CASE WHEN count(dd.event_date) < max(days.n) THEN 0.0 ELSE min(dd.uptime_pct) END AS worst_day_pct,
+                coalesce(sum(dd.events), 0) AS events
+            FROM analytics.dim_devices d CROSS JOIN days
+            LEFT JOIN analytics.device_daily dd ON dd.device_id = d.device_id AND {_between('dd.event_date')}
+            GROUP BY d.site_id, d.device_id
+        )
+        SELECT 'device' AS level, site_id, device_id, days_seen, uptime_pct, worst_day_pct, events FROM dev
+        UNION ALL
+        SELECT 'site', site_id, NULL, max(days_seen), avg(uptime_pct), min(worst_day_pct), sum(events)
+        FROM dev GROUP BY site_id
         ORDER BY site_id, level DESC, uptime_pct, device_id
         """,
     ),

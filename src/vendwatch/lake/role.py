@@ -106,8 +106,7 @@ class LakeWriter:
             if sink is None:
                 continue
             sink.buf.add_many(recs)
-            for r in recs:
-                sink.pos[(r.topic, r.partition)] = r.offset + 1
+            sink.pos.update({(r.topic, r.partition): r.offset + 1 for r in recs})  # the last per partition wins
             if sink.first_at is None:
                 sink.first_at = now
 

@@ -84,6 +84,13 @@ class EventColumns:
             decoded = _dec_events.decode(b"[" + b",".join(r.value for r in records) + b"]")
         except msgspec.DecodeError:
             decoded = [self._decode_one(r) for r in records]
+        if all(e is not None and not e.replayed for e in decoded):
+            # the common case, without a Python-level append per record
+            self.events.extend(decoded)  # type: ignore[arg-type]
+            self.partitions.extend([r.partition for r in records])
+            self.offsets.extend([r.offset for r in records])
+            self.nbytes += sum(len(r.value) for r in records)
+            return len(records)
         n = 0
         for r, e in zip(records, decoded, strict=True):
             if e is None or e.replayed:
