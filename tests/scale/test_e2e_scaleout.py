@@ -121,6 +121,19 @@ def _lake_event_ids(ctx: Context) -> list[str]:
     return sorted(table.scan(selected_fields=("event_id",)).to_arrow().column("event_id").to_pylist())
 
 
+def _caught_up(ctx: Context) -> bool:
+    """The detectors' and the orchestrator's checkpoints reach the end of their topics."""
+    from vendwatch.bus import EVENTS, SIGNALS
+    from vendwatch.demo import checkpoint_positions
+
+    for topic, group in ((EVENTS, "vendwatch-detector"), (SIGNALS, "vendwatch-orchestrator")):
+        ends, begins = ctx.log.end_offsets(topic), ctx.log.begin_offsets(topic)
+        saved = checkpoint_positions(ctx, topic).get(group, {})
+        if any(saved.get(p, -1) < end for p, end in ends.items() if end > begins.get(p, 0)):
+            return False
+    return True
+
+
 def _settle(read: Callable[[], Any], done: Callable[[Any], bool], quiet_s: float = 6.0, timeout_s: float = 240) -> Any:
     """Poll until ``done`` holds and the value stopped changing for ``quiet_s``."""
     deadline = time.monotonic() + timeout_s
@@ -173,7 +186,7 @@ def test_scaleout_pipeline_equals_embedded(tmp_path: Path) -> None:
         assert asyncio.run(_send(rounds, emb_tokens, [serve.url])) == n_events
         emb_ctx = Context(emb_settings)
         emb_lake = _settle(lambda: _lake_event_ids(emb_ctx), lambda v: len(v) == n_events)
-        emb_incidents = _settle(lambda: _incidents(emb_ctx), lambda v: bool(v))
+        emb_incidents = _settle(lambda: _incidents(emb_ctx), lambda v: bool(v) and _caught_up(emb_ctx))
         emb_ctx.close()
     finally:
         serve.stop()
@@ -215,17 +228,33 @@ def test_scaleout_pipeline_equals_embedded(tmp_path: Path) -> None:
         try:
             for c in roles[:2]:
                 c.wait_healthy()
+            # both detectors own partitions before events flow (a cooperative rebalance
+            # gives the second member its share in a second round)
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline and not all("assigned events/" in d.output() for d in roles[2:4]):
+                time.sleep(0.2)
 
             owned_before_kill: list[str] = []
 
             def kill_detector() -> None:
+                # kill once every partition has a checkpoint past its start: the crash then
+                # loses work since the last checkpoint, which the survivor must redo exactly
+                from vendwatch.bus import EVENTS
+                from vendwatch.demo import checkpoint_positions
+
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    saved = checkpoint_positions(ctx, EVENTS).get("vendwatch-detector", {})
+                    if len(saved) == 4 and all(v > 0 for v in saved.values()):
+                        break
+                    time.sleep(0.2)
                 owned_before_kill.append(roles[2].output())
                 roles[2].kill()  # SIGKILL mid-run: its partitions move to detector-2
 
             sent = asyncio.run(_send(rounds, so_tokens, [roles[0].url, roles[1].url], halfway=kill_detector))
             assert sent == n_events
             so_lake = _settle(lambda: _lake_event_ids(ctx), lambda v: len(v) == n_events)
-            so_incidents = _settle(lambda: _incidents(ctx), lambda v: len(v) >= len(emb_incidents))
+            so_incidents = _settle(lambda: _incidents(ctx), lambda v: len(v) >= len(emb_incidents) and _caught_up(ctx))
         finally:
             ctx.close()
             for role in roles:
