@@ -213,9 +213,8 @@ class KafkaLog(Log):
             assert self._producer is not None
             self._producer.poll(0.1)
 
-    def append(self, topic: str, items: Sequence[tuple[str, bytes]]) -> list[TopicPartition]:
-        if not items:
-            return []
+    def _produce(self, topic: str, items: Sequence[tuple[str, bytes]]) -> _Batch:
+        """Hand records to the producer; the returned batch collects their delivery reports."""
         n = self.partitions(topic)
         name = self.kafka_topic(topic)
         producer = self._get_producer()
@@ -229,19 +228,25 @@ class KafkaLog(Log):
                 except BufferError:  # local queue full: wait for deliveries to drain it
                     time.sleep(0.005)
         producer.poll(0)
+        return batch
+
+    def _wait(self, topic: str, batch: _Batch, n: int) -> list[TopicPartition]:
+        name = self.kafka_topic(topic)
         if not batch.done.wait(self.s.delivery_timeout_ms / 1000 + 10):
             raise LogUnavailable(f"no delivery report from Kafka for {name} within {self.s.delivery_timeout_ms} ms")
         if batch.errors:
-            raise LogUnavailable(f"Kafka refused {len(batch.errors)} of {len(items)} records for {name}: {batch.errors[0]}")
+            raise LogUnavailable(f"Kafka refused {len(batch.errors)} of {n} records for {name}: {batch.errors[0]}")
         return [p for p in batch.positions if p is not None]
 
+    def append(self, topic: str, items: Sequence[tuple[str, bytes]]) -> list[TopicPartition]:
+        if not items:
+            return []
+        return self._wait(topic, self._produce(topic, items), len(items))
+
     def append_many(self, batches: dict[str, Sequence[tuple[str, bytes]]]) -> dict[str, list[TopicPartition]]:
-        # produce everything first, then wait: one round trip for all topics
-        out: dict[str, list[TopicPartition]] = {}
-        for topic, items in batches.items():
-            if items:
-                out[topic] = self.append(topic, items)
-        return out
+        # produce to every topic first, then wait: the deliveries overlap
+        pending = {topic: self._produce(topic, items) for topic, items in batches.items() if items}
+        return {topic: self._wait(topic, b, len(batches[topic])) for topic, b in pending.items()}
 
     # -- reads ------------------------------------------------------------------
     def _reader(self) -> ck.Consumer:
