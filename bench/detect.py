@@ -176,6 +176,7 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--role-events", type=int, default=300_000, help="events for the end-to-end role pass (0: skip)")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the engine pass")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is reported")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
@@ -184,26 +185,30 @@ def main() -> None:
     values = [v for _k, v in records]
     print(f"generated {len(values):,} events for {args.devices:,} devices in {time.process_time() - t0:.1f}s")
     rules = load_ruleset([])
-    base = min(baseline(values) for _ in range(2))
-    eng = Engine(rules)
     if args.profile:
         import cProfile
         import pstats
 
         prof = cProfile.Profile()
         prof.enable()
-        engine_pass(values, eng)
+        engine_pass(values, Engine(rules))
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
+        pstats.Stats(prof).sort_stats("cumulative").print_stats("emit|_tick_device|advance|schedule")
         return
-    det, n_sig = engine_pass(values, eng)
     n = len(values)
-    # steady state: device state exists (a long-running detector creates it once per device)
-    warm = n // 3
-    eng2 = Engine(rules)
-    engine_pass(values[:warm], eng2)
-    base_steady = min(baseline(values[warm:]) for _ in range(2))
-    det_steady, _ = engine_pass(values[warm:], eng2)
+    warm = n // 3  # steady state: the last 2/3, once every device has state
+    # interleaved rounds, best of each: the machine is shared, so noise only slows things down
+    base = det = base_steady = det_steady = float("inf")
+    n_sig = 0
+    for _ in range(args.rounds):
+        base = min(base, baseline(values))
+        d, n_sig = engine_pass(values, Engine(rules))
+        det = min(det, d)
+        eng2 = Engine(rules)
+        engine_pass(values[:warm], eng2)
+        base_steady = min(base_steady, baseline(values[warm:]))
+        det_steady = min(det_steady, engine_pass(values[warm:], eng2)[0])
     rows: list[dict[str, Any]] = [
         {"what": "decode + iterate (baseline)", "events/s": n / base},
         {"what": f"decode + default pack ({len(rules.rules)} rules) + timers", "events/s": n / det},
@@ -220,7 +225,8 @@ def main() -> None:
     print(f"engine cost per event beyond decoding: {(det - base) / n * 1e6:.2f} µs")
     if args.role_events:
         sub = records[: args.role_events]
-        rbase, rrole, rsig = role_pass(sub)
+        runs = [role_pass(sub) for _ in range(2)]
+        rbase, rrole, rsig = min(r[0] for r in runs), min(r[1] for r in runs), runs[0][2]
         m = len(sub)
         print(f"\nrole end to end on a SQLite log, {m:,} events (signals {rsig:,}):")
         print(f"{'read log + decode (baseline)':<58} {m / rbase:>12,.0f}")

@@ -54,12 +54,14 @@ class DeviceState:
         self.device_id = device_id
         self.site_id = site_id
         self.part = part
-        self.recent = bytearray()  # crc32 of recent event ids (4 bytes each), a ring once full
+        self.recent = b""  # crc32 of recent event ids (4 bytes each); a bytearray ring once it exists
         self.rpos = 0
         self.last_t = -INF  # newest event time seen
         self.wake = INF  # earliest timer deadline (a heap entry exists for it)
         self.rules: dict[int, Any] = {}  # rule index -> per-rule instance state (only when non-idle)
-        self.fields: dict[str, tuple[float, Any]] | None = None  # last known values for 'while' conditions
+        # last known values 'while' conditions read: [time, value] per tracked field, flat
+        # (Engine.field_slot); a list, because a dict per device costs 200 bytes more
+        self.fields: list[Any] | None = None
         self.visit_start: float | None = None  # service visit (refill started/completed)
         self.visit_end: float | None = None
         self.hb_interval: float | None = None  # heartbeat interval from the registry
@@ -105,6 +107,8 @@ class Engine:
         for k in self.kinds:
             for t, fs in k.tracked_fields().items():
                 self._tracked[t] = tuple(sorted(set(self._tracked.get(t, ())) | set(fs)))
+        names = sorted({f for fs in self._tracked.values() for f in fs})
+        self.field_slot: dict[str, int] = {f: 2 * i for i, f in enumerate(names)}
         self._handlers = self._build_handlers()
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
@@ -141,7 +145,7 @@ class Engine:
                 lines.append("    ENGINE._visit(dev, t, d)")
             elif etype == "heartbeat":
                 lines += ["    iv = d.get('interval_s')", "    if iv and iv != dev.hb_reported:",
-                          "        dev.hb_reported = float(iv)", "        ENGINE.reschedule(dev)"]
+                          "        dev.hb_reported = float(iv)", "        if R:", "            ENGINE.reschedule(dev)"]
             tracked = self._tracked.get(etype or "")
             if tracked:
                 lines.append(f"    ENGINE._track(dev, t, d, {tracked!r})")
@@ -212,12 +216,13 @@ class Engine:
                 self.duplicates += 1
                 return
             pos = rec.find(h, pos + 1)
-        if len(rec) < 4 * self.recent_ids:
-            rec += h
-        else:
-            i = 4 * dev.rpos
-            rec[i : i + 4] = h
-            dev.rpos = (dev.rpos + 1) % self.recent_ids
+        if not rec:
+            # allocated once at its full size; an all-zero slot is empty (a CRC of 0 would
+            # read as a duplicate of nothing: one event in 4 billion)
+            rec = dev.recent = bytearray(4 * self.recent_ids)
+        i = 4 * dev.rpos
+        rec[i : i + 4] = h
+        dev.rpos = (dev.rpos + 1) % self.recent_ids
         self.events += 1
         self.dirty.add(device_id)
         if dev.wake <= t:
@@ -229,17 +234,17 @@ class Engine:
         if handle is not None:
             handle(dev, etype, t, data, event_id)
 
-    @staticmethod
-    def _track(dev: DeviceState, t: float, data: dict[str, Any], fields: tuple[str, ...]) -> None:
+    def _track(self, dev: DeviceState, t: float, data: dict[str, Any], fields: tuple[str, ...]) -> None:
         for f in fields:
             v = data.get(f)
             if v is None:
                 continue
-            if dev.fields is None:
-                dev.fields = {}
-            prev = dev.fields.get(f)
-            if prev is None or prev[0] <= t:
-                dev.fields[f] = (t, v)
+            known = dev.fields
+            if known is None:
+                known = dev.fields = [None] * (2 * len(self.field_slot))
+            i = self.field_slot[f]
+            if known[i] is None or known[i] <= t:
+                known[i], known[i + 1] = t, v
 
     @staticmethod
     def _visit(dev: DeviceState, t: float, data: dict[str, Any]) -> None:
@@ -449,7 +454,8 @@ class Engine:
         return _enc.encode([
             _STATE_VERSION, dev.site_id, dev.part, bytes(dev.recent), dev.rpos,
             None if dev.last_t == -INF else dev.last_t, rules,
-            None if dev.fields is None else {k: list(v) for k, v in dev.fields.items()},
+            None if dev.fields is None else {f: dev.fields[i:i + 2] for f, i in self.field_slot.items()
+                                             if dev.fields[i] is not None},
             dev.visit_start, dev.visit_end, dev.hb_reported,
             None if dev.clears is None else {self.rules[i].id: c for i, c in zip(self._clear_slots, dev.clears, strict=True)
                                              if c != -INF},
@@ -465,14 +471,21 @@ class Engine:
             self.site_sizes[old.site_id] -= 1
         self.devices.pop(device_id, None)
         dev = self._device(device_id, site_id, part)
-        dev.recent = bytearray(recent)
+        dev.recent = bytearray(recent) if recent else b""
+        if dev.recent and len(dev.recent) != 4 * self.recent_ids:  # recent_ids_per_device changed
+            dev.recent, dev.rpos = bytearray(4 * self.recent_ids), 0
         dev.rpos = rpos
         dev.last_t = -INF if last_t is None else last_t
         for rid, (rver, inst) in rules.items():
             idx = self._rule_index.get((rid, rver))
             if idx is not None:
                 dev.rules[idx] = self.kinds[idx].restore(inst)
-        dev.fields = None if fields is None else {k: (v[0], v[1]) for k, v in fields.items()}
+        if fields:
+            dev.fields = [None] * (2 * len(self.field_slot))
+            for f, (ft, fv) in fields.items():
+                if f in self.field_slot:
+                    i = self.field_slot[f]
+                    dev.fields[i], dev.fields[i + 1] = ft, fv
         dev.visit_start, dev.visit_end, dev.hb_reported = vs, ve, hb
         if clears:
             dev.clears = self.new_clears()

@@ -224,8 +224,12 @@ class SustainedKind(Kind):
 
     def _while_ok(self, dev: DeviceState) -> bool:
         known = dev.fields
+        if known is None:
+            return True
+        slots = self.eng.field_slot
         for f, pred in self.while_checks:
-            if known is not None and f in known and not pred({f: known[f][1]}):
+            i = slots[f]
+            if known[i] is not None and not pred({f: known[i + 1]}):
                 return False
         return True
 
