@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,7 +14,13 @@ from vendwatch.config import load_settings
 from vendwatch.ingest.validate import Parsed, Validator, parse
 
 _V = Validator(load_settings(environ={}).ingest)
-_NOW = ev.utcnow()
+
+
+def _now() -> datetime:
+    # at call time: a module-level "now" goes stale (events made later look "future")
+    # once the suite has run longer than ingest.max_future_skew_s before reaching here
+    return ev.utcnow()
+
 
 _good = st.builds(lambda i: event("VM-1", "telemetry", {"cabinet_temp_c": 4.0, "x_vendor": i}, seq=i),
                   st.integers(0, 10**6))
@@ -27,8 +35,9 @@ _bad = st.sampled_from([
 
 
 def _both(body: bytes) -> tuple[object, object]:
-    fast = _V.validate(parse(body), "VM-1", "S1", _NOW)
-    slow = _V.validate(Parsed(body, None, None), "VM-1", "S1", _NOW)
+    now = _now()
+    fast = _V.validate(parse(body), "VM-1", "S1", now)
+    slow = _V.validate(Parsed(body, None, None), "VM-1", "S1", now)
     return fast, slow
 
 
@@ -46,7 +55,7 @@ def test_all_good_batch_takes_the_fast_path() -> None:
     body = msgspec.json.encode({"events": [event("VM-1") for _ in range(3)]})
     parsed = parse(body)
     assert parsed.typed is not None and parsed.raw is None
-    out = _V.validate(parsed, "VM-1", "S1", _NOW)
+    out = _V.validate(parsed, "VM-1", "S1", _now())
     assert len(out.accepted) == 3 and parsed.raw is None
 
 
@@ -55,8 +64,8 @@ def test_function_api_for_other_front_doors() -> None:
     from vendwatch.state.store import Device
 
     raws = [msgspec.Raw(msgspec.json.encode(e)) for e in (event("VM-1"), event("VM-2"), event("VM-1"))]
-    v = validate_batch(raws, Device("VM-1", "S1", "active"), load_settings(environ={}).ingest, _NOW)
+    v = validate_batch(raws, Device("VM-1", "S1", "active"), load_settings(environ={}).ingest, _now())
     assert v.accepted_index == [0, 2] and [r["index"] for r in v.rejected] == [1]
-    rec = msgspec.json.decode(quarantine_record("VM-1", _NOW, "bad topic", b"\xff not json"))
+    rec = msgspec.json.decode(quarantine_record("VM-1", _now(), "bad topic", b"\xff not json"))
     assert rec["reason"] == "bad topic" and isinstance(rec["raw"], str)
-    assert msgspec.json.decode(quarantine_record(None, _NOW, "x", b'{"a": 1}'))["raw"] == {"a": 1}
+    assert msgspec.json.decode(quarantine_record(None, _now(), "x", b'{"a": 1}'))["raw"] == {"a": 1}

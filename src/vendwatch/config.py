@@ -67,7 +67,14 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: str | None = None
     ssl_ca_location: str | None = None
-    extra: dict[str, str] = {}  # passed to librdkafka as-is
+    client_id: str = "vendwatch"
+    linger_ms: float = 5.0  # producer batching delay; appends wait for delivery anyway
+    compression: str = "lz4"
+    delivery_timeout_ms: int = 30_000  # an append fails (LogUnavailable) after this
+    request_timeout_ms: int = 30_000  # admin requests (topic creation)
+    session_timeout_ms: int = 10_000  # a dead consumer's partitions move after this
+    max_poll_interval_ms: int = 300_000
+    extra: dict[str, str] = {}  # passed to librdkafka as-is (e.g. sasl.oauthbearer.* for MSK IAM)
 
 
 class BusSettings(_Section):
@@ -82,6 +89,24 @@ class StateSettings(_Section):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = "postgresql://vendwatch@127.0.0.1:5432/vendwatch"
     pool_size: int = 8
+
+
+class MqttSettings(_Section):
+    """The MQTT bridge (role mqtt-bridge): how it reaches the broker."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str = "vendwatch-bridge"
+    password: str | None = None  # VENDWATCH_MQTT__PASSWORD; mount from a Secret
+    tls: bool = False
+    tls_ca: str | None = None  # CA bundle for the broker's certificate (None: system CAs)
+    share_group: str = "vendwatch"  # replicas in one group split the messages ($share/<group>/...)
+    topic: str = "vendwatch/v1/+/events"  # + is the device id, enforced by the broker's ACL
+    client_id_prefix: str = "vendwatch-bridge"
+    keepalive_s: int = 30
+    max_batch_messages: int = 1000  # messages appended (and then acknowledged) together
+    max_wait_ms: float = 5.0
+    max_payload_bytes: int = 1_048_576
 
 
 class LakeCatalogSettings(_Section):
@@ -159,7 +184,7 @@ class Settings(_Section):
     detect: DetectSettings = msgspec.field(default_factory=DetectSettings)
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
-    mqtt: dict[str, Any] = {}
+    mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
 
     @property
     def data_path(self) -> Path:
@@ -201,8 +226,8 @@ def load_settings(
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
     for key, raw in env.items():
-        if not key.startswith("VENDWATCH_") or key == "VENDWATCH_CONFIG":
-            continue
+        if not key.startswith("VENDWATCH_") or key == "VENDWATCH_CONFIG" or key.startswith("VENDWATCH_TEST_"):
+            continue  # VENDWATCH_TEST_* name the test services (scripts/services.sh env), not settings
         parts = key[len("VENDWATCH_"):].lower().split("__")
         _set_path(tree, parts, _parse_env_value(raw))
     for dotted, value in (overrides or {}).items():

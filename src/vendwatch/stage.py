@@ -4,21 +4,35 @@
 the same transaction as its output, and seeks to them when partitions are assigned.
 A crash anywhere therefore replays exactly the records whose effects were not
 committed. Subclasses implement ``apply(tx, records)``.
+
+Positions are stored one row per partition (``offsets:<group>:<topic>/<partition>``),
+so replicas of a stage sharing partitions through a consumer group (Kafka) never
+overwrite each other, and a partition's state moves with it on a rebalance. Each
+write advances the row only from the value this owner last read (compare-and-set),
+which fences a zombie owner: its batch rolls back instead of being applied twice.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 
-import msgspec
-
-from vendwatch.bus.base import Consumer, Record, TopicPartition
+from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
+from vendwatch.observe.metrics import STAGE_LAG
 from vendwatch.runtime import Context
 from vendwatch.state.db import Tx
 
 log = logging.getLogger("vendwatch.stage")
+
+
+class StaleAssignment(Exception):
+    """A partition's checkpoint was advanced by another owner; this batch is void."""
+
+    def __init__(self, tp: TopicPartition) -> None:
+        super().__init__(f"{tp[0]}/{tp[1]}")
+        self.tp = tp
 
 
 class CheckpointedStage(ABC):
@@ -31,6 +45,8 @@ class CheckpointedStage(ABC):
         self.ctx = ctx
         self._consumer: Consumer | None = None
         self.positions: dict[TopicPartition, int] = {}
+        self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
+        self._lag_due = 0.0
 
     @property
     def group(self) -> str:
@@ -40,25 +56,34 @@ class CheckpointedStage(ABC):
     def checkpoint_name(self) -> str:
         return f"offsets:{self.group}"
 
-    def _load_positions(self) -> dict[TopicPartition, int]:
-        raw = self.ctx.state.load_checkpoint(self.checkpoint_name)
-        if not raw:
-            return {}
-        data: dict[str, int] = msgspec.json.decode(raw)
+    def _partition_checkpoint(self, tp: TopicPartition) -> str:
+        # one row per partition: replicas owning different partitions never overwrite
+        # each other's positions
+        return f"{self.checkpoint_name}:{tp[0]}/{tp[1]}"
+
+    def _load_positions(self, parts: list[TopicPartition]) -> dict[TopicPartition, int]:
         out = {}
-        for k, v in data.items():
-            t, _, p = k.rpartition("/")
-            out[(t, int(p))] = v
+        for tp in parts:
+            raw = self.ctx.state.load_checkpoint(self._partition_checkpoint(tp))
+            if raw:
+                out[tp] = int(raw)
         return out
 
     def _on_assign(self, parts: list[TopicPartition]) -> None:
-        saved = self._load_positions()
+        saved = self._load_positions(parts)
         for tp in parts:
+            self._saved.pop(tp, None)
             if tp in saved:
                 assert self._consumer is not None
                 self._consumer.seek(tp[0], tp[1], saved[tp])
-                self.positions[tp] = saved[tp]
+                self.positions[tp] = self._saved[tp] = saved[tp]
         self.on_assign(parts)
+
+    def _on_revoke(self, parts: list[TopicPartition]) -> None:
+        self.on_revoke(parts)
+        for tp in parts:
+            self.positions.pop(tp, None)
+            self._saved.pop(tp, None)
 
     def on_assign(self, parts: list[TopicPartition]) -> None:
         """Hook: load per-partition state."""
@@ -71,28 +96,73 @@ class CheckpointedStage(ABC):
         """Apply records' effects inside ``tx`` (committed together with the positions)."""
 
     def process(self, records: list[Record]) -> None:
+        touched: dict[TopicPartition, int] = {}
         for r in records:
-            self.positions[(r.topic, r.partition)] = r.offset + 1
-        enc = msgspec.json.encode({f"{t}/{p}": o for (t, p), o in self.positions.items()})
+            touched[(r.topic, r.partition)] = r.offset + 1
         with self.ctx.state.db.transaction() as tx:
             self.apply(tx, records)
-            self.ctx.state.save_checkpoint(self.checkpoint_name, enc, tx=tx)
+            for tp, pos in touched.items():
+                self._save_position(tx, tp, pos)
+        self.positions.update(touched)
+        self._saved.update(touched)
+
+    def _save_position(self, tx: Tx, tp: TopicPartition, pos: int) -> None:
+        """Advance a partition's checkpoint only from the value this owner last saw.
+
+        A zombie (an owner the group already replaced, e.g. after a long pause) finds
+        the row moved on and its whole batch rolls back (``StaleAssignment``)."""
+        name, new, now = self._partition_checkpoint(tp), str(pos).encode(), time.time()
+        prev = self._saved.get(tp)
+        if prev is None:
+            n = tx.execute("INSERT INTO checkpoints VALUES (?,?,?) ON CONFLICT(name) DO NOTHING", (name, new, now))
+        else:
+            n = tx.execute("UPDATE checkpoints SET data=?, updated_at=? WHERE name=? AND data=?",
+                           (new, now, name, str(prev).encode()))
+        if n != 1:
+            raise StaleAssignment(tp)
+
+    def _report_lag(self, every_s: float = 15.0) -> None:
+        """Set ``vendwatch_stage_lag_records`` for the partitions this replica owns (throttled:
+        on Kafka each end-offset lookup is a broker round trip)."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + every_s
+        try:
+            lag = 0
+            for topic in self.topics:
+                ends = self.ctx.log.end_offsets(topic)
+                lag += sum(max(0, ends.get(p, 0) - pos) for (t, p), pos in self.positions.items() if t == topic)
+            STAGE_LAG.labels(stage=self.name).set(lag)
+        except LogError as e:
+            log.debug("%s: lag not measured: %s", self.name, e)
 
     def idle(self) -> None:
         """Hook called when a poll returns nothing (timers)."""
 
     def run(self, stop: threading.Event) -> None:
         self._consumer = c = self.ctx.log.consumer(
-            self.group, self.topics, on_assign=self._on_assign, on_revoke=self.on_revoke
+            self.group, self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         try:
             while not stop.is_set():
                 recs = c.poll(self.batch_size, self.poll_timeout_s)
                 if recs:
-                    self.process(recs)
+                    try:
+                        self.process(recs)
+                    except StaleAssignment as e:
+                        # another owner advanced this partition: reload it as if newly assigned
+                        log.warning("%s: checkpoint of %s/%s moved on elsewhere; reloading", self.name, *e.tp)
+                        self._on_revoke([e.tp])
+                        self._on_assign([e.tp])
+                        continue
                     # the group position is informational (lag); the truth is the checkpoint
-                    c.commit()
+                    try:
+                        c.commit()
+                    except LogError as e:
+                        log.info("%s: group commit skipped (%s)", self.name, e)
                 else:
                     self.idle()
+                self._report_lag()
         finally:
             c.close()

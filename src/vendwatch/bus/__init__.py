@@ -25,9 +25,9 @@ __all__ = ["BUSINESS", "EVENTS", "REJECTED", "SIGNALS", "Consumer", "Log", "LogE
 def open_log(settings: Settings) -> Log:
     """The log backend the settings name."""
     if settings.bus.backend == "kafka":
-        from vendwatch.bus.kafka import KafkaLog  # type: ignore[import-not-found]
+        from vendwatch.bus.kafka import KafkaLog
 
-        return KafkaLog(settings.bus.kafka)
+        return KafkaLog(settings.bus.kafka, retention_ms=int(settings.bus.retention_hours * 3_600_000))
     from vendwatch.bus.sqlite import SqliteLog
 
     settings.data_path.mkdir(parents=True, exist_ok=True)

@@ -48,11 +48,17 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
 @data_dir_option
 @click.option("--host", default=None, help="Listen address for HTTP roles (collector, console).")
 @click.option("--port", type=int, default=None, help="Listen port for HTTP roles.")
+@click.option("--metrics-port", type=int, default=None,
+              help="Serve Prometheus /metrics on this port (roles without HTTP; HTTP roles serve /metrics already).")
 @pass_env
-def run(env: Env, role: str, host: str | None, port: int | None) -> None:
+def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Run one role (scale-out deployment: one role per process, many replicas)."""
     s = env.settings(**{"server.host": host, "server.port": port})
     ctx = Context(s)
+    if metrics_port is not None and ROLES[role] is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr=s.server.host)  # 0.0.0.0 in a pod (server.host)
     if ROLES[role] is None:  # HTTP role
         run_http(ctx, [role], s.server.host, s.server.port)
         return

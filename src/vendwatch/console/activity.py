@@ -114,21 +114,34 @@ class RateMeter:
 def stage_lag(log: Log, checkpoints: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
     """Records each checkpointed stage still has to read, from its stored positions.
 
-    ``checkpoints`` are ``(name, data)`` rows named ``offsets:<group>`` holding
-    ``{"topic/partition": next_offset}`` (the format of ``vendwatch.stage``).
+    ``checkpoints`` are ``(name, data)`` rows of ``vendwatch.stage``: one per partition,
+    ``offsets:<group>:<topic>/<partition>`` holding the next offset, or (older format)
+    ``offsets:<group>`` holding ``{"topic/partition": next_offset}``.
     """
-    ends: dict[str, dict[int, int]] = {}
-    out = []
+    per_stage: dict[str, dict[str, int]] = {}
     for name, data in checkpoints:
+        group, _, tp = name.removeprefix("offsets:").partition(":")
         try:
-            positions = _positions.decode(data)
+            if tp:
+                pos = msgspec.json.decode(data)
+                if not isinstance(pos, int) or isinstance(pos, bool):
+                    continue
+                per_stage.setdefault(group, {})[tp] = pos
+            else:
+                whole = _positions.decode(data)
+                per_stage.setdefault(group, {}).update(whole)
         except msgspec.DecodeError:  # a component keeping another format under this name: not a stage
             continue
+    ends: dict[str, dict[int, int]] = {}
+    out = []
+    for group, positions in per_stage.items():
         lag = 0
         for key, pos in positions.items():
             topic, _, part = key.rpartition("/")
+            if not part.isdigit():
+                continue
             if topic not in ends:
                 ends[topic] = log.end_offsets(topic)
             lag += max(0, ends[topic].get(int(part), pos) - pos)
-        out.append({"stage": name.removeprefix("offsets:").removeprefix("vendwatch-"), "lag_records": lag})
+        out.append({"stage": group.removeprefix("vendwatch-"), "lag_records": lag})
     return sorted(out, key=lambda s: s["stage"])

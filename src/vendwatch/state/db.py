@@ -64,6 +64,9 @@ class Database(ABC):
     def ddl(self, sql: str) -> str:
         return sql.format(**self.ddl_types)
 
+    def lock_migrations(self, tx: Tx) -> None:  # noqa: B027 - SQLite's BEGIN IMMEDIATE already serialises
+        """Hold a lock for the rest of ``tx`` so concurrent migrators run one at a time."""
+
     def close(self) -> None:  # noqa: B027
         pass
 

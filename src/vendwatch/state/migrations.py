@@ -29,6 +29,7 @@ def register(component: str, version: int, *statements: str) -> None:
 def apply(db: Database) -> list[tuple[str, int]]:
     """Apply pending migrations; returns what was applied."""
     with db.transaction() as tx:
+        db.lock_migrations(tx)  # CREATE TABLE IF NOT EXISTS races on PostgreSQL otherwise
         tx.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations(component TEXT NOT NULL, version INTEGER NOT NULL,"
             " PRIMARY KEY(component, version))"
@@ -40,6 +41,7 @@ def apply(db: Database) -> list[tuple[str, int]]:
             continue
         m = _REGISTRY[key]
         with db.transaction() as tx:
+            db.lock_migrations(tx)
             if tx.one("SELECT 1 FROM schema_migrations WHERE component=? AND version=?", key):
                 continue  # another process applied it meanwhile
             for stmt in m.statements:

@@ -16,7 +16,7 @@ from typing import Any
 
 import msgspec
 
-from vendwatch.state import migrations
+from vendwatch.state import migrations, mqtt_auth
 from vendwatch.state.db import Database, Tx
 
 ROLES = ("viewer", "operator", "admin")
@@ -146,6 +146,7 @@ class StateStore:
                  msgspec.json.encode(meta or {}).decode(), now, now),
             )
             t.execute("INSERT INTO device_tokens VALUES (?,?,?,NULL)", (hash_token(token), device_id, now))
+            mqtt_auth.remember(t, device_id, token)  # the token is also the device's MQTT password
 
         if tx is not None:
             run(tx)
@@ -195,6 +196,7 @@ class StateStore:
                 (now + grace_s, device_id, now + grace_s),
             )
             t.execute("INSERT INTO device_tokens VALUES (?,?,?,NULL)", (hash_token(token), device_id, now))
+            mqtt_auth.remember(t, device_id, token)
         return token
 
     def authenticate_device(self, token: str) -> Device | None:
