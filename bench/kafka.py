@@ -272,9 +272,9 @@ def bench_detector(devices: int, sim_minutes: float, seed: int = 3) -> dict[str,
     import threading
 
     import psycopg
-    from vendwatch.detect.role import Detector
 
     from vendwatch.config import BusSettings
+    from vendwatch.detect.role import Detector
     from vendwatch.runtime import Context
     from vendwatch.simulate.faults import FaultPlan
     from vendwatch.simulate.fleet import Fleet

@@ -8,7 +8,7 @@ that this version does not know are preserved, never silently dropped.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -285,7 +285,7 @@ def decode_stored(value: bytes) -> StoredEvent:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class _EnvelopeDoc(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -85,10 +85,10 @@ class CheckpointedStage(ABC):
             self.positions.pop(tp, None)
             self._saved.pop(tp, None)
 
-    def on_assign(self, parts: list[TopicPartition]) -> None:
+    def on_assign(self, parts: list[TopicPartition]) -> None:  # noqa: B027 - optional hook
         """Hook: load per-partition state."""
 
-    def on_revoke(self, parts: list[TopicPartition]) -> None:
+    def on_revoke(self, parts: list[TopicPartition]) -> None:  # noqa: B027 - optional hook
         """Hook: drop per-partition state."""
 
     @abstractmethod
@@ -137,7 +137,7 @@ class CheckpointedStage(ABC):
         except LogError as e:
             log.debug("%s: lag not measured: %s", self.name, e)
 
-    def idle(self) -> None:
+    def idle(self) -> None:  # noqa: B027 - optional hook
         """Hook called when a poll returns nothing (timers)."""
 
     def run(self, stop: threading.Event) -> None:
