@@ -91,6 +91,8 @@ class Detector:
         self._sites_loaded = False
         # while re-evaluating after a crash: where the signals not yet seen again start
         self._recovery_start: dict[int, int] | None = None
+        self._foreign: list[float] = []
+        self._foreign_at = -1e18
 
     # -- assignment ----------------------------------------------------------------
     def on_assign(self, parts: list[TopicPartition]) -> None:
@@ -201,7 +203,28 @@ class Detector:
             return -float("inf")
         ends = self.ctx.log.end_offsets(self.topic)
         busy = [c for p, c in self.clocks.items() if self.positions.get(p, 0) < ends.get(p, 0)]
+        # partitions this replica does not own hold the clock back too while they are
+        # behind: after a replica dies its partitions wait (session timeout) and then replay
+        # from their checkpoint; had our clock run ahead meanwhile, their events would reach
+        # the engine after timers they should have prevented (a global low watermark)
+        busy.extend(self._foreign_clocks(ends))
         return min(busy) if busy else max(self.clocks.values())
+
+    def _foreign_clocks(self, ends: dict[int, int]) -> list[float]:
+        """Checkpointed clocks of other replicas' (or orphaned) partitions with unread records."""
+        now = time.monotonic()
+        if now - self._foreign_at < 0.5:
+            return self._foreign
+        self._foreign_at = now
+        out = []
+        for p, end in ends.items():
+            if p in self.clocks or p in self.assigned:
+                continue
+            cp = store.load_partition(self.ctx.state, self.group, self.topic, p)
+            if cp is not None and cp.clock is not None and cp.offset < end:
+                out.append(cp.clock)
+        self._foreign = out
+        return out
 
     def evaluate(self, records: list[Record]) -> None:
         """Feed records to the engine (in order within each partition)."""
