@@ -158,15 +158,14 @@ COMMON = {
 
 
 def _require_parts() -> None:
-    """The pipeline's roles come from the detection, incident and lake work; until a part
-    is in this build there is no pipeline to compare (a skip that names it)."""
+    """Every part of the pipeline must be in the build: a missing one fails, never skips."""
     for mod in ("vendwatch.detect.role", "vendwatch.incidents.role", "vendwatch.lake.role", "vendwatch.simulate.fleet"):
         try:
             found = importlib.util.find_spec(mod) is not None
         except ModuleNotFoundError:  # its package is missing
             found = False
         if not found:
-            pytest.skip(f"{mod} is not part of this build yet")
+            pytest.fail(f"{mod} is missing from this build")
 
 
 def test_scaleout_pipeline_equals_embedded(tmp_path: Path) -> None:
