@@ -19,6 +19,7 @@ import msgspec
 from vendwatch.bus.base import EVENTS, Log
 from vendwatch.config import Settings
 from vendwatch.detect.engine import Engine, SiteOptions
+from vendwatch.detect.role import LeanEvent
 from vendwatch.detect.rules import RuleSet
 from vendwatch.runtime import load
 from vendwatch.signals import Signal
@@ -31,16 +32,7 @@ class BacktestError(Exception):
     """A backtest cannot run (no such source, bad range)."""
 
 
-class _Lean(msgspec.Struct):
-    event_id: str
-    device_id: str
-    type: str
-    occurred_at: datetime
-    data: msgspec.Raw
-    site_id: str | None = None
-
-
-_lean = msgspec.json.Decoder(_Lean)
+_lean = msgspec.json.Decoder(LeanEvent)
 _data = msgspec.json.Decoder(dict)
 
 

@@ -37,7 +37,7 @@ from vendwatch.signals import Signal, encode_signal
 log = logging.getLogger("vendwatch.detect")
 
 
-class _Lean(msgspec.Struct):
+class LeanEvent(msgspec.Struct):
     """The fields of a stored event the detector reads (others are skipped by the decoder)."""
 
     event_id: str
@@ -52,7 +52,7 @@ class _SignalId(msgspec.Struct):
     signal_id: str
 
 
-_lean = msgspec.json.Decoder(_Lean)
+_lean = msgspec.json.Decoder(LeanEvent)
 _sid = msgspec.json.Decoder(_SignalId)
 _data = msgspec.json.Decoder(dict)
 
