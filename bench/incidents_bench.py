@@ -28,8 +28,8 @@ from incident_helpers import context, make_signal, publish  # noqa: E402
 
 from vendwatch.bus import SIGNALS  # noqa: E402
 from vendwatch.bus.base import Record  # noqa: E402
-from vendwatch.incidents.clock import VirtualClock  # noqa: E402
-from vendwatch.incidents.emulator import ServiceNowEmulator  # noqa: E402
+from vendwatch.delivery.clock import VirtualClock  # noqa: E402
+from vendwatch.emulators.servicenow import ServiceNowEmulator  # noqa: E402
 from vendwatch.incidents.role import Orchestrator  # noqa: E402
 from vendwatch.route.envelope import from_signal  # noqa: E402
 from vendwatch.route.pattern import compile_pattern  # noqa: E402

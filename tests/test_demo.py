@@ -65,7 +65,7 @@ def _module_exists() -> bool:
     import importlib.util
 
     try:
-        return importlib.util.find_spec("vendwatch.incidents.emulator") is not None
+        return importlib.util.find_spec("vendwatch.emulators.servicenow") is not None
     except ModuleNotFoundError:
         return False
 

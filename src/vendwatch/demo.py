@@ -36,7 +36,7 @@ from vendwatch.simulate.provision import provision_fleet
 log = logging.getLogger("vendwatch.demo")
 
 SUMMARY_HOOKS = ("vendwatch.detect.summary:summary", "vendwatch.incidents.summary:summary", "vendwatch.lake.summary:summary")
-SERVICENOW_EMULATOR = "vendwatch.incidents.emulator:start_for_demo"
+SERVICENOW_EMULATOR = "vendwatch.emulators.servicenow:start_for_demo"
 
 
 class DemoError(Exception):
@@ -276,7 +276,7 @@ def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, 
     if opts.servicenow_emulator:
         start = runtime.load(SERVICENOW_EMULATOR)
         if start is None:
-            raise DemoError("--servicenow-emulator needs vendwatch.incidents.emulator, which is not part of this build")
+            raise DemoError("--servicenow-emulator needs vendwatch.emulators.servicenow, which is not part of this build")
         base_url, stop_emulator, emulator_overrides = start(settings)
         overrides.update(emulator_overrides)
         out.write(f"ServiceNow emulator at {base_url}\n")

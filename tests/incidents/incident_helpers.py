@@ -8,7 +8,7 @@ from typing import Any
 
 from vendwatch.bus import SIGNALS
 from vendwatch.config import load_settings
-from vendwatch.incidents.clock import VirtualClock
+from vendwatch.delivery.clock import VirtualClock
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal, signal_id
 

@@ -22,10 +22,10 @@ from incident_helpers import context, make_signal, publish
 from tests.conftest import vendwatch_cmd
 
 from vendwatch.api.server import build_app
-from vendwatch.incidents.clock import VirtualClock
-from vendwatch.incidents.emulation import ThreadedServer
-from vendwatch.incidents.emulator import ServiceNowEmulator
-from vendwatch.incidents.outbox import Outbox
+from vendwatch.delivery.clock import VirtualClock
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.emulators.base import ThreadedServer
+from vendwatch.emulators.servicenow import ServiceNowEmulator
 from vendwatch.incidents.role import Orchestrator
 from vendwatch.runtime import Context
 

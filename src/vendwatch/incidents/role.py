@@ -14,9 +14,9 @@ import msgspec
 
 from vendwatch.bus import SIGNALS
 from vendwatch.bus.base import Record
-from vendwatch.incidents.clock import Clock, SystemClock
-from vendwatch.incidents.delivering import DeliveringStage
-from vendwatch.incidents.delivery import Dispatcher, Sink
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.dispatch import Dispatcher, Sink
+from vendwatch.delivery.stage import DeliveringStage
 from vendwatch.incidents.service import IncidentService
 from vendwatch.route.envelope import from_signal
 from vendwatch.route.rules import RuleSet, load_rules

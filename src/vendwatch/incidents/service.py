@@ -4,11 +4,11 @@ external deliveries they imply, in one transaction. Used by the orchestrator rol
 
 from __future__ import annotations
 
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.outbox import Outbox
 from vendwatch.incidents import lifecycle as lc
 from vendwatch.incidents import metrics as m
-from vendwatch.incidents.clock import Clock, SystemClock
 from vendwatch.incidents.config import IncidentsSettings
-from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx

@@ -26,7 +26,7 @@ import msgspec
 import yaml
 
 from vendwatch.bus import BUSINESS, SIGNALS
-from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
+from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
 from vendwatch.route.pattern import Pattern, PatternError, compile_pattern
 
 ORCHESTRATOR = "orchestrator"

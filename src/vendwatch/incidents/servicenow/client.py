@@ -7,8 +7,8 @@ from typing import Any
 
 import httpx
 
+from vendwatch.delivery.dispatch import DeliveryFailed, Gate
 from vendwatch.incidents.config import ServiceNowSettings
-from vendwatch.incidents.delivery import DeliveryFailed, Gate
 
 
 class ServiceNowClient:

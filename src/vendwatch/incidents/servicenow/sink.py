@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.incidents.config import ServiceNowSettings
-from vendwatch.incidents.delivery import Gate, TargetPolicy
 from vendwatch.incidents.lifecycle import Incident
-from vendwatch.incidents.outbox import Item
 from vendwatch.incidents.servicenow.client import ServiceNowClient
 from vendwatch.incidents.servicenow.mapping import (
     CLOSED_STATES,

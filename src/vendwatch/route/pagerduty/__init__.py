@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.rules import TargetSpec
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.rules import TargetSpec
 
 _ICON = {"critical": ":red_circle:", "major": ":large_orange_circle:", "minor": ":large_yellow_circle:",

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from vendwatch.incidents import breaker
-from vendwatch.incidents import metrics as m
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
-from vendwatch.incidents.outbox import Item, Outbox
-from vendwatch.incidents.ratelimit import Bucket
-from vendwatch.incidents.retry import backoff_s, retry_at_from_headers, retryable_status
+from vendwatch.delivery import breaker
+from vendwatch.delivery import metrics as m
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
+from vendwatch.delivery.outbox import Item, Outbox
+from vendwatch.delivery.ratelimit import Bucket
+from vendwatch.delivery.retry import backoff_s, retry_at_from_headers, retryable_status
 from vendwatch.state.db import Database
 
 log = logging.getLogger("vendwatch.delivery")

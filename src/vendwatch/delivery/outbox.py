@@ -19,6 +19,8 @@ import msgspec
 from vendwatch.state import migrations
 from vendwatch.state.db import Database, Tx
 
+# registered as "incidents" v2: the outbox began in the incident package and existing
+# databases have recorded it under that name
 migrations.register(
     "incidents",
     2,

@@ -35,7 +35,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vendwatch.incidents.emulation import Fault, Faults, ThreadedServer, apply_delay, control_routes
+from vendwatch.emulators.base import Fault, Faults, ThreadedServer, apply_delay, control_routes
 
 STATES = {"1": "New", "2": "In Progress", "3": "On Hold", "6": "Resolved", "7": "Closed", "8": "Canceled"}
 _INCIDENT_DEFAULTS = {
