@@ -16,6 +16,8 @@ DELIVERIES = Counter("vendwatch_incidents_deliveries_total",
 RETRIES = Counter("vendwatch_incidents_retries_total", "Deliveries scheduled for another attempt", ["target"])
 THROTTLED = Counter("vendwatch_incidents_throttled_total", "Calls held back by the per-target rate limit", ["target"])
 DEAD_LETTERS = Counter("vendwatch_incidents_dead_letters_total", "Deliveries moved to the DLQ", ["target"])
+AUTH_FAILURES = Counter("vendwatch_delivery_auth_failures_total",
+                        "Calls refused for credentials (HTTP 401); each pauses the target", ["target"])
 CIRCUIT = Gauge("vendwatch_incidents_circuit_state", "Circuit breaker per target: 0 closed, 1 half-open, 2 open",
                 ["target"])
 

@@ -49,13 +49,25 @@ class ServiceNowSettings(_Section):
     # closed (state 6/7) incident and the key fires again inside the reopen window:
     # "reopen" sets it back to In Progress; "new" always opens a new incident
     on_closed_refire: Literal["reopen", "new"] = "reopen"
-    cmdb_lookup: bool = True
+    cmdb_lookup: bool = True  # link incidents to a CI found by the machine's serial number
     cmdb_cache_s: float = 3600.0
+    cmdb_sync: bool = False  # keep one CI per registered machine in the CMDB (opt-in)
+    cmdb_class: str = "cmdb_ci_hardware"  # CMDB class table the synced CIs are created in
     rate_limit: RateLimit = msgspec.field(default_factory=RateLimit)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     circuit: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
 
     def __post_init__(self) -> None:
+        # these names are looked up with an encoded query: query syntax in them would change its meaning
+        for key, value in (("default_assignment_group", self.default_assignment_group),
+                           ("caller_id", self.caller_id),
+                           *((f"assignment[{i}].assignment_group", a.assignment_group)
+                             for i, a in enumerate(self.assignment))):
+            if value and ("^" in value or "\n" in value):
+                raise ValueError(f"{key} must not contain '^' or line breaks, got {value!r}")
+        if not self.cmdb_class.startswith("cmdb_ci") or not self.cmdb_class.replace("_", "").isalnum():
+            raise ValueError(f"cmdb_class must be a CMDB class table name such as cmdb_ci_hardware, "
+                             f"got {self.cmdb_class!r}")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0:
