@@ -325,17 +325,6 @@ def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path
         ctx.close()
 
 
-def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
-    emu, url = emulator
-    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.2}))
-    orch = Orchestrator(ctx, clock=clock)
-    emu.inject(status=200, delay_s=0.5, count=1)  # the first call hangs past the client timeout
-    publish(ctx, make_signal(clock))
-    run_for(orch, clock, 60, step_s=5.0)
-    assert len(tickets(emu, ctx, "offline/VM-0001")) == 1
-    assert Outbox(ctx.state.db).dlq_list() == []
-
-
 def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
         tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
     emu, url = emulator

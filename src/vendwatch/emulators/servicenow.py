@@ -337,6 +337,8 @@ class ServiceNowEmulator:
     async def _guard(self, request: Request, body: str) -> tuple[Response | None, dict[str, str]]:
         fault = self.faults.take(request.method, request.url.path, body)
         if fault is not None:
+            if fault.delay_s > 0:  # logged on arrival (status 0): a client that times out cancels the answer
+                self.faults.log(request.method, request.url.path, request.url.query, 0, body or None)
             await apply_delay(fault)
             if fault.status < 400:  # a pure delay
                 return None, {}

@@ -48,7 +48,16 @@ def incident_doc(inc: Incident) -> dict[str, Any]:
 def detail_doc(svc: IncidentService, inc: Incident) -> dict[str, Any]:
     return {**incident_doc(inc), "timeline": svc.store.timeline(inc.incident_id),
             "severity_history": svc.store.severity_history(inc.incident_id),
-            "external_refs": svc.store.refs(inc.incident_id)}
+            "external_refs": [_named_state(r) for r in svc.store.refs(inc.incident_id)]}
+
+
+def _named_state(ref: dict[str, Any]) -> dict[str, Any]:
+    """ServiceNow states are numbers ("6"); people read names ("Resolved")."""
+    if ref.get("system") == "servicenow":
+        from vendwatch.incidents.servicenow.mapping import state_name
+
+        return {**ref, "state_name": state_name(ref.get("state"))}
+    return ref
 
 
 async def _body(request: Request, typ: type[Any]) -> Any:
