@@ -166,3 +166,25 @@ def test_a_record_the_stage_cannot_process_is_dead_lettered_and_the_stage_moves_
         assert (dl.topic, dl.partition, dl.offset) == (EVENTS, part, off)
         assert "out of range" in dl.reason.lower()
         assert dl.event_id is not None
+
+
+def test_a_stuck_stage_shows_in_healthz_and_its_lag_gauge(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from prometheus_client import REGISTRY
+
+    def broken(self: DeviceStateProjector, tx: Any, records: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")  # the machinery, not a record: never set aside
+
+    monkeypatch.setattr(DeviceStateProjector, "apply", broken)
+    with running(data_dir, roles=("collector", "console", "device-state")) as h:
+        h.add_device("VM-1", "SITE-1")
+        assert h.post("VM-1", [event("VM-1") for _ in range(5)]).json()["accepted"] == 5
+        _wait(lambda: h.client.get("/healthz").status_code == 503, timeout=30)
+        body = h.client.get("/healthz").json()
+        assert "device-state" in body["stages"] and "disk I/O error" in body["stages"]["device-state"]
+        assert REGISTRY.get_sample_value("vendwatch_stage_lag_records", {"stage": "device-state"}) == 5
+        assert REGISTRY.get_sample_value("vendwatch_stage_consecutive_failures", {"stage": "device-state"}) >= 3
+        from vendwatch.state.deadletters import DeadLetters
+
+        assert DeadLetters(h.ctx.state.db).count() == 0
