@@ -188,3 +188,24 @@ def test_a_stuck_stage_shows_in_healthz_and_its_lag_gauge(data_dir: Path, monkey
         from vendwatch.state.deadletters import DeadLetters
 
         assert DeadLetters(h.ctx.state.db).count() == 0
+
+
+def test_state_keeps_known_fields_only_and_stays_bounded() -> None:
+    doc: dict[str, Any] = {}
+    big = "x" * 100_000
+    for i in range(50):
+        at = ago(minutes=60 - i)
+        fold(doc, _stored("heartbeat", {"uptime_s": i, f"blob_{i}": big, "nested": {"k": [big]}}, at))
+        fold(doc, _stored("telemetry", {"cabinet_temp_c": 4.0, f"extra_{i}": big}, at))
+        fold(doc, _stored("connectivity", {"network": "4g", f"extra_{i}": big}, at))
+        fold(doc, _stored("config", {"config_version": "c1", f"extra_{i}": big}, at))
+        fold(doc, _stored("transaction", {"transaction_id": f"t{i}", "price_minor": 1, f"extra_{i}": big}, at))
+        fold(doc, _stored("security", {"kind": "shock", f"extra_{i}": big}, at))
+        fold(doc, _stored("inventory", {"slots": [{"slot": f"S{i}-{j}", "count": 1, "x": big} for j in range(40)]}, at))
+        fold(doc, _stored("fault", {"code": f"code_{i}_{'y' * 50}"}, at))
+    assert doc["health"]["uptime_s"] == 49 and doc["health"]["cabinet_temp_c"] == 4.0
+    assert "nested" not in doc["health"] and not any(k.startswith(("blob_", "extra_")) for k in doc["health"])
+    assert doc["connectivity"] == {"network": "4g", "at": doc["connectivity"]["at"]}
+    assert doc["last_transaction"]["transaction_id"] == "t49"
+    size = len(msgspec.json.encode(doc))
+    assert size < 200_000, size  # 2,000 slots and 50 fault codes seen: the newest few hundred are kept
