@@ -17,6 +17,7 @@ from vendwatch.bus.base import Record
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli
 from vendwatch.runtime import Context
+from vendwatch.state.deadletters import DeadLetters
 from vendwatch.state.projector import DeviceStateProjector
 
 
@@ -127,4 +128,29 @@ def test_an_unclassified_failure_is_retried_before_the_record_is_set_aside(data_
         [row] = json.loads(_vw(data_dir, "stage-dlq", "list", "--json"))
         assert row["event_id"] == poison and "flaky bug" in row["reason"]
         assert ctx.state.get_device_state("VM-1")["events"] == 5  # type: ignore[index]
+        ctx.close()
+
+
+def test_the_detector_sets_aside_what_it_cannot_decode(data_dir: Path) -> None:
+    from vendwatch.detect.role import Detector
+
+    ctx = Context(settings(data_dir))
+    try:
+        ctx.log.create_topic(EVENTS)
+        good = json.dumps({"event_id": "ok-1", "device_id": "VM-1", "type": "heartbeat", "data": {},
+                           "occurred_at": "2026-03-01T12:00:00Z", "received_at": "2026-03-01T12:00:00Z"}).encode()
+        bad = good.replace(b'"data": {}', b'"data": {"x": 1e400}').replace(b"ok-1", b"bad-1")
+        nested = good.replace(b'"data": {}', b'"data": {"x": ' + b"[" * 2000 + b"]" * 2000 + b"}")
+        [(_, off_bad), (_, off_nested), _] = ctx.log.append(EVENTS, [("VM-1", bad), ("VM-1", nested), ("VM-1", good)])
+        before = _metric("detector")
+        det = Detector(ctx)
+        idle = 0
+        while idle < 2:
+            idle = idle + 1 if det.step() == 0 else 0
+        rows = DeadLetters(ctx.state.db).list(stage="detector")
+        assert [(d.offset, d.event_id) for d in rows] == [(off_bad, "bad-1"), (off_nested, None)]
+        assert "out of range" in rows[0].reason.lower() and "RecursionError" in rows[1].reason
+        assert _metric("detector") == before + 2
+        assert "cannot apply a dead letter later" in _vw(data_dir, "stage-dlq", "redrive", str(rows[0].dl_id), code=1)
+    finally:
         ctx.close()

@@ -11,6 +11,7 @@ rows) and the router (its envelope, encoded as the outbox stores it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -89,11 +90,18 @@ def _event_text(draw: st.DrawFn) -> tuple[str, bytes]:
     return type_, body.encode()
 
 
-@pytest.fixture(scope="module")
-def stages(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    ctx = Context(vw_settings(tmp_path_factory.mktemp("contract")))
-    yield ctx, DeviceStateProjector(ctx), build_engine(ctx)
-    ctx.close()
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def stages(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Device state on both state stores (PostgreSQL TEXT refuses what SQLite takes, e.g. NUL)."""
+    with contextlib.ExitStack() as stack:
+        over: dict[str, Any] = {}
+        if request.param == "postgres":
+            from tests.contract.pg_backend import fresh_schema
+
+            over = {"state.backend": "postgres", "state.postgres_dsn": stack.enter_context(fresh_schema())}
+        ctx = Context(vw_settings(tmp_path_factory.mktemp("contract"), **over))
+        yield ctx, DeviceStateProjector(ctx), build_engine(ctx)
+        ctx.close()
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,

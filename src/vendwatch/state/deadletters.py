@@ -75,13 +75,19 @@ class _Ids(msgspec.Struct):
 _ids = msgspec.json.Decoder(_Ids)
 
 
+def _text(s: str, limit: int) -> str:
+    # device text may hold NUL, which PostgreSQL TEXT refuses: the dead letter must still be written
+    return s.replace("\x00", "\ufffd")[:limit]
+
+
 def record_id(value: bytes) -> str | None:
     """The event (or signal) id of a record, when it can be read at all."""
     try:
         ids = _ids.decode(value)
     except (msgspec.DecodeError, RecursionError):
         return None
-    return ids.event_id or ids.signal_id
+    found = ids.event_id or ids.signal_id
+    return _text(found, 256) if found else None
 
 
 def _row(r: tuple[object, ...]) -> DeadLetter:
@@ -102,8 +108,8 @@ class DeadLetters:
             "INSERT INTO stage_dead_letters(stage, topic, part, log_offset, record_key, value, event_id, reason,"
             " attempts, redrive, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,1,0,?,?)"
             " ON CONFLICT(stage, topic, part, log_offset) DO NOTHING",
-            (stage, record.topic, record.partition, record.offset, record.key, record.value,
-             record_id(record.value), reason[:_REASON_MAX], now, now),
+            (stage, record.topic, record.partition, record.offset, _text(record.key, 1024), record.value,
+             record_id(record.value), _text(reason, _REASON_MAX), now, now),
         )
         return n == 1
 
@@ -153,7 +159,7 @@ class DeadLetters:
     def failed_again(self, dl_id: int, reason: str) -> None:
         self.db.execute(
             "UPDATE stage_dead_letters SET redrive=0, attempts=attempts+1, reason=?, updated_at=? WHERE dl_id=?",
-            (reason[:_REASON_MAX], time.time(), dl_id))
+            (_text(reason, _REASON_MAX), time.time(), dl_id))
 
     def delete(self, dl_id: int) -> None:
         if self.db.execute("DELETE FROM stage_dead_letters WHERE dl_id=?", (dl_id,)) == 0:
