@@ -33,6 +33,7 @@ from vendwatch.detect.rules import RuleSet, load_ruleset
 from vendwatch.observe.metrics import STAGE_LAG
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal
+from vendwatch.stage import set_aside
 
 log = logging.getLogger("vendwatch.detect")
 
@@ -235,9 +236,9 @@ class Detector:
             try:
                 e = _lean.decode(r.value)
                 data = _data.decode(e.data)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 undecodable += 1
-                log.warning("detector: skipping undecodable record %s/%s@%s: %s", r.topic, r.partition, r.offset, exc)
+                set_aside(self.ctx, self.name, r, f"{type(exc).__name__}: {exc}")  # a stage dead letter
                 self.positions[r.partition] = r.offset + 1
                 continue
             t = e.occurred_at.timestamp()
