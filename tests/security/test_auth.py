@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import socket
@@ -9,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-
 from tests.ingest_support import event, running, settings
 from tests.security.served import serve
+
 from vendwatch.api.authfail import AuthFailures
 from vendwatch.ingest.app import _AuthCache
 from vendwatch.runtime import Context
@@ -64,10 +65,8 @@ def _raw_post(port: int, token: str) -> int:
            "Content-Type: application/json\r\nContent-Length: 13\r\nConnection: close\r\n\r\n"
            '{"events":[]}').encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             s.sendall(req)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
         try:
             head = s.recv(64)
         except ConnectionResetError:

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import httpx
-
 from tests.security.served import serve
 
 ATTACKER = "127.0.0.2"
