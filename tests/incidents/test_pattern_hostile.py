@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from incident_helpers import context
 
@@ -19,7 +19,7 @@ from vendwatch.bus import BUSINESS
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli
 from vendwatch.incidents.clock import VirtualClock
-from vendwatch.route.pattern import PatternError, compile_pattern
+from vendwatch.route.pattern import PatternError, PatternIndex, compile_pattern
 from vendwatch.route.role import Router
 from vendwatch.route.rules import parse_rules
 
@@ -165,3 +165,51 @@ def test_any_pattern_compiles_or_is_refused_and_never_raises_on_any_event(patter
         return
     for e in events:
         assert p.matches(e) in (True, False)
+
+
+# -- the pattern index answers exactly what testing every pattern answers --------------------
+
+_few = st.sampled_from(["x", "y", "z", "vendwatch.detect"])
+_small_leaf = st.lists(st.one_of(_few, st.builds(lambda s: {"prefix": s}, _few),
+                                 st.builds(lambda s: {"anything-but": s}, _few),
+                                 st.just({"exists": False}), st.just({"numeric": [">", 1]}), st.integers(0, 3)),
+                       min_size=1, max_size=3)
+_fields = st.sampled_from(["a", "b", "c"])
+_small_pattern = st.recursive(st.dictionaries(_fields, _small_leaf, min_size=1, max_size=3),
+                              lambda inner: st.dictionaries(_fields | st.just("$or"),
+                                                            inner | _small_leaf | st.lists(inner, min_size=2,
+                                                                                           max_size=2),
+                                                            min_size=1, max_size=3), max_leaves=8)
+_small_value = st.recursive(_few | st.integers(0, 3) | st.none(),
+                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_fields, inner, max_size=3),
+                            max_leaves=8)
+_small_event = st.dictionaries(_fields, _small_value, max_size=3)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(patterns=st.lists(_small_pattern, min_size=1, max_size=8), events=st.lists(_small_event, min_size=1,
+                                                                                  max_size=8))
+@example(patterns=[{"a": {"b": ["x"]}}, {"a": {"b": ["y"]}, "c": ["x"]}],
+         events=[{"a": [{"b": "x"}]}, {"a": [[{"b": "y"}]], "c": ["z", "x"]}, {"a": {"b": ["z", ["x"]]}}])
+def test_the_pattern_index_agrees_with_testing_every_pattern(patterns: list[Any], events: list[Any]) -> None:
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(compile_pattern(p))
+        except PatternError:
+            continue
+    index = PatternIndex(compiled)
+    for e in events:
+        assert index.matching(e) == [i for i, p in enumerate(compiled) if p.matches(e)]
+
+
+def test_disabled_rules_never_match_and_targets_keep_rule_order() -> None:
+    rs = parse_rules({"targets": {"a": {"type": "log", "topic": "ta"}, "b": {"type": "log", "topic": "tb"}},
+                      "rules": [{"name": "r1", "pattern": {"detail": {"site_id": ["S1"]}}, "targets": ["b"]},
+                                {"name": "r2", "pattern": {"source": [{"prefix": "vend"}]}, "targets": ["a", "b"]},
+                                {"name": "r3", "pattern": {"detail": {"site_id": ["S1"]}}, "targets": ["a"],
+                                 "enabled": False}]})
+    assert rs.targets_for({"source": "vendwatch", "detail": {"site_id": "S1"}}) == ["b", "a"]
+    assert rs.targets_for({"source": "vendwatch", "detail": [{"site_id": "S2"}]}) == ["a", "b"]
+    assert rs.targets_for({"source": "x", "detail": {"site_id": ["S0", "S1"]}}) == ["b"]
+    assert rs.targets_for({"source": "x", "detail": [{"site_id": "S0"}, {"site_id": "S1"}]}) == ["b"]

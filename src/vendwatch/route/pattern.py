@@ -329,3 +329,94 @@ class Pattern:
 def compile_pattern(source: Any) -> Pattern:
     """Validate and compile an EventBridge event pattern (a dict)."""
     return Pattern(source)
+
+
+# -- many patterns at once ------------------------------------------------------------------
+FieldPath = tuple[str, ...]
+_ON_ARRAY = object()  # an array on the way to the field: its objects are matched one by one
+
+
+def _exact_fields(pat: dict[str, Any], prefix: FieldPath = ()) -> list[tuple[FieldPath, frozenset[str]]]:
+    """Fields (outside ``$or``) whose alternatives are all plain strings: a matching event
+    must hold one of those strings there (or, in an array, among its leaves)."""
+    out: list[tuple[FieldPath, frozenset[str]]] = []
+    for key, val in pat.items():
+        if _is_or(key, val):
+            continue
+        if isinstance(val, dict):
+            out.extend(_exact_fields(val, (*prefix, key)))
+        elif isinstance(val, list) and val and all(isinstance(a, str) for a in val):
+            out.append(((*prefix, key), frozenset(val)))
+    return out
+
+
+class PatternIndex:
+    """Which of many patterns match an event, testing only the plausible ones.
+
+    As aws/event-ruler does, exact string values come first: the fields of a pattern
+    whose alternatives are all plain strings are its *exact fields*. Patterns with the
+    same exact-field paths form a group with one table per path (value -> patterns); an
+    event's values at those paths select, by set intersection, the group's patterns whose
+    exact fields all hold, and only those are matched in full. Patterns without exact
+    fields are always matched. The answer equals testing every pattern, in order.
+    """
+
+    def __init__(self, patterns: list[Pattern]) -> None:
+        self._patterns = patterns
+        self._always: list[int] = []
+        paths: dict[FieldPath, int] = {}
+        groups: dict[tuple[int, ...], list[tuple[int, list[tuple[FieldPath, frozenset[str]]]]]] = {}
+        for i, p in enumerate(patterns):
+            fields = sorted(_exact_fields(p.source))
+            if not fields:
+                self._always.append(i)
+                continue
+            sig = tuple(paths.setdefault(path, len(paths)) for path, _ in fields)
+            groups.setdefault(sig, []).append((i, fields))
+        self._paths = list(paths)
+        self._groups: list[tuple[tuple[int, ...], list[dict[str, frozenset[int]]], frozenset[int]]] = []
+        for sig, members in groups.items():
+            tables: list[dict[str, set[int]]] = [{} for _ in sig]
+            for i, fields in members:
+                for table, (_, values) in zip(tables, fields, strict=True):
+                    for v in values:
+                        table.setdefault(v, set()).add(i)
+            frozen = [{v: frozenset(ids) for v, ids in t.items()} for t in tables]
+            self._groups.append((sig, frozen, frozenset(i for i, _ in members)))
+
+    def matching(self, event: Any) -> list[int]:
+        """Indexes (in the given order) of the patterns that match ``event``."""
+        values = []
+        for path in self._paths:
+            v = event
+            for key in path:
+                if isinstance(v, dict):
+                    v = v.get(key, _MISSING)
+                elif isinstance(v, list):
+                    v = _ON_ARRAY  # objects in an array are matched element by element
+                    break
+                else:
+                    v = _MISSING
+                    break
+            values.append(v)
+        cands: set[int] = set(self._always)
+        for sig, tables, members in self._groups:
+            found: frozenset[int] | set[int] = members
+            for j, table in zip(sig, tables, strict=True):
+                v = values[j]
+                if isinstance(v, str):
+                    found = found & table.get(v, _NONE)
+                elif v is _ON_ARRAY:
+                    continue
+                elif isinstance(v, list):
+                    found = found & {i for leaf in _leaves(v) if isinstance(leaf, str) for i in table.get(leaf, _NONE)}
+                else:
+                    found = _NONE
+                if not found:
+                    break
+            cands |= found
+        pats = self._patterns
+        return [i for i in sorted(cands) if pats[i].matches(event)]
+
+
+_NONE: frozenset[int] = frozenset()
