@@ -177,8 +177,8 @@ def test_analytics_table_gains_a_column_by_schema_evolution(ctx):
 def test_incidents_from_the_incident_store(ctx):
     """The real incident store, filled by the incident service as the orchestrator fills it."""
     from tests.incidents.incident_helpers import make_signal
-    from vendwatch.delivery.clock import VirtualClock
 
+    from vendwatch.delivery.clock import VirtualClock
     from vendwatch.incidents.service import IncidentService
 
     clock = VirtualClock(T0.timestamp())
