@@ -112,7 +112,7 @@ def _crash_after(det: Detector, steps: int, *, lose_pending: bool) -> None:
         det._consumer.poll  # noqa: B018 - keep the consumer alive; evaluation continues below
         recs = det._consumer.poll(det.s.batch_size, 0.05)  # type: ignore[union-attr]
         det.evaluate(recs)
-        det.engine.advance(det._clock())
+        det.engine.advance(*det._clock())
         det.pending.extend(det.engine.drain())
         if not lose_pending:
             det.flush()

@@ -198,11 +198,19 @@ class Detector:
         self.engine.set_site_sizes(sizes)
 
     # -- the loop ------------------------------------------------------------------------
-    def _clock(self) -> float:
-        """Timer time: event time while replaying a backlog (or always, with clock=event), else wall time."""
+    def _clock(self) -> tuple[float, float]:
+        """The clock and how far timers stay behind it.
+
+        Live (clock=wall, caught up): wall time, and a timer fires when the wall clock
+        reaches its deadline: silence is judged in real time and a late event retracts
+        what fired too early. Else event time (a backlog, or clock=event): it is only as
+        far as the newest events read, and other devices' events of that instant may
+        still be in flight or behind in the backlog, so timers wait the allowed lateness
+        (which costs no real time in a replay).
+        """
         if self.s.clock == "wall" and self.caught_up:
-            return time.time()
-        return self._event_clock()
+            return time.time(), 0.0
+        return self._event_clock(), self.s.allowed_lateness_s
 
     def _event_clock(self) -> float:
         # the slowest partition that still has records to read holds the clock back, so
@@ -274,7 +282,7 @@ class Detector:
         self.evaluate(recs)
         self.caught_up = len(recs) < self.s.batch_size
         replayed = self.caught_up and bool(self.engine.suppress) and self._at_end()
-        self.engine.advance(self._clock())
+        self.engine.advance(*self._clock())
         self.pending.extend(self.engine.drain())
         if replayed:
             # everything is re-evaluated and the timers it made due have run (they emitted
@@ -300,6 +308,8 @@ class Detector:
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
         for s in self.pending:
             m.SIGNALS.labels(s.rule_id, s.status).inc()
+            if s.retracts:
+                m.RETRACTIONS.labels(s.rule_id).inc()
         self.pending = []
 
     def checkpoint(self, only: list[int] | None = None) -> None:
