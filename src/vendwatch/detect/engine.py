@@ -422,7 +422,7 @@ class Engine:
                 offs.pop(dev.device_id, None)
             if emitted and (idx, dev.site_id) in self.site_firing and self.watermark > -INF:
                 # the site may no longer be down without this machine: check at once
-                self._push_site_check(self.watermark, idx, dev.site_id)
+                self._site_check(idx, dev.site_id, self.watermark)
 
     def _offline_at(self, key: tuple[int, str], at: float) -> int:
         offs = self.site_off.get(key) or {}
