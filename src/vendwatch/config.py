@@ -165,7 +165,8 @@ class DetectSettings(_Section):
     # extra rule files loaded after the shipped default pack (a rule id may appear once)
     rule_files: list[str] = []
     default_pack: bool = True  # load src/vendwatch/detect/rules/default.yaml
-    # timers wait this long past their deadline so events delayed up to it still count
+    # an event up to this late still retracts an offline signal it proves wrong (a false
+    # alarm); live timers do not wait for it (a replay of a backlog holds timers back by it)
     allowed_lateness_s: float = 60.0
     # "wall": timers follow wall time once caught up with the log (live);
     # "event": timers follow event time only (replay, deterministic tests)
@@ -176,7 +177,10 @@ class DetectSettings(_Section):
     recent_ids_per_device: int = 32  # duplicate-event memory per device
     site_min_devices: int = 3  # site-level offline signal needs at least this many machines...
     site_min_fraction: float = 0.5  # ...and this share of the site's machines
-    site_wait_s: float = 120.0  # per-device offline signals wait this long for site grouping
+    # per-device offline signals wait this long so they can name a site outage as their
+    # cause; 0: they fire at their deadline and the incident layer groups them
+    # (incidents.group_wait_s)
+    site_wait_s: float = 0.0
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
