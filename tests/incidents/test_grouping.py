@@ -18,8 +18,8 @@ import pytest
 from incident_helpers import context, publish
 from prometheus_client import REGISTRY
 
-from vendwatch.incidents.clock import VirtualClock
-from vendwatch.incidents.emulator import ServiceNowEmulator
+from vendwatch.delivery.clock import VirtualClock
+from vendwatch.emulators.servicenow import ServiceNowEmulator
 from vendwatch.incidents.role import Orchestrator
 from vendwatch.signals import Signal, signal_id
 

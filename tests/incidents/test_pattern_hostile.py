@@ -18,7 +18,7 @@ from incident_helpers import context
 from vendwatch.bus import BUSINESS
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli
-from vendwatch.incidents.clock import VirtualClock
+from vendwatch.delivery.clock import VirtualClock
 from vendwatch.route.pattern import PatternError, PatternIndex, compile_pattern
 from vendwatch.route.role import Router
 from vendwatch.route.rules import parse_rules
