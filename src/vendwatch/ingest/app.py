@@ -221,7 +221,8 @@ class Collector:
         await answer.send(send)
         m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+    def authenticate(self, headers: dict[str, str]) -> Device | _Answer:
+        """The device of the request's bearer token, or the 401 to send (every device endpoint)."""
         authz = headers.get("authorization", "")
         scheme, _, token = authz.partition(" ")
         if scheme.lower() != "bearer" or not token:
@@ -229,6 +230,16 @@ class Collector:
         device = self.auth.get(token.strip())
         if device is None:
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
+        return device
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
+        """The request body within the size limit, gunzipped; or the 4xx to send."""
+        return await self._body(headers, receive)
+
+    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+        device = self.authenticate(headers)
+        if isinstance(device, _Answer):
+            return device
         body = await self._body(headers, receive)
         if isinstance(body, _Answer):
             return body
@@ -303,5 +314,8 @@ def routes(ctx: Context) -> list[Route]:
 
     # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
     # api/server.py also dispatches POST /v1/events to it before Starlette's middleware
+    from vendwatch.dex.http import DexEndpoint  # noqa: PLC0415 - the DEX front door builds on this module
+
     return [Route("/v1/events", collector, methods=["POST"]),
+            Route("/v1/dex", DexEndpoint(ctx, collector), methods=["POST"]),
             Route("/openapi.json", openapi_json, methods=["GET"])]
