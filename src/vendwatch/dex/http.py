@@ -23,6 +23,7 @@ from vendwatch.dex.store import DexStore
 from vendwatch.ingest.app import _Answer, _Disconnected, _error, _json
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
+from vendwatch.state.store import Device
 
 if TYPE_CHECKING:
     from vendwatch.ingest.app import Collector
@@ -36,6 +37,9 @@ class DexEndpoint:
         self.ctx = ctx
         self.collector = collector
         self._store: DexStore | None = None
+        # a file is compared with the read stored before it: judge, append and remember one at a time
+        # (uploads are a few per machine per week; replicas can still interleave, see docs/dex.md)
+        self._serial = asyncio.Lock()
 
     @property
     def store(self) -> DexStore:
@@ -76,6 +80,12 @@ class DexEndpoint:
         if c.committer is None or not c.committer.alive():
             return _error(503, "log_unavailable", "the collector is not taking writes; resend the same file",
                           {"Retry-After": "5"})
+        async with self._serial:
+            return await self._store_file(body, device)
+
+    async def _store_file(self, body: bytes, device: Device) -> _Answer:
+        c = self.collector
+        assert c.committer is not None
         j: Judged = await asyncio.to_thread(judge, body, device, c.s, self.store, ev.utcnow())
         try:
             fresh = await asyncio.wait_for(c.committer.enqueue(j.accepted, j.quarantine), c.s.append_timeout_s)
