@@ -219,6 +219,19 @@ class DexSales(_Payload, kw_only=True):
     counter_reset: bool = False
 
 
+class DexFinding(_Payload, kw_only=True):
+    """A discrepancy between an audit read and telemetry or cash collection (``vendwatch dex reconcile``)."""
+
+    kind: Literal["sales_exceed_telemetry", "telemetry_exceeds_sales", "cash_shortfall"]
+    read_id: EventId
+    period_end: datetime
+    period_start: datetime | None = None
+    slot: ShortText | None = None
+    expected: Annotated[int, Meta(ge=0)] = 0  # what the audit says: units, or minor units of cash
+    actual: Annotated[int, Meta(ge=0)] = 0  # what telemetry reported / what was collected
+    detail: Text = ""
+
+
 PAYLOADS: dict[str, type[_Payload]] = {
     "heartbeat": Heartbeat,
     "telemetry": Telemetry,
@@ -234,10 +247,12 @@ PAYLOADS: dict[str, type[_Payload]] = {
     "log": Log,
     "dex_read": DexRead,
     "dex_sales": DexSales,
+    "dex_finding": DexFinding,
 }
 EventType = Literal[
     "heartbeat", "telemetry", "transaction", "refund", "inventory", "stock_alert",
     "refill", "fault", "security", "config", "connectivity", "log", "dex_read", "dex_sales",
+    "dex_finding",
 ]  # fmt: skip
 
 CATEGORY: dict[str, str] = {
@@ -255,6 +270,7 @@ CATEGORY: dict[str, str] = {
     "log": "log",
     "dex_read": "sales",
     "dex_sales": "sales",
+    "dex_finding": "sales",
 }
 
 

@@ -78,4 +78,39 @@ def import_(env: Env, files: tuple[Path, ...], device_id: str, as_json: bool) ->
                                    " (`vendwatch quarantine list --code ...`)")
 
 
+@dex.command("reconcile")
+@click.option("--from", "since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) of reads included.")
+@click.option("--to", "until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) of reads included.")
+@click.option("--site", default=None, help="Only machines of this site.")
+@click.option("--dry-run", is_flag=True, help="List the findings, append nothing.")
+@data_dir_option
+@pass_env
+def reconcile(env: Env, since: datetime | None, until: datetime | None, site: str | None, dry_run: bool) -> None:
+    """Compare audit reads with telemetry and cash collections; append each finding as a
+    `dex_finding` event (the default rules open incidents from them).
+
+    Safe to re-run: a finding already appended is not appended again. Reads the lake's
+    raw tables, which the lake writer keeps current.
+    """
+    from vendwatch.dex.publish import publish_findings
+    from vendwatch.lake.dex_reports import Window, findings
+    from vendwatch.lake.query import LakeSQL, QueryError
+
+    ctx = env.context()
+    try:
+        try:
+            found = findings(LakeSQL(ctx.settings), Window(since.date() if since else None,
+                                                           until.date() if until else None, site))
+        except QueryError as e:
+            raise click.ClickException(str(e)) from None
+        table([{"device_id": f.device_id, "kind": f.kind, "slot": f.slot, "expected": f.expected,
+                "actual": f.actual, "period_end": f.period_end.isoformat()} for f in found],
+              ["device_id", "kind", "slot", "expected", "actual", "period_end"])
+        if not dry_run:
+            new, dup = publish_findings(ctx, found)
+            click.echo(f"{new} new finding(s) appended, {dup} already there", err=True)
+    finally:
+        ctx.close()
+
+
 commands = [dex]

@@ -17,6 +17,7 @@ from typing import Any
 from vendwatch.dex import model as dm
 from vendwatch.dex.meaning import Period, serial
 from vendwatch.dex.parser import parse_datetime
+from vendwatch.dex.reconcile import Finding
 
 # EA1 event identifiers (EVA-DTS) -> (event type, payload). Door openings are routine at
 # service visits: they become log lines; cooling and power events become faults/security.
@@ -146,3 +147,14 @@ def _float(s: str) -> float | None:
     except ValueError:
         return None
     return v if -60 <= v <= 150 else None
+
+
+def finding_event(f: Finding) -> dict[str, Any]:
+    """A reconciliation finding as a device event (id derived: re-running the job adds nothing)."""
+    data: dict[str, Any] = {"kind": f.kind, "read_id": f.read_id, "period_end": _iso(f.period_end),
+                            "expected": f.expected, "actual": f.actual, "detail": f.detail}
+    if f.period_start is not None:
+        data["period_start"] = _iso(f.period_start)
+    if f.slot is not None:
+        data["slot"] = f.slot
+    return _event(f"dexf:{f.key}", f.device_id, "dex_finding", f.period_end, data)
