@@ -8,7 +8,7 @@ period still gives a header. Parameters reach SQL only as typed literals.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -174,18 +174,32 @@ def findings(sql: LakeSQL, w: Window) -> list[Finding]:
 
 
 # --- registry used by `vendwatch report` ----------------------------------------------
-Builder = Callable[[LakeSQL, Window], pa.Table]
+@dataclass(frozen=True)
+class Options:
+    limits: dict[str, float] = field(default_factory=dict)  # device -> food-safety limit (°C)
+
+
+def _food_safety(sql: LakeSQL, w: Window, o: Options) -> pa.Table:
+    from vendwatch.lake.food_safety import food_safety  # noqa: PLC0415 - it builds on this module
+
+    return food_safety(sql, w, limits=o.limits)
+
+
+Builder = Callable[[LakeSQL, Window, Options], pa.Table]
 DEX_REPORTS: dict[str, tuple[str, Builder]] = {
-    "dex-files": ("every DEX file received, accepted or refused, with the file itself", dex_files),
+    "dex-files": ("every DEX file received, accepted or refused, with the file itself",
+                  lambda s, w, o: dex_files(s, w)),
     "dex-reconciliation": ("DEX sales per read period and slot vs telemetry sales",
-                           lambda s, w: reconciliation(s, w)[0]),
+                           lambda s, w, o: reconciliation(s, w)[0]),
     "cash-accountability": ("cash the audit put in the cash box vs cash collected at each visit",
-                            lambda s, w: cash_accountability(s, w)[0]),
+                            lambda s, w, o: cash_accountability(s, w)[0]),
+    "food-safety": ("every episode above the food-safety limit (5 °C unless set per machine)", _food_safety),
 }
 
 
 def run_dex_report(settings: Settings, name: str, *, since: date | None = None, until: date | None = None,
-                   site: str | None = None, sql: LakeSQL | None = None) -> QueryResult:
+                   site: str | None = None, sql: LakeSQL | None = None,
+                   limits: dict[str, float] | None = None) -> QueryResult:
+    """Run one of :data:`DEX_REPORTS` (``limits``: device -> food-safety limit in °C)."""
     _, build = DEX_REPORTS[name]
-    engine = sql or LakeSQL(settings)
-    return QueryResult(build(engine, Window(since, until, site)), False, {})
+    return QueryResult(build(sql or LakeSQL(settings), Window(since, until, site), Options(limits or {})), False, {})
