@@ -6,6 +6,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import msgspec
+from click.testing import CliRunner
+from starlette.applications import Starlette
+from starlette.testclient import TestClient
 from tests.dex.files import file
 from tests.ingest_support import read_all
 from tests.lake.conftest import drain, make_settings
@@ -13,10 +16,13 @@ from tests.lake.factory import publish, sale, stored
 
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS, REJECTED
+from vendwatch.cli.common import Env
+from vendwatch.cli.main import cli
 from vendwatch.dex.intake import judge, remember
 from vendwatch.dex.publish import publish_findings
 from vendwatch.dex.store import DexStore
 from vendwatch.ingest.sink import open_sink
+from vendwatch.lake.api import routes
 from vendwatch.lake.dex_reports import Window, findings, run_dex_report
 from vendwatch.lake.query import LakeSQL
 from vendwatch.runtime import Context
@@ -79,6 +85,23 @@ def test_reports_from_dex_and_telemetry(tmp_path: Path) -> None:
     assert fs["peak_c"] == 9.3 and fs["sales_during"] == 2 and fs["ongoing"] is False
     assert run_dex_report(s, "food-safety", site="site-b").rows() == []
     assert run_dex_report(s, "food-safety", limits={"dev-1": 10.0}).rows() == []
+
+    # over HTTP (the console's printable page reads this) and from the CLI, as CSV
+    app = Starlette(routes=routes(ctx))
+    viewer = {"Authorization": f"Bearer {ctx.state.add_operator_token('v', 'viewer')}"}
+    with TestClient(app) as c:
+        names = [r["name"] for r in c.get("/v1/reports", headers=viewer).json()["reports"]]
+        assert {"food-safety", "dex-files", "dex-reconciliation", "cash-accountability"} <= set(names)
+        r = c.get(f"/v1/reports/food-safety?since={T0.date()}&site=site-a&format=csv", headers=viewer)
+        assert r.status_code == 200 and r.text.splitlines()[0].startswith('"site_id","device_id","limit_c","start"')
+        assert len(r.text.splitlines()) == 2
+        assert c.get("/v1/reports/food-safety?since=yesterday", headers=viewer).status_code == 400
+    res = CliRunner().invoke(cli, ["report", "food-safety", "--from", str(T0.date()), "--to", str(NOW.date()),
+                                   "--site", "site-a", "--format", "csv", "--data-dir", s.data_dir],
+                             obj=Env(None, {}))
+    assert res.exit_code == 0 and len(res.stdout.splitlines()) == 2, res.output
+    res = CliRunner().invoke(cli, ["report", "revenue", "--site", "site-a", "--data-dir", s.data_dir], obj=Env(None, {}))
+    assert res.exit_code == 2 and "--site applies to" in res.output
 
     found = findings(LakeSQL(s), Window())
     assert [f.kind for f in found] == ["cash_shortfall"]

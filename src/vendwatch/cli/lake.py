@@ -141,20 +141,11 @@ def report(env: Env, name: str, since: datetime | None, until: datetime | None, 
 
 
 def _food_safety_limits(env: Env) -> dict[str, float]:
-    """Per-machine limits from the registry (device meta ``food_safety_max_c``)."""
+    from vendwatch.lake.dex_reports import food_safety_limits
+
     ctx = env.context()
-    out: dict[str, float] = {}
     try:
-        after = ""
-        while True:
-            page = ctx.state.list_devices(limit=1000, after=after)
-            for d in page:
-                v = d.meta.get("food_safety_max_c")
-                if isinstance(v, (int, float)):
-                    out[d.device_id] = float(v)
-            if len(page) < 1000:
-                return out
-            after = page[-1].device_id
+        return food_safety_limits(ctx.state)
     finally:
         ctx.close()
 

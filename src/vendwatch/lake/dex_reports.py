@@ -26,6 +26,7 @@ from vendwatch.dex.reconcile import (
     reconcile_sales,
 )
 from vendwatch.lake.query import LakeSQL, QueryResult
+from vendwatch.state.store import StateStore
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -195,6 +196,21 @@ DEX_REPORTS: dict[str, tuple[str, Builder]] = {
                             lambda s, w, o: cash_accountability(s, w)[0]),
     "food-safety": ("every episode above the food-safety limit (5 °C unless set per machine)", _food_safety),
 }
+
+
+def food_safety_limits(state: StateStore) -> dict[str, float]:
+    """Per-machine food-safety limits from the registry (device meta ``food_safety_max_c``)."""
+    out: dict[str, float] = {}
+    after = ""
+    while True:
+        page = state.list_devices(limit=1000, after=after)
+        for d in page:
+            v = d.meta.get("food_safety_max_c")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[d.device_id] = float(v)
+        if len(page) < 1000:
+            return out
+        after = page[-1].device_id
 
 
 def run_dex_report(settings: Settings, name: str, *, since: date | None = None, until: date | None = None,
