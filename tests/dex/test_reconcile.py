@@ -60,3 +60,18 @@ def test_daily_reads_between_collections_add_up() -> None:
     visits = [Visit("VM-1", "S", "v0", T0, 0), Visit("VM-1", "S", "v1", T1, 7000)]
     rows, found = reconcile_cash(reads, visits)
     assert found == [] and rows[1]["expected_minor"] == 7000
+
+
+def test_a_visit_without_read_carries_its_collection_to_the_next() -> None:
+    t2 = T1 + timedelta(days=7)
+    reads = [Read("VM-1", "S", "r1", T0, None, 0), Read("VM-1", "S", "r3", t2, T0, 9000)]  # r2 refused (bad CRC)
+    visits = [Visit("VM-1", "S", "v1", T0, 0), Visit("VM-1", "S", "v2", T1, 4000), Visit("VM-1", "S", "v3", t2, 5000)]
+    rows, found = reconcile_cash(reads, visits)
+    assert found == [] and [r["finding"] for r in rows] == ["baseline_read", "no_audit_read_at_visit", None]
+
+
+def test_counter_reset_slot_is_reported_not_compared() -> None:
+    p = _period(2)
+    p.counter_reset = True
+    rows, found = reconcile_sales([p], _sales(12))
+    assert found == [] and rows[0]["finding"] == "counter_reset"

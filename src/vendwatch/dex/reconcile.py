@@ -53,6 +53,7 @@ class DexPeriodSales:
     value_minor: int
     cash_units: int | None = None
     card_units: int | None = None
+    counter_reset: bool = False  # the counters restarted: the units are a lower bound, not compared
 
 
 @dataclass(slots=True)
@@ -107,12 +108,15 @@ def reconcile_sales(periods: list[DexPeriodSales], sales: list[Sale],
         diff = p.units - t_units
         kind = ("sales_exceed_telemetry" if diff > tol.units else "telemetry_exceeds_sales" if -diff > tol.units
                 else None)
+        if p.counter_reset:
+            kind = None  # reported once on the read (counter_reset), not as a sales discrepancy
         rows.append({"device_id": p.device_id, "site_id": p.site_id, "period_start": p.start, "period_end": p.end,
                      "slot": p.slot, "product_id": p.product_id, "dex_units": p.units,
                      "telemetry_units": t_units, "dex_value_minor": p.value_minor, "telemetry_value_minor": t_value,
                      "dex_cash_units": p.cash_units, "telemetry_cash_units": t_cash,
                      "dex_card_units": p.card_units, "telemetry_card_units": t_units - t_cash,
-                     "difference_units": diff, "finding": kind, "read_id": p.read_id})
+                     "difference_units": diff, "finding": "counter_reset" if p.counter_reset else kind,
+                     "read_id": p.read_id})
         if kind is not None:
             findings.append(Finding(kind, p.device_id, p.site_id, p.read_id, p.start, p.end, p.slot, p.units, t_units,
                                     f"slot {p.slot}: audit counted {p.units} sales, telemetry reported {t_units}"))
@@ -121,37 +125,42 @@ def reconcile_sales(periods: list[DexPeriodSales], sales: list[Sale],
 
 def reconcile_cash(reads: list[Read], visits: list[Visit],
                    tol: Tolerance = Tolerance()) -> tuple[list[dict[str, Any]], list[Finding]]:
-    """Per service visit that recorded the cash collected: the audit's cash-box inflow vs the collection."""
+    """Per service visit with an audit read: cash the audit put in the box since the previous such
+    visit vs the cash collected since then (a visit whose read is missing carries over to the next)."""
     reads_by_dev: dict[str, list[Read]] = defaultdict(list)
     for r in reads:
         reads_by_dev[r.device_id].append(r)
+    visits_by_dev: dict[str, list[Visit]] = defaultdict(list)
+    for v in visits:
+        visits_by_dev[v.device_id].append(v)
     rows, findings = [], []
-    last_visit_read: dict[str, Read] = {}
-    for v in sorted(visits, key=lambda v: (v.device_id, v.at)):
-        near = [r for r in reads_by_dev.get(v.device_id, []) if abs(r.at - v.at) <= tol.visit_match]
-        read = min(near, key=lambda r: abs(r.at - v.at)) if near else None
-        before = last_visit_read.get(v.device_id)
-        if read is not None:
-            last_visit_read[v.device_id] = read
-        row: dict[str, Any] = {"device_id": v.device_id, "site_id": v.site_id, "visit_at": v.at,
-                               "collected_minor": v.cash_collected_minor, "expected_minor": None,
-                               "difference_minor": None, "finding": None, "read_id": None}
-        if read is None:
-            row["finding"] = "no_audit_read_at_visit"
-        elif read.start is None:
-            row["finding"] = "baseline_read"  # first read or new board: nothing to compare yet
-            row["read_id"] = read.read_id
-        else:
-            # reads between two collections (a modem reading daily) all fed the same cash box
-            since = before.at if before is not None else read.start
-            expected = sum(r.cash_to_box_minor for r in reads_by_dev[v.device_id]
-                           if r.start is not None and since < r.at <= read.at)
-            diff = expected - v.cash_collected_minor
-            row.update(expected_minor=expected, difference_minor=diff, read_id=read.read_id)
+    for device_id, dev_visits in sorted(visits_by_dev.items()):
+        dev_reads = reads_by_dev.get(device_id, [])
+        prev: Read | None = None  # the read of the last visit that had one
+        pending = 0  # collected since that visit
+        for v in sorted(dev_visits, key=lambda v: v.at):
+            pending += v.cash_collected_minor
+            near = [r for r in dev_reads if abs(r.at - v.at) <= tol.visit_match]
+            read = min(near, key=lambda r: abs(r.at - v.at)) if near else None
+            row: dict[str, Any] = {"device_id": v.device_id, "site_id": v.site_id, "visit_at": v.at,
+                                   "collected_minor": pending, "expected_minor": None, "difference_minor": None,
+                                   "finding": None, "read_id": read.read_id if read else None}
+            rows.append(row)
+            if read is None:
+                row["finding"] = "no_audit_read_at_visit"  # its cash is counted at the next visit with a read
+                continue
+            if read.start is None:
+                row["finding"] = "baseline_read"  # first read or new board: the account starts here
+                prev, pending = read, 0
+                continue
+            since = prev.at if prev is not None else read.start
+            expected = sum(r.cash_to_box_minor for r in dev_reads if r.start is not None and since < r.at <= read.at)
+            diff = expected - pending
+            row.update(expected_minor=expected, difference_minor=diff)
             if diff > tol.cash_minor:
                 row["finding"] = "cash_shortfall"
-                findings.append(Finding("cash_shortfall", v.device_id, v.site_id, read.read_id, since, read.at,
-                                        None, expected, v.cash_collected_minor,
-                                        f"audit put {expected} in the cash box, {v.cash_collected_minor} was collected"))
-        rows.append(row)
+                findings.append(Finding("cash_shortfall", v.device_id, v.site_id, read.read_id, since, read.at, None,
+                                        expected, pending,
+                                        f"audit put {expected} in the cash box, {pending} was collected"))
+            prev, pending = read, 0
     return rows, findings

@@ -119,7 +119,7 @@ def _period_sales(sql: LakeSQL, w: Window) -> list[DexPeriodSales]:
         d = r["data"]
         out.append(DexPeriodSales(r["device_id"], r["site_id"], d["read_id"], d["slot"], d.get("product_id"),
                                   _ts(d["period_start"]), _ts(d["period_end"]), d["units"], d["value_minor"],  # type: ignore[arg-type]
-                                  d.get("cash_units"), d.get("card_units")))
+                                  d.get("cash_units"), d.get("card_units"), d.get("counter_reset", False)))
     return out
 
 
