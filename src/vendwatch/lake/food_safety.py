@@ -5,9 +5,10 @@ An episode starts at the first telemetry sample above the machine's limit (5 °C
 first sample at or below it. Each episode is reported with its peak, duration, the
 door state during it, whether it followed a service visit (loading with the door
 open warms the cabinet), the incident and ticket it raised, and the sales made
-during it (products that should have been locked out). Episodes shorter than
-``min_minutes`` (15, as the default detection rule) are left out: a door opened for
-loading warms the cabinet for a few minutes by design.
+during it (products that should have been locked out). Listed are the episodes that
+stayed above the limit with the door closed for ``min_minutes`` (15, as the default
+detection rule): a door opened for loading warms the cabinet by design, and only
+what happens after it closes is the machine's failure to keep food safe.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Episode:
     peak_c: float
     door_open_samples: int
     samples: int
+    closed_s: float = 0.0  # time above the limit with the door closed
+    _last: Sample | None = None
 
     def minutes(self, now: datetime) -> float:
         return ((self.end or now) - self.start).total_seconds() / 60.0
@@ -54,9 +57,12 @@ def episodes(device_id: str, site_id: str | None, samples: list[Sample], limit_c
     out: list[Episode] = []
     cur: Episode | None = None
     for s in sorted(samples, key=lambda s: s.at):
+        if cur is not None and cur._last is not None and not cur._last.door_open:
+            cur.closed_s += (s.at - cur._last.at).total_seconds()
         if s.temp_c > limit_c:
             if cur is None:
                 cur = Episode(device_id, site_id, limit_c, s.at, None, s.at, s.temp_c, 0, 0)
+            cur._last = s
             cur.peak_c = max(cur.peak_c, s.temp_c)
             cur.last_above = s.at
             cur.samples += 1
@@ -74,7 +80,7 @@ _SCHEMA = pa.schema([
     ("site_id", pa.string()), ("device_id", pa.string()), ("limit_c", pa.float64()), ("start", TS), ("end", TS),
     ("duration_min", pa.float64()), ("peak_c", pa.float64()), ("peak_f", pa.float64()), ("door", pa.string()),
     ("after_service_visit", pa.bool_()), ("visit_at", TS), ("incident_id", pa.string()), ("ticket", pa.string()),
-    ("sales_during", pa.int64()), ("ongoing", pa.bool_()),
+    ("sales_during", pa.int64()), ("ongoing", pa.bool_()), ("closed_min", pa.float64()),
 ])
 
 
@@ -98,7 +104,7 @@ def food_safety(sql: LakeSQL, w: Window, *, limits: dict[str, float] | None = No
     found = [e for dev, (site, samples) in sorted(per_dev.items())
              for e in episodes(dev, site, samples, limits.get(dev, DEFAULT_MAX_C))]
     end_of_window = now or max((e.last_above for e in found), default=None)
-    found = [e for e in found if end_of_window is None or e.minutes(end_of_window) >= min_minutes]
+    found = [e for e in found if e.closed_s >= min_minutes * 60]
     if not found:
         return pa.Table.from_pylist([], _SCHEMA)
     devices = {e.device_id for e in found}
@@ -126,7 +132,7 @@ def food_safety(sql: LakeSQL, w: Window, *, limits: dict[str, float] | None = No
             "door": _door(e), "after_service_visit": bool(before), "visit_at": max(before) if before else None,
             "incident_id": inc[0]["incident_id"] if inc else None, "ticket": inc[0]["external_ref"] if inc else None,
             "sales_during": sum(1 for d, t in sold if d == e.device_id and t is not None and e.start <= t <= stop),
-            "ongoing": e.end is None,
+            "ongoing": e.end is None, "closed_min": round(e.closed_s / 60.0, 1),
         })
     rows.sort(key=lambda r: (r["site_id"] or "", r["device_id"], r["start"]))
     return pa.Table.from_pylist(rows, _SCHEMA)

@@ -54,5 +54,5 @@ export async function render(main, page) {
       h('thead', null, h('tr', null, COLUMNS.map(([label]) => h('th', null, label)))),
       h('tbody', null, rows.map((r) => h('tr', null, COLUMNS.map(([, cell]) => h('td', null, cell(r))))))),
     h('p', {class: 'muted small'}, 'An episode runs from the first reading above the limit to the first reading back at or below it; '
-      + 'episodes under 15 minutes (door opened for loading) are not listed. "Sales during" counts vends while the products were above the limit.'));
+      + 'listed are the episodes that stayed above it for 15 minutes or more with the door closed (a door opened for loading warms the cabinet by design). "Sales during" counts vends while the products were above the limit.'));
 }
