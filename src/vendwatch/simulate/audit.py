@@ -149,3 +149,10 @@ class MachineAudit:
         taken = max(0, self.box_since_collection - self._skim)
         self.box_since_collection, self._skim = 0, 0
         return taken
+
+
+def showcase_dex(device_ids: list[str]) -> list[DexInjection]:
+    """One DEX discrepancy of each kind on the first machines (``vendwatch demo``): a damaged
+    first read, and the others at the second read (after the first service visit's baseline)."""
+    kinds = [("bad_crc", 0), ("missing_telemetry", 1), ("skimmed_cash", 1), ("counter_reset", 1)]
+    return [DexInjection(k, d, n, _DEFAULT_AMOUNT.get(k, 0)) for (k, n), d in zip(kinds, device_ids, strict=False)]
