@@ -101,7 +101,7 @@ def test_reports_from_dex_and_telemetry(tmp_path: Path) -> None:
                              obj=Env(None, {}))
     assert res.exit_code == 0 and len(res.stdout.splitlines()) == 2, res.output
     res = CliRunner().invoke(cli, ["report", "revenue", "--site", "site-a", "--data-dir", s.data_dir], obj=Env(None, {}))
-    assert res.exit_code == 2 and "--site applies to" in res.output
+    assert res.exit_code == 2 and "--site and --visit apply to" in res.output
 
     found = findings(LakeSQL(s), Window())
     assert [f.kind for f in found] == ["cash_shortfall"]

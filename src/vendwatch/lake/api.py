@@ -130,13 +130,14 @@ def routes(ctx: Context) -> list[Route]:
         try:
             since = date.fromisoformat(q["since"]) if "since" in q else None
             until = date.fromisoformat(q["until"]) if "until" in q else None
+            visit = date.fromisoformat(q["visit"]) if "visit" in q else None
         except ValueError as e:
             return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
         site = q.get("site") or None
 
         def run() -> QueryResult:
             limits = food_safety_limits(ctx.state) if name == "food-safety" else None
-            return run_dex_report(ctx.settings, name, since=since, until=until, site=site, limits=limits)
+            return run_dex_report(ctx.settings, name, since=since, until=until, site=site, limits=limits, visit=visit)
 
         try:
             async with slots:

@@ -43,7 +43,8 @@ class Window:
         return f"{col} BETWEEN CAST('{lo}' AS DATE) AND CAST('{hi}' AS DATE)"
 
     def keep(self, site_id: str | None) -> bool:
-        return self.site is None or site_id == self.site
+        """``site`` is one site, or a route: sites separated by commas."""
+        return self.site is None or site_id in self.site.split(",")
 
 
 def rows_of(sql: LakeSQL, text: str) -> list[dict[str, Any]]:
@@ -178,6 +179,7 @@ def findings(sql: LakeSQL, w: Window) -> list[Finding]:
 @dataclass(frozen=True)
 class Options:
     limits: dict[str, float] = field(default_factory=dict)  # device -> food-safety limit (°C)
+    visit: date | None = None  # refill planning: the visit date (default: 24 h from now)
 
 
 def _food_safety(sql: LakeSQL, w: Window, o: Options) -> pa.Table:
@@ -195,7 +197,32 @@ DEX_REPORTS: dict[str, tuple[str, Builder]] = {
     "cash-accountability": ("cash the audit put in the cash box vs cash collected at each visit",
                             lambda s, w, o: cash_accountability(s, w)[0]),
     "food-safety": ("every episode above the food-safety limit (5 °C unless set per machine)", _food_safety),
+    "refill-plan": ("per slot: stock now, sales velocity by weekday and hour, days to empty, units to load at"
+                    " the visit", lambda s, w, o: _refill_plan(s, w, o)),
+    "pick-list": ("units to take per site and product for the visit, and for the whole route (--site A,B)",
+                  lambda s, w, o: _pick_list(s, w, o)),
+    "stockout-lost-sales": ("each stock-out with the sales it lost (from the slot's weekday/hour velocity)",
+                            lambda s, w, o: _lost_sales(s, w)),
 }
+
+
+# refill planning builds on this module: imported when used
+def _refill_plan(sql: LakeSQL, w: Window, o: Options) -> pa.Table:
+    from vendwatch.lake.refill_plan import refill_plan  # noqa: PLC0415
+
+    return refill_plan(sql, w, visit=o.visit)
+
+
+def _pick_list(sql: LakeSQL, w: Window, o: Options) -> pa.Table:
+    from vendwatch.lake.refill_plan import pick_list  # noqa: PLC0415
+
+    return pick_list(sql, w, visit=o.visit)
+
+
+def _lost_sales(sql: LakeSQL, w: Window) -> pa.Table:
+    from vendwatch.lake.refill_plan import stockout_lost_sales  # noqa: PLC0415
+
+    return stockout_lost_sales(sql, w)
 
 
 def food_safety_limits(state: StateStore) -> dict[str, float]:
@@ -215,7 +242,8 @@ def food_safety_limits(state: StateStore) -> dict[str, float]:
 
 def run_dex_report(settings: Settings, name: str, *, since: date | None = None, until: date | None = None,
                    site: str | None = None, sql: LakeSQL | None = None,
-                   limits: dict[str, float] | None = None) -> QueryResult:
-    """Run one of :data:`DEX_REPORTS` (``limits``: device -> food-safety limit in °C)."""
+                   limits: dict[str, float] | None = None, visit: date | None = None) -> QueryResult:
+    """Run one of :data:`DEX_REPORTS` (``limits``: device -> food-safety limit in °C; ``visit``: refill date)."""
     _, build = DEX_REPORTS[name]
-    return QueryResult(build(sql or LakeSQL(settings), Window(since, until, site), Options(limits or {})), False, {})
+    return QueryResult(build(sql or LakeSQL(settings), Window(since, until, site), Options(limits or {}, visit)),
+                       False, {})
