@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 from starlette.types import Receive, Scope, Send
 
 from vendwatch import events as ev
-from vendwatch.bus.base import LogUnavailable
 from vendwatch.dex.intake import Judged, judge, remember
 from vendwatch.dex.store import DexStore
 from vendwatch.ingest.app import _Answer, _Disconnected, _error, _json
@@ -71,12 +70,9 @@ class DexEndpoint:
         ctype = headers.get("content-type", "text/plain").split(";")[0].strip().lower()
         if ctype not in _TEXT_TYPES:
             return _error(415, "unsupported_media_type", f"Content-Type must be text/plain (a DEX file), got {ctype}")
-        wait = c.buckets.take(device.device_id, 1)
-        if wait > 0:
-            m.INGEST_RATE_LIMITED.inc()
-            retry = max(1, int(wait + 0.999))
-            return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
-                          {"Retry-After": str(retry)})
+        limited = c.over_limit(device.device_id, 1)
+        if limited is not None:
+            return limited
         if c.committer is None or not c.committer.alive():
             return _error(503, "log_unavailable", "the collector is not taking writes; resend the same file",
                           {"Retry-After": "5"})
@@ -87,17 +83,9 @@ class DexEndpoint:
         c = self.collector
         assert c.committer is not None
         j: Judged = await asyncio.to_thread(judge, body, device, c.s, self.store, ev.utcnow())
-        try:
-            fresh = await asyncio.wait_for(c.committer.enqueue(j.accepted, j.quarantine), c.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError) as e:
-            return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); resend the"
-                          " same file", {"Retry-After": "5"})
-        except Exception as e:  # disk full, corruption: never 2xx
-            log.exception("DEX append failed")
-            return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        if None in fresh:
-            return _error(503, "in_flight", "this file is being stored by another request; resend it",
-                          {"Retry-After": "2"})
+        fresh = await c.append(j.accepted, j.quarantine, "resend the same file")
+        if isinstance(fresh, _Answer):
+            return fresh
         if j.refused is not None:
             log.info("DEX file refused", extra={"device_id": device.device_id, "code": j.refused[0]})
             return _error(422, j.refused[0], j.refused[1])

@@ -61,6 +61,14 @@ def _as_of(v: str | int | None) -> Any:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def _dates(q: Any, *names: str) -> list[date | None] | Response:
+    """The named query parameters as dates (absent: None), or the 400 to send."""
+    try:
+        return [date.fromisoformat(q[n]) if n in q else None for n in names]
+    except ValueError as e:
+        return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
+
+
 def routes(ctx: Context) -> list[Route]:
     """Routes of the lake API (mounted by the console role)."""
     # each query may take lake.sql_memory_limit: bound how many run at once
@@ -127,12 +135,10 @@ def routes(ctx: Context) -> list[Route]:
         fmt = q.get("format", "json")
         if fmt not in _MEDIA:
             return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {fmt!r}")
-        try:
-            since = date.fromisoformat(q["since"]) if "since" in q else None
-            until = date.fromisoformat(q["until"]) if "until" in q else None
-            visit = date.fromisoformat(q["visit"]) if "visit" in q else None
-        except ValueError as e:
-            return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
+        dates = _dates(q, "since", "until", "visit")
+        if isinstance(dates, Response):
+            return dates
+        since, until, visit = dates
         site = q.get("site") or None
 
         def run() -> QueryResult:
