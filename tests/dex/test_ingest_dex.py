@@ -12,6 +12,7 @@ from tests.dex.files import file
 from tests.ingest_support import Harness, running
 
 from vendwatch.dex import model as dm
+from vendwatch.ingest.openapi import DexResult
 
 
 @pytest.fixture
@@ -41,6 +42,7 @@ def test_a_read_becomes_events_and_resending_it_stores_it_once(h: Harness) -> No
                           time=(t2 - timedelta(hours=5)).strftime("%H%M"), duration_min=95)]
     r = _post(h, "VM-1", file(t1, {"A1": (100, 15000), "A2": (10, 2000)}))
     assert r.status_code == 200, r.text
+    msgspec.convert(r.json(), DexResult)  # the answer has the documented shape
     assert r.json()["findings"] == ["first_read"] and r.json()["accepted"] == 1
     second = file(t2, {"A1": (112, 16800), "A2": (10, 2000)}, events=ea)
     body = _post(h, "VM-1", second).json()
