@@ -110,6 +110,7 @@ class MqttSettings(_Section):
     tls_ca: str | None = None  # CA bundle for the broker's certificate (None: system CAs)
     share_group: str = "vendwatch"  # replicas in one group split the messages ($share/<group>/...)
     topic: str = "vendwatch/v1/+/events"  # + is the device id, enforced by the broker's ACL
+    dex_topic: str = "vendwatch/v1/+/dex"  # EVA-DTS audit files, one per message
     client_id_prefix: str = "vendwatch-bridge"
     keepalive_s: int = 30
     max_batch_messages: int = 1000  # messages appended (and then acknowledged) together

@@ -30,6 +30,7 @@ from vendwatch.bus import EVENTS
 from vendwatch.config import Settings
 from vendwatch.runtime import Context
 from vendwatch.simulate import FaultPlan, Fleet, LiveRun, Sender, SimClock, showcase_plan
+from vendwatch.simulate.audit import showcase_dex
 from vendwatch.simulate.fleet import profiles_for
 from vendwatch.simulate.provision import provision_fleet
 
@@ -67,8 +68,12 @@ class _IdOnly(msgspec.Struct):
 _id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
-def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
-    """Events in the ``events`` topic after ``since`` offsets, and how many of them repeat an id."""
+_DERIVED = ("dex:", "dex-ea:", "dexf:")  # ids of events the collector derives from DEX audit files
+
+
+def count_log_events(ctx: Context, since: dict[int, int], derived: list[int] | None = None) -> tuple[int, int]:
+    """Events the devices sent in the ``events`` topic after ``since`` offsets, and how many of
+    them repeat an id; events derived from DEX files are counted into ``derived[0]`` instead."""
     total = dup = 0
     seen: set[tuple[str, str]] = set()
     for p, end in ctx.log.end_offsets(EVENTS).items():
@@ -79,6 +84,11 @@ def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
                 break
             for r in recs:
                 e = _id_decoder.decode(r.value)
+                if e.event_id.startswith(_DERIVED):
+                    if derived is not None:
+                        derived[0] += 1
+                    total -= 1
+                    continue
                 key = (e.device_id, e.event_id)
                 if key in seen:
                     dup += 1
@@ -328,6 +338,7 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         plan = FaultPlan.all() if opts.faults else FaultPlan.none()
         if opts.faults:
             plan.scheduled = showcase_plan(profiles_for(opts.seed, devices))
+            plan.dex = showcase_dex([d for d, _ in devices])
         # start as far in the past as the run needs, but not so far that events count as late
         backlog = opts.max_backlog_s if opts.max_backlog_s is not None else max(0.0, settings.ingest.late_after_s - 60)
         clock = SimClock(opts.speed, opts.duration_s, backlog)
@@ -335,7 +346,9 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, out))
         out.write("simulator stopped; waiting for the pipeline to catch up...\n")
         lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
-        in_log, dup = count_log_events(ctx, since_offsets)
+        dex_findings = _reconcile(ctx, out)
+        derived = [0]
+        in_log, dup = count_log_events(ctx, since_offsets, derived)
         hooks, hook_errors = call_hooks(ctx)
         summary = {
             **hooks,  # the demo's own counts below win over a hook's key of the same name
@@ -350,6 +363,9 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             "wall_seconds": round(time.time() - started_at, 1),
             "simulated_seconds": round(fleet.now - fleet.start, 1),
             "faults_injected": _count_kinds(fleet),
+            "dex_injected": sorted(f"{i.kind}@{i.device_id}#{i.read}" for i in plan.dex),
+            "dex_findings": dex_findings,
+            "dex_events_in_log": derived[0],
             "drained": drained,
             "stage_lag": lags,
             "url": server.url,
@@ -361,6 +377,26 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         server.stop()
         ctx.close()
     return summary
+
+
+def _reconcile(ctx: Context, out: TextIO) -> dict[str, int]:
+    """Compare the audit reads of the run with telemetry and cash; findings become dex_finding events."""
+    from vendwatch.dex.publish import publish_findings
+    from vendwatch.lake.dex_reports import Window, findings
+    from vendwatch.lake.query import LakeSQL, QueryError
+
+    try:
+        found = findings(LakeSQL(ctx.settings), Window())
+    except QueryError as e:
+        out.write(f"reconciliation skipped: {e}\n")
+        return {}
+    publish_findings(ctx, found)
+    for f in found:
+        out.write(f"reconciliation: {f.kind} on {f.device_id}: {f.detail}\n")
+    kinds: dict[str, int] = {}
+    for f in found:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    return dict(sorted(kinds.items()))
 
 
 def _count_kinds(fleet: Fleet) -> dict[str, int]:

@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "vendwatch.cli.lake",
     "vendwatch.cli.ops",
     "vendwatch.cli.stages",
+    "vendwatch.cli.dex",
 ]
 
 
