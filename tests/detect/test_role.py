@@ -350,3 +350,24 @@ def test_failed_checkpoint_on_revoke_still_releases_the_partitions(
     got = on_topic(ctx)
     assert len({s.signal_id for s in got}) == len(got)
     assert Counter(map(ident, got)) == Counter(map(ident, reference))
+
+
+@pytest.mark.parametrize("site_wait_s", [0.0, 120.0])
+def test_backtest_equals_the_live_detector(fleet: list[tuple[str, bytes]], tmp_path: Path, site_wait_s: float) -> None:
+    from vendwatch.detect import backtest
+    from vendwatch.detect.engine import SiteOptions
+    from vendwatch.detect.rules import load_ruleset
+
+    seed(tmp_path, fleet)
+    ctx = make_ctx(tmp_path, **{"detect.site_wait_s": site_wait_s})
+    run_to_end(Detector(ctx))
+    live = on_topic(ctx)
+    s = ctx.settings.detect
+    site = SiteOptions(min_devices=s.site_min_devices, min_fraction=s.site_min_fraction, wait_s=site_wait_s)
+    [bt] = backtest.run(backtest.log_events(ctx.log, 0, 4e9), [load_ruleset([], True)], end=max(
+        x.occurred_at.timestamp() for x in live) + 1, site=site)
+    # the live run's timers stop at its last event minus the allowed lateness
+    horizon = max(x.occurred_at.timestamp() for x in live)
+    key = sorted((x.signal_id, x.caused_by) for x in bt.signals if x.occurred_at.timestamp() <= horizon - 60)
+    assert sorted((x.signal_id, x.caused_by) for x in live if x.occurred_at.timestamp() <= horizon - 60) == key
+    assert any(x.rule_id == "site_offline" for x in live)
