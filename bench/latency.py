@@ -30,7 +30,6 @@ import json
 import os
 import random
 import tempfile
-import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -209,7 +208,7 @@ def main() -> None:
             for d, dl in load.warm_deadline.items() if f"food_safety_temperature/{d}" in fired]
     by_event = {eid: s for s in sigs if s.rule_id == "motor_jam" for eid in s.event_ids}
     j_sig, j_inc, j_tic = [], [], []
-    for eid, (d, t) in load.jams.items():
+    for eid, (_d, t) in load.jams.items():
         s = by_event.get(eid)
         if s is None:
             continue
