@@ -371,3 +371,51 @@ def test_backtest_equals_the_live_detector(fleet: list[tuple[str, bytes]], tmp_p
     key = sorted((x.signal_id, x.caused_by) for x in bt.signals if x.occurred_at.timestamp() <= horizon - 60)
     assert sorted((x.signal_id, x.caused_by) for x in live if x.occurred_at.timestamp() <= horizon - 60) == key
     assert any(x.rule_id == "site_offline" for x in live)
+
+
+def _hb(device: str, t: float) -> tuple[str, bytes]:
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    at = datetime.fromtimestamp(t, UTC)
+    return device, ev.encode(ev.StoredEvent(event_id=f"{device}-{t:.3f}", device_id=device, type="heartbeat",
+                                            occurred_at=at, received_at=at, data=msgspec.Raw(b'{"interval_s": 60}'),
+                                            site_id="S1"))
+
+
+@pytest.mark.parametrize("crash", ["after-firing", "after-retraction"])
+def test_live_retraction_survives_a_crash_without_repeat_or_loss(tmp_path: Path, crash: str) -> None:
+    now = time.time()
+    # VM-1 last heard 190 s ago: offline (3 x 60 s) 10 s ago; the others talk until now
+    history = [_hb(f"VM-{d}", now - 600 + m * 60 + d) for m in range(10) for d in (0, 2, 3) if now - 600 + m * 60 + d < now]
+    history.append(_hb("VM-1", now - 190))
+    seed(tmp_path, history)
+    more = {"detect.clock": "wall", "detect.batch_size": 5000, "detect.site_wait_s": 0.0}
+    ctx = make_ctx(tmp_path, **more)
+    det = Detector(ctx)
+    assign = det.on_assign
+
+    def assign_then_die(parts: list[Any]) -> None:
+        assign(parts)
+        det.checkpoint = lambda only=None: None  # type: ignore[method-assign]  # no checkpoint after this
+
+    det.on_assign = assign_then_die  # type: ignore[method-assign]
+    det.step()
+    [firing] = on_topic(ctx)
+    assert (firing.rule_id, firing.device_id, firing.status) == ("offline", "VM-1", "firing")
+    late = _hb("VM-1", now - 15)  # sent before the deadline, delivered after it
+    if crash == "after-retraction":
+        ctx.log.append(EVENTS, [late])
+        det.step()
+        assert [s.retracts for s in on_topic(ctx)] == [None, firing.signal_id]
+    # a new process: the log and the state store survive
+    ctx2 = make_ctx(tmp_path, **more)
+    det2 = Detector(ctx2)
+    det2.step()
+    if crash == "after-firing":
+        ctx2.log.append(EVENTS, [late])
+    run_to_end(det2)
+    got = on_topic(ctx2)
+    assert [(s.signal_id, s.status, s.retracts) for s in got] == [
+        (firing.signal_id, "firing", None), (got[1].signal_id, "resolved", firing.signal_id)]
