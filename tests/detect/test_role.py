@@ -419,3 +419,35 @@ def test_live_retraction_survives_a_crash_without_repeat_or_loss(tmp_path: Path,
     got = on_topic(ctx2)
     assert [(s.signal_id, s.status, s.retracts) for s in got] == [
         (firing.signal_id, "firing", None), (got[1].signal_id, "resolved", firing.signal_id)]
+
+
+def test_under_load_live_timers_follow_the_read_frontier_not_the_lateness(tmp_path: Path) -> None:
+    now = time.time()
+    # ten machines, a heartbeat every 10 s for 10 minutes; VM-1 silent for the last 60 s:
+    # offline (3 x 10 s) 30 s ago, well within the allowed lateness of 60 s
+    history = []
+    for k in range(60):
+        for d in range(10):
+            t = now - 600 + k * 10 + d * 0.1
+            if not (d == 1 and t > now - 60):
+                history.append(_hb10(f"VM-{d}", t))
+    seed(tmp_path, history)
+    # a poll that does not reach the end of the log: the detector is not caught up
+    ctx = make_ctx(tmp_path, **{"detect.clock": "wall", "detect.batch_size": len(history) - 5,
+                                "detect.site_wait_s": 0.0})
+    det = Detector(ctx)
+    det.step()
+    assert not det.caught_up
+    fired = [(s.rule_id, s.device_id, s.status) for s in on_topic(ctx)]
+    assert fired == [("offline", "VM-1", "firing")]  # not 60 s of lateness later
+
+
+def _hb10(device: str, t: float) -> tuple[str, bytes]:
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    at = datetime.fromtimestamp(t, UTC)
+    return device, ev.encode(ev.StoredEvent(event_id=f"{device}-{t:.3f}", device_id=device, type="heartbeat",
+                                            occurred_at=at, received_at=at, data=msgspec.Raw(b'{"interval_s": 10}'),
+                                            site_id="S1"))
