@@ -262,6 +262,9 @@ DEMO_TUNING: dict[str, Any] = {
     # flap damping is wall time; at --speed 60, 5 s is five simulated minutes, so cleared
     # conditions close their incidents within the demo instead of two simulated hours later
     "incidents.flap_damping_s": 5.0,
+    # the grouping delay before an offline machine's ticket is wall time too: 60 s would be
+    # an hour of the accelerated fleet
+    "incidents.group_wait_s": 5.0,
 }
 
 

@@ -179,3 +179,20 @@ def test_retraction_after_the_ticket_closes_it(
     publish(orch.ctx, offline(clock, "A"))
     run_for(orch, clock, 2)
     assert sorted(i.status for i in orch.service.store.list()) == ["open", "resolved"]
+
+
+def test_machine_signal_arriving_after_its_site_is_absorbed(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    # the signals topic orders by key only: B (deadline before the site was found, so
+    # naming no cause) can be read after the site signal
+    emu, url = emulator
+    orch = Orchestrator(_ctx(tmp_path, url), clock=clock)
+    orch.open()
+    publish(orch.ctx, offline(clock, "A"))
+    run_for(orch, clock, 2)
+    publish(orch.ctx, site_offline(clock))
+    run_for(orch, clock, 2)
+    publish(orch.ctx, offline(clock, "B"))
+    run_for(orch, clock, 120)
+    assert statuses(orch) == {"offline/A": "absorbed", "site_offline/S1": "open"}
+    assert [t["correlation_id"] for t in emu.incidents.values()] == ["site_offline/S1"]

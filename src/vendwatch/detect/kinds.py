@@ -299,8 +299,10 @@ class AbsenceKind(Kind):
     """No (matching) event for a timeout: offline. Resolves with the next event.
 
     inst: [last_seen, offline_since | None, back_at | None, emitted, caused_by]
-    With site correlation, the firing waits ``site.wait_s`` so the site decision is made
-    at a fixed event-time instant (offline_since + wait), identical on every replay.
+    It fires at the deadline; with site correlation the site decision is made at the
+    fixed event-time instant offline_since + ``site.wait_s`` (0 by default: the deadline
+    itself), identical on every replay, and the firing waits for it. An event older
+    than the deadline that arrives after the firing retracts it (``_retract``).
     """
 
     def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
@@ -345,7 +347,8 @@ class AbsenceKind(Kind):
             return
         if t <= inst[1]:
             # a late event shows it was not silent: retract the offline, pending or emitted
-            # (emitted: only within the allowed lateness; older news only resolves it)
+            # (emitted: only within the allowed lateness; an older event changes nothing,
+            # the next current one resolves it)
             emitted = inst[3]
             if emitted and (inst[2] is not None or t <= inst[0] or not self.eng.late_enough_to_retract(t)):
                 return
@@ -367,7 +370,7 @@ class AbsenceKind(Kind):
 
     def _retract(self, dev: DeviceState, inst: list[Any], t: float, event_id: str) -> None:
         key = self.key(dev)
-        firing = signal_id(self.rule.id, key, "firing", ts(inst[1]))
+        firing = signal_id(self.rule.id, key, "firing", datetime.fromtimestamp(inst[1], UTC))
         self.eng.emit(self.rule, dev, "resolved", inst[1], key,
                       {"silent_for": 0, "last_seen": t, "false_alarm": True}, (event_id,),
                       caused_by=inst[4], retracts=firing)
@@ -615,10 +618,6 @@ class RatioKind(Kind):
 
 
 # --- change ----------------------------------------------------------------------------
-def ts(t: float) -> datetime:
-    return datetime.fromtimestamp(t, UTC)
-
-
 def _distance_m(a: Any, b: Any) -> float:
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return INF if a != b else 0.0

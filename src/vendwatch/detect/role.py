@@ -202,16 +202,26 @@ class Detector:
     def _clock(self) -> tuple[float, float]:
         """The clock and how far timers stay behind it.
 
-        Live (clock=wall, caught up): wall time, and a timer fires when the wall clock
-        reaches its deadline: silence is judged in real time and a late event retracts
-        what fired too early. Else event time (a backlog, or clock=event): it is only as
-        far as the newest events read, and other devices' events of that instant may
-        still be in flight or behind in the backlog, so timers wait the allowed lateness
-        (which costs no real time in a replay).
+        Live (clock=wall): a timer fires when the wall clock reaches its deadline, so
+        silence is judged in real time and a late event retracts what fired too early.
+        While records remain to be read, the clock is at most as far as the slowest
+        partition's newest event read (the read frontier): under load that is a fraction
+        of a second behind, and no timer fires ahead of events already on the log. A
+        frontier further behind than the allowed lateness is a backlog (a restart after
+        downtime): there, as always with clock=event, timers also wait the allowed
+        lateness, which costs no real time in a replay and spares false alarms from
+        events that were merely delayed.
         """
-        if self.s.clock == "wall" and self.caught_up:
-            return time.time(), 0.0
-        return self._event_clock(), self.s.allowed_lateness_s
+        lateness = self.s.allowed_lateness_s
+        if self.s.clock == "wall":
+            now = time.time()
+            if self.caught_up:
+                return now, 0.0
+            frontier = self._event_clock()
+            if frontier >= now - lateness:
+                return min(now, frontier), 0.0
+            return frontier, lateness
+        return self._event_clock(), lateness
 
     def _event_clock(self) -> float:
         # the slowest partition that still has records to read holds the clock back, so

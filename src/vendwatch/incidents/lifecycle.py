@@ -103,6 +103,22 @@ def new_incident_id(dedupe_key: str, signal_id: str) -> str:
     return "inc_" + hashlib.blake2b(f"{dedupe_key}|{signal_id}".encode(), digest_size=8).hexdigest()
 
 
+def parent_key(sig: Signal) -> str | None:
+    """The site-level condition that may take over ``sig``'s incident.
+
+    The one its signal blames (``caused_by``); or, for a signal of a site-correlated
+    device rule (``evidence.site_rule_id``), that rule's site signal: signals of
+    different keys may arrive in either order, so a machine whose deadline came just
+    before the site was found can arrive after the site incident opened.
+    """
+    if sig.caused_by:
+        return sig.caused_by
+    site_rule = sig.evidence.get("site_rule_id")
+    if sig.scope == "device" and sig.site_id and isinstance(site_rule, str):
+        return f"{site_rule}/{sig.site_id}"
+    return None
+
+
 def actor_for(sig: Signal) -> str:
     return f"detector:{sig.rule_id}"
 
@@ -156,7 +172,7 @@ def on_signal(
         return d
 
     # firing
-    if parent is not None and parent.active and sig.caused_by == parent.dedupe_key:
+    if parent is not None and parent.active and parent_key(sig) == parent.dedupe_key:
         if active is not None:
             _absorb(d, parent, active, now, actor)
         else:

@@ -53,7 +53,8 @@ class IncidentService:
         if self.store.seen_signal(tx, sig.signal_id, now):
             return lc.Decision(ignored="duplicate signal")
         active = self.store.active_for(tx, sig.dedupe_key)
-        parent = self.store.active_for(tx, sig.caused_by) if sig.caused_by else None
+        parent_key = lc.parent_key(sig)
+        parent = self.store.active_for(tx, parent_key) if parent_key else None
         silence = None
         if active is None and sig.status == "firing" and sig.kind == "incident":
             silence = self.store.matching_silence(tx, now, device_id=sig.device_id, site_id=sig.site_id,
