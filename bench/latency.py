@@ -39,7 +39,7 @@ import msgspec
 from vendwatch import events as ev
 from vendwatch.bus.base import EVENTS, SIGNALS
 from vendwatch.config import load_settings
-from vendwatch.incidents.emulator import ServiceNowEmulator
+from vendwatch.emulators.servicenow import ServiceNowEmulator
 from vendwatch.runtime import Context, Supervisor, build_components
 from vendwatch.signals import decode_signal
 
