@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from vendwatch.bus.base import (
@@ -45,6 +46,18 @@ def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> No
         chunk = params[k : k + step]
         db.execute(f"INSERT INTO {table}(offset, ts, key, value) VALUES "
                    + ",".join(["(?,?,?,?)"] * (len(chunk) // 4)), chunk)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinedRecords:
+    """Records of one partition read in bulk: their values joined by commas, as SQLite
+    concatenated them, and their offsets in the same order (the body of a JSON array)."""
+
+    topic: str
+    partition: int
+    offset: int  # where the read started; ``read(topic, partition, offset, len(offsets))`` gives the same records
+    offsets: list[int]
+    values: bytes
 
 
 class SqliteLog(Log):
@@ -180,6 +193,22 @@ class SqliteLog(Log):
             (offset, max_records),
         ).fetchall()
         return [Record(topic, partition, o, k, v, ts) for o, ts, k, v in rows]
+
+    def read_joined(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> JoinedRecords | None:
+        """The records ``read`` returns, without a Python object per record: one string of
+        comma-joined values and the list of their offsets (None when there are none)."""
+        n = self._parts(topic)
+        if not 0 <= partition < n:
+            raise LogError(f"topic {topic} has no partition {partition}")
+        # both aggregates see the rows in the same order, so values and offsets pair up
+        row = self._conn().execute(
+            "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ',') FROM"
+            f" (SELECT offset, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?)",
+            (offset, max_records),
+        ).fetchone()
+        if not row[0]:
+            return None
+        return JoinedRecords(topic, partition, offset, [int(o) for o in row[2].split(",")], row[1])
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         db = self._conn()
@@ -353,6 +382,30 @@ class SqliteConsumer(Consumer):
             if remaining <= 0:
                 return []
             # in-process appends wake us at once; appends from other processes within 50 ms
+            self.log.wait_for_append(min(remaining, 0.05))
+
+    def poll_joined(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[JoinedRecords]:
+        """``poll``, with each partition's records read in bulk (``SqliteLog.read_joined``)."""
+        self._ensure_assigned()
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out: list[JoinedRecords] = []
+            got, n = 0, len(self._assigned)
+            for k in range(n):
+                tp = self._assigned[(self._rr + k) % n]
+                if got >= max_records:
+                    break
+                j = self.log.read_joined(tp[0], tp[1], self._pos[tp], max_records - got)
+                if j is not None:
+                    self._pos[tp] = max(j.offsets) + 1
+                    got += len(j.offsets)
+                    out.append(j)
+            self._rr += 1
+            if out:
+                return out
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return []
             self.log.wait_for_append(min(remaining, 0.05))
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
