@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import cpu_seconds, env, free_port, parse_wrk, register, wait_healthy  # noqa: E402
+from ingest import cpu_seconds, env, free_port, parse_wrk, register  # noqa: E402
 
 from vendwatch.config import load_settings  # noqa: E402
 
@@ -150,6 +150,22 @@ class Run:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    """Wait for /healthz (a busy shared machine can take minutes to start Python processes)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(url + "/healthz", timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"server did not answer /healthz within {timeout_s:.0f} s")
+
+
 def start(cmd: list[str], data_dir: Path, log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     full = [sys.executable, "-m", "vendwatch", *cmd, "--data-dir", str(data_dir)]
     return subprocess.Popen(full, cwd=ROOT, env={**env(), **extra_env}, stdout=subprocess.DEVNULL,
@@ -245,7 +261,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         run.procs["serve"] = start(["serve", "--port", str(port), "--roles", ",".join(roles)], data_dir,
                                    work / f"{label}-serve.log", extra)
     try:
-        wait_healthy(url, run.procs.get("serve") or run.procs["collector"], "/healthz")
+        wait_healthy(url, run.procs.get("serve") or run.procs["collector"])
         time.sleep(args.settle)  # roles open their consumers and tables before the load starts
         pos = Positions(data_dir, stages)
         pos.lags()  # warm up (imports, catalog) outside the measured window
