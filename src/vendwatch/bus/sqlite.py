@@ -13,9 +13,10 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from vendwatch.bus.base import (
     AssignCallback,
@@ -28,6 +29,7 @@ from vendwatch.bus.base import (
     partition_for,
 )
 
+_T = TypeVar("_T")
 _TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -361,20 +363,40 @@ class SqliteConsumer(Consumer):
             self._on_assign(list(parts))
 
     def poll(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[Record]:
+        def read(tp: TopicPartition, pos: int, limit: int) -> tuple[list[Record], int, int] | None:
+            recs = self.log.read(tp[0], tp[1], pos, limit)
+            return (recs, len(recs), recs[-1].offset + 1) if recs else None
+
+        return self._poll(read, max_records, timeout_s)
+
+    def poll_joined(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[JoinedRecords]:
+        """``poll``, with each partition's records read in bulk (``SqliteLog.read_joined``)."""
+
+        def read(tp: TopicPartition, pos: int, limit: int) -> tuple[list[JoinedRecords], int, int] | None:
+            j = self.log.read_joined(tp[0], tp[1], pos, limit)
+            return ([j], len(j.offsets), max(j.offsets) + 1) if j is not None else None
+
+        return self._poll(read, max_records, timeout_s)
+
+    def _poll(self, read: Callable[[TopicPartition, int, int], tuple[list[_T], int, int] | None],
+              max_records: int, timeout_s: float) -> list[_T]:
+        """Up to ``max_records`` from the assigned partitions; ``read(tp, position, limit)``
+        gives (items, records in them, next position) or None."""
         self._ensure_assigned()
         deadline = time.monotonic() + timeout_s
         while True:
-            out: list[Record] = []
-            n = len(self._assigned)
+            out: list[_T] = []
+            got, n = 0, len(self._assigned)
             # round-robin the starting partition so no partition starves
             for k in range(n):
                 tp = self._assigned[(self._rr + k) % n]
-                if len(out) >= max_records:
+                if got >= max_records:
                     break
-                recs = self.log.read(tp[0], tp[1], self._pos[tp], max_records - len(out))
-                if recs:
-                    self._pos[tp] = recs[-1].offset + 1
-                    out.extend(recs)
+                res = read(tp, self._pos[tp], max_records - got)
+                if res is not None:
+                    items, count, self._pos[tp] = res
+                    got += count
+                    out.extend(items)
             self._rr += 1
             if out:
                 return out
@@ -382,30 +404,6 @@ class SqliteConsumer(Consumer):
             if remaining <= 0:
                 return []
             # in-process appends wake us at once; appends from other processes within 50 ms
-            self.log.wait_for_append(min(remaining, 0.05))
-
-    def poll_joined(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[JoinedRecords]:
-        """``poll``, with each partition's records read in bulk (``SqliteLog.read_joined``)."""
-        self._ensure_assigned()
-        deadline = time.monotonic() + timeout_s
-        while True:
-            out: list[JoinedRecords] = []
-            got, n = 0, len(self._assigned)
-            for k in range(n):
-                tp = self._assigned[(self._rr + k) % n]
-                if got >= max_records:
-                    break
-                j = self.log.read_joined(tp[0], tp[1], self._pos[tp], max_records - got)
-                if j is not None:
-                    self._pos[tp] = max(j.offsets) + 1
-                    got += len(j.offsets)
-                    out.append(j)
-            self._rr += 1
-            if out:
-                return out
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return []
             self.log.wait_for_append(min(remaining, 0.05))
 
     def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
