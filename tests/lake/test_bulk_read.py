@@ -59,3 +59,18 @@ def test_undecodable_and_replayed_records_in_a_bulk_read(ctx):
         (value,) = db.execute(f"SELECT value FROM log_events_p{r['log_partition']} WHERE offset=?",
                               (r["log_offset"],)).fetchone()
         assert r["event_id"].encode() in value
+
+
+def test_a_run_longer_than_sqlites_string_limit_is_read_in_smaller_runs(tmp_path):
+    # devices may send events up to ingest.max_event_bytes: 10,000 of them joined would pass
+    # SQLite's 1 GB string limit; here the limit is lowered instead of writing gigabytes
+    log = SqliteLog(tmp_path / "bus.db", default_partitions=1)
+    log.append("t", [("k", b'{"n":%d,"pad":"%s"}' % (i, b"x" * 80)) for i in range(40)])
+    log._conn().setlimit(sqlite3.SQLITE_LIMIT_LENGTH, 1000)
+    c = log.consumer("g", ["t"])
+    got = []
+    while runs := c.poll_joined(10_000, 0.05):
+        for j in runs:
+            assert len(j.values) < 1000
+            got += j.offsets
+    assert got == [r.offset for r in log.read("t", 0, 0, 100)]

@@ -203,11 +203,17 @@ class SqliteLog(Log):
         if not 0 <= partition < n:
             raise LogError(f"topic {topic} has no partition {partition}")
         # both aggregates see the rows in the same order, so values and offsets pair up
-        row = self._conn().execute(
-            "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ',') FROM"
-            f" (SELECT offset, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?)",
-            (offset, max_records),
-        ).fetchone()
+        try:
+            row = self._conn().execute(
+                "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ',') FROM"
+                f" (SELECT offset, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?)",
+                (offset, max_records),
+            ).fetchone()
+        except sqlite3.DataError:
+            # the joined values would pass SQLite's string limit (large events): fewer at a time
+            if max_records <= 1:
+                raise
+            return self.read_joined(topic, partition, offset, max_records // 2)
         if not row[0]:
             return None
         return JoinedRecords(topic, partition, offset, [int(o) for o in row[2].split(",")], row[1])
