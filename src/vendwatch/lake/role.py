@@ -120,7 +120,11 @@ class LakeWriter:
                 continue
 
             def records(j: JoinedRecords = j) -> list[Record]:
-                return self.ctx.log.read(j.topic, j.partition, j.offset, len(j.offsets))
+                # the same records again; never one past the run (retention may have removed
+                # some in between, and the position below already covers only the run)
+                last = max(j.offsets)
+                return [r for r in self.ctx.log.read(j.topic, j.partition, j.offset, len(j.offsets))
+                        if r.offset <= last]
 
             if isinstance(sink.buf, EventColumns):
                 sink.buf.add_joined(j, records)
