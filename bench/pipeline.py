@@ -48,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from ingest import cpu_seconds, env, free_port, parse_wrk, register, wait_healthy  # noqa: E402
+from ingest import cpu_seconds, env, free_port, parse_wrk, register  # noqa: E402
 
 from vendwatch.config import load_settings  # noqa: E402
 
@@ -150,6 +150,22 @@ class Run:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 300) -> None:
+    """Wait for /healthz (a busy shared machine can take minutes to start Python processes)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"server exited with {proc.returncode}")
+        try:
+            httpx.get(url + "/healthz", timeout=2)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise SystemExit(f"server did not answer /healthz within {timeout_s:.0f} s")
+
+
 def start(cmd: list[str], data_dir: Path, log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
     full = [sys.executable, "-m", "vendwatch", *cmd, "--data-dir", str(data_dir)]
     return subprocess.Popen(full, cwd=ROOT, env={**env(), **extra_env}, stdout=subprocess.DEVNULL,
@@ -171,6 +187,19 @@ def cpu_all(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
     for name, p in procs.items():
         try:
             out[name] = cpu_seconds(p.pid)
+        except (FileNotFoundError, ProcessLookupError):
+            out[name] = float("nan")
+    return out
+
+
+def rss_mb(procs: dict[str, subprocess.Popen[bytes]], field: str = "VmRSS") -> dict[str, float]:
+    """Resident memory of each process (``VmHWM``: its peak so far)."""
+    out = {}
+    for name, p in procs.items():
+        try:
+            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+                if line.startswith(field + ":"):
+                    out[name] = int(line.split()[1]) / 1024
         except (FileNotFoundError, ProcessLookupError):
             out[name] = float("nan")
     return out
@@ -245,7 +274,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         run.procs["serve"] = start(["serve", "--port", str(port), "--roles", ",".join(roles)], data_dir,
                                    work / f"{label}-serve.log", extra)
     try:
-        wait_healthy(url, run.procs.get("serve") or run.procs["collector"], "/healthz")
+        wait_healthy(url, run.procs.get("serve") or run.procs["collector"])
         time.sleep(args.settle)  # roles open their consumers and tables before the load starts
         pos = Positions(data_dir, stages)
         pos.lags()  # warm up (imports, catalog) outside the measured window
@@ -269,7 +298,8 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
             n = events_in_log(ends) - base_events
             sample = {"t": round(now - t0, 2), "events": n, "ingest_per_s": round((n + base_events - prev_events)
                                                                                    / (now - prev_t)),
-                      "lag": lag, "cpu": cpu_all(run.procs), "loadavg": os.getloadavg()[0]}
+                      "lag": lag, "cpu": cpu_all(run.procs), "rss_mb": rss_mb(run.procs),
+                      "loadavg": os.getloadavg()[0]}
             prev_events, prev_t = n + base_events, now
             run.samples.append(sample)
             if not args.quiet:
@@ -293,6 +323,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         out, err = w.communicate()
         stats = parse_wrk(out)
         cpu1 = cpu_all(run.procs)
+        peak_rss = rss_mb(run.procs, "VmHWM")
         catchup = (caught_up - load_end) if caught_up is not None else float("nan")
         total_cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
         run.result = {
@@ -304,12 +335,13 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
             "cpu_s_during_load": {k: cpu_load[k] - cpu0[k] for k in cpu_load},
             "cpu_s_total": total_cpu,
             "cpu_us_per_event": sum(total_cpu.values()) / n * 1e6 if n else float("nan"),
-            "idle_cpu_s_per_s": idle, "signals": sum(e - 1 for (t, _), e in ends.items() if t == "signals"),
+            "idle_cpu_s_per_s": idle, "peak_rss_mb": peak_rss, "signals": sum(e - 1 for (t, _), e in ends.items() if t == "signals"),
             "wrk": stats, "loadavg_before": load0[0], "loadavg_after": os.getloadavg()[0],
             "stream_catchup_s": max((v for s, v in _stage_catchup(run.samples, load_end - t0, stages).items()
                                      if s != "lake-writer"), default=0.0),
             "stage_catchup_s": _stage_catchup(run.samples, load_end - t0, stages),
         }
+        run.result["sustained_stream_per_s"] = n / (load_end - t0 + run.result["stream_catchup_s"])
         if stats["non_2xx"]:
             run.result["non_2xx"] = stats["non_2xx"]
         return run
@@ -330,27 +362,32 @@ def _stage_catchup(samples: list[dict[str, Any]], load_s: float, stages: list[st
 
 
 def report(runs: list[Run], args: argparse.Namespace) -> None:
-    base = runs[0].result
+    base = None if args.skip_baseline else runs[0].result
     print(f"\n# {platform.node()} python {platform.python_version()} {os.cpu_count()} cpus"
           f" {datetime.now(UTC):%Y-%m-%d %H:%M} UTC; batch {args.batch}, {args.devices} devices,"
           f" {args.connections} connections, {args.duration} s load, seed {args.seed}\n")
     print("| run | ingest during load (events/s) | catch-up: stream stages / all incl. lake (s) |"
-          " sustained end to end (events/s) | CPU µs/event (all processes) | load avg before / after |")
+          " sustained end to end, stream stages / all (events/s) | CPU µs/event (all processes) |"
+          " load avg before / after |")
     print("|---|---:|---:|---:|---:|---:|")
     for r in runs:
         x = r.result
         print(f"| {x['label']} ({x['mode']}) | {x['ingest_per_s']:,.0f} |"
               f" {x.get('stream_catchup_s', 0.0):.1f} / {x['catchup_s']:.1f} |"
-              f" {x['sustained_per_s']:,.0f} | {x['cpu_us_per_event']:.1f} |"
+              f" {x.get('sustained_stream_per_s', x['sustained_per_s']):,.0f} / {x['sustained_per_s']:,.0f} |"
+              f" {x['cpu_us_per_event']:.1f} |"
               f" {x['loadavg_before']:.2f} / {x['loadavg_after']:.2f} |")
-    for r in runs[1:]:
+    for r in runs[0 if base is None else 1:]:
         x = r.result
-        print(f"\n{x['label']}: sustained / collector-only ingest = {x['sustained_per_s'] / base['ingest_per_s']:.2f};"
-              f" CPU per event vs collector only = {x['cpu_us_per_event'] / base['cpu_us_per_event']:.1f}x")
-        print("per-process CPU seconds (load / total): " + ", ".join(
-            f"{k} {x['cpu_s_during_load'][k]:.1f} / {x['cpu_s_total'][k]:.1f}" for k in x["cpu_s_total"]))
+        if base is not None:
+            print(f"\n{x['label']}: sustained / collector-only ingest = {x['sustained_per_s'] / base['ingest_per_s']:.2f};"
+                  f" CPU per event vs collector only = {x['cpu_us_per_event'] / base['cpu_us_per_event']:.1f}x")
+        print(f"\n{x['events_total']:,} events; per-process CPU seconds (load / total) and µs per event: " + ", ".join(
+            f"{k} {x['cpu_s_during_load'][k]:.1f} / {x['cpu_s_total'][k]:.1f} ({x['cpu_s_total'][k] / x['events_total'] * 1e6:.1f})"
+            for k in x["cpu_s_total"]))
         print("idle CPU (s per s, polling): " + ", ".join(f"{k} {v:.2f}" for k, v in x["idle_cpu_s_per_s"].items()))
         print(f"signals emitted: {x['signals']:,}")
+        print("peak RSS (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in x["peak_rss_mb"].items()))
         print("per-stage catch-up after the load ended (s): " + ", ".join(
             f"{s} {v:.1f}" for s, v in x["stage_catchup_s"].items()))
         print("\nstage lag (records) over time:\n")
@@ -395,8 +432,6 @@ def main() -> None:
         if args.json_out:
             Path(args.json_out).write_text(json.dumps([{"result": r.result, "samples": r.samples} for r in runs],
                                                       indent=1, default=str))
-    if args.skip_baseline:
-        runs.insert(0, Run("collector", result={**runs[0].result, "label": "(none)"}))
     report(runs, args)
     if args.profile:
         print("\nwhere the time goes (py-spy, load + catch-up):\n")
