@@ -360,3 +360,38 @@ def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tup
     assert len(tickets(emu, ctx, "offline/VM-0001")) == 1
     assert Outbox(ctx.state.db).dlq_list() == [] and Outbox(ctx.state.db).depth() == {}
     assert re.fullmatch(r"vw-[0-9a-f]{32}", tickets(emu, ctx, "offline/VM-0001")[0]["correlation_id"])
+
+
+# -- 11. CMDB ------------------------------------------------------------------------------------------------
+def test_cmdb_sync_keeps_one_ci_per_machine_and_incidents_reference_it(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.cmdb_sync": True,
+                                         "incidents.servicenow.cmdb_sync_interval_s": 60,
+                                         "incidents.servicenow.rate_limit.per_minute": 20,
+                                         "incidents.servicenow.rate_limit.burst": 2}))
+    for i, d in enumerate(devices(3)):
+        ctx.state.add_device(d, "SITE-1", serial=f"SER^{i}", model="Vendo 721", location=f"Hall {i}")
+    orch = Orchestrator(ctx, clock=clock)
+    run_for(orch, clock, 30)
+    cis = [c for c in emu.cmdb.values() if c["correlation_display"] == "vendwatch"]
+    assert sorted(c["name"] for c in cis) == devices(3)
+    assert {c["sys_class_name"] for c in cis} == {"cmdb_ci_hardware"}
+    ci = next(c for c in cis if c["name"] == "VM-0001")
+    assert ci["serial_number"] == "SER^1" and ci["model_number"] == "Vendo 721" and "Hall 1" in ci["short_description"]
+    assert ci["operational_status"] == "1"
+
+    publish(ctx, make_signal(clock))  # incidents of a synced machine reference its CI
+    run_for(orch, clock, 20)
+    [t] = tickets(emu, ctx, "offline/VM-0001")
+    assert t["cmdb_ci"] == ci["sys_id"]
+
+    before = len(api_calls(emu))
+    run_for(orch, clock, 120)  # nothing changed: no CMDB calls
+    assert len(api_calls(emu)) == before
+    ctx.state.add_device("VM-0100", "SITE-2", serial="SER-0100")
+    run_for(orch, clock, 120)
+    assert len([c for c in emu.cmdb.values() if c["correlation_display"] == "vendwatch"]) == 4
+    assert max_in_window([r.at for r in api_calls(emu)]) <= 20  # one outbox, one rate limit
+    assert Outbox(ctx.state.db).depth() == {} and Outbox(ctx.state.db).dlq_list() == []
+    assert not any("SER" in r.query for r in lookups(emu))  # CIs are found by correlation id, not by serial

@@ -31,6 +31,7 @@ from vendwatch.delivery.dispatch import DeliveryFailed, Gate, TargetPolicy, Thro
 from vendwatch.delivery.outbox import Item
 from vendwatch.incidents.config import ServiceNowSettings
 from vendwatch.incidents.lifecycle import Incident
+from vendwatch.incidents.servicenow import cmdb, creating
 from vendwatch.incidents.servicenow import mapping as mp
 from vendwatch.incidents.servicenow.client import ServiceNowClient
 from vendwatch.incidents.store import IncidentStore
@@ -78,6 +79,9 @@ class ServiceNowSink:
 
     # -- delivery -------------------------------------------------------------------------
     def deliver(self, item: Item, gate: Gate) -> None:
+        if item.op == cmdb.OP:
+            cmdb.deliver_ci(self.cfg, self.store.state, self.client, gate, item.payload["device_id"], self.clock.now())
+            return
         inc = self.store.get(item.payload["incident_id"])
         if inc is None:
             return  # purged locally: nothing to tell
@@ -109,9 +113,7 @@ class ServiceNowSink:
         if not inc.device_id:
             return None
         if self.cfg.cmdb_sync:
-            from vendwatch.incidents.servicenow.cmdb import ci_ref
-
-            found = ci_ref(self.db, inc.device_id)
+            found = cmdb.ci_ref(self.db, inc.device_id)
             if found:
                 return found
         if not self.cfg.cmdb_lookup:
@@ -156,9 +158,13 @@ class ServiceNowSink:
 
     def _desired(self, inc: Incident, gen: int, previous_number: str | None) -> dict[str, Any]:
         parent_number = self._numbers(inc.parent_id).get(inc.parent_id or "") if inc.parent_id else None
-        return mp.desired_fields(self.cfg, inc, parent_number=parent_number, device=self._device(inc),
-                                 resolve_note=self._resolve_note(inc), generation=gen,
-                                 previous_number=previous_number)
+        fields = mp.desired_fields(self.cfg, inc, parent_number=parent_number, device=self._device(inc),
+                                   resolve_note=self._resolve_note(inc), generation=gen,
+                                   previous_number=previous_number)
+        ci = cmdb.ci_ref(self.db, inc.device_id) if self.cfg.cmdb_sync and inc.device_id else None
+        if ci:
+            fields["cmdb_ci"] = ci  # a CI synced after the ticket was opened is linked by the next update
+        return fields
 
     def _save(self, inc: Incident, rec: dict[str, Any], synced: dict[str, Any]) -> dict[str, Any]:
         with self.db.transaction() as tx:
@@ -181,24 +187,31 @@ class ServiceNowSink:
 
     def _create(self, inc: Incident, gate: Gate) -> dict[str, Any]:
         gen, stage, previous = self._progress(inc.incident_id)
-        if stage != "checked":
-            ref = self._adopt_if_exists(inc, gate, gen)
-            if ref is not None:
-                return ref
-            self._set_progress(inc.incident_id, gen, "checked", previous)
-        fields = mp.creation_fields(self._desired(inc, gen, previous))
-        fields = self._references(fields, gate)
+        fields: dict[str, Any] = {}
+        rec, created = creating.find_or_create(
+            gate, stage,
+            set_stage=lambda st: self._set_progress(inc.incident_id, gen, st, previous),
+            lookup=lambda: self.client.find_by_correlation(gate, mp.correlation_id(inc.incident_id, gen)),
+            prepare=lambda: fields.update(self._creation_fields(inc, gate, gen, previous)),
+            create=lambda: self.client.create(gate, fields, prepaid=True))
+        if created:
+            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
+            synced = {**fields, "_reopens": inc.reopen_count, "_state": rec.get("state")}
+        else:
+            log.info("adopting ServiceNow %s for %s (found by correlation id)", rec.get("number"), inc.incident_id)
+            # what it holds is unknown: send every field once more (but never re-announce a reopen)
+            synced = {"_reopens": inc.reopen_count, "_state": rec.get("state")}
+        ref = self._save(inc, rec, synced)
+        self._set_progress(inc.incident_id, gen, "", previous)
+        return ref
+
+    def _creation_fields(self, inc: Incident, gate: Gate, gen: int, previous: str | None) -> dict[str, Any]:
+        fields = self._references(mp.creation_fields(self._desired(inc, gen, previous)), gate)
         ci = self._cmdb_ci(inc, gate)
         if ci:
             fields["cmdb_ci"] = ci
-        self.client.ensure_auth(gate)
-        gate.take_token()  # Throttled here leaves "checked": the next attempt goes straight to the create
-        self._set_progress(inc.incident_id, gen, "creating", previous)
-        rec = self.client.create(gate, fields, prepaid=True)
-        log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
-        ref = self._save(inc, rec, {**fields, "_reopens": inc.reopen_count, "_state": rec.get("state")})
-        self._set_progress(inc.incident_id, gen, "", previous)
-        return ref
+        self.client.ensure_auth(gate)  # a token fetch, if due, goes before the create's own token
+        return fields
 
     def _closed_by_person(self, inc: Incident, ref: dict[str, Any], state: str, notes: list[tuple[int, str]]) -> None:
         """Record that people closed the ticket; pending notes cannot be added to it any more."""
