@@ -262,11 +262,16 @@ def test_refused_credentials_pause_the_target_and_resume_by_themselves(
     refused = [r for r in emu.faults.requests if r.status == 401]
     assert 1 <= len(refused) <= 300 / 30 + 1  # one trial call per open period, not a retry storm
     assert all(p["attempts"] == 0 for p in outbox.pending())  # an outage of ours spends no attempts
+    from vendwatch.delivery.status import target_status  # what the console's banner shows
+
+    [status] = target_status(ctx.state.db, clock.now())
+    assert status["paused"] and status["reason"] == "credentials" and status["queued"] == 3
 
     emu.password = "rotated-by-someone"  # the credentials work again (rotated on both sides)
     run_for(orch, clock, 120, step_s=5.0)
     assert all(len(tickets(emu, ctx, f"offline/VM-{i:04d}")) == 1 for i in range(3))
     assert outbox.depth() == {} and outbox.dlq_list() == []
+    assert not target_status(ctx.state.db, clock.now())[0]["paused"]
 
 
 # -- crash safety -------------------------------------------------------------------------
