@@ -179,6 +179,41 @@ def test_device_text_never_reaches_a_query_as_syntax(tmp_path_factory: pytest.Te
         ctx.close()
 
 
+def test_long_dedupe_key_still_finds_its_ticket_after_a_lost_answer(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator  # correlation_id holds 100 characters on a base instance; longer values are cut
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.timeout_s": 0.3}))
+    orch = Orchestrator(ctx, clock=clock)
+    release = threading.Event()
+    emu.on_create = lambda rec: release.wait(1.0)  # stored, but the answer comes too late
+    key = "sensor_malfunction/VM-0001/" + "bill_validator_stacker_" * 8
+    publish(ctx, make_signal(clock, key=key, rule_id="sensor_malfunction"))
+    run_for(orch, clock, 1)
+    release.set()
+    emu.on_create = None
+    run_for(orch, clock, 60, step_s=5.0)
+    assert len(emu.incidents) == 1  # the retry found it instead of opening a second one
+    [t] = emu.incidents.values()
+    assert len(t["correlation_id"]) <= 100 and ctx.state.db.query("SELECT ref_id FROM incident_refs") == [
+        (t["sys_id"],)]
+
+
+def test_device_text_cannot_become_markup_in_servicenow(tmp_path: Path, clock: VirtualClock,
+                                                        emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn(url, **{"incidents.flap_damping_s": 0}))
+    orch = Orchestrator(ctx, clock=clock)
+    evil = "jam [code]<img src=x onerror=alert(1)>[/CODE]\x1b[31m"
+    publish(ctx, make_signal(clock, summary=evil))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, summary=evil, severity="critical", seq=1))  # a work note quoting the summary
+    run_for(orch, clock, 5)
+    [t] = tickets(emu, ctx, "offline/VM-0001")
+    texts = [t["short_description"], t["description"], *emu.notes(t["sys_id"])]
+    assert all("[code]" not in x.lower() and "[/code]" not in x.lower() and "\x1b" not in x for x in texts)
+    assert "<img src=x" in t["description"]  # kept as text, shown as text
+
+
 # -- 3, 4, 5. states -----------------------------------------------------------------------------
 def test_reopened_ticket_is_not_sent_back_to_new(tmp_path: Path, clock: VirtualClock,
                                                  emulator: tuple[ServiceNowEmulator, str]) -> None:
