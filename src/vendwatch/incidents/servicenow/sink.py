@@ -39,7 +39,8 @@ from vendwatch.state import migrations
 
 log = logging.getLogger("vendwatch.incidents.servicenow")
 SYSTEM = "servicenow"
-PARENT_WAIT_S = 10.0  # an absorbed ticket waits this long between checks for its parent's number
+PARENT_WAIT_S = 10.0  # an absorbed ticket waits this long between checks for its parent's number ...
+PARENT_WAIT_MAX_S = 600.0  # ... and at most this long (a parent that never gets a ticket must not hold it forever)
 
 migrations.register(
     "servicenow",
@@ -98,7 +99,7 @@ class ServiceNowSink:
                     return  # the create never reached ServiceNow
             else:
                 ref = self._create(inc, gate)
-        self._update(inc, ref, gate)
+        self._update(inc, ref, gate, wait_for_parent=self.clock.now() - item.created_at < PARENT_WAIT_MAX_S)
 
     # -- steps ------------------------------------------------------------------------
     def _device(self, inc: Incident) -> dict[str, Any] | None:
@@ -231,13 +232,13 @@ class ServiceNowSink:
             self.store.drop_ref(tx, inc.incident_id, SYSTEM)
         return self._create(inc, gate)
 
-    def _update(self, inc: Incident, ref: dict[str, Any], gate: Gate) -> None:
+    def _update(self, inc: Incident, ref: dict[str, Any], gate: Gate, *, wait_for_parent: bool = True) -> None:
         synced: dict[str, Any] = dict(ref["synced"])
         with self.db.transaction() as tx:
             notes = self.store.pending_notes(tx, inc.incident_id)
         known = ref.get("state")
         reopened = inc.active and inc.reopen_count > int(synced.get("_reopens", 0))
-        if inc.parent_id and not self._numbers(inc.parent_id):
+        if wait_for_parent and inc.parent_id and not self._numbers(inc.parent_id):
             raise Throttled(self.clock.now() + PARENT_WAIT_S)  # close notes must name the parent's INC number
 
         if known in mp.CLOSED_BY_PEOPLE:
