@@ -185,6 +185,7 @@ class _Server:
         import uvicorn
 
         from vendwatch.api.server import build_app
+        from vendwatch.cli.serve import uvicorn_config
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,8 +195,7 @@ class _Server:
             raise DemoError(f"cannot listen on {host}:{port}: {e}") from None
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(build_app(ctx, roles), log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, limit_concurrency=4096)
+        config = uvicorn_config(build_app(ctx, roles), ctx.settings, host, self.port)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="vw-demo-http", daemon=True)
 

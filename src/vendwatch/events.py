@@ -271,9 +271,48 @@ def decode_device_event(raw: bytes | Raw) -> DeviceEvent:
     return ev
 
 
+# The decoding contract: what the collector accepts, every stage can decode. The typed
+# payload decoders skip unknown fields without reading their numbers, so the whole
+# payload is also read once as plain JSON, and integers must fit 64 bits (a state store
+# column, an Arrow column and a float comparison in a rule all rely on it).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_plain = msgspec.json.Decoder()
+
+
+def _big_int_at(value: Any, path: str) -> str | None:
+    if type(value) is int:
+        return path if not _INT_MIN <= value <= _INT_MAX else None
+    if type(value) is dict:
+        for k, v in value.items():
+            if (hit := _big_int_at(v, f"{path}.{k}")) is not None:
+                return hit
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            if (hit := _big_int_at(v, f"{path}[{i}]")) is not None:
+                return hit
+    return None
+
+
+def check_contract(data: bytes | Raw) -> None:
+    """Raise ``msgspec.ValidationError`` unless every stage can decode ``data``.
+
+    Numbers must be finite 64-bit floats or integers within the signed 64-bit range."""
+    try:
+        doc = _plain.decode(data)
+    except msgspec.ValidationError as e:
+        raise msgspec.ValidationError(f"{e}: numbers must fit a 64-bit float") from None
+    if (path := _big_int_at(doc, "$")) is not None:
+        raise msgspec.ValidationError(f"Integer out of range (must fit a signed 64-bit integer) - at `{path}`")
+
+
 def decode_payload(type_: str, data: bytes | Raw) -> Any:
-    """Typed payload of a stored event."""
-    return _payload_decoders[type_].decode(data)
+    """Typed payload of an event, checked against the decoding contract (``check_contract``).
+
+    Raises ``msgspec.ValidationError`` (or ``msgspec.DecodeError``/``RecursionError`` for
+    unreadable JSON)."""
+    typed = _payload_decoders[type_].decode(data)
+    check_contract(data)
+    return typed
 
 
 def encode(obj: Any) -> bytes:

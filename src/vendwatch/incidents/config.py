@@ -87,6 +87,11 @@ class IncidentsSettings(_Section):
     enabled: bool = True
     flap_damping_s: float = 120.0  # a resolved signal closes the incident only after this quiet time
     reopen_window_s: float = 3600.0  # a firing within this time after resolve reopens it
+    # a device incident a site outage may still absorb (machine offline) opens at once, but
+    # its ticket waits this long: a site incident found meanwhile takes it over, one ticket
+    # per site. Cover the heartbeat interval (machines of a site fall silent up to one
+    # interval apart). 0: ticket at once; longer: fewer tickets, later tickets
+    group_wait_s: float = 60.0
     routing_rules: str | None = None  # YAML file of routing rules and targets (see docs/incidents.md)
     servicenow: ServiceNowSettings = msgspec.field(default_factory=ServiceNowSettings)
     outbox_batch: int = 50
@@ -94,7 +99,7 @@ class IncidentsSettings(_Section):
     tick_s: float = 0.5  # how often timers (flap damping, outbox) are checked when idle
 
     def __post_init__(self) -> None:
-        if self.flap_damping_s < 0 or self.reopen_window_s < 0:
-            raise ValueError("flap_damping_s and reopen_window_s must be >= 0")
+        if self.flap_damping_s < 0 or self.reopen_window_s < 0 or self.group_wait_s < 0:
+            raise ValueError("flap_damping_s, reopen_window_s and group_wait_s must be >= 0")
         if self.outbox_batch < 1 or self.outbox_lease_s <= 0 or self.tick_s <= 0:
             raise ValueError("outbox_batch, outbox_lease_s and tick_s must be > 0")

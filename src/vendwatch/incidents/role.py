@@ -58,8 +58,8 @@ class Orchestrator(DeliveringStage):
             try:
                 sig = decode_signal(r.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                # a malformed signal cannot become valid by retrying: log it and move on
-                log.error("skipping undecodable signal at %s/%d@%d: %s", r.topic, r.partition, r.offset, e)
+                # a malformed signal cannot become valid by retrying: set it aside and move on
+                self.dead_letter(tx, r, f"undecodable signal: {e}")
                 continue
             if not self.rules.to_orchestrator(from_signal(sig)):
                 continue

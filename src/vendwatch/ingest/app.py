@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import logging
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +26,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vendwatch import events as ev
+from vendwatch.api.auth import MAX_TOKEN_CHARS
+from vendwatch.api.authfail import AuthFailures
 from vendwatch.bus.base import LogUnavailable
 from vendwatch.bus.retention import RetentionTask
 from vendwatch.ingest import metrics as im
@@ -99,31 +103,54 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 class _AuthCache:
-    """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
+    """Successful device authentications for ``ttl_s``: a busy device costs one registry
+    lookup per TTL.
 
-    The price: a disabled device or an expired token keeps working up to ``ttl_s``
+    Only successes are kept, keyed by a digest of the token (never the token itself),
+    within ``max_bytes``: made-up tokens, however many and however long, cost no memory
+    here (they are counted and throttled per client by ``api.authfail``). The price of
+    caching: a disabled device or an expired token keeps working up to ``ttl_s``
     (``ingest.auth_cache_s``; 0 disables the cache).
     """
 
-    max_entries = 200_000
+    max_bytes = 32 * 1024 * 1024
+    _ENTRY_OVERHEAD = 240  # dict slot, key bytes, tuple, float: measured with sys.getsizeof
 
     def __init__(self, ctx: Context, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.ttl = ttl_s
         self.clock = clock
-        self._c: dict[str, tuple[float, Device | None]] = {}
+        self._c: OrderedDict[bytes, tuple[float, Device, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._c)
 
     def get(self, token: str) -> Device | None:
+        if len(token) > MAX_TOKEN_CHARS:
+            return None  # no token we issue is this long: not even worth a lookup
         now = self.clock()
-        hit = self._c.get(token)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        key = hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        hit = self._c.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                return hit[1]
+            self._drop(key)
         dev = self.ctx.state.authenticate_device(token)
-        if self.ttl > 0:
-            if len(self._c) >= self.max_entries:
-                self._c.clear()  # bounded memory, also against floods of made-up tokens
-            self._c[token] = (now + self.ttl, dev)
+        if dev is not None and self.ttl > 0:
+            size = self._ENTRY_OVERHEAD + sum(len(v) for v in (dev.device_id, dev.site_id, dev.serial, dev.model,
+                                                               dev.location) if isinstance(v, str))
+            size += len(repr(dev.meta)) if dev.meta else 0
+            self._c[key] = (now + self.ttl, dev, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self._drop(next(iter(self._c)))  # oldest first
         return dev
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._c.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
 
 
 class Collector:
@@ -134,6 +161,8 @@ class Collector:
         s = ctx.settings.ingest
         self.s = s
         self.auth = _AuthCache(ctx, s.auth_cache_s)
+        srv = ctx.settings.server
+        self.auth_failures = AuthFailures("device", srv.auth_failures_per_min, srv.auth_failures_burst)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
         self.validator = Validator(s)
         self.committer: GroupCommitter | None = None
@@ -212,7 +241,8 @@ class Collector:
         t0 = time.perf_counter()
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            answer = await self._post_events(headers, receive)
+            client = scope.get("client")
+            answer = await self._post_events(headers, receive, str(client[0]) if client else "unknown")
         except _Disconnected:
             return  # the device went away; nothing was stored for this request
         except Exception:
@@ -221,13 +251,19 @@ class Collector:
         await answer.send(send)
         m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+    async def _post_events(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
+        wait = self.auth_failures.retry_after(client)
+        if wait:
+            return _error(429, "too_many_auth_failures", f"too many failed authentications from {client};"
+                          f" retry in {wait}s", {"Retry-After": str(wait)})
         authz = headers.get("authorization", "")
         scheme, _, token = authz.partition(" ")
         if scheme.lower() != "bearer" or not token:
+            self.auth_failures.failed(client, "missing bearer token")
             return _error(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         device = self.auth.get(token.strip())
         if device is None:
+            self.auth_failures.failed(client, "unknown, expired or disabled device token")
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
         body = await self._body(headers, receive)
         if isinstance(body, _Answer):

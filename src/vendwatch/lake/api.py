@@ -13,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vendwatch.api.auth import error_response, json_response, require
+from vendwatch.api.params import int_param
 from vendwatch.lake import formats
 from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout
 from vendwatch.runtime import Context
@@ -76,6 +77,8 @@ def routes(ctx: Context) -> list[Route]:
             return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {req.format!r}")
         if req.limit is not None and req.limit < 0:
             return error_response(400, "bad_request", "limit: must be >= 0")
+        # a request may ask for fewer rows than lake.sql_row_limit, never more
+        limit = min(req.limit, ctx.settings.lake.sql_row_limit) if req.limit is not None else None
         try:
             as_of = _as_of(req.as_of)
         except ValueError:
@@ -87,7 +90,7 @@ def routes(ctx: Context) -> list[Route]:
         try:
             async with slots:
                 res = await run_in_threadpool(
-                    LakeSQL(ctx.settings).run, req.sql, limit=req.limit, timeout_s=timeout, as_of=as_of
+                    LakeSQL(ctx.settings).run, req.sql, limit=limit, timeout_s=timeout, as_of=as_of
                 )
         except QueryError as e:
             return _query_error(e)
@@ -104,10 +107,11 @@ def routes(ctx: Context) -> list[Route]:
         fmt = q.get("format", "json")
         if fmt not in _MEDIA:
             return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {fmt!r}")
+        row_limit = ctx.settings.lake.sql_row_limit
         try:
             since = date.fromisoformat(q["since"]) if "since" in q else None
             until = date.fromisoformat(q["until"]) if "until" in q else None
-            limit = int(q["limit"]) if "limit" in q else None
+            limit = int_param(q, "limit", row_limit, 1, row_limit)
         except ValueError as e:
             return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
         try:

@@ -72,7 +72,7 @@ class Router(DeliveringStage):
             try:
                 event = from_record(r.value, r.topic, r.partition, r.offset)
             except EnvelopeError as e:
-                log.error("skipping record: %s", e)
+                self.dead_letter(tx, r, str(e))
                 continue
             detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
             key = str(detail.get("dedupe_key") or r.key or event["id"])
