@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from incident_helpers import context, publish
+from incident_helpers import context, publish, tickets
 from prometheus_client import REGISTRY
 
 from vendwatch.delivery.clock import VirtualClock
@@ -92,13 +92,13 @@ def test_lone_machine_incident_opens_at_once_and_its_ticket_after_the_grouping_d
     run_for(orch, clock, 1)
     assert statuses(orch) == {"offline/A": "open"}  # detection: at once
     run_for(orch, clock, GROUP_WAIT_S - 5)
-    assert emu.by_correlation("offline/A") == []  # notification: held back
+    assert tickets(emu, orch.ctx, "offline/A") == []  # notification: held back
     if restart_midway:
         orch = restart(orch, clock)
     run_for(orch, clock, 10)
-    assert len(emu.by_correlation("offline/A")) == 1
+    assert len(tickets(emu, orch.ctx, "offline/A")) == 1
     run_for(orch, clock, 60)
-    assert len(emu.by_correlation("offline/A")) == 1
+    assert len(tickets(emu, orch.ctx, "offline/A")) == 1
 
 
 @pytest.mark.parametrize("restart_midway", [False, True])
@@ -119,7 +119,7 @@ def test_site_found_after_its_first_machines_absorbs_them_one_ticket(
     run_for(orch, clock, 2)
     assert statuses(orch) == {"offline/A": "absorbed", "offline/B": "absorbed", "site_offline/S1": "open"}
     run_for(orch, clock, 120)
-    assert [t["correlation_id"] for t in emu.incidents.values()] == ["site_offline/S1"]  # one ticket, the site's
+    assert len(emu.incidents) == 1 and len(tickets(emu, orch.ctx, "site_offline/S1")) == 1  # one ticket, the site's
     site = next(i for i in orch.service.store.list() if i.scope == "site")
     assert {i.parent_id for i in orch.service.store.list() if i.scope == "device"} == {site.incident_id}
 
@@ -134,7 +134,8 @@ def test_machine_notified_long_before_the_site_keeps_its_ticket(
     publish(orch.ctx, offline(clock, "B"), offline(clock, "C"), site_offline(clock))
     run_for(orch, clock, 120)
     assert statuses(orch)["offline/A"] == "open"
-    assert sorted(t["correlation_id"] for t in emu.incidents.values()) == ["offline/A", "site_offline/S1"]
+    assert len(emu.incidents) == 2
+    assert len(tickets(emu, orch.ctx, "offline/A")) == 1 and len(tickets(emu, orch.ctx, "site_offline/S1")) == 1
 
 
 def _retracted() -> float:
@@ -170,10 +171,10 @@ def test_retraction_after_the_ticket_closes_it(
     fired = offline(clock, "A")
     publish(orch.ctx, fired)
     run_for(orch, clock, GROUP_WAIT_S + 5)
-    [ticket] = emu.by_correlation("offline/A")
+    [ticket] = tickets(emu, orch.ctx, "offline/A")
     publish(orch.ctx, offline(clock, "A", "resolved", retracts=fired.signal_id))
     run_for(orch, clock, 10)
-    [ticket] = emu.by_correlation("offline/A")
+    [ticket] = tickets(emu, orch.ctx, "offline/A")
     assert ticket["state"] == "6"
     # a later real outage opens a new incident rather than reopening the false alarm
     publish(orch.ctx, offline(clock, "A"))
