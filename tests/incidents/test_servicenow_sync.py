@@ -114,6 +114,23 @@ def test_burst_of_one_still_creates_tickets(tmp_path: Path, clock: VirtualClock,
     assert max_in_window([r.at for r in api_calls(emu)]) <= 30
 
 
+def test_a_state_change_waiting_for_a_token_does_not_read_the_ticket_again(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": 12,
+                                         "incidents.servicenow.rate_limit.burst": 1}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(3)))
+    run_for(orch, clock, 120)
+    for d in devices(3):
+        orch.service.resolve(incident_id(ctx, f"offline/{d}"), "alice", "fixed")
+    run_for(orch, clock, 120)
+    assert all(tickets(emu, ctx, f"offline/{d}")[0]["state"] == "6" for d in devices(3))
+    reads = [r for r in api_calls(emu) if r.method == "GET" and "sysparm_query" not in r.query]
+    writes = [r for r in api_calls(emu) if r.method == "PATCH"]
+    assert len(reads) == 3 and len(writes) == 3  # one read and one write per resolution, however long the wait
+
+
 # -- 2. encoded-query injection -------------------------------------------------------------------
 def test_query_syntax_in_a_dedupe_key_adopts_no_other_ticket(tmp_path: Path, clock: VirtualClock,
                                                              emulator: tuple[ServiceNowEmulator, str]) -> None:

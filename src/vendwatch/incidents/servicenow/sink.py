@@ -40,6 +40,7 @@ from vendwatch.state import migrations
 log = logging.getLogger("vendwatch.incidents.servicenow")
 SYSTEM = "servicenow"
 PARENT_WAIT_S = 10.0  # an absorbed ticket waits this long between checks for its parent's number ...
+READ_FRESH_S = 120.0  # a state read before a write is reused this long if the write had to wait for a token
 PARENT_WAIT_MAX_S = 600.0  # ... and at most this long (a parent that never gets a ticket must not hold it forever)
 
 migrations.register(
@@ -251,7 +252,7 @@ class ServiceNowSink:
         close = {k: desired.pop(k) for k in ("close_code", "close_notes") if k in desired}
         state_fields: dict[str, Any] = {}
         if reopened or mp.rank(want) > mp.rank(known):
-            current = self.client.get(gate, ref["ref_id"]).get("state")  # read before changing state
+            current = self._read_state(inc, ref, synced, gate)
             if current in mp.CLOSED_BY_PEOPLE:
                 self._closed_by_person(inc, ref, str(current), [])
                 if reopened:
@@ -290,12 +291,28 @@ class ServiceNowSink:
             self.store.mark_notes_sent(tx, [i for i, _ in notes])
         self._save_synced(inc, ref, synced, str(rec.get("state") or state_fields.get("state") or known or ""))
 
+    def _read_state(self, inc: Incident, ref: dict[str, Any], synced: dict[str, Any], gate: Gate) -> str:
+        """The ticket's state, read before changing it. The answer is kept for ``READ_FRESH_S``
+        so a write that finds no rate-limit token does not pay for the read again; a person
+        closing the ticket in between is caught by the write's 403."""
+        now = self.clock.now()
+        if synced.get("_read_state") is not None and now - float(synced.get("_read_at", 0)) <= READ_FRESH_S:
+            return str(synced["_read_state"])
+        current = str(self.client.get(gate, ref["ref_id"]).get("state") or "")
+        synced.update(_read_state=current, _read_at=now)
+        with self.db.transaction() as tx:
+            self.store.save_ref(tx, inc.incident_id, SYSTEM, ref["ref_id"], number=ref.get("number"),
+                                url=ref.get("url"), state=current, synced=synced, now=now)
+        return current
+
     def _refire_after_close(self, inc: Incident, ref: dict[str, Any], gate: Gate) -> None:
         new = self._replace_closed(inc, ref, gate)
         self._update(inc, new, gate)
 
     def _save_synced(self, inc: Incident, ref: dict[str, Any], synced: dict[str, Any], state: str | None) -> None:
         synced = {**synced, "_reopens": inc.reopen_count, "_state": state}
+        synced.pop("_read_state", None)  # written: the next state change reads again
+        synced.pop("_read_at", None)
         with self.db.transaction() as tx:
             self.store.save_ref(tx, inc.incident_id, SYSTEM, ref["ref_id"], number=ref.get("number"),
                                 url=ref.get("url"), state=state, synced=synced, now=self.clock.now())
