@@ -102,13 +102,19 @@ def test_documented_defaults_create_tickets_at_the_limit_divided_by_calls_per_ti
     assert Outbox(ctx.state.db).depth() == {}
 
 
+def _machines_offline(tmp_path: Path, url: str, clock: VirtualClock, n: int, *, per_minute: float,
+                      burst: float) -> tuple[Context, Orchestrator]:
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": per_minute,
+                                         "incidents.servicenow.rate_limit.burst": burst}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(n)))
+    return ctx, orch
+
+
 def test_burst_of_one_still_creates_tickets(tmp_path: Path, clock: VirtualClock,
                                             emulator: tuple[ServiceNowEmulator, str]) -> None:
     emu, url = emulator
-    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": 30,
-                                         "incidents.servicenow.rate_limit.burst": 1}))
-    orch = Orchestrator(ctx, clock=clock)
-    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(5)))
+    ctx, orch = _machines_offline(tmp_path, url, clock, 5, per_minute=30, burst=1)
     run_for(orch, clock, 60)
     assert all(len(tickets(emu, ctx, f"offline/{d}")) == 1 for d in devices(5))
     assert max_in_window([r.at for r in api_calls(emu)]) <= 30
@@ -117,10 +123,7 @@ def test_burst_of_one_still_creates_tickets(tmp_path: Path, clock: VirtualClock,
 def test_a_state_change_waiting_for_a_token_does_not_read_the_ticket_again(
         tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
     emu, url = emulator
-    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": 12,
-                                         "incidents.servicenow.rate_limit.burst": 1}))
-    orch = Orchestrator(ctx, clock=clock)
-    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(3)))
+    ctx, orch = _machines_offline(tmp_path, url, clock, 3, per_minute=12, burst=1)
     run_for(orch, clock, 120)
     for d in devices(3):
         orch.service.resolve(incident_id(ctx, f"offline/{d}"), "alice", "fixed")
