@@ -262,11 +262,16 @@ def test_refused_credentials_pause_the_target_and_resume_by_themselves(
     refused = [r for r in emu.faults.requests if r.status == 401]
     assert 1 <= len(refused) <= 300 / 30 + 1  # one trial call per open period, not a retry storm
     assert all(p["attempts"] == 0 for p in outbox.pending())  # an outage of ours spends no attempts
+    from vendwatch.delivery.status import target_status  # what the console's banner shows
+
+    [status] = target_status(ctx.state.db, clock.now())
+    assert status["paused"] and status["reason"] == "credentials" and status["queued"] == 3
 
     emu.password = "rotated-by-someone"  # the credentials work again (rotated on both sides)
     run_for(orch, clock, 120, step_s=5.0)
     assert all(len(tickets(emu, ctx, f"offline/VM-{i:04d}")) == 1 for i in range(3))
     assert outbox.depth() == {} and outbox.dlq_list() == []
+    assert not target_status(ctx.state.db, clock.now())[0]["paused"]
 
 
 # -- crash safety -------------------------------------------------------------------------
@@ -278,7 +283,7 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path) -> None:
+def test_five_sigkills_with_the_create_answer_held_back_leave_no_duplicate_and_no_orphan(tmp_path: Path) -> None:
     created, release = threading.Event(), threading.Event()
 
     def hold_response(rec: dict[str, str]) -> None:
@@ -293,28 +298,33 @@ def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path
            "VENDWATCH_INCIDENTS__TICK_S": "0.1", "VENDWATCH_INCIDENTS__SERVICENOW__TIMEOUT_S": "1"}
     ctx = context(tmp_path)
     clock = VirtualClock(time.time())
-    publish(ctx, make_signal(clock))
+    keys = [f"offline/VM-{i:04d}" for i in range(5)]
+    publish(ctx, *(make_signal(clock, key=k, device_id=k.split("/")[1]) for k in keys))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        p1 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
-        procs.append(p1)
-        assert created.wait(60), "orchestrator never called ServiceNow"
-        p1.send_signal(signal.SIGKILL)
-        p1.wait(10)
-        release.set()
-        refs = ctx.state.db.query("SELECT ref_id FROM incident_refs")
-        assert refs == []  # killed before it could record the ticket
-        assert len(emu.incidents) == 1
+        for kill in range(5):
+            created.clear()
+            release.clear()
+            p = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            assert created.wait(60), f"orchestrator never called ServiceNow (kill {kill + 1})"
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+            release.set()
+            assert len(emu.incidents) == kill + 1  # each kill leaves one ticket vendwatch has not recorded
+            assert len(ctx.state.db.query("SELECT ref_id FROM incident_refs")) == kill
 
         emu.on_create = None
-        p2 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
-        procs.append(p2)
-        _wait(lambda: ctx.state.db.query("SELECT ref_id FROM incident_refs"), 60, "the restarted orchestrator")
-        [(ref_id,)] = ctx.state.db.query("SELECT ref_id FROM incident_refs")
-        found = tickets(emu, ctx, "offline/VM-0001")
-        assert len(found) == 1 and found[0]["sys_id"] == ref_id
+        p = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        _wait(lambda: len(ctx.state.db.query("SELECT ref_id FROM incident_refs")) == 5, 60,
+              "the restarted orchestrator")
         _wait(lambda: Outbox(ctx.state.db).depth() == {}, 30, "the outbox to drain")
-        assert len(emu.incidents) == 1
+        refs = {r[0] for r in ctx.state.db.query("SELECT ref_id FROM incident_refs")}
+        for k in keys:
+            found = tickets(emu, ctx, k)
+            assert len(found) == 1 and found[0]["sys_id"] in refs  # no duplicate
+        assert set(emu.incidents) == refs  # no orphan: every ticket is recorded
     finally:
         release.set()
         for p in procs:
@@ -362,3 +372,105 @@ def test_servicenow_hourly_rate_limit_waits_for_the_reset(tmp_path: Path, clock:
         assert after_429 and min(after_429) >= reset
     finally:
         srv.stop()
+
+
+# -- acceptance: a demo-like run with the documented defaults ------------------------------------------
+def _demo_script(clock: VirtualClock, rng: Any) -> list[tuple[float, Any]]:
+    """Two minutes of firings, re-firings and clears on 40 machines of 4 sites; SITE-2 goes down at 60 s."""
+    start = clock.now()
+    script: list[tuple[float, Any]] = []
+    firing: set[str] = set()
+    seq = 0
+    site_key = "site-down/SITE-2"
+    for t in range(120):
+        at = start + t
+        when = VirtualClock(at)
+        if t == 60:
+            script.append((at, make_signal(when, key=site_key, rule_id="site-down", scope="site", device_id=None,
+                                           site_id="SITE-2", severity="critical")))
+        for _ in range(2):
+            i = rng.randrange(1, 40)
+            dev, site = f"VM-{i:04d}", f"SITE-{i % 4}"
+            key = f"offline/{dev}"
+            seq += 1
+            caused = site_key if site == "SITE-2" and t >= 60 else None
+            if key in firing and rng.random() < 0.3:
+                firing.discard(key)
+                script.append((at, make_signal(when, key=key, device_id=dev, site_id=site, status="resolved", seq=seq)))
+            else:
+                firing.add(key)
+                script.append((at, make_signal(when, key=key, device_id=dev, site_id=site, caused_by=caused,
+                                               severity=rng.choice(["major", "minor", "critical"]), seq=seq)))
+    return script
+
+
+def _check_tickets(ctx: Context, emu: ServiceNowEmulator, closed_by_person: str, limit: int) -> None:
+    from vendwatch.incidents.servicenow.mapping import correlation_id
+
+    incidents = ctx.state.db.query("SELECT incident_id, status FROM incidents")
+    by_corr: dict[str, list[dict[str, str]]] = {}
+    for t in emu.incidents.values():
+        by_corr.setdefault(t["correlation_id"], []).append(t)
+    assert all(len(v) == 1 for v in by_corr.values()), "a correlation id was used twice"
+    known = {correlation_id(iid, g): (iid, status) for iid, status in incidents for g in range(3)}
+    assert set(by_corr) <= set(known), "a ticket no incident points at (orphan)"
+    refs = {r[0]: r[1] for r in ctx.state.db.query("SELECT incident_id, ref_id FROM incident_refs")}
+    for corr, [t] in by_corr.items():
+        iid, status = known[corr]
+        if t["sys_id"] == closed_by_person:
+            assert t["state"] == "7" and t["close_notes"] == "handled on site by a technician"
+            continue
+        assert refs.get(iid) == t["sys_id"], f"{t['number']} is not recorded for {iid}"
+        if status in ("resolved", "absorbed"):
+            assert t["state"] == "6" and t["close_code"] and t["close_notes"], t
+            assert "inc_" not in t["close_notes"]
+        else:
+            assert t["state"] in ("1", "2"), t
+    for iid, status in incidents:
+        tickets_of = [c for c, (i, _) in known.items() if i == iid and c in by_corr]
+        if status != "absorbed":
+            assert len(tickets_of) == 1, f"{iid} ({status}) has {len(tickets_of)} tickets"
+    calls = [r.at for r in emu.faults.requests if r.path.startswith("/api/now")]
+    assert max_calls_in_window(calls) <= limit
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_demo_run_with_documented_defaults(tmp_path: Path, clock: VirtualClock,
+                                           emulator: tuple[ServiceNowEmulator, str], faults: bool) -> None:
+    import random
+
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.5}))  # defaults otherwise
+    for i in range(40):
+        ctx.state.add_device(f"VM-{i:04d}", f"SITE-{i % 4}", serial=f"SER-{i:04d}", model="Vendo 721")
+    orch = Orchestrator(ctx, clock=clock)
+    # a machine whose ticket a person closes mid-run; it never fires again
+    publish(ctx, make_signal(clock, key="offline/VM-0000", device_id="VM-0000", site_id="SITE-0"))
+    orch.step(0.0)
+    start = clock.now()
+    if faults:
+        emu.inject(status=429, retry_after=30, count=1, until=start + 30)
+        emu.inject(status=503, until=start + 110)  # a 60 s outage from 50 s (added at 50 s below)
+        emu.faults.faults[-1].count = 0
+        emu.inject(status=200, delay_s=1.0, count=3, method="PATCH")  # three answers never arrive in time
+    closed = ""
+    for at, sig in _demo_script(clock, random.Random(7)):
+        while clock.now() < at:
+            clock.advance(1.0)
+            orch.step(0.0)
+            if not closed and tickets(emu, ctx, "offline/VM-0000"):
+                closed = tickets(emu, ctx, "offline/VM-0000")[0]["sys_id"]
+                emu.close_as_person(closed, "7", close_notes="handled on site by a technician")
+            if faults and clock.now() == start + 50:
+                emu.faults.faults[1].count = None  # the outage begins
+        publish(ctx, sig)
+    if faults:
+        emu.inject(status=401, until=clock.now() + 60, message="password rotated")  # credentials refused for 60 s
+    run_for(orch, clock, 900, step_s=5.0)
+    outbox = Outbox(ctx.state.db)
+    assert outbox.dlq_list() == [] and outbox.depth() == {}
+    assert closed
+    _check_tickets(ctx, emu, closed, limit=120)
+    if faults:
+        statuses = {r.status for r in emu.faults.requests}
+        assert {429, 503, 0, 401} <= statuses, statuses

@@ -57,6 +57,9 @@ def test_api_lists_filters_shows_and_transitions(seeded: tuple[Context, Incident
         assert len(c.get("/v1/incidents?severity=critical", headers=h).json()["incidents"]) == 1
         for bad in ("status=nope", "severity=huge", "limit=0", "limit=x", "colour=red"):
             assert c.get(f"/v1/incidents?{bad}", headers=h).status_code == 400
+        assert c.get("/v1/deliveries").status_code == 401
+        targets = c.get("/v1/deliveries", headers=h).json()["targets"]
+        assert all(not t["paused"] for t in targets)
         d = c.get(f"/v1/incidents/{iid}", headers=h).json()
         assert d["timeline"][0]["kind"] == "opened" and d["severity_history"][0]["to"] == "major"
         assert d["external_refs"] == []

@@ -102,16 +102,36 @@ def test_documented_defaults_create_tickets_at_the_limit_divided_by_calls_per_ti
     assert Outbox(ctx.state.db).depth() == {}
 
 
+def _machines_offline(tmp_path: Path, url: str, clock: VirtualClock, n: int, *, per_minute: float,
+                      burst: float) -> tuple[Context, Orchestrator]:
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": per_minute,
+                                         "incidents.servicenow.rate_limit.burst": burst}))
+    orch = Orchestrator(ctx, clock=clock)
+    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(n)))
+    return ctx, orch
+
+
 def test_burst_of_one_still_creates_tickets(tmp_path: Path, clock: VirtualClock,
                                             emulator: tuple[ServiceNowEmulator, str]) -> None:
     emu, url = emulator
-    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.rate_limit.per_minute": 30,
-                                         "incidents.servicenow.rate_limit.burst": 1}))
-    orch = Orchestrator(ctx, clock=clock)
-    publish(ctx, *(make_signal(clock, key=f"offline/{d}", device_id=d) for d in devices(5)))
+    ctx, orch = _machines_offline(tmp_path, url, clock, 5, per_minute=30, burst=1)
     run_for(orch, clock, 60)
     assert all(len(tickets(emu, ctx, f"offline/{d}")) == 1 for d in devices(5))
     assert max_in_window([r.at for r in api_calls(emu)]) <= 30
+
+
+def test_a_state_change_waiting_for_a_token_does_not_read_the_ticket_again(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx, orch = _machines_offline(tmp_path, url, clock, 3, per_minute=12, burst=1)
+    run_for(orch, clock, 120)
+    for d in devices(3):
+        orch.service.resolve(incident_id(ctx, f"offline/{d}"), "alice", "fixed")
+    run_for(orch, clock, 120)
+    assert all(tickets(emu, ctx, f"offline/{d}")[0]["state"] == "6" for d in devices(3))
+    reads = [r for r in api_calls(emu) if r.method == "GET" and "sysparm_query" not in r.query]
+    writes = [r for r in api_calls(emu) if r.method == "PATCH"]
+    assert len(reads) == 3 and len(writes) == 3  # one read and one write per resolution, however long the wait
 
 
 # -- 2. encoded-query injection -------------------------------------------------------------------
@@ -177,6 +197,41 @@ def test_device_text_never_reaches_a_query_as_syntax(tmp_path_factory: pytest.Te
     finally:
         srv.stop()
         ctx.close()
+
+
+def test_long_dedupe_key_still_finds_its_ticket_after_a_lost_answer(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator  # correlation_id holds 100 characters on a base instance; longer values are cut
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.timeout_s": 0.3}))
+    orch = Orchestrator(ctx, clock=clock)
+    release = threading.Event()
+    emu.on_create = lambda rec: release.wait(1.0)  # stored, but the answer comes too late
+    key = "sensor_malfunction/VM-0001/" + "bill_validator_stacker_" * 8
+    publish(ctx, make_signal(clock, key=key, rule_id="sensor_malfunction"))
+    run_for(orch, clock, 1)
+    release.set()
+    emu.on_create = None
+    run_for(orch, clock, 60, step_s=5.0)
+    assert len(emu.incidents) == 1  # the retry found it instead of opening a second one
+    [t] = emu.incidents.values()
+    assert len(t["correlation_id"]) <= 100 and ctx.state.db.query("SELECT ref_id FROM incident_refs") == [
+        (t["sys_id"],)]
+
+
+def test_device_text_cannot_become_markup_in_servicenow(tmp_path: Path, clock: VirtualClock,
+                                                        emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn(url, **{"incidents.flap_damping_s": 0}))
+    orch = Orchestrator(ctx, clock=clock)
+    evil = "jam [code]<img src=x onerror=alert(1)>[/CODE]\x1b[31m"
+    publish(ctx, make_signal(clock, summary=evil))
+    run_for(orch, clock, 5)
+    publish(ctx, make_signal(clock, summary=evil, severity="critical", seq=1))  # a work note quoting the summary
+    run_for(orch, clock, 5)
+    [t] = tickets(emu, ctx, "offline/VM-0001")
+    texts = [t["short_description"], t["description"], *emu.notes(t["sys_id"])]
+    assert all("[code]" not in x.lower() and "[/code]" not in x.lower() and "\x1b" not in x for x in texts)
+    assert "<img src=x" in t["description"]  # kept as text, shown as text
 
 
 # -- 3, 4, 5. states -----------------------------------------------------------------------------
@@ -360,3 +415,38 @@ def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tup
     assert len(tickets(emu, ctx, "offline/VM-0001")) == 1
     assert Outbox(ctx.state.db).dlq_list() == [] and Outbox(ctx.state.db).depth() == {}
     assert re.fullmatch(r"vw-[0-9a-f]{32}", tickets(emu, ctx, "offline/VM-0001")[0]["correlation_id"])
+
+
+# -- 11. CMDB ------------------------------------------------------------------------------------------------
+def test_cmdb_sync_keeps_one_ci_per_machine_and_incidents_reference_it(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    emu, url = emulator
+    ctx = context(tmp_path, **sn(url, **{"incidents.servicenow.cmdb_sync": True,
+                                         "incidents.servicenow.cmdb_sync_interval_s": 60,
+                                         "incidents.servicenow.rate_limit.per_minute": 20,
+                                         "incidents.servicenow.rate_limit.burst": 2}))
+    for i, d in enumerate(devices(3)):
+        ctx.state.add_device(d, "SITE-1", serial=f"SER^{i}", model="Vendo 721", location=f"Hall {i}")
+    orch = Orchestrator(ctx, clock=clock)
+    run_for(orch, clock, 30)
+    cis = [c for c in emu.cmdb.values() if c["correlation_display"] == "vendwatch"]
+    assert sorted(c["name"] for c in cis) == devices(3)
+    assert {c["sys_class_name"] for c in cis} == {"cmdb_ci_hardware"}
+    ci = next(c for c in cis if c["name"] == "VM-0001")
+    assert ci["serial_number"] == "SER^1" and ci["model_number"] == "Vendo 721" and "Hall 1" in ci["short_description"]
+    assert ci["operational_status"] == "1"
+
+    publish(ctx, make_signal(clock))  # incidents of a synced machine reference its CI
+    run_for(orch, clock, 20)
+    [t] = tickets(emu, ctx, "offline/VM-0001")
+    assert t["cmdb_ci"] == ci["sys_id"]
+
+    before = len(api_calls(emu))
+    run_for(orch, clock, 120)  # nothing changed: no CMDB calls
+    assert len(api_calls(emu)) == before
+    ctx.state.add_device("VM-0100", "SITE-2", serial="SER-0100")
+    run_for(orch, clock, 120)
+    assert len([c for c in emu.cmdb.values() if c["correlation_display"] == "vendwatch"]) == 4
+    assert max_in_window([r.at for r in api_calls(emu)]) <= 20  # one outbox, one rate limit
+    assert Outbox(ctx.state.db).depth() == {} and Outbox(ctx.state.db).dlq_list() == []
+    assert not any("SER" in r.query for r in lookups(emu))  # CIs are found by correlation id, not by serial

@@ -136,6 +136,13 @@ def routes(ctx: Context) -> list[BaseRoute]:
         return await _transition(request, "resolve")
 
     @require(ctx, "viewer")
+    async def deliveries(request: Request) -> Response:
+        """Outbound targets (ServiceNow, webhooks, ...): queued, dead-lettered, paused and why."""
+        from vendwatch.delivery.status import target_status
+
+        return json_response({"targets": await run_in_threadpool(target_status, ctx.state.db, time.time())})
+
+    @require(ctx, "viewer")
     async def list_silences(request: Request) -> Response:
         return json_response({"silences": await run_in_threadpool(svc().store.list_silences, time.time())})
 
@@ -170,6 +177,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         Route("/v1/incidents/{incident_id}", get_incident, methods=["GET"]),
         Route("/v1/incidents/{incident_id}/ack", ack, methods=["POST"]),
         Route("/v1/incidents/{incident_id}/resolve", resolve, methods=["POST"]),
+        Route("/v1/deliveries", deliveries, methods=["GET"]),
         Route("/v1/silences", list_silences, methods=["GET"]),
         Route("/v1/silences", add_silence, methods=["POST"]),
         Route("/v1/silences/{silence_id}", remove_silence, methods=["DELETE"]),

@@ -53,6 +53,7 @@ class ServiceNowSettings(_Section):
     cmdb_cache_s: float = 3600.0
     cmdb_sync: bool = False  # keep one CI per registered machine in the CMDB (opt-in)
     cmdb_class: str = "cmdb_ci_hardware"  # CMDB class table the synced CIs are created in
+    cmdb_sync_interval_s: float = 300.0  # how often the registry is compared with what the CMDB was sent
     rate_limit: RateLimit = msgspec.field(default_factory=RateLimit)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     circuit: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
@@ -68,6 +69,8 @@ class ServiceNowSettings(_Section):
         if not self.cmdb_class.startswith("cmdb_ci") or not self.cmdb_class.replace("_", "").isalnum():
             raise ValueError(f"cmdb_class must be a CMDB class table name such as cmdb_ci_hardware, "
                              f"got {self.cmdb_class!r}")
+        if self.cmdb_sync_interval_s <= 0:
+            raise ValueError("cmdb_sync_interval_s must be > 0")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0:

@@ -89,17 +89,25 @@ def _ts(t: float | None) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC") if t else "-"
 
 
+_CODE_TAG = re.compile(r"\[(/?code)\]", re.I)
+
+
+def plain(text: str, *, lines: bool = False) -> str:
+    """Device text as inert ServiceNow text: control characters out, and ``[code]`` tags
+    (which journal fields render as HTML when ``glide.ui.security.allow_codetag`` is on) broken up."""
+    out = "".join(ch if ch.isprintable() or (lines and ch == "\n") else " " for ch in text)
+    return _CODE_TAG.sub(r"[ \1]", out)
+
+
 def _line(label: str, value: Any) -> str:
-    # device text is data: one line per value, control characters out
-    text = "".join(ch if ch.isprintable() else " " for ch in str(value))
-    return f"{label}: {text}"
+    return f"{label}: {plain(str(value))}"  # one line per value
 
 
 def describe(inc: Incident, device: dict[str, Any] | None) -> str:
     """The description a technician reads: what, where (site, location, model, serial), when, how often."""
     dev = device or {}
     lines = [
-        "".join(ch if ch.isprintable() or ch == "\n" else " " for ch in inc.summary),
+        plain(inc.summary, lines=True),
         "",
         _line("rule", inc.rule_id),
         _line("severity", inc.severity),
@@ -127,7 +135,7 @@ def desired_fields(cfg: ServiceNowSettings, inc: Incident, *, parent_number: str
     if previous_number:
         description += f"\n\nFollows {previous_number}, which was closed in ServiceNow."
     fields = {
-        "short_description": f"[{inc.severity}] {inc.rule_id} on {where}: {inc.summary}"[:SHORT_DESCRIPTION_MAX],
+        "short_description": plain(f"[{inc.severity}] {inc.rule_id} on {where}: {inc.summary}")[:SHORT_DESCRIPTION_MAX],
         "description": description,
         "impact": impact,
         "urgency": urgency,
@@ -143,7 +151,7 @@ def desired_fields(cfg: ServiceNowSettings, inc: Incident, *, parent_number: str
         if inc.status == "absorbed":
             fields["close_notes"] = f"Absorbed by site-level incident {parent_number or 'of the site'}"
         elif resolve_note:
-            fields["close_notes"] = f"{resolve_note} (resolved by {inc.resolved_by or 'vendwatch'} at {_ts(inc.resolved_at)})"
+            fields["close_notes"] = f"{plain(resolve_note, lines=True)} (resolved by {inc.resolved_by or 'vendwatch'} at {_ts(inc.resolved_at)})"
         else:
             fields["close_notes"] = f"Resolved by vendwatch ({inc.resolved_by or 'unknown'}) at {_ts(inc.resolved_at)}"
     return fields
@@ -159,7 +167,7 @@ def creation_fields(desired: dict[str, Any]) -> dict[str, Any]:
 
 def readable_note(note: str, numbers: dict[str, str]) -> str:
     """Replace internal ``inc_…`` ids in a work note with the ServiceNow numbers people know."""
-    return _INTERNAL_ID.sub(lambda m: numbers.get(m.group(0), "another vendwatch incident"), note)
+    return plain(_INTERNAL_ID.sub(lambda m: numbers.get(m.group(0), "another vendwatch incident"), note), lines=True)
 
 
 def internal_ids(note: str) -> list[str]:

@@ -31,6 +31,7 @@ from vendwatch.delivery.dispatch import DeliveryFailed, Gate, TargetPolicy, Thro
 from vendwatch.delivery.outbox import Item
 from vendwatch.incidents.config import ServiceNowSettings
 from vendwatch.incidents.lifecycle import Incident
+from vendwatch.incidents.servicenow import cmdb, creating
 from vendwatch.incidents.servicenow import mapping as mp
 from vendwatch.incidents.servicenow.client import ServiceNowClient
 from vendwatch.incidents.store import IncidentStore
@@ -38,7 +39,9 @@ from vendwatch.state import migrations
 
 log = logging.getLogger("vendwatch.incidents.servicenow")
 SYSTEM = "servicenow"
-PARENT_WAIT_S = 10.0  # an absorbed ticket waits this long between checks for its parent's number
+PARENT_WAIT_S = 10.0  # an absorbed ticket waits this long between checks for its parent's number ...
+READ_FRESH_S = 120.0  # a state read before a write is reused this long if the write had to wait for a token
+PARENT_WAIT_MAX_S = 600.0  # ... and at most this long (a parent that never gets a ticket must not hold it forever)
 
 migrations.register(
     "servicenow",
@@ -78,6 +81,9 @@ class ServiceNowSink:
 
     # -- delivery -------------------------------------------------------------------------
     def deliver(self, item: Item, gate: Gate) -> None:
+        if item.op == cmdb.OP:
+            cmdb.deliver_ci(self.cfg, self.store.state, self.client, gate, item.payload["device_id"], self.clock.now())
+            return
         inc = self.store.get(item.payload["incident_id"])
         if inc is None:
             return  # purged locally: nothing to tell
@@ -94,7 +100,7 @@ class ServiceNowSink:
                     return  # the create never reached ServiceNow
             else:
                 ref = self._create(inc, gate)
-        self._update(inc, ref, gate)
+        self._update(inc, ref, gate, wait_for_parent=self.clock.now() - item.created_at < PARENT_WAIT_MAX_S)
 
     # -- steps ------------------------------------------------------------------------
     def _device(self, inc: Incident) -> dict[str, Any] | None:
@@ -109,9 +115,7 @@ class ServiceNowSink:
         if not inc.device_id:
             return None
         if self.cfg.cmdb_sync:
-            from vendwatch.incidents.servicenow.cmdb import ci_ref
-
-            found = ci_ref(self.db, inc.device_id)
+            found = cmdb.ci_ref(self.db, inc.device_id)
             if found:
                 return found
         if not self.cfg.cmdb_lookup:
@@ -156,9 +160,13 @@ class ServiceNowSink:
 
     def _desired(self, inc: Incident, gen: int, previous_number: str | None) -> dict[str, Any]:
         parent_number = self._numbers(inc.parent_id).get(inc.parent_id or "") if inc.parent_id else None
-        return mp.desired_fields(self.cfg, inc, parent_number=parent_number, device=self._device(inc),
-                                 resolve_note=self._resolve_note(inc), generation=gen,
-                                 previous_number=previous_number)
+        fields = mp.desired_fields(self.cfg, inc, parent_number=parent_number, device=self._device(inc),
+                                   resolve_note=self._resolve_note(inc), generation=gen,
+                                   previous_number=previous_number)
+        ci = cmdb.ci_ref(self.db, inc.device_id) if self.cfg.cmdb_sync and inc.device_id else None
+        if ci:
+            fields["cmdb_ci"] = ci  # a CI synced after the ticket was opened is linked by the next update
+        return fields
 
     def _save(self, inc: Incident, rec: dict[str, Any], synced: dict[str, Any]) -> dict[str, Any]:
         with self.db.transaction() as tx:
@@ -181,24 +189,31 @@ class ServiceNowSink:
 
     def _create(self, inc: Incident, gate: Gate) -> dict[str, Any]:
         gen, stage, previous = self._progress(inc.incident_id)
-        if stage != "checked":
-            ref = self._adopt_if_exists(inc, gate, gen)
-            if ref is not None:
-                return ref
-            self._set_progress(inc.incident_id, gen, "checked", previous)
-        fields = mp.creation_fields(self._desired(inc, gen, previous))
-        fields = self._references(fields, gate)
+        fields: dict[str, Any] = {}
+        rec, created = creating.find_or_create(
+            gate, stage,
+            set_stage=lambda st: self._set_progress(inc.incident_id, gen, st, previous),
+            lookup=lambda: self.client.find_by_correlation(gate, mp.correlation_id(inc.incident_id, gen)),
+            prepare=lambda: fields.update(self._creation_fields(inc, gate, gen, previous)),
+            create=lambda: self.client.create(gate, fields, prepaid=True))
+        if created:
+            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
+            synced = {**fields, "_reopens": inc.reopen_count, "_state": rec.get("state")}
+        else:
+            log.info("adopting ServiceNow %s for %s (found by correlation id)", rec.get("number"), inc.incident_id)
+            # what it holds is unknown: send every field once more (but never re-announce a reopen)
+            synced = {"_reopens": inc.reopen_count, "_state": rec.get("state")}
+        ref = self._save(inc, rec, synced)
+        self._set_progress(inc.incident_id, gen, "", previous)
+        return ref
+
+    def _creation_fields(self, inc: Incident, gate: Gate, gen: int, previous: str | None) -> dict[str, Any]:
+        fields = self._references(mp.creation_fields(self._desired(inc, gen, previous)), gate)
         ci = self._cmdb_ci(inc, gate)
         if ci:
             fields["cmdb_ci"] = ci
-        self.client.ensure_auth(gate)
-        gate.take_token()  # Throttled here leaves "checked": the next attempt goes straight to the create
-        self._set_progress(inc.incident_id, gen, "creating", previous)
-        rec = self.client.create(gate, fields, prepaid=True)
-        log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
-        ref = self._save(inc, rec, {**fields, "_reopens": inc.reopen_count, "_state": rec.get("state")})
-        self._set_progress(inc.incident_id, gen, "", previous)
-        return ref
+        self.client.ensure_auth(gate)  # a token fetch, if due, goes before the create's own token
+        return fields
 
     def _closed_by_person(self, inc: Incident, ref: dict[str, Any], state: str, notes: list[tuple[int, str]]) -> None:
         """Record that people closed the ticket; pending notes cannot be added to it any more."""
@@ -218,13 +233,13 @@ class ServiceNowSink:
             self.store.drop_ref(tx, inc.incident_id, SYSTEM)
         return self._create(inc, gate)
 
-    def _update(self, inc: Incident, ref: dict[str, Any], gate: Gate) -> None:
+    def _update(self, inc: Incident, ref: dict[str, Any], gate: Gate, *, wait_for_parent: bool = True) -> None:
         synced: dict[str, Any] = dict(ref["synced"])
         with self.db.transaction() as tx:
             notes = self.store.pending_notes(tx, inc.incident_id)
         known = ref.get("state")
         reopened = inc.active and inc.reopen_count > int(synced.get("_reopens", 0))
-        if inc.parent_id and not self._numbers(inc.parent_id):
+        if wait_for_parent and inc.parent_id and not self._numbers(inc.parent_id):
             raise Throttled(self.clock.now() + PARENT_WAIT_S)  # close notes must name the parent's INC number
 
         if known in mp.CLOSED_BY_PEOPLE:
@@ -237,7 +252,7 @@ class ServiceNowSink:
         close = {k: desired.pop(k) for k in ("close_code", "close_notes") if k in desired}
         state_fields: dict[str, Any] = {}
         if reopened or mp.rank(want) > mp.rank(known):
-            current = self.client.get(gate, ref["ref_id"]).get("state")  # read before changing state
+            current = self._read_state(inc, ref, synced, gate)
             if current in mp.CLOSED_BY_PEOPLE:
                 self._closed_by_person(inc, ref, str(current), [])
                 if reopened:
@@ -276,12 +291,28 @@ class ServiceNowSink:
             self.store.mark_notes_sent(tx, [i for i, _ in notes])
         self._save_synced(inc, ref, synced, str(rec.get("state") or state_fields.get("state") or known or ""))
 
+    def _read_state(self, inc: Incident, ref: dict[str, Any], synced: dict[str, Any], gate: Gate) -> str:
+        """The ticket's state, read before changing it. The answer is kept for ``READ_FRESH_S``
+        so a write that finds no rate-limit token does not pay for the read again; a person
+        closing the ticket in between is caught by the write's 403."""
+        now = self.clock.now()
+        if synced.get("_read_state") is not None and now - float(synced.get("_read_at", 0)) <= READ_FRESH_S:
+            return str(synced["_read_state"])
+        current = str(self.client.get(gate, ref["ref_id"]).get("state") or "")
+        synced.update(_read_state=current, _read_at=now)
+        with self.db.transaction() as tx:
+            self.store.save_ref(tx, inc.incident_id, SYSTEM, ref["ref_id"], number=ref.get("number"),
+                                url=ref.get("url"), state=current, synced=synced, now=now)
+        return current
+
     def _refire_after_close(self, inc: Incident, ref: dict[str, Any], gate: Gate) -> None:
         new = self._replace_closed(inc, ref, gate)
         self._update(inc, new, gate)
 
     def _save_synced(self, inc: Incident, ref: dict[str, Any], synced: dict[str, Any], state: str | None) -> None:
         synced = {**synced, "_reopens": inc.reopen_count, "_state": state}
+        synced.pop("_read_state", None)  # written: the next state change reads again
+        synced.pop("_read_at", None)
         with self.db.transaction() as tx:
             self.store.save_ref(tx, inc.incident_id, SYSTEM, ref["ref_id"], number=ref.get("number"),
                                 url=ref.get("url"), state=state, synced=synced, now=self.clock.now())
