@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 
 import click
@@ -14,7 +16,25 @@ from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 log = logging.getLogger("vendwatch.cli")
 
 
-def run_http(ctx: Context, roles: list[str], host: str, port: int) -> None:
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the listening socket first, so a busy port is an error before anything claims to serve."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise click.ClickException(f"address {host}:{port} is already in use (another vendwatch?); "
+                                       "stop it or pick another port with --port") from None
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_http(ctx: Context, roles: list[str], host: str, port: int, sock: socket.socket | None = None) -> None:
     import uvicorn
 
     from vendwatch.api.server import build_app
@@ -22,7 +42,14 @@ def run_http(ctx: Context, roles: list[str], host: str, port: int) -> None:
     app = build_app(ctx, roles)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                             timeout_graceful_shutdown=5, limit_concurrency=4096)
-    uvicorn.Server(config).run()
+    sock = sock or listen(host, port)
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+def open_backends(ctx: Context) -> None:
+    """Open the log and the state store now: a configuration error (a missing extra, a bad DSN)
+    stops the command with its message instead of making a role crash and restart forever."""
+    _ = ctx.log, ctx.state
 
 
 @click.command()
@@ -38,8 +65,10 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
     if "console" not in role_list:
         role_list.append("console")
     ctx = Context(s)
+    open_backends(ctx)
+    sock = listen(s.server.host, s.server.port)
     click.echo(f"vendwatch serving on http://{s.server.host}:{s.server.port} (data in {s.data_dir})", err=True)
-    run_http(ctx, role_list, s.server.host, s.server.port)
+    run_http(ctx, role_list, s.server.host, s.server.port, sock)
     ctx.close()
 
 
@@ -55,6 +84,7 @@ def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: i
     """Run one role (scale-out deployment: one role per process, many replicas)."""
     s = env.settings(**{"server.host": host, "server.port": port})
     ctx = Context(s)
+    open_backends(ctx)
     if metrics_port is not None and ROLES[role] is not None:
         from prometheus_client import start_http_server
 
