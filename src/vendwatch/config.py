@@ -19,7 +19,7 @@ from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
 
-DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
+DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer", "lake-jobs")
 
 
 class ConfigError(Exception):
@@ -149,6 +149,9 @@ class LakeSettings(_Section):
     sql_threads: int = 2
     sql_max_concurrent: int = 2  # POST /v1/sql and reports beyond this wait (each may use sql_memory_limit)
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+    # the lake-jobs role (part of serve and the demo): 0 turns a job off
+    etl_interval_s: float = 300.0  # refresh the analytics tables (what reports read) this often
+    maintain_interval_s: float = 3600.0  # compaction, snapshot expiry, retention this often
 
 
 class DetectSettings(_Section):
@@ -283,6 +286,8 @@ def _check(s: Settings) -> None:
         "ingest.late_after_s": s.ingest.late_after_s,
         "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,
         "ingest.auth_cache_s": s.ingest.auth_cache_s,
+        "lake.etl_interval_s": s.lake.etl_interval_s,
+        "lake.maintain_interval_s": s.lake.maintain_interval_s,
     }
     for key, value in non_negative.items():
         if value < 0:

@@ -11,6 +11,7 @@ import threading
 import click
 
 from vendwatch.cli.common import Env, data_dir_option, pass_env
+from vendwatch.config import Settings
 from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 
 log = logging.getLogger("vendwatch.cli")
@@ -46,6 +47,15 @@ def run_http(ctx: Context, roles: list[str], host: str, port: int, sock: socket.
     uvicorn.Server(config).run(sockets=[sock])
 
 
+def schedule_note(s: Settings) -> str:
+    """One line saying when the analytics tables and the lake maintenance run."""
+    def every(v: float) -> str:
+        return "off" if v <= 0 else f"every {v / 60:g} min" if v >= 60 else f"every {v:g} s"
+
+    return (f"analytics tables refresh {every(s.lake.etl_interval_s)} (lake.etl_interval_s), "
+            f"lake maintenance {every(s.lake.maintain_interval_s)} (lake.maintain_interval_s)")
+
+
 def open_backends(ctx: Context) -> None:
     """Open the log and the state store now: a configuration error (a missing extra, a bad DSN)
     stops the command with its message instead of making a role crash and restart forever."""
@@ -68,6 +78,8 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
     open_backends(ctx)
     sock = listen(s.server.host, s.server.port)
     click.echo(f"vendwatch serving on http://{s.server.host}:{s.server.port} (data in {s.data_dir})", err=True)
+    if "lake-jobs" in role_list:
+        click.echo(schedule_note(s), err=True)
     run_http(ctx, role_list, s.server.host, s.server.port, sock)
     ctx.close()
 

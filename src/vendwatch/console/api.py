@@ -10,6 +10,8 @@
   levels per slot and connectivity class.
 * ``GET /v1/devices/{device_id}/events``: its newest events from the log (``limit`` <=
   200, ``type`` repeatable), scanning a bounded part of its partition.
+* ``GET /v1/lake/jobs``: the scheduled ETL and lake maintenance: interval, last run,
+  last error, next run (what the reports page shows above the reports).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -156,8 +159,21 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
         body = await run_in_threadpool(lambda: activity.recent_events(ctx.log, device_id, limit=limit, types=types))
         return _ok(body)
 
+    @require(ctx, "viewer")
+    async def lake_jobs(request: Request) -> Response:
+        from vendwatch.lake.jobs import JOBS, read_status
+
+        status = await run_in_threadpool(read_status, ctx)
+        cfg = ctx.settings.lake
+        intervals = {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s}
+        jobs = {name: msgspec.structs.asdict(status[name]) if name in status else
+                {"interval_s": intervals[name], "runs": 0, "next_at": None} for name in JOBS}
+        # the scheduler runs in the lake-jobs role: say so when this server does not run it
+        return _ok({"jobs": jobs, "scheduled": "lake-jobs" in ctx.settings.server.roles, "now": clock()})
+
     return [
         Route("/v1/whoami", whoami, methods=["GET"]),
+        Route("/v1/lake/jobs", lake_jobs, methods=["GET"]),
         Route("/v1/stats", stats, methods=["GET"]),
         Route("/v1/fleet/devices", devices, methods=["GET"]),
         # :path so ids containing "/" (allowed by the protocol) still route
