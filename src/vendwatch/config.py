@@ -175,6 +175,15 @@ class DetectSettings(_Section):
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
+class ConsoleSettings(_Section):
+    """The web console (``vendwatch.console``); see docs/console.md."""
+
+    # background map tiles, e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png" ("" = no tiles: the
+    # map draws positions on a plain background); the tile server's origin is added to the CSP img-src
+    map_tiles_url: str = ""
+    map_attribution: str = ""  # shown under the map, as the tile provider's terms require
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -188,6 +197,7 @@ class Settings(_Section):
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     @property
     def data_path(self) -> Path:
@@ -297,6 +307,10 @@ def _check(s: Settings) -> None:
                        "bus.retention_check_s": s.bus.retention_check_s}.items():
         if value <= 0:
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    tiles = s.console.map_tiles_url
+    if tiles and not (tiles.startswith("https://") or tiles.startswith("http://")) or tiles and "{z}" not in tiles:
+        raise ConfigError("invalid configuration: console.map_tiles_url: must be an http(s) URL with {z}, {x} and {y}"
+                          f" placeholders, got {tiles!r}")
     if s.ingest.dedupe_window_s > s.bus.retention_hours * 3600:
         # the embedded dedupe index is rebuilt from the log: it cannot remember longer than the log keeps
         raise ConfigError(
