@@ -296,13 +296,13 @@ def test_device_page_shows_temperatures_stock_faults_and_events(fleet: Fleet, br
     assert [(t.get_attribute("data-slot"), t.get_attribute("class")) for t in tiles] == [
         ("A1", "slot level-ok"), ("A2", "slot level-low"), ("A10", "slot level-out")]
     assert "8 / 10" in tiles[0].text and "cola-33" in tiles[0].text and "out" in tiles[2].text
-    assert "motor_jam" in _text(drv, "[data-testid=faults]")
+    assert "motor jam" in _text(drv, "[data-testid=faults]")  # a state name, not its code
     assert "4.2.1" in _text(drv, "[data-testid=firmware]")
     assert "€1.50" in _text(drv, "[data-testid=last-transaction]")
     events = _wait("events", lambda: _css(drv, "[data-testid=events] tbody tr"))
     assert len(events) == 7
     # the temperature trend draws both series from the two telemetry readings
-    assert len(_css(drv, "svg.spark polyline")) == 2
+    assert len(_css(drv, "[data-testid=chart-temperature] polyline[data-role=series]")) == 2
     assert "transaction" in events[0].text and "telemetry" in events[-1].text  # newest first
     _shot(drv, "device")
     assert _js_errors(drv) == []

@@ -16,6 +16,8 @@
 * ``GET /v1/fleet/thresholds``: telemetry thresholds of the loaded rules (chart lines).
 * ``GET /v1/stats/history``: events/s samples taken by this server (every few seconds,
   the last hour) and incidents opened per hour over the last 24 hours.
+* ``GET /v1/fleet/incident-refs?id=..&id=..``: the ServiceNow ticket (number, state) of
+  each listed incident (<= 500 ids), for the incident list's ServiceNow column.
 * ``GET /v1/lake/jobs``: the scheduled ETL and lake maintenance: interval, last run,
   last error, next run (what the reports page shows above the reports).
 """
@@ -217,6 +219,29 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
         return _ok({"thresholds": cached_thresholds[0]})
 
     @require(ctx, "viewer")
+    async def incident_refs(request: Request) -> Response:
+        ids = request.query_params.getlist("id")
+        if len(ids) > MAX_PAGE:
+            return _bad("bad_id", f"at most {MAX_PAGE} ids")
+
+        def read() -> dict[str, Any]:
+            from vendwatch.incidents.store import IncidentStore
+
+            store = IncidentStore(ctx.state)
+            out = {}
+            for iid in ids:
+                ref = store.ref(None, iid, "servicenow")
+                if ref is not None:
+                    out[iid] = {"number": ref["number"], "ref_id": ref["ref_id"], "state": ref["state"]}
+            return out
+
+        try:
+            refs = await run_in_threadpool(read)
+        except Exception:  # noqa: BLE001 - no incident tables yet: no tickets either
+            refs = {}
+        return _ok({"refs": refs})
+
+    @require(ctx, "viewer")
     async def stats_history(request: Request) -> Response:
         now = clock()
         opened = await run_in_threadpool(incidents_per_hour, ctx, now)
@@ -268,6 +293,7 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
         Route("/v1/fleet/sites", sites, methods=["GET"]),
         Route("/v1/fleet/map", fleet_map, methods=["GET"]),
         Route("/v1/fleet/thresholds", thresholds, methods=["GET"]),
+        Route("/v1/fleet/incident-refs", incident_refs, methods=["GET"]),
         Route("/v1/fleet/devices", devices, methods=["GET"]),
         # :path so ids containing "/" (allowed by the protocol) still route
         Route("/v1/fleet/devices/{device_id:path}", device, methods=["GET"]),
