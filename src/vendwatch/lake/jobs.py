@@ -27,6 +27,7 @@ log = logging.getLogger("vendwatch.lake.jobs")
 
 CHECKPOINT = "lake-jobs"
 JOBS = ("etl", "maintain")
+START_DELAY_S = 30.0
 
 
 class JobStatus(msgspec.Struct, kw_only=True):
@@ -72,8 +73,9 @@ class LakeJobs:
         self.runners = runners or {"etl": self._etl, "maintain": self._maintain}
         cfg = ctx.settings.lake
         self.intervals = {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s}
+        # the first ETL waits a little so it does not compete with the server's start;
         # maintenance first waits one interval: a fresh start has nothing to compact
-        self.first_delay = {"etl": 0.0, "maintain": cfg.maintain_interval_s}
+        self.first_delay = {"etl": min(START_DELAY_S, cfg.etl_interval_s), "maintain": cfg.maintain_interval_s}
 
     def _etl(self) -> Any:
         from vendwatch.lake.etl import run_etl
