@@ -62,7 +62,7 @@ def _serve(data: Path, env: dict[str, str] | None = None, roles: str | None = No
                             env={**os.environ, "VENDWATCH_LOG_LEVEL": "warning", **(env or {})})
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait("vendwatch serve", lambda: httpx.get(base + "/healthz", timeout=2).status_code == 200, timeout_s=40)
+        _wait("vendwatch serve", lambda: httpx.get(base + "/healthz", timeout=2).status_code == 200, timeout_s=120)
     except AssertionError:
         proc.terminate()
         raise AssertionError(f"serve did not start: {proc.communicate(timeout=10)[1].decode()[-2000:]}") from None
@@ -115,9 +115,9 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                 assert r.status_code == 200 and not r.json()["rejected"], r.text
         s = Server(base, operator, viewer, data)
         _wait("device state", lambda: s.get("/v1/fleet/devices/vm-099").json()["events"] == 2
-              and s.get("/v1/fleet/devices/vm-000").json()["events"] == 12, timeout_s=40)
+              and s.get("/v1/fleet/devices/vm-000").json()["events"] == 12, timeout_s=90)
         # the two fired signals, and the door forced open on vm-000
-        _wait("incidents", lambda: len(s.get("/v1/incidents?status=active").json()["incidents"]) >= 3, timeout_s=40)
+        _wait("incidents", lambda: len(s.get("/v1/incidents?status=active").json()["incidents"]) >= 3, timeout_s=90)
         yield s
     finally:
         _stop(proc)
@@ -324,3 +324,14 @@ def test_map_with_tiles_from_a_configured_url(big: Server, browser: Any) -> None
     finally:
         _stop(proc)
         tiles.shutdown()
+
+
+def test_reports_page_says_when_the_tables_were_refreshed(big: Server, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, big, big.viewer, "/console/reports")
+    assert "refresh every 5 min" in _text(drv, "[data-testid=etl-status]")
+    # serve runs the ETL on its own (first run 30 s after start): no `vendwatch etl run` needed
+    _wait("refreshed", lambda: big.get("/v1/lake/jobs").json()["jobs"]["etl"]["last_ok_at"], timeout_s=90)
+    drv.refresh()
+    assert "Last refreshed" in _text(drv, "[data-testid=etl-status]")
+    _shot(drv, "reports")
