@@ -18,8 +18,9 @@ from typing import Any
 
 import httpx
 import pytest
+from tests import test_console_browser
 from tests.conftest import vendwatch_cmd
-from tests.test_console_browser import (  # noqa: F401 - the browser fixture
+from tests.test_console_browser import (
     _css,
     _event,
     _fire_signals,
@@ -28,11 +29,12 @@ from tests.test_console_browser import (  # noqa: F401 - the browser fixture
     _sign_in,
     _text,
     _wait,
-    browser,
 )
 
 from vendwatch.config import load_settings
 from vendwatch.state import open_state
+
+browser = test_console_browser.browser  # the same headless Chromium fixture
 
 SITES = {"site-north": (59.3293, 18.0686), "site-centre": (48.8566, 2.3522), "site-south": (41.9028, 12.4964)}
 N_DEVICES = 120
