@@ -79,13 +79,13 @@ def _wait(what: str, fn: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def _fire_signals(data: Path) -> None:
+def _fire_signals(data: Path, first_summary: str = XSS_SUMMARY) -> None:
     """Two firing signals on the log, as the detector would emit them (the orchestrator opens incidents)."""
     now = datetime.now(UTC)
     log = SqliteLog(data / "bus.db")
     log.create_topic("signals")  # appending to a missing topic would try to create it under the write lock
     items = []
-    for rule, sev, device, summary in (("cooling-failure", "critical", "m-001", XSS_SUMMARY),
+    for rule, sev, device, summary in (("cooling-failure", "critical", "m-001", first_summary),
                                        ("payment-failures", "minor", "m-002", "5 failed card payments")):
         key = f"{rule}/{device}"
         sig = Signal(signal_id=signal_id(rule, key, "firing", now), rule_id=rule, status="firing", severity=sev,

@@ -91,7 +91,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     operator = st.add_operator_token("noc", "operator")
     viewer = st.add_operator_token("wall", "viewer")
     st.close()
-    _fire_signals(data)  # two incidents (m-001, m-002 are not in this fleet: fine for the list)
+    _fire_signals(data, "m-001 fridge at 9.5 °C for 15 min")  # two incidents (m-001, m-002 are not in this fleet: fine)
     proc, base = _serve(data)
     try:
         with httpx.Client(timeout=10) as c:
@@ -234,7 +234,8 @@ def test_device_page_charts_temperature_thresholds_markers_sales_and_stock(big: 
     _sign_in(drv, big, big.operator, "/console/devices/vm-000")
     lines = _wait("temperature lines", lambda: _css(drv, "[data-testid=chart-temperature] polyline[data-role=series]"))
     assert len(lines) == 2  # cabinet and refrigeration
-    assert len(lines[1].get_attribute("points").split()) == 3  # three fridge readings
+    xs = [float(p.split(",")[0]) for p in lines[1].get_attribute("points").split()]
+    assert len(xs) == 3 and xs == sorted(xs)  # three fridge readings, drawn in device-time order
     labels = [t.text for t in _css(drv, "[data-testid=chart-temperature] g[data-role=threshold] text")]
     assert any("refrigeration > 5" in t for t in labels), labels
     markers = _css(drv, "[data-testid=chart-temperature] g[data-role=marker]")

@@ -18,8 +18,10 @@ function sensor(v) {
 const TEMP_FIELDS = {cabinet_temp_c: ['cabinet', 's-cabinet'], refrigeration_temp_c: ['refrigeration', 's-fridge']};
 const OPS = {gt: '>', ge: '≥', lt: '<', le: '≤'};
 
-/** Points [[t, v]] oldest first from events (the API answers newest first). */
-const pointsOf = (events, fn) => events.map((e) => [e.occurred_at, fn(e)]).filter(([, v]) => typeof v === 'number').reverse();
+/** Points [[t, v]] in device-time order (the API answers in log order, which a batch or a
+ * replayed backlog can mix up). */
+const pointsOf = (events, fn) => events.map((e) => [e.occurred_at, fn(e)]).filter(([, v]) => typeof v === 'number')
+  .sort((a, b) => a[0] - b[0]);
 
 function markersOf(events) {
   return events.filter((e) => e.type === 'security' || e.type === 'refill').map((e) => (e.type === 'refill'

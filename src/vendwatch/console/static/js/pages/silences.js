@@ -7,6 +7,24 @@ import {unavailable} from './incidents.js';
 
 const DURATIONS = [[3600, '1 hour'], [4 * 3600, '4 hours'], [8 * 3600, '8 hours'], [24 * 3600, '24 hours']];
 
+/** Call the silence API, show its error in message (if any), then reload the list. */
+function mutate(message, load) {
+  return async (path, options) => {
+    replace(message);
+    let ok = true;
+    try {
+      await api(path, options);
+    } catch (e) {
+      replace(message, e.message);
+      ok = false;
+    }
+    await load();
+    return ok;
+  };
+}
+
+const endPath = (id) => `/v1/silences/${encodeURIComponent(id)}`;
+
 /** The card, and a load() that (re)reads the silences that cover this device. */
 export function silenceCard(page, device) {
   const body = h('div');
@@ -41,26 +59,12 @@ export function silenceCard(page, device) {
     mine.length ? h('p', {class: 'muted small'}, 'Started ', when(mine[0].starts_at)) : null);
   }
 
-  async function end(id) {
-    replace(message);
-    try {
-      await api(`/v1/silences/${encodeURIComponent(id)}`, {method: 'DELETE'});
-    } catch (e) {
-      replace(message, e.message);
-    }
-    await load();
-  }
+  const call = mutate(message, load);
+  const end = (id) => call(endPath(id), {method: 'DELETE'});
 
   add.addEventListener('click', async () => {
-    replace(message);
-    try {
-      await api('/v1/silences', {method: 'POST', body: {
-        device_id: device.device_id, duration_s: Number(duration.value), reason: reason.value.trim()}});
-      reason.value = '';
-    } catch (e) {
-      replace(message, e.message);
-    }
-    await load();
+    if (await call('/v1/silences', {method: 'POST', body: {
+      device_id: device.device_id, duration_s: Number(duration.value), reason: reason.value.trim()}})) reason.value = '';
   });
 
   return {node: card('Maintenance silence', body, form, message), load};
@@ -107,30 +111,19 @@ export async function render(main, page) {
       ], all, {testid: 'all-silences', empty: 'No silence.'}));
   }
 
-  async function end(id) {
-    replace(message);
-    try {
-      await api(`/v1/silences/${encodeURIComponent(id)}`, {method: 'DELETE'});
-    } catch (e) {
-      replace(message, e.message);
-    }
-    await load();
-  }
+  const call = mutate(message, load);
+  const end = (id) => call(endPath(id), {method: 'DELETE'});
 
   add.addEventListener('click', async () => {
-    replace(message);
     if (!target.value.trim()) {
       replace(message, 'Give the site or device id to silence.');
       return;
     }
-    try {
-      await api('/v1/silences', {method: 'POST', body: {[scope.value]: target.value.trim(), duration_s: Number(duration.value), reason: reason.value.trim()}});
+    const body = {[scope.value]: target.value.trim(), duration_s: Number(duration.value), reason: reason.value.trim()};
+    if (await call('/v1/silences', {method: 'POST', body})) {
       target.value = '';
       reason.value = '';
-    } catch (e) {
-      replace(message, e.message);
     }
-    await load();
   });
   await page.every(load);
 }
