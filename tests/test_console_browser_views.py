@@ -203,28 +203,52 @@ def test_times_in_the_list_are_the_ones_the_api_gives(big: Server, browser: Any)
     assert "s ago" in shown.text  # heard seconds ago, as the data says
 
 
+# the page redraws every 10 s: everything a test reads comes from one script call
+_OVERVIEW = """
+const q = (s) => [...document.querySelectorAll(s)];
+return {
+  bars: q('[data-testid=chart-incidents] g[data-role=series] rect').map((r) => Number(r.getAttribute('height'))),
+  eventLines: q('[data-testid=chart-events] polyline[data-role=series]').length,
+  ticks: q('[data-testid=chart-events] text.tick').map((t) => t.textContent),
+  points: q('[data-testid=map-point]').map((p) => ({site: p.dataset.site, cls: p.dataset.class,
+    cy: Number(p.querySelector('circle').getAttribute('cy'))})),
+  tiles: q('[data-testid=map-tiles]').length,
+  graticule: q('.map-svg .graticule').length,
+};
+"""
+
+_DEVICE = """
+const q = (s) => [...document.querySelectorAll(s)];
+const xs = (l) => l.getAttribute('points').split(' ').map((p) => Number(p.split(',')[0]));
+return {
+  lines: q('[data-testid=chart-temperature] polyline[data-role=series]').map(xs),
+  thresholds: q('[data-testid=chart-temperature] g[data-role=threshold] text').map((t) => t.textContent),
+  markers: q('[data-testid=chart-temperature] g[data-role=marker]').length,
+  sales: q('[data-testid=chart-sales] g[data-role=series] rect').length,
+  stock: q('[data-testid=chart-stock] polyline[data-role=series]').map(xs),
+};
+"""
+
+
 def test_overview_draws_activity_charts_and_a_plain_map(big: Server, browser: Any) -> None:
     drv = browser
     _sign_in(drv, big, big.operator, "/")
-    bars = _wait("incident bars", lambda: _css(drv, "[data-testid=chart-incidents] g[data-role=series] rect"))
-    assert len(bars) == 24  # one per hour, last 24 h
-    heights = [float(b.get_attribute("height")) for b in bars]
-    assert heights[-1] > 0 and sum(h > 0 for h in heights) == 1  # every incident was opened this hour
     # events/s: the server samples every 5 s; a rate needs two samples, the page refreshes every 10 s
-    _wait("events/s line", lambda: _css(drv, "[data-testid=chart-events] polyline[data-role=series]"), timeout_s=40)
-    ticks = [t.text for t in _css(drv, "[data-testid=chart-events] text.tick")]
-    assert any(":" in t for t in ticks)  # a time axis
-    points = _wait("map", lambda: _css(drv, "[data-testid=map-point]"))
-    assert len(points) == 3  # three sites, machines grouped per position
-    assert {p.get_attribute("data-site") for p in points} == set(SITES)
-    assert {p.get_attribute("data-class") for p in points} == {"online"}
-    assert not _css(drv, "[data-testid=map-tiles]")  # no tile URL configured: a plain background
-    assert _css(drv, ".map-svg .graticule")  # with a latitude/longitude grid
-    # north is up: Stockholm above Rome
-    ys = {p.get_attribute("data-site"): float(p.find_element("css selector", "circle").get_attribute("cy")) for p in points}
-    assert ys["site-north"] < ys["site-centre"] < ys["site-south"]
+    v = _wait("charts and map", lambda: (r := drv.execute_script(_OVERVIEW))["bars"] and r["eventLines"] and r["points"] and r,
+              timeout_s=40)
+    assert len(v["bars"]) == 24  # one per hour, last 24 h
+    assert v["bars"][-1] > 0 and sum(h > 0 for h in v["bars"]) == 1  # every incident was opened this hour
+    assert any(":" in t for t in v["ticks"])  # a time axis
+    assert len(v["points"]) == 3  # three sites, machines grouped per position
+    assert {p["site"] for p in v["points"]} == set(SITES)
+    assert {p["cls"] for p in v["points"]} == {"online"}
+    assert v["tiles"] == 0  # no tile URL configured: a plain background...
+    assert v["graticule"] > 0  # ...with a latitude/longitude grid
+    ys = {p["site"]: p["cy"] for p in v["points"]}
+    assert ys["site-north"] < ys["site-centre"] < ys["site-south"]  # north is up: Stockholm above Rome
     _shot(drv, "overview")
-    points[0].click()
+    drv.execute_script("document.querySelector('[data-testid=map-point]')"
+                       ".dispatchEvent(new MouseEvent('click', {bubbles: true, cancelable: true, button: 0}))")
     _wait("site page", lambda: "/console/devices?site_id=" in drv.current_url)
     assert _js_errors(drv) == []
 
@@ -232,17 +256,14 @@ def test_overview_draws_activity_charts_and_a_plain_map(big: Server, browser: An
 def test_device_page_charts_temperature_thresholds_markers_sales_and_stock(big: Server, browser: Any) -> None:
     drv = browser
     _sign_in(drv, big, big.operator, "/console/devices/vm-000")
-    lines = _wait("temperature lines", lambda: _css(drv, "[data-testid=chart-temperature] polyline[data-role=series]"))
-    assert len(lines) == 2  # cabinet and refrigeration
-    xs = [float(p.split(",")[0]) for p in lines[1].get_attribute("points").split()]
-    assert len(xs) == 3 and xs == sorted(xs)  # three fridge readings, drawn in device-time order
-    labels = [t.text for t in _css(drv, "[data-testid=chart-temperature] g[data-role=threshold] text")]
-    assert any("refrigeration > 5" in t for t in labels), labels
-    markers = _css(drv, "[data-testid=chart-temperature] g[data-role=marker]")
-    assert len(markers) == 2  # the forced door and the service visit
-    assert len(_css(drv, "[data-testid=chart-sales] g[data-role=series] rect")) >= 2
-    stock = _css(drv, "[data-testid=chart-stock] polyline[data-role=series]")[0]
-    assert len(stock.get_attribute("points").split()) == 2
+    v = _wait("charts", lambda: (r := drv.execute_script(_DEVICE))["lines"] and r["stock"] and r)
+    assert len(v["lines"]) == 2  # cabinet and refrigeration
+    fridge = v["lines"][1]
+    assert len(fridge) == 3 and fridge == sorted(fridge)  # three readings, drawn in device-time order
+    assert any("refrigeration > 5" in t for t in v["thresholds"]), v["thresholds"]
+    assert v["markers"] == 2  # the forced door and the service visit
+    assert v["sales"] >= 2
+    assert len(v["stock"][0]) == 2
     _shot(drv, "device")
     assert _js_errors(drv) == []
 
@@ -317,10 +338,10 @@ def test_map_with_tiles_from_a_configured_url(big: Server, browser: Any) -> None
         assert f"img-src 'self' data: http://127.0.0.1:{tiles.server_address[1]}" in csp
         drv = browser
         _sign_in(drv, Server(base, big.operator, big.viewer, big.data), big.operator, "/")
-        imgs = _wait("tiles", lambda: _css(drv, "[data-testid=map-tiles] img.map-tile"))
         # the browser really loaded them (the CSP allows the tile server)
-        _wait("tiles loaded", lambda: all(drv.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", i)
-                                          for i in imgs))
+        _wait("tiles loaded", lambda: drv.execute_script(
+            "const t = [...document.querySelectorAll('[data-testid=map-tiles] img.map-tile')];"
+            "return t.length > 0 && t.every((i) => i.complete && i.naturalWidth > 0);"))
         assert _Tiles.hits and all(h.endswith(".png") for h in _Tiles.hits)
         assert len(_css(drv, "[data-testid=map-point]")) == 3
         assert "test tiles" in _text(drv, "[data-testid=fleet-map] figcaption")
