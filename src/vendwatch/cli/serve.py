@@ -18,7 +18,10 @@ log = logging.getLogger("vendwatch.cli")
 
 
 def listen(host: str, port: int) -> socket.socket:
-    """Bind the listening socket first, so a busy port is an error before anything claims to serve."""
+    """Bind the server's socket first, so a busy port is an error before anything claims to serve.
+
+    The socket is only bound here: uvicorn starts listening on it once the app is ready,
+    so until then a client is refused (and retries) instead of waiting in the backlog."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -30,8 +33,6 @@ def listen(host: str, port: int) -> socket.socket:
             raise click.ClickException(f"address {host}:{port} is already in use (another vendwatch?); "
                                        "stop it or pick another port with --port") from None
         raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
     return sock
 
 
