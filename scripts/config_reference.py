@@ -55,6 +55,7 @@ MEANINGS = {
     "log_format": "text (one line per record) or json (one JSON object per line)",
     "server.host": "address the HTTP roles listen on (0.0.0.0 in a container)",
     "server.port": "port the HTTP roles listen on",
+    "server.auth_failures_burst": "failed authentications allowed at once above that rate",
     "ingest.max_batch_events": "most events in one POST /v1/events",
     "ingest.rate_limit_burst": "per device: events accepted at once above the steady rate",
     "ingest.group_commit_max_events": "most events appended to the log in one commit",

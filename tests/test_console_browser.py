@@ -7,7 +7,6 @@ Needs ``chromium`` and ``chromedriver`` (``scripts/browser.sh`` installs them) a
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import socket
@@ -40,17 +39,6 @@ XSS_DETAIL = '"><img src=x onerror="window.__xss=2">'
 XSS_CONFIG = "<script>window.__xss=3</script>"
 XSS_SUMMARY = 'Fridge warm <img src=x onerror="window.__xss=4">'
 
-
-
-def _module_present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:  # the parent package is absent
-        return False
-
-
-# the SQL and reports pages also cover the console without a lake (they say so)
-HAS_LAKE = _module_present("vendwatch.lake.api")
 
 
 def _free_port() -> int:
@@ -394,16 +382,13 @@ def test_device_silence_can_be_added_and_ended(fleet: Fleet, browser: Any) -> No
     assert _js_errors(drv) == []
 
 
-def test_sql_page_runs_a_query_or_says_the_lake_is_absent(fleet: Fleet, browser: Any) -> None:
+def test_sql_page_runs_a_query(fleet: Fleet, browser: Any) -> None:
     drv = browser
     _sign_in(drv, fleet, fleet.operator, "/console/sql")
     editor = _wait("editor", lambda: (_css(drv, "#sql") or [None])[0])
     editor.clear()
     editor.send_keys("SELECT 40 + 2 AS answer, '<b>x</b>' AS markup")
     _css(drv, "#run-sql")[0].click()
-    if not HAS_LAKE:
-        assert "not available" in _text(drv, "[data-testid=sql-unavailable]")
-        return
     result = _text(drv, "[data-testid=sql-result]")
     assert "answer" in result and "42" in result and "<b>x</b>" in result
     _shot(drv, "sql")
@@ -414,12 +399,9 @@ def test_sql_page_runs_a_query_or_says_the_lake_is_absent(fleet: Fleet, browser:
     assert _js_errors(drv) == []
 
 
-def test_reports_page_lists_reports_or_says_the_lake_is_absent(fleet: Fleet, browser: Any) -> None:
+def test_reports_page_lists_reports(fleet: Fleet, browser: Any) -> None:
     drv = browser
     _sign_in(drv, fleet, fleet.viewer, "/console/reports")
-    if not HAS_LAKE:
-        assert "not available" in _text(drv, "[data-testid=reports-unavailable]")
-        return
     names = {r["name"] for r in fleet.get("/v1/reports", fleet.viewer).json()["reports"]}
     listed = _text(drv, "[data-testid=reports]")
     assert names and all(n in listed for n in names)
@@ -462,3 +444,17 @@ def test_sign_out_forgets_the_token(fleet: Fleet, browser: Any) -> None:
     assert drv.execute_script("return sessionStorage.getItem('vendwatch.operator-token')") is None
     drv.get(fleet.base + "/console/devices")
     _wait("back to login", lambda: "/console/login" in drv.current_url)
+
+
+def test_food_safety_page_shows_the_printable_record(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.viewer, "/console/food-safety?site=site-a")
+    assert _css(drv, '#nav a[href="/console/food-safety"].active')
+    # m-001's warmest reading is 5.0 °C: at the limit, not above it
+    said = _wait("food-safety record", lambda: next((p.text for p in _css(drv, "#food-safety-out p")
+                                                     if "episode" in p.text), None))
+    assert "No episode above the limit" in said and "site site-a" in said
+    headers = [th.text for th in _css(drv, "[data-testid=food-safety] th")]
+    assert headers[:4] == ["Site", "Machine", "Limit", "Start (UTC)"] and "Sales during" in headers
+    assert _css(drv, ".print-only") and not _css(drv, ".print-only")[0].is_displayed()  # shown on paper only
+    assert _js_errors(drv) == []

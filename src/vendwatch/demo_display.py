@@ -107,6 +107,11 @@ class DemoDisplay:
             self.live.stop()
             self.live = None
 
+    def write(self, text: str) -> None:
+        """File-like: each line is printed above the live view."""
+        for line in text.splitlines():
+            self.note(line)
+
     def note(self, text: str) -> None:
         # never wrapped: a token or URL cut in two cannot be copied
         self.console.print(text, markup=False, highlight=False, soft_wrap=True)

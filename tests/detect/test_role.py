@@ -112,7 +112,7 @@ def _crash_after(det: Detector, steps: int, *, lose_pending: bool) -> None:
         det._consumer.poll  # noqa: B018 - keep the consumer alive; evaluation continues below
         recs = det._consumer.poll(det.s.batch_size, 0.05)  # type: ignore[union-attr]
         det.evaluate(recs)
-        det.engine.advance(det._clock())
+        det.engine.advance(*det._clock())
         det.pending.extend(det.engine.drain())
         if not lose_pending:
             det.flush()
@@ -267,3 +267,86 @@ def test_metrics_follow_the_work(fleet: list[tuple[str, bytes]], tmp_path: Path)
     assert value("vendwatch_detect_signals_total", rule="offline", status="firing") - before[2] == len(offline)
     assert value("vendwatch_detect_eval_seconds_count") > before[3]
     assert value("vendwatch_detect_state_bytes") > 0
+
+
+# --- after a crash near the end of the log (issue: signals repeated after SIGKILL) ------
+def _silent_machine_history(base: float, minutes: int) -> list[tuple[str, bytes]]:
+    """Five machines with a heartbeat a minute from ``base``; VM-1 falls silent at minute 10."""
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    out = []
+    for m in range(minutes):
+        for d in range(5):
+            if d == 1 and m >= 10:
+                continue
+            t = datetime.fromtimestamp(base + m * 60 + d, UTC)
+            se = ev.StoredEvent(event_id=f"VM-{d}-{m}", device_id=f"VM-{d}", type="heartbeat", occurred_at=t,
+                                received_at=t, data=msgspec.Raw(b'{"interval_s": 60}'), site_id="S1")
+            out.append((f"VM-{d}", ev.encode(se)))
+    return out
+
+
+@pytest.mark.parametrize("clock", ["event", "wall"])
+def test_timers_due_after_replay_are_not_repeated(tmp_path: Path, clock: str) -> None:
+    # 40 minutes ending now; VM-1 silent for the last 30 (offline: 3 missed heartbeats)
+    seed(tmp_path, _silent_machine_history(time.time() - 40 * 60, 40))
+    more = {"detect.clock": clock, "detect.batch_size": 5000}
+    ctx = make_ctx(tmp_path, **more)
+    det = Detector(ctx)
+    assign = det.on_assign
+
+    def assign_then_die(parts: list[Any]) -> None:
+        assign(parts)  # checkpoints where the fresh partitions start...
+        det.checkpoint = lambda only=None: None  # type: ignore[method-assign]  # ...then never again
+
+    det.on_assign = assign_then_die  # type: ignore[method-assign]
+    det.step()  # every event in one batch; the offline timer runs once the batch is evaluated
+    before = on_topic(ctx)
+    assert [(s.rule_id, s.device_id, s.status) for s in before] == [("offline", "VM-1", "firing")]
+    # a new process replays the events after the checkpoint: the offline timer runs again
+    ctx2 = make_ctx(tmp_path, **more)
+    run_to_end(Detector(ctx2))
+    after = on_topic(ctx2)
+    assert [s.signal_id for s in after] == [s.signal_id for s in before], "a signal was emitted twice"
+
+
+def test_failed_checkpoint_on_revoke_still_releases_the_partitions(
+        fleet: list[tuple[str, bytes]], reference: list[Signal], tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from vendwatch.detect import store
+
+    class StateStoreError(Exception):
+        pass
+
+    seed(tmp_path, fleet)
+    ctx = make_ctx(tmp_path)
+    det = Detector(ctx)
+    for _ in range(10):
+        det.step()
+    parts = sorted(det.assigned)
+    real_save = store.save
+
+    def broken(*a: Any, **kw: Any) -> None:
+        raise StateStoreError("state store unavailable")
+
+    store.save = broken  # type: ignore[assignment]
+    try:
+        with pytest.raises(StateStoreError):
+            det._consumer.close()  # type: ignore[union-attr]  # revoke: the checkpoint fails
+    finally:
+        store.save = real_save  # type: ignore[assignment]
+    det._consumer = None
+    # the partitions are released all the same: nothing of them stays behind
+    assert det.assigned == [] and det.engine.devices == {} and det.positions == {}
+    det.step()  # the component is restarted: a new consumer, the partitions again
+    assert sorted(det.assigned) == parts
+    run_to_end(det)
+    det._last_lag = -1e9
+    det._observe()
+    assert REGISTRY.get_sample_value("vendwatch_detect_lag_records") == 0
+    got = on_topic(ctx)
+    assert len({s.signal_id for s in got}) == len(got)
+    assert Counter(map(ident, got)) == Counter(map(ident, reference))

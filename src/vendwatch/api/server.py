@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vendwatch import __version__
 from vendwatch.api.auth import json_response
 from vendwatch.runtime import Context, Supervisor, build_components, build_routes
+from vendwatch.stage import stage_problems
 
 log = logging.getLogger("vendwatch.server")
 
@@ -25,8 +26,13 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
     components = build_components(ctx, roles)
     sup = Supervisor(ctx, components)
 
+    async def livez(request: Request) -> Response:
+        # liveness: the process and its event loop answer; no dependency is checked, so a
+        # supervisor never restarts a healthy process for an outage of the log or database
+        return json_response({"status": "ok", "version": __version__})
+
     async def healthz(request: Request) -> Response:
-        # ready when the log and state store answer
+        # readiness: route traffic here when the log and state store answer
         try:
             ctx.state.db.one("SELECT 1")
             ctx.log.partitions("events")
@@ -35,6 +41,11 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
         collector = ctx.extras.get("collector")
         if collector is not None and not collector.healthy():
             return json_response({"status": "unavailable", "error": "the collector's commit thread is not running"}, 503)
+        if (problem := ctx.log.write_problem()) is not None:
+            return json_response({"status": "unavailable", "error": problem}, 503)
+        stuck = stage_problems(ctx)
+        if stuck:
+            return json_response({"status": "degraded", "error": "stages are stuck or behind", "stages": stuck}, 503)
         return json_response({"status": "ok", "version": __version__, "roles": roles})
 
     async def metrics(request: Request) -> Response:
@@ -56,7 +67,8 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
                 collector.stop()
             sup.stop()
 
-    all_routes = [Route("/healthz", healthz), Route("/metrics", metrics), *routes]
+    all_routes = [Route("/livez", livez), Route("/healthz", healthz), Route("/readyz", healthz),
+                  Route("/metrics", metrics), *routes]
     app = Starlette(routes=all_routes, lifespan=lifespan)
     collector = ctx.extras.get("collector")
     if collector is not None:

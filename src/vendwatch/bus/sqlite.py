@@ -9,6 +9,7 @@ processes can share a data directory.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
@@ -48,6 +49,10 @@ def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> No
 
 
 class SqliteLog(Log):
+    # how long a failed write keeps /healthz unready when no write succeeds after it (a
+    # collector out of the load balancer gets no traffic to prove it has recovered)
+    WRITE_ERROR_REPORT_S = 30.0
+
     def __init__(self, path: str | Path, default_partitions: int = 4, busy_timeout_ms: int = 10_000) -> None:
         self.path = str(path)
         self.default_partitions = default_partitions
@@ -56,6 +61,7 @@ class SqliteLog(Log):
         self._write_lock = threading.Lock()
         self._appended = threading.Condition()
         self._topics: dict[str, int] = {}
+        self._write_error: tuple[float, str] | None = None  # (monotonic time, cause) of the last failed write
         db = self._conn()
         db.execute("PRAGMA journal_mode=WAL")
         with self._write_lock:
@@ -67,6 +73,19 @@ class SqliteLog(Log):
                 " next_offset INTEGER NOT NULL, PRIMARY KEY(grp, topic, part)) WITHOUT ROWID"
             )
         self._load_topics()
+
+    # -- write health -----------------------------------------------------------
+    def _write_failed(self, e: BaseException) -> None:
+        self._write_error = (time.monotonic(), str(e))
+
+    def _write_ok(self) -> None:
+        self._write_error = None
+
+    def write_problem(self) -> str | None:
+        err = self._write_error
+        if err is None or time.monotonic() - err[0] > self.WRITE_ERROR_REPORT_S:
+            return None
+        return f"log writes are failing: {err[1]}"
 
     # -- connections ------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -285,18 +304,27 @@ class _WriteTxn:
                 try:
                     db.execute("COMMIT")
                 except sqlite3.OperationalError as e:
-                    db.execute("ROLLBACK")
-                    self.log._topics.clear()  # topics created in this transaction are gone
+                    self._rollback(db)
+                    self.log._write_failed(e)
                     raise LogUnavailable(f"log commit failed: {e}") from e
             else:
-                db.execute("ROLLBACK")
-                self.log._topics.clear()
+                self._rollback(db)
                 if isinstance(exc, sqlite3.OperationalError):
+                    self.log._write_failed(exc)
                     raise LogUnavailable(f"log write failed: {exc}") from exc
         finally:
             self.log._write_lock.release()
         if exc_type is None:
+            self.log._write_ok()
             self.log._notify()
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        self.log._topics.clear()  # topics created in this transaction are gone
+        # SQLite rolls back by itself on some errors (a full disk, an I/O error): a second
+        # ROLLBACK would raise "no transaction is active" and hide the real cause
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # gone either way; the original error matters
+                db.execute("ROLLBACK")
 
 
 class SqliteConsumer(Consumer):

@@ -324,7 +324,7 @@ def dev_servicenow(host: str, port: int, username: str, password: str, client_id
     Inject faults with POST /_emulator/faults, e.g. {"status": 503, "count": 5} or
     {"status": 429, "retry_after": 30}; see requests with GET /_emulator/requests.
     """
-    from vendwatch.incidents.emulator import ServiceNowEmulator
+    from vendwatch.emulators.servicenow import ServiceNowEmulator
 
     emu = ServiceNowEmulator(username=username, password=password, client_id=client_id,
                              client_secret=client_secret, rate_limit_per_hour=rate_limit_per_hour)

@@ -11,6 +11,7 @@ import click
 
 from vendwatch import __version__
 from vendwatch.cli.common import Env, missing_extra
+from vendwatch.files import PRIVATE_UMASK
 from vendwatch.observe.logs import setup_logging
 
 # command modules, each exposing ``commands: list[click.Command]``
@@ -27,6 +28,8 @@ COMMAND_MODULES = [
     "vendwatch.cli.incidents",
     "vendwatch.cli.lake",
     "vendwatch.cli.ops",
+    "vendwatch.cli.stages",
+    "vendwatch.cli.dex",
 ]
 
 
@@ -43,6 +46,7 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     platform on embedded defaults (SQLite, local Iceberg lake) in one process.
     """
     level = _log_level(log_level)
+    os.umask(PRIVATE_UMASK)  # every file vendwatch creates (databases, lake, exports) is private
     overrides = {"log_level": level} if log_level else {}
     env = ctx.ensure_object(Env)
     env.config, env.overrides = config, overrides

@@ -14,9 +14,9 @@ import msgspec
 
 from vendwatch.bus import SIGNALS
 from vendwatch.bus.base import Record
-from vendwatch.incidents.clock import Clock, SystemClock
-from vendwatch.incidents.delivering import DeliveringStage
-from vendwatch.incidents.delivery import Dispatcher, Sink
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.dispatch import Dispatcher, Sink
+from vendwatch.delivery.stage import DeliveringStage
 from vendwatch.incidents.service import IncidentService
 from vendwatch.route.envelope import from_signal
 from vendwatch.route.rules import RuleSet, load_rules
@@ -53,8 +53,8 @@ class Orchestrator(DeliveringStage):
             try:
                 sig = decode_signal(r.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                # a malformed signal cannot become valid by retrying: log it and move on
-                log.error("skipping undecodable signal at %s/%d@%d: %s", r.topic, r.partition, r.offset, e)
+                # a malformed signal cannot become valid by retrying: set it aside and move on
+                self.dead_letter(tx, r, f"undecodable signal: {e}")
                 continue
             if not self.rules.to_orchestrator(from_signal(sig)):
                 continue
