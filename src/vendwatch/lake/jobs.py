@@ -1,7 +1,7 @@
 """The ``lake-jobs`` role: keeps the analytics tables fresh and the lake maintained on a schedule.
 
 Without it the reports stay empty until someone runs ``vendwatch etl run``. ``vendwatch
-serve`` and ``vendwatch demo`` run it by default; in a scale-out deployment run one
+serve`` runs it by default (the demo runs the ETL once at its end instead); in a scale-out deployment run one
 replica (``vendwatch run lake-jobs``): the ETL and maintenance are safe to re-run, but two
 schedulers would only do the same work twice.
 
