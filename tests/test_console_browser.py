@@ -67,13 +67,13 @@ def _wait(what: str, fn: Callable[[], Any], timeout_s: float = WAIT_S) -> Any:
     raise AssertionError(f"timed out waiting for {what}; last: {last!r}")
 
 
-def _fire_signals(data: Path) -> None:
+def _fire_signals(data: Path, first_summary: str = XSS_SUMMARY) -> None:
     """Two firing signals on the log, as the detector would emit them (the orchestrator opens incidents)."""
     now = datetime.now(UTC)
     log = SqliteLog(data / "bus.db")
     log.create_topic("signals")  # appending to a missing topic would try to create it under the write lock
     items = []
-    for rule, sev, device, summary in (("cooling-failure", "critical", "m-001", XSS_SUMMARY),
+    for rule, sev, device, summary in (("cooling-failure", "critical", "m-001", first_summary),
                                        ("payment-failures", "minor", "m-002", "5 failed card payments")):
         key = f"{rule}/{device}"
         sig = Signal(signal_id=signal_id(rule, key, "firing", now), rule_id=rule, status="firing", severity=sev,
@@ -284,13 +284,13 @@ def test_device_page_shows_temperatures_stock_faults_and_events(fleet: Fleet, br
     assert [(t.get_attribute("data-slot"), t.get_attribute("class")) for t in tiles] == [
         ("A1", "slot level-ok"), ("A2", "slot level-low"), ("A10", "slot level-out")]
     assert "8 / 10" in tiles[0].text and "cola-33" in tiles[0].text and "out" in tiles[2].text
-    assert "motor_jam" in _text(drv, "[data-testid=faults]")
+    assert "motor jam" in _text(drv, "[data-testid=faults]")  # a state name, not its code
     assert "4.2.1" in _text(drv, "[data-testid=firmware]")
     assert "€1.50" in _text(drv, "[data-testid=last-transaction]")
     events = _wait("events", lambda: _css(drv, "[data-testid=events] tbody tr"))
     assert len(events) == 7
     # the temperature trend draws both series from the two telemetry readings
-    assert len(_css(drv, "svg.spark polyline")) == 2
+    assert len(_css(drv, "[data-testid=chart-temperature] polyline[data-role=series]")) == 2
     assert "transaction" in events[0].text and "telemetry" in events[-1].text  # newest first
     _shot(drv, "device")
     assert _js_errors(drv) == []

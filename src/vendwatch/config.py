@@ -19,7 +19,7 @@ from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
 
-DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
+DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer", "lake-jobs")
 
 
 class ConfigError(Exception):
@@ -158,6 +158,9 @@ class LakeSettings(_Section):
     sql_threads: int = 2
     sql_max_concurrent: int = 2  # POST /v1/sql and reports beyond this wait (each may use sql_memory_limit)
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+    # the lake-jobs role (part of serve and the demo): 0 turns a job off
+    etl_interval_s: float = 300.0  # refresh the analytics tables (what reports read) this often
+    maintain_interval_s: float = 3600.0  # compaction, snapshot expiry, retention this often
 
 
 class DetectSettings(_Section):
@@ -185,6 +188,15 @@ class DetectSettings(_Section):
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
+class ConsoleSettings(_Section):
+    """The web console (``vendwatch.console``); see docs/console.md."""
+
+    # background map tiles, e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png" ("" = no tiles: the
+    # map draws positions on a plain background); the tile server's origin is added to the CSP img-src
+    map_tiles_url: str = ""
+    map_attribution: str = ""  # shown under the map, as the tile provider's terms require
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -198,6 +210,7 @@ class Settings(_Section):
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     @property
     def data_path(self) -> Path:
@@ -300,6 +313,8 @@ def _check(s: Settings) -> None:
         "ingest.late_after_s": s.ingest.late_after_s,
         "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,
         "ingest.auth_cache_s": s.ingest.auth_cache_s,
+        "lake.etl_interval_s": s.lake.etl_interval_s,
+        "lake.maintain_interval_s": s.lake.maintain_interval_s,
         "server.max_connections_per_client": s.server.max_connections_per_client,
         "server.auth_failures_per_min": s.server.auth_failures_per_min,
         "server.auth_failures_burst": s.server.auth_failures_burst,
@@ -312,6 +327,10 @@ def _check(s: Settings) -> None:
                        "bus.retention_check_s": s.bus.retention_check_s}.items():
         if value <= 0:
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    tiles = s.console.map_tiles_url
+    if tiles and not (tiles.startswith("https://") or tiles.startswith("http://")) or tiles and "{z}" not in tiles:
+        raise ConfigError("invalid configuration: console.map_tiles_url: must be an http(s) URL with {z}, {x} and {y}"
+                          f" placeholders, got {tiles!r}")
     if s.ingest.dedupe_window_s > s.bus.retention_hours * 3600:
         # the embedded dedupe index is rebuilt from the log: it cannot remember longer than the log keeps
         raise ConfigError(

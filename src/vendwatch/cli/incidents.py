@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from vendwatch.cli.common import Env, data_dir_option, echo_json, pass_env, table
+from vendwatch.cli.common import Env, data_dir_option, echo_json, iso_times, pass_env, table
 
 
 def _service(env: Env) -> Any:
@@ -87,7 +87,7 @@ def incidents_show(env: Env, incident_id: str) -> None:
     inc = svc.store.get(incident_id)
     if inc is None:
         raise click.ClickException(f"no incident {incident_id}")
-    echo_json(detail_doc(svc, inc))
+    echo_json(iso_times(detail_doc(svc, inc)))
 
 
 @incidents.command("ack")
@@ -216,7 +216,7 @@ def dlq_show(env: Env, dlq_id: str) -> None:
     row = _outbox(env).dlq_show(dlq_id)
     if row is None:
         raise click.ClickException(f"no dead letter {dlq_id}")
-    echo_json(row)
+    echo_json(iso_times(row))
 
 
 def _selection(dlq_id: str | None, target: str | None, all_: bool) -> dict[str, Any]:

@@ -113,5 +113,4 @@ class LiveRun:
                 self.stats.events_unsent += left
                 for d in self._buf:
                     self._buf[d] = []
-                log.warning("gave up on %d unsent events after the drain timeout", left)
                 break

@@ -10,6 +10,7 @@ import * as incidents from './pages/incidents.js';
 import * as login from './pages/login.js';
 import * as overview from './pages/overview.js';
 import * as reports from './pages/reports.js';
+import * as silences from './pages/silences.js';
 import * as sql from './pages/sql.js';
 
 const REFRESH_MS = 10000;
@@ -21,6 +22,7 @@ const ROUTES = [
   [/^\/console\/devices\/([^/]+)\/?$/, device, 'devices'],
   [/^\/console\/incidents\/?$/, incidents, 'incidents'],
   [/^\/console\/incidents\/([^/]+)\/?$/, incident, 'incidents'],
+  [/^\/console\/silences\/?$/, silences, 'silences'],
   [/^\/console\/sql\/?$/, sql, 'sql'],
   [/^\/console\/reports\/?$/, reports, 'reports'],
   [/^\/console\/food-safety\/?$/, foodsafety, 'food-safety'],
