@@ -18,6 +18,8 @@ import msgspec
 from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
+from vendwatch.observe.logs import LogSettingsError
+from vendwatch.observe.logs import check as check_log_settings
 
 DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
 
@@ -250,6 +252,10 @@ def _humanize(msg: str) -> str:
 
 
 def _check(s: Settings) -> None:
+    try:
+        check_log_settings(s.log_level, s.log_format)
+    except LogSettingsError as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
     positive = {
         "server.port": s.server.port,
         "ingest.max_body_bytes": s.ingest.max_body_bytes,

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from vendwatch.bus import Log, open_log
 from vendwatch.config import Settings
+from vendwatch.observe.logs import role_context
+from vendwatch.observe.metrics import ROLE_RESTARTS
 from vendwatch.state import StateStore, open_state
 
 log = logging.getLogger("vendwatch.runtime")
@@ -139,6 +141,10 @@ class Supervisor:
             self.threads.append(t)
 
     def _run(self, c: Component) -> None:
+        with role_context(c.name):  # every line this thread logs names its role
+            self._supervise(c)
+
+    def _supervise(self, c: Component) -> None:
         backoff = 0.5
         while not self.ctx.stop.is_set():
             started = time.monotonic()
@@ -147,6 +153,7 @@ class Supervisor:
                 return
             except Exception:
                 log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
+                ROLE_RESTARTS.labels(c.name).inc()
             if time.monotonic() - started > 60:
                 backoff = 0.5
             self.ctx.stop.wait(backoff)

@@ -20,7 +20,7 @@ import time
 from abc import ABC, abstractmethod
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
-from vendwatch.observe.metrics import STAGE_LAG
+from vendwatch.observe.lag import LagMeter
 from vendwatch.runtime import Context
 from vendwatch.state.db import Tx
 
@@ -40,13 +40,14 @@ class CheckpointedStage(ABC):
     topics: tuple[str, ...] = ()
     batch_size: int = 2000
     poll_timeout_s: float = 0.2
+    hop: str | None = None  # the pipeline point this stage's work reaches (observe.metrics.POINTS)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._consumer: Consumer | None = None
         self.positions: dict[TopicPartition, int] = {}
         self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
-        self._lag_due = 0.0
+        self.lag = LagMeter(self.name)
 
     @property
     def group(self) -> str:
@@ -77,7 +78,20 @@ class CheckpointedStage(ABC):
                 assert self._consumer is not None
                 self._consumer.seek(tp[0], tp[1], saved[tp])
                 self.positions[tp] = self._saved[tp] = saved[tp]
+        self._unread_from_start([tp for tp in parts if tp not in saved])
         self.on_assign(parts)
+
+    def _unread_from_start(self, parts: list[TopicPartition]) -> None:
+        """A partition without a checkpoint counts as lagging from the log's beginning
+        (its records are unread), so the lag gauges see it too."""
+        begins: dict[str, dict[int, int]] = {}
+        for topic, part in parts:
+            try:
+                if topic not in begins:
+                    begins[topic] = self.ctx.log.begin_offsets(topic)
+            except LogError:
+                return
+            self.positions.setdefault((topic, part), begins[topic].get(part, 0))
 
     def _on_revoke(self, parts: list[TopicPartition]) -> None:
         self.on_revoke(parts)
@@ -105,6 +119,7 @@ class CheckpointedStage(ABC):
                 self._save_position(tx, tp, pos)
         self.positions.update(touched)
         self._saved.update(touched)
+        self.lag.processed(records, self.hop)
 
     def _save_position(self, tx: Tx, tp: TopicPartition, pos: int) -> None:
         """Advance a partition's checkpoint only from the value this owner last saw.
@@ -121,21 +136,9 @@ class CheckpointedStage(ABC):
         if n != 1:
             raise StaleAssignment(tp)
 
-    def _report_lag(self, every_s: float = 15.0) -> None:
-        """Set ``vendwatch_stage_lag_records`` for the partitions this replica owns (throttled:
-        on Kafka each end-offset lookup is a broker round trip)."""
-        now = time.monotonic()
-        if now < self._lag_due:
-            return
-        self._lag_due = now + every_s
-        try:
-            lag = 0
-            for topic in self.topics:
-                ends = self.ctx.log.end_offsets(topic)
-                lag += sum(max(0, ends.get(p, 0) - pos) for (t, p), pos in self.positions.items() if t == topic)
-            STAGE_LAG.labels(stage=self.name).set(lag)
-        except LogError as e:
-            log.debug("%s: lag not measured: %s", self.name, e)
+    def _report_lag(self) -> None:
+        """Lag in records and seconds for the partitions this replica owns (observe.lag)."""
+        self.lag.report(self.ctx.log, self.topics, self.positions)
 
     def idle(self) -> None:  # noqa: B027 - optional hook
         """Hook called when a poll returns nothing (timers)."""

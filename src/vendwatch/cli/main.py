@@ -9,7 +9,8 @@ import click
 
 from vendwatch import __version__
 from vendwatch.cli.common import Env
-from vendwatch.observe.logs import setup_logging
+from vendwatch.config import ConfigError, load_settings
+from vendwatch.observe.logs import LogSettingsError, setup_logging
 
 # command modules, each exposing ``commands: list[click.Command]``
 COMMAND_MODULES = [
@@ -30,19 +31,37 @@ COMMAND_MODULES = [
 @click.version_option(__version__, prog_name="vendwatch")
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar="VENDWATCH_CONFIG",
               help="TOML config file [env VENDWATCH_CONFIG]. Environment VENDWATCH_* overrides it.")
-@click.option("--log-level", default=None, help="debug, info, warning, error [env VENDWATCH_LOG_LEVEL].")
+@click.option("--log-level", default=None,
+              help="debug, info, warning, error [env VENDWATCH_LOG_LEVEL; config log_level; default info].")
+@click.option("--log-format", default=None,
+              help="json (one object per line) or text [env VENDWATCH_LOG_FORMAT; config log_format; default text].")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, log_level: str | None, log_format: str | None) -> None:
     """vendwatch: telemetry, incident detection and analytics for vending-machine fleets.
 
     Start with `vendwatch demo`: it provisions a simulated fleet and runs the whole
     platform on embedded defaults (SQLite, local Iceberg lake) in one process.
     """
-    overrides = {"log_level": log_level} if log_level else {}
+    overrides = {k: v for k, v in (("log_level", log_level), ("log_format", log_format)) if v}
     env = ctx.ensure_object(Env)
     env.config, env.overrides = config, overrides
-    lvl = (log_level or "").upper()
-    setup_logging(lvl or None)
+    _setup_logging(config, overrides)
+
+
+def _setup_logging(config: str | None, overrides: dict[str, str]) -> None:
+    """Logging as the settings say (flags > env > config file > defaults).
+
+    An invalid config file is reported by the command that reads it; logging then
+    starts from the flags and environment alone."""
+    try:
+        s = load_settings(config, overrides)
+        level, fmt = s.log_level, s.log_format
+    except ConfigError:
+        level, fmt = overrides.get("log_level"), overrides.get("log_format")
+    try:
+        setup_logging(level, fmt)
+    except LogSettingsError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _register() -> None:

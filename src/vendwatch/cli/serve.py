@@ -9,6 +9,7 @@ import threading
 import click
 
 from vendwatch.cli.common import Env, data_dir_option, pass_env
+from vendwatch.observe.logs import set_identity
 from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 
 log = logging.getLogger("vendwatch.cli")
@@ -54,6 +55,7 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
 def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Run one role (scale-out deployment: one role per process, many replicas)."""
     s = env.settings(**{"server.host": host, "server.port": port})
+    set_identity(role=role)
     ctx = Context(s)
     if metrics_port is not None and ROLES[role] is not None:
         from prometheus_client import start_http_server

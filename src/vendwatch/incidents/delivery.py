@@ -28,6 +28,7 @@ from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
 from vendwatch.incidents.outbox import Item, Outbox
 from vendwatch.incidents.ratelimit import Bucket
 from vendwatch.incidents.retry import backoff_s, retry_at_from_headers, retryable_status
+from vendwatch.observe.logs import subject
 from vendwatch.state.db import Database
 
 log = logging.getLogger("vendwatch.delivery")
@@ -205,7 +206,8 @@ class Dispatcher:
         now = self.clock.now()
         pol = self.sinks[it.target].policy
         log.warning("delivery to %s failed (item %s, key %s, attempt %d): %s", it.target, it.id, it.key,
-                    it.attempts + 1, e)
+                    it.attempts + 1, e, extra=subject(target=it.target, dedupe_key=it.key,
+                                                      incident_id=it.payload.get("incident_id")))
         if e.status == 429:
             gate.block_until(e.retry_at or now + backoff_s(pol.retry, it.attempts + 1, self.rng))
         elif e.retryable:  # 5xx and network errors count towards opening the circuit
@@ -232,7 +234,9 @@ class Dispatcher:
         with self.db.transaction() as tx:
             dlq_id = self.outbox.dead_letter(tx, it, self.clock.now(), status=status, reason=reason)
         m.DEAD_LETTERS.labels(it.target).inc()
-        log.error("delivery to %s dead-lettered as %s (key %s): %s", it.target, dlq_id, it.key, reason)
+        log.error("delivery to %s dead-lettered as %s (key %s): %s", it.target, dlq_id, it.key, reason,
+                  extra=subject(target=it.target, dedupe_key=it.key, dlq_id=dlq_id,
+                                incident_id=it.payload.get("incident_id")))
 
     def close(self) -> None:
         self.client.close()

@@ -10,6 +10,7 @@ from vendwatch.incidents.clock import Clock, SystemClock
 from vendwatch.incidents.config import IncidentsSettings
 from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
+from vendwatch.observe.metrics import observe_age, observe_hop
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
 from vendwatch.state.store import StateStore
@@ -32,14 +33,17 @@ class IncidentService:
         """External systems every incident change is sent to."""
         return ["servicenow"] if self.cfg.servicenow.url else []
 
-    def _commit(self, tx: Tx, d: lc.Decision, now: float) -> None:
+    def _commit(self, tx: Tx, d: lc.Decision, now: float, event_at: float | None = None) -> None:
         self.store.apply(tx, d)
         for e in d.entries:
             m.TRANSITIONS.labels(e.kind).inc()
         for inc in d.sync:
             for target in self.sync_targets:
                 # one pending "sync this incident" per incident and target; later changes mark it dirty
-                self.outbox.coalesce(tx, target, "sync", inc.dedupe_key, {"incident_id": inc.incident_id},
+                payload: dict[str, object] = {"incident_id": inc.incident_id}
+                if event_at is not None:  # for the event-to-ticket latency (observe.metrics)
+                    payload["event_at"] = event_at
+                self.outbox.coalesce(tx, target, "sync", inc.dedupe_key, payload,
                                      idem_key=f"{target}:sync:{inc.incident_id}", now=now)
 
     def handle_signal(self, tx: Tx, sig: Signal) -> lc.Decision:
@@ -60,7 +64,11 @@ class IncidentService:
                          silence_id=silence, children=children)
         if d.suppressed_by:
             m.SUPPRESSED.inc()
-        self._commit(tx, d, now)
+        event_at = sig.occurred_at.timestamp()
+        self._commit(tx, d, now, event_at if sig.status == "firing" else None)
+        if d.incidents and sig.status == "firing":
+            observe_hop("incident", now - sig.emitted_at.timestamp())
+            observe_age("incident", now - event_at)
         return d
 
     def tick(self) -> int:

@@ -30,6 +30,7 @@ from vendwatch.lake.writer import (
     commit_batch,
     committed_offsets,
 )
+from vendwatch.observe.lag import LagMeter
 from vendwatch.runtime import Context
 
 log = logging.getLogger("vendwatch.lake.role")
@@ -65,6 +66,7 @@ class LakeWriter:
         self._jobs: queue.Queue[tuple[_TopicSink, Any, dict[TopicPartition, int], dict[TopicPartition, int]] | None] = queue.Queue(maxsize=1)
         self._failed: BaseException | None = None
         self._committer: threading.Thread | None = None
+        self.lag = LagMeter(self.name)
 
     def _open(self) -> None:
         cat = open_catalog(self.ctx.settings)
@@ -97,6 +99,7 @@ class LakeWriter:
                 sink.pos.pop(tp, None)
 
     def add(self, records: list[Record]) -> None:
+        self.lag.processed(records)
         now = time.monotonic()
         by_topic: dict[str, list[Record]] = {}
         for r in records:
@@ -183,6 +186,8 @@ class LakeWriter:
                 if recs:
                     self.add(recs)
                 self.flush_all()
+                # behind = not yet handed to a lake commit (buffered records count as lag)
+                self.lag.report(self.ctx.log, self.sinks, {tp: o for s in self.sinks.values() for tp, o in s.start.items()})
                 if not recs:
                     self._jobs.join()
                     c.commit({tp: o for s in self.sinks.values() for tp, o in s.start.items()})

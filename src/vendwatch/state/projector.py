@@ -89,6 +89,7 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
 
 class DeviceStateProjector(CheckpointedStage):
     name = "device-state"
+    hop = "state"
     topics = (EVENTS,)
 
     def apply(self, tx: Tx, records: list[Record]) -> None:

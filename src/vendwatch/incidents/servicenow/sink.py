@@ -30,6 +30,8 @@ from vendwatch.incidents.servicenow.mapping import (
     desired_fields,
 )
 from vendwatch.incidents.store import IncidentStore
+from vendwatch.observe.logs import subject
+from vendwatch.observe.metrics import observe_age, observe_hop
 
 log = logging.getLogger("vendwatch.incidents.servicenow")
 SYSTEM = "servicenow"
@@ -53,6 +55,10 @@ class ServiceNowSink:
             if inc.status == "absorbed":
                 return  # never reached ServiceNow: the site incident speaks for it
             ref = self._create(inc, gate)
+            now = self.clock.now()
+            observe_hop("ticket", now - inc.opened_at)
+            if isinstance(item.payload.get("event_at"), (int, float)):
+                observe_age("ticket", now - item.payload["event_at"])
         self._update(inc, ref, gate)
 
     # -- steps ------------------------------------------------------------------------
@@ -81,7 +87,8 @@ class ServiceNowSink:
         existing = self.client.find_active_by_correlation(gate, inc.dedupe_key)
         now = self.clock.now()
         if existing is not None:
-            log.info("adopting ServiceNow %s for %s (found by correlation_id)", existing.get("number"), inc.incident_id)
+            log.info("adopting ServiceNow %s for %s (found by correlation_id)", existing.get("number"), inc.incident_id,
+                     extra=subject(incident_id=inc.incident_id, ticket=existing.get("number"), device_id=inc.device_id))
             synced: dict[str, Any] = {}  # unknown: send every field once more
             rec = existing
         else:
@@ -91,7 +98,8 @@ class ServiceNowSink:
                 fields["cmdb_ci"] = ci
             rec = self.client.create(gate, fields)
             synced = fields
-            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
+            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id,
+                     extra=subject(incident_id=inc.incident_id, ticket=rec.get("number"), device_id=inc.device_id))
         with self.store.db.transaction() as tx:
             self.store.save_ref(tx, inc.incident_id, SYSTEM, str(rec["sys_id"]), number=rec.get("number"),
                                 url=f"{self.client.base}/nav_to.do?uri=incident.do?sys_id={rec['sys_id']}",
