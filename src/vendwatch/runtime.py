@@ -44,6 +44,7 @@ HTTP_ROUTES: dict[str, tuple[str, ...]] = {
     "vendwatch.incidents.api:routes": ("console",),
     "vendwatch.lake.api:routes": ("console",),
     "vendwatch.console.app:routes": ("console",),
+    "vendwatch.observe.api:routes": ("console",),
 }
 
 

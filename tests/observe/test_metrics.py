@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prometheus_client import REGISTRY
@@ -67,3 +68,69 @@ def test_orchestrator_reports_lag_and_the_signal_to_incident_hop(tmp_path: Path)
     finally:
         orch.close()
         ctx.close()
+
+
+def _stored(device_id: str, type_: str, data: dict, received_at: float, site: str = "s1") -> bytes:
+    import msgspec
+
+    from vendwatch import events as ev
+    e = ev.StoredEvent(event_id=f"{device_id}-{type_}-{received_at}", device_id=device_id, type=type_,
+                       occurred_at=datetime.fromtimestamp(received_at - 1, UTC),
+                       received_at=datetime.fromtimestamp(received_at, UTC),
+                       data=msgspec.Raw(msgspec.json.encode(data)), site_id=site)
+    return ev.encode(e)
+
+
+def test_fleet_gauges_come_from_device_state_with_device_text_labels_bounded(tmp_path: Path) -> None:
+    from vendwatch.observe import fleet
+    from vendwatch.state.projector import DeviceStateProjector
+
+    ctx = context(tmp_path)
+    now = 1_800_000_000.0
+    try:
+        for i in range(3):
+            ctx.state.add_device(f"m{i}", "s1")
+        ctx.state.add_device("gone", "s2")
+        values = [
+            _stored("m0", "telemetry", {"cabinet_temp_c": 4.0}, now - 10),
+            _stored("m0", "heartbeat", {"firmware_version": "2.1.0"}, now - 10),
+            _stored("m1", "telemetry", {"cabinet_temp_c": 12.5}, now - 10),
+            _stored("m1", "fault", {"code": "motor_jam"}, now - 10),
+            _stored("m2", "fault", {"code": "bad code\n{x}"}, now - 10),
+            _stored("m2", "inventory", {"slots": [{"slot": "A1", "count": 0, "capacity": 10},
+                                                  {"slot": "A2", "count": 9, "capacity": 10}]}, now - 10),
+            _stored("gone", "heartbeat", {}, now - 86_400, "s2"),
+        ]
+        records = [Record("events", 0, i, "", v, 0) for i, v in enumerate(values)]
+        with ctx.state.db.transaction() as tx:
+            DeviceStateProjector(ctx).apply(tx, records)
+        fams = {f.name: f for f in fleet.FleetCollector(ctx.state.db, clock=lambda: now).collect()}
+        by = {f: {tuple(s.labels.values()): s.value for s in fams[f].samples} for f in fams}
+        assert by["vendwatch_fleet_devices"][("online",)] == 3 and by["vendwatch_fleet_devices"][("offline",)] == 1
+        assert by["vendwatch_fleet_site_devices"][("s2", "offline")] == 1
+        assert by["vendwatch_fleet_active_faults"] == {("motor_jam",): 1, ("other",): 1}  # device text is not a label
+        assert by["vendwatch_fleet_firmware_devices"] == {("2.1.0",): 1}
+        assert by["vendwatch_fleet_slots"][("out",)] == 1
+        temp = {s.name + s.labels.get("le", ""): s.value for s in fams["vendwatch_fleet_cabinet_temp_celsius"].samples}
+        assert temp["vendwatch_fleet_cabinet_temp_celsius_bucket8.0"] == 1
+        assert temp["vendwatch_fleet_cabinet_temp_celsius_bucket+Inf"] == 2
+    finally:
+        ctx.close()
+
+
+def test_business_counters_follow_transactions_after_commit() -> None:
+    from vendwatch import events as ev
+    from vendwatch.state.projector import count_business
+
+    before = {o: _value("vendwatch_business_vends_total", outcome=o) or 0.0
+              for o in ("success", "vend_failure", "payment_failure")}
+    rev = _value("vendwatch_business_revenue_minor_total", currency="EUR") or 0.0
+    tx = {"transaction_id": "t", "product_id": "p", "slot": "A1", "price_minor": 150, "currency": "EUR",
+          "payment_method": "card", "payment_status": "success", "vend_status": "success"}
+    evs = [ev.decode_stored(_stored("m0", "transaction", d, 1_800_000_000.0)) for d in (
+        tx, {**tx, "vend_status": "failure"}, {**tx, "payment_status": "failure", "vend_status": "not_attempted"})]
+    count_business(evs)
+    assert _value("vendwatch_business_vends_total", outcome="success") == before["success"] + 1
+    assert _value("vendwatch_business_vends_total", outcome="vend_failure") == before["vend_failure"] + 1
+    assert _value("vendwatch_business_vends_total", outcome="payment_failure") == before["payment_failure"] + 1
+    assert _value("vendwatch_business_revenue_minor_total", currency="EUR") == rev + 150

@@ -10,7 +10,7 @@ from vendwatch.incidents.clock import Clock, SystemClock
 from vendwatch.incidents.config import IncidentsSettings
 from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
-from vendwatch.observe.metrics import observe_age, observe_hop
+from vendwatch.observe.metrics import TIME_TO_ACK, TIME_TO_RESOLVE, observe_age, observe_hop
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
 from vendwatch.state.store import StateStore
@@ -35,8 +35,13 @@ class IncidentService:
 
     def _commit(self, tx: Tx, d: lc.Decision, now: float, event_at: float | None = None) -> None:
         self.store.apply(tx, d)
+        by_id = {inc.incident_id: inc for inc in d.incidents}
         for e in d.entries:
             m.TRANSITIONS.labels(e.kind).inc()
+            inc = by_id.get(e.incident_id)
+            if inc is not None and e.kind in ("acknowledged", "resolved"):
+                hist = TIME_TO_ACK if e.kind == "acknowledged" else TIME_TO_RESOLVE
+                hist.labels(inc.severity).observe(max(0.0, e.at - inc.opened_at))
         for inc in d.sync:
             for target in self.sync_targets:
                 # one pending "sync this incident" per incident and target; later changes mark it dirty

@@ -52,6 +52,18 @@ HOP_SECONDS = Histogram("vendwatch_pipeline_hop_seconds", "Time of one pipeline 
 EVENT_AGE = Histogram("vendwatch_pipeline_event_age_seconds",
                       "Age of the triggering event (since occurred_at) when it reached a pipeline point",
                       ["point"], buckets=_HOP)
+VENDS = Counter("vendwatch_business_vends_total",
+                "Vend attempts reported by machines: success, vend_failure, payment_failure, not_attempted",
+                ["outcome"])
+REVENUE = Counter("vendwatch_business_revenue_minor_total", "Revenue of successful vends, in minor units",
+                  ["currency"])
+REFUNDS = Counter("vendwatch_business_refunds_minor_total", "Refunds, in minor units", ["currency"])
+_LIFE = (60.0, 300.0, 900.0, 1800.0, 3600.0, 2 * 3600.0, 4 * 3600.0, 8 * 3600.0, 24 * 3600.0, 3 * 86400.0,
+         7 * 86400.0)
+TIME_TO_ACK = Histogram("vendwatch_incidents_time_to_ack_seconds", "Incident opened -> acknowledged (MTTA)",
+                        ["severity"], buckets=_LIFE)
+TIME_TO_RESOLVE = Histogram("vendwatch_incidents_time_to_resolve_seconds", "Incident opened -> resolved (MTTR)",
+                            ["severity"], buckets=_LIFE)
 ROLE_RESTARTS = Counter("vendwatch_role_restarts_total", "Components restarted by the supervisor after a crash",
                         ["role"])
 LOG_MESSAGES = Counter("vendwatch_log_messages_total", "Log lines at warning level and above", ["level", "role"])
