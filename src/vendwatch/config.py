@@ -174,6 +174,20 @@ class DetectSettings(_Section):
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
+class SqlServerSettings(_Section):
+    """The lake's PostgreSQL-protocol SQL endpoint (role sql-server; docs/observability.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5433
+    role: Literal["viewer", "operator", "admin"] = "operator"  # operator token role needed to log in
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, clients can use sslmode=require
+    tls_key: str | None = None
+    require_tls: bool = False  # refuse clients that do not negotiate TLS
+    allow_plaintext: bool = False  # a non-loopback listener without TLS (trusted network only)
+    max_connections: int = 64
+    idle_timeout_s: float = 600.0  # a connection silent this long is closed
+
+
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
@@ -187,6 +201,7 @@ class Settings(_Section):
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    sql_server: SqlServerSettings = msgspec.field(default_factory=SqlServerSettings)
 
     @property
     def data_path(self) -> Path:

@@ -35,6 +35,7 @@ ROLES: dict[str, str | None] = {
     "orchestrator": "vendwatch.incidents.role:build",
     "lake-writer": "vendwatch.lake.role:build",
     "mqtt-bridge": "vendwatch.ingest.mqtt:build",
+    "sql-server": "vendwatch.lake.pgwire.server:build",
 }
 
 # HTTP routes: which module contributes routes for which roles
