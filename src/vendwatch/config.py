@@ -140,7 +140,8 @@ class LakeSettings(_Section):
     orphan_min_age_hours: float = 1.0  # younger unreferenced files may be an in-flight write
     # rows older than N days are deleted; key "table" or "table:type" (raw.events by event type)
     retention_days: dict[str, float] = msgspec.field(
-        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0}
+        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0,
+                                 "raw.system_logs": 90.0, "analytics.device_logs": 365.0}
     )
     # ETL cleansing
     max_clock_skew_s: float = 300.0  # occurred_at beyond received_at + this: device clock is wrong
@@ -192,6 +193,10 @@ class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
+    # append this process's log lines (at log_archive_level and above) to the system_logs topic,
+    # archived by the lake writer in raw.system_logs (docs/observability.md)
+    log_archive: bool = True
+    log_archive_level: str = "info"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)

@@ -137,6 +137,10 @@ class Supervisor:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        if self.ctx.settings.log_archive:
+            from vendwatch.observe import archive
+
+            archive.install(self.ctx.log, self.ctx.settings.log_archive_level)
         for c in self.components:
             t = threading.Thread(target=self._run, args=(c,), name=f"vw-{c.name}", daemon=True)
             t.start()
@@ -166,3 +170,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self.ctx.settings.log_archive:
+            from vendwatch.observe import archive
+
+            archive.uninstall()  # ships the last lines while the log is still open

@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "vendwatch.cli.incidents",
     "vendwatch.cli.lake",
     "vendwatch.cli.ops",
+    "vendwatch.cli.logs",
 ]
 
 

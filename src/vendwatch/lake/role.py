@@ -23,6 +23,7 @@ from vendwatch.bus import EVENTS, REJECTED
 from vendwatch.bus.base import Consumer, Record, TopicPartition
 from vendwatch.lake import metrics
 from vendwatch.lake.catalog import ensure_table, open_catalog
+from vendwatch.lake.system_logs import SYSTEM_LOGS, SystemLogColumns
 from vendwatch.lake.writer import (
     EventColumns,
     OffsetConflict,
@@ -39,7 +40,8 @@ log = logging.getLogger("vendwatch.lake.role")
 class _TopicSink:
     """One topic -> one raw table: buffer, positions, commit."""
 
-    def __init__(self, topic: str, table: Table, new_buffer: Callable[[], EventColumns | RejectedColumns]) -> None:
+    def __init__(self, topic: str, table: Table,
+                 new_buffer: Callable[[], EventColumns | RejectedColumns | SystemLogColumns]) -> None:
         self.topic = topic
         self.table = table
         self.new_buffer = new_buffer
@@ -73,6 +75,7 @@ class LakeWriter:
         self.sinks = {
             EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"), EventColumns),
             REJECTED: _TopicSink(REJECTED, ensure_table(cat, "raw.rejected"), RejectedColumns),
+            SYSTEM_LOGS: _TopicSink(SYSTEM_LOGS, ensure_table(cat, "raw.system_logs"), SystemLogColumns),
         }
 
     def _on_assign(self, parts: list[TopicPartition]) -> None:
@@ -172,10 +175,11 @@ class LakeWriter:
 
     def run(self, stop: threading.Event) -> None:
         self._open()
-        for t in (EVENTS, REJECTED):
+        for t in (EVENTS, REJECTED, SYSTEM_LOGS):
             self.ctx.log.create_topic(t)
         self._consumer = c = self.ctx.log.consumer(
-            "vendwatch-lake-writer", [EVENTS, REJECTED], on_assign=self._on_assign, on_revoke=self._on_revoke
+            "vendwatch-lake-writer", [EVENTS, REJECTED, SYSTEM_LOGS], on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
         self._failed = None
         self._committer = threading.Thread(target=self._commit_loop, name="vw-lake-commit", daemon=True)
