@@ -108,6 +108,8 @@ def test_psql_lists_the_lake_tables_with_dt(endpoint: Endpoint) -> None:
     listed = {tuple(c.strip() for c in line.split("|")[:2]) for line in out.stdout.splitlines() if "|" in line}
     assert ("raw", "events") in listed and ("analytics", "transactions") in listed, out.stdout
     assert not any(name.startswith("pg_") for _, name in listed)
+    schemas = psql(endpoint, "-c", r"\dn")
+    assert schemas.returncode == 0 and "analytics" in schemas.stdout and "raw" in schemas.stdout, schemas.stderr
 
 
 @pytest.mark.parametrize("statement", [

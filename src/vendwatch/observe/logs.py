@@ -158,7 +158,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extras = _extras(record)
         role, replica = extras.pop("role", ""), extras.pop("replica", "")
-        where = f" [{escape(str(role))}@{escape(str(replica))}]" if role or replica else ""
+        where = f" [{escape(str(role or '-'))}@{escape(str(replica or '-'))}]" if role or replica else ""
         line = f"{_ts(record)} {record.levelname} {record.name}{where}: {escape(record.getMessage())}"
         if extras:
             line += " " + " ".join(f"{escape(str(k))}={escape(_value(v))}" for k, v in extras.items())

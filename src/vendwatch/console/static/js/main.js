@@ -8,6 +8,7 @@ import * as incident from './pages/incident.js';
 import * as incidents from './pages/incidents.js';
 import * as login from './pages/login.js';
 import * as overview from './pages/overview.js';
+import * as pipeline from './pages/pipeline.js';
 import * as reports from './pages/reports.js';
 import * as sql from './pages/sql.js';
 
@@ -22,6 +23,7 @@ const ROUTES = [
   [/^\/console\/incidents\/([^/]+)\/?$/, incident, 'incidents'],
   [/^\/console\/sql\/?$/, sql, 'sql'],
   [/^\/console\/reports\/?$/, reports, 'reports'],
+  [/^\/console\/pipeline\/?$/, pipeline, 'pipeline'],
   [/^\/console\/login\/?$/, login, null],
 ];
 
