@@ -134,3 +134,40 @@ def test_business_counters_follow_transactions_after_commit() -> None:
     assert _value("vendwatch_business_vends_total", outcome="vend_failure") == before["vend_failure"] + 1
     assert _value("vendwatch_business_vends_total", outcome="payment_failure") == before["payment_failure"] + 1
     assert _value("vendwatch_business_revenue_minor_total", currency="EUR") == rev + 150
+
+
+def test_pipeline_view_reports_quantiles_lag_and_targets_from_the_registry() -> None:
+    from vendwatch.incidents import metrics as im
+    from vendwatch.observe import pipeline
+    from vendwatch.observe.metrics import observe_hop
+
+    for v in (0.01, 0.02, 0.03, 2.0):
+        observe_hop("durable", v)
+    im.CIRCUIT.labels("unit-target").set(2)
+    im.DLQ_DEPTH.labels("unit-target").set(3)
+    view = pipeline.pipeline_view(now=pipeline._STARTED + 10)
+    hop = next(x for x in view["hops"] if x["hop"] == "durable")
+    assert hop["role"] == "collector" and hop["count"] >= 4
+    assert 0 < hop["p50_s"] <= 0.05 and 1.0 <= hop["p99_s"] <= 2.5  # linear within the bucket, like PromQL
+    target = next(t for t in view["targets"] if t["target"] == "unit-target")
+    assert target["circuit"] == "open" and target["dlq"] == 3
+    assert [r["role"] for r in view["roles"]][0] == "collector"
+
+
+def test_the_router_housekeeping_leaves_the_incident_counts_alone(tmp_path: Path) -> None:
+    """In `vendwatch serve` router and orchestrator share one registry: the router, which
+    knows no incidents, must not reset the orchestrator's open-incident gauge to 0."""
+    from vendwatch.incidents import metrics as im
+    from vendwatch.route.role import Router
+    from vendwatch.route.rules import parse_rules
+
+    ctx = context(tmp_path)
+    try:
+        im.INCIDENTS.labels("open").set(7)
+        router = Router(ctx, clock=VirtualClock(), rules=parse_rules({"rules": [{"name": "all", "pattern": {"source": [{"prefix": "vendwatch"}]},
+                                                                             "targets": ["orchestrator"]}]}))
+        router.housekeeping()
+        assert _value("vendwatch_incidents_incidents", status="open") == 7
+        router.close()
+    finally:
+        ctx.close()

@@ -23,6 +23,7 @@ WINDOW_S = 300.0
 _STAGES = ("device-state", "detector", "router", "orchestrator", "lake-writer")
 _CIRCUIT = {0: "closed", 1: "half-open", 2: "open"}
 
+_STARTED = time.time()  # counters start at zero with the process
 _lock = threading.Lock()
 _history: deque[tuple[float, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = deque(maxlen=64)
 
@@ -41,11 +42,12 @@ def _window(now: float) -> tuple[dict[Any, float], dict[Any, float], float]:
     """(current samples, samples about WINDOW_S ago or the oldest kept, seconds between them)."""
     cur = _snapshot()
     with _lock:
-        _history.append((now, cur))
-        base_t, base = _history[0]
+        # until a sample WINDOW_S old exists, the window starts with the process (all zero)
+        base_t, base = _STARTED, {}
         for t, snap in _history:
             if now - t >= WINDOW_S:
                 base_t, base = t, snap
+        _history.append((now, cur))
         while len(_history) > 1 and now - _history[0][0] > 2 * WINDOW_S:
             _history.popleft()
     return cur, base, now - base_t

@@ -86,7 +86,7 @@ class Router(DeliveringStage):
     def housekeeping(self) -> None:
         from vendwatch.incidents import metrics
 
-        metrics.refresh({}, self.outbox.depth(), self.outbox.dlq_depth())
+        metrics.refresh(None, self.outbox.depth(), self.outbox.dlq_depth())
 
 
 def build(ctx: Context) -> Router:
