@@ -6,6 +6,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY
 
 from vendwatch.bus.base import Record
@@ -48,7 +49,9 @@ def test_lag_meter_counts_a_partition_never_read_from_the_start() -> None:
     assert (meter.records, meter.seconds) == (4, 30.0)
 
 
-def test_orchestrator_reports_lag_and_the_signal_to_incident_hop(tmp_path: Path) -> None:
+def test_orchestrator_reports_lag_and_the_signal_to_incident_hop(tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="vendwatch.incidents")
     clock = VirtualClock()
     ctx = context(tmp_path)
     before = _value("vendwatch_pipeline_hop_seconds_count", hop="incident") or 0.0
@@ -59,6 +62,9 @@ def test_orchestrator_reports_lag_and_the_signal_to_incident_hop(tmp_path: Path)
         assert _value("vendwatch_stage_lag_records", stage="orchestrator") == 0
         assert _value("vendwatch_stage_lag_seconds", stage="orchestrator") == 0
         assert _value("vendwatch_pipeline_hop_seconds_count", hop="incident") == before + 3
+        opened = [r for r in caplog.records if r.name == "vendwatch.incidents" and "opened" in r.getMessage()]
+        assert {r.device_id for r in opened} == {"VM-0000", "VM-0001", "VM-0002"}  # type: ignore[attr-defined]
+        assert all(r.incident_id.startswith("inc_") for r in opened)  # type: ignore[attr-defined]
         publish(ctx, *(make_signal(clock, f"offline/VM-{i:04d}", device_id=f"VM-{i:04d}") for i in range(5, 7)))
         orch._report_lag()  # throttled: nothing new within 15 s
         assert _value("vendwatch_stage_lag_records", stage="orchestrator") == 0

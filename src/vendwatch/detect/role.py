@@ -31,6 +31,7 @@ from vendwatch.detect import store
 from vendwatch.detect.engine import Engine, SiteOptions
 from vendwatch.detect.rules import RuleSet, load_ruleset
 from vendwatch.observe.lag import LagMeter
+from vendwatch.observe.logs import subject
 from vendwatch.observe.metrics import observe_age, observe_hop
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal
@@ -293,6 +294,9 @@ class Detector:
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
         for s in self.pending:
             m.SIGNALS.labels(s.rule_id, s.status).inc()
+            log.info("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
+                     extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
+                                   dedupe_key=s.dedupe_key, severity=s.severity))
             if s.status == "firing":  # the transition's event time -> the signal is durable
                 age = s.emitted_at.timestamp() - s.occurred_at.timestamp()
                 observe_hop("signal", age)

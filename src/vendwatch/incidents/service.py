@@ -4,16 +4,23 @@ external deliveries they imply, in one transaction. Used by the orchestrator rol
 
 from __future__ import annotations
 
+import logging
+
 from vendwatch.incidents import lifecycle as lc
 from vendwatch.incidents import metrics as m
 from vendwatch.incidents.clock import Clock, SystemClock
 from vendwatch.incidents.config import IncidentsSettings
 from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
+from vendwatch.observe.logs import subject
 from vendwatch.observe.metrics import TIME_TO_ACK, TIME_TO_RESOLVE, observe_age, observe_hop
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
 from vendwatch.state.store import StateStore
+
+log = logging.getLogger("vendwatch.incidents")
+# lifecycle changes worth a log line each (updates of a firing incident are counted, not logged)
+_LOGGED = frozenset({"opened", "reopened", "acknowledged", "resolved", "absorbed", "severity_changed"})
 
 
 class IncidentNotFound(LookupError):
@@ -39,6 +46,10 @@ class IncidentService:
         for e in d.entries:
             m.TRANSITIONS.labels(e.kind).inc()
             inc = by_id.get(e.incident_id)
+            if inc is not None and e.kind in _LOGGED:
+                log.info("incident %s %s (%s)", inc.incident_id, e.kind, inc.dedupe_key,
+                         extra=subject(incident_id=inc.incident_id, device_id=inc.device_id, site_id=inc.site_id,
+                                       dedupe_key=inc.dedupe_key, severity=inc.severity, actor=e.actor))
             if inc is not None and e.kind in ("acknowledged", "resolved"):
                 hist = TIME_TO_ACK if e.kind == "acknowledged" else TIME_TO_RESOLVE
                 hist.labels(inc.severity).observe(max(0.0, e.at - inc.opened_at))
