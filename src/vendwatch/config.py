@@ -194,9 +194,10 @@ class Settings(_Section):
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
     # append this process's log lines (at log_archive_level and above) to the system_logs topic,
-    # archived by the lake writer in raw.system_logs (docs/observability.md)
+    # archived by the lake writer in raw.system_logs (docs/observability.md). "info" archives
+    # every line, at the cost of writes to the log the pipeline shares (embedded: one SQLite file)
     log_archive: bool = True
-    log_archive_level: str = "info"
+    log_archive_level: str = "warning"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)

@@ -294,7 +294,8 @@ class Detector:
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
         for s in self.pending:
             m.SIGNALS.labels(s.rule_id, s.status).inc()
-            log.info("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
+            # debug: a replay or a backlog emits thousands per second; incidents log at info
+            log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
                      extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
                                    dedupe_key=s.dedupe_key, severity=s.severity))
             if s.status == "firing":  # the transition's event time -> the signal is durable

@@ -1,5 +1,6 @@
 """Ships this process's log lines to the ``system_logs`` topic, from where the lake writer
-archives them in ``raw.system_logs`` (``log_archive = true``, the default).
+archives them in ``raw.system_logs`` (``log_archive = true``, the default; lines at
+``log_archive_level``, default ``warning``, and above).
 
 Lines are queued in memory and appended in batches by one background thread, so
 logging never waits for the log. The queue is bounded (``MAX_QUEUE``): when the log is
@@ -31,7 +32,7 @@ _local = threading.local()
 
 
 class ArchiveHandler(logging.Handler):
-    def __init__(self, log: Log, level: str = "info", flush_s: float = 0.5) -> None:
+    def __init__(self, log: Log, level: str = "warning", flush_s: float = 1.0) -> None:
         super().__init__(level.upper())
         self.log, self.flush_s = log, flush_s
         self.queue: deque[tuple[str, bytes]] = deque()
@@ -103,10 +104,10 @@ class ArchiveHandler(logging.Handler):
 _installed: dict[str, Any] = {}
 
 
-def install(log: Log, level: str = "info") -> ArchiveHandler:
+def install(log: Log, level: str = "warning") -> ArchiveHandler:
     """Archive this process's lines from now on (replaces an earlier installation)."""
     if level.lower() not in LEVELS:
-        level = "info"
+        level = "warning"
     uninstall()
     h = ArchiveHandler(log, level)
     logging.getLogger().addHandler(h)
