@@ -68,7 +68,7 @@ def test_json_log_survives_values_json_cannot_hold(capsys: pytest.CaptureFixture
 
 
 def test_json_lines_carry_role_replica_and_subject_ids(capsys: pytest.CaptureFixture[str],
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     from vendwatch.observe import logs
     from vendwatch.runtime import Context, Supervisor
 
@@ -84,8 +84,9 @@ def test_json_lines_carry_role_replica_and_subject_ids(capsys: pytest.CaptureFix
                 "signal emitted", extra=logs.subject(device_id="VM-0001", signal_id="sig_1", incident_id=None))
             stop.set()
 
-    ctx = Context.__new__(Context)
-    ctx.stop = threading.Event()
+    from vendwatch.config import load_settings
+
+    ctx = Context(load_settings(overrides={"data_dir": str(tmp_path), "log_archive": False}, environ={}))
     sup = Supervisor(ctx, [Comp()])
     sup.start()
     sup.threads[0].join(5)
