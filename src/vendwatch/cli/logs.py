@@ -32,7 +32,8 @@ def logs(env: Env, role: str | None, device: str | None, level: str | None, sinc
          source: str | None, follow: bool, as_json: bool, show_sql: bool) -> None:
     """Read the log archive in the lake.
 
-    The platform's own lines (every role, every replica) are archived in raw.system_logs;
+    The platform's own lines (every role, every replica; at log_archive_level, default
+    warning, and above) are archived in raw.system_logs;
     the machines' log events (application, system, crash, startup, shutdown; crash dumps
     in full) are in raw.events. Lines are printed oldest first; device text is escaped.
 
