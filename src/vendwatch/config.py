@@ -18,6 +18,8 @@ import msgspec
 from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
+from vendwatch.observe.logs import LogSettingsError
+from vendwatch.observe.logs import check as check_log_settings
 
 DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer", "lake-jobs")
 
@@ -147,7 +149,8 @@ class LakeSettings(_Section):
     orphan_min_age_hours: float = 1.0  # younger unreferenced files may be an in-flight write
     # rows older than N days are deleted; key "table" or "table:type" (raw.events by event type)
     retention_days: dict[str, float] = msgspec.field(
-        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0}
+        default_factory=lambda: {"raw.events:log": 30.0, "raw.events:heartbeat": 90.0, "raw.rejected": 30.0,
+                                 "raw.system_logs": 90.0, "analytics.device_logs": 365.0}
     )
     # ETL cleansing
     max_clock_skew_s: float = 300.0  # occurred_at beyond received_at + this: device clock is wrong
@@ -195,12 +198,29 @@ class ConsoleSettings(_Section):
     # map draws positions on a plain background); the tile server's origin is added to the CSP img-src
     map_tiles_url: str = ""
     map_attribution: str = ""  # shown under the map, as the tile provider's terms require
+class SqlServerSettings(_Section):
+    """The lake's PostgreSQL-protocol SQL endpoint (role sql-server; docs/observability.md)."""
+
+    host: str = "127.0.0.1"
+    port: int = 5433
+    role: Literal["viewer", "operator", "admin"] = "operator"  # operator token role needed to log in
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key, clients can use sslmode=require
+    tls_key: str | None = None
+    require_tls: bool = False  # refuse clients that do not negotiate TLS
+    allow_plaintext: bool = False  # a non-loopback listener without TLS (trusted network only)
+    max_connections: int = 64
+    idle_timeout_s: float = 600.0  # a connection silent this long is closed
 
 
 class Settings(_Section):
     data_dir: str = "./vendwatch-data"
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
+    # append this process's log lines (at log_archive_level and above) to the system_logs topic,
+    # archived by the lake writer in raw.system_logs (docs/observability.md). "info" archives
+    # every line, at the cost of writes to the log the pipeline shares (embedded: one SQLite file)
+    log_archive: bool = True
+    log_archive_level: str = "warning"
     server: ServerSettings = msgspec.field(default_factory=ServerSettings)
     ingest: IngestSettings = msgspec.field(default_factory=IngestSettings)
     bus: BusSettings = msgspec.field(default_factory=BusSettings)
@@ -211,6 +231,7 @@ class Settings(_Section):
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
     console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
+    sql_server: SqlServerSettings = msgspec.field(default_factory=SqlServerSettings)
 
     @property
     def data_path(self) -> Path:
@@ -276,6 +297,10 @@ def _humanize(msg: str) -> str:
 
 
 def _check(s: Settings) -> None:
+    try:
+        check_log_settings(s.log_level, s.log_format)
+    except LogSettingsError as e:
+        raise ConfigError(f"invalid configuration: {e}") from None
     positive = {
         "server.port": s.server.port,
         "server.header_timeout_s": s.server.header_timeout_s,

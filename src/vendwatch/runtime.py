@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from vendwatch.bus import Log, open_log
 from vendwatch.config import Settings
+from vendwatch.observe.logs import role_context
+from vendwatch.observe.metrics import ROLE_RESTARTS
 from vendwatch.state import StateStore, open_state
 
 log = logging.getLogger("vendwatch.runtime")
@@ -34,6 +36,7 @@ ROLES: dict[str, str | None] = {
     "lake-writer": "vendwatch.lake.role:build",
     "lake-jobs": "vendwatch.lake.jobs:build",
     "mqtt-bridge": "vendwatch.ingest.mqtt:build",
+    "sql-server": "vendwatch.lake.pgwire.server:build",
 }
 
 # HTTP routes: which module contributes routes for which roles
@@ -43,6 +46,7 @@ HTTP_ROUTES: dict[str, tuple[str, ...]] = {
     "vendwatch.incidents.api:routes": ("console",),
     "vendwatch.lake.api:routes": ("console",),
     "vendwatch.console.app:routes": ("console",),
+    "vendwatch.observe.api:routes": ("console",),
 }
 
 
@@ -134,12 +138,20 @@ class Supervisor:
         self.threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        if self.ctx.settings.log_archive:
+            from vendwatch.observe import archive
+
+            archive.install(self.ctx.log, self.ctx.settings.log_archive_level)
         for c in self.components:
             t = threading.Thread(target=self._run, args=(c,), name=f"vw-{c.name}", daemon=True)
             t.start()
             self.threads.append(t)
 
     def _run(self, c: Component) -> None:
+        with role_context(c.name):  # every line this thread logs names its role
+            self._supervise(c)
+
+    def _supervise(self, c: Component) -> None:
         backoff = 0.5
         while not self.ctx.stop.is_set():
             started = time.monotonic()
@@ -148,6 +160,7 @@ class Supervisor:
                 return
             except Exception:
                 log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
+                ROLE_RESTARTS.labels(c.name).inc()
             if time.monotonic() - started > 60:
                 backoff = 0.5
             self.ctx.stop.wait(backoff)
@@ -158,3 +171,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout_s
         for t in self.threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        if self.ctx.settings.log_archive:
+            from vendwatch.observe import archive
+
+            archive.uninstall()  # ships the last lines while the log is still open

@@ -33,12 +33,8 @@ from dataclasses import dataclass
 import msgspec
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
-from vendwatch.observe.metrics import (
-    STAGE_DEAD_LETTERS,
-    STAGE_FAILURES,
-    STAGE_LAG,
-    STAGE_LAG_SECONDS,
-)
+from vendwatch.observe.lag import LagMeter
+from vendwatch.observe.metrics import STAGE_DEAD_LETTERS, STAGE_FAILURES
 from vendwatch.runtime import Context
 from vendwatch.state.db import Tx
 from vendwatch.state.deadletters import DeadLetters
@@ -140,6 +136,7 @@ class CheckpointedStage(ABC):
     poll_timeout_s: float = 0.2
     max_attempts: int = 3  # a record failing alone this often (unclassified error) is set aside
     redrive_every_s: float = 5.0
+    hop: str | None = None  # the pipeline point this stage's work reaches (observe.metrics.POINTS)
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -153,6 +150,7 @@ class CheckpointedStage(ABC):
         self._aside: list[str] = []  # reasons of records set aside by the open transaction
         self.dead_letters = DeadLetters(ctx.state.db)
         self.health = health(ctx, self.name)
+        self.lag = LagMeter(self.name)
 
     @property
     def group(self) -> str:
@@ -183,7 +181,20 @@ class CheckpointedStage(ABC):
                 assert self._consumer is not None
                 self._consumer.seek(tp[0], tp[1], saved[tp])
                 self.positions[tp] = self._saved[tp] = saved[tp]
+        self._unread_from_start([tp for tp in parts if tp not in saved])
         self.on_assign(parts)
+
+    def _unread_from_start(self, parts: list[TopicPartition]) -> None:
+        """A partition without a checkpoint counts as lagging from the log's beginning
+        (its records are unread), so the lag gauges see it too."""
+        begins: dict[str, dict[int, int]] = {}
+        for topic, part in parts:
+            try:
+                if topic not in begins:
+                    begins[topic] = self.ctx.log.begin_offsets(topic)
+            except LogError:
+                return
+            self.positions.setdefault((topic, part), begins[topic].get(part, 0))
 
     def _on_revoke(self, parts: list[TopicPartition]) -> None:
         self.on_revoke(parts)
@@ -248,6 +259,7 @@ class CheckpointedStage(ABC):
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
         self.positions.update(touched)
         self._saved.update(touched)
+        self.lag.processed(records, self.hop)
 
     def _isolate(self, records: list[Record], error: Exception) -> None:
         """Commit what can be committed of a failed batch; set aside the record that fails alone."""
@@ -291,8 +303,8 @@ class CheckpointedStage(ABC):
         self._attempts.clear()
 
     def _set_lag_s(self, lag_s: float) -> None:
+        # health only: the vendwatch_stage_lag_* gauges are the LagMeter's (one writer)
         self.health.lag_s = max(0.0, lag_s)
-        STAGE_LAG_SECONDS.labels(stage=self.name).set(self.health.lag_s)
 
     def redrive(self) -> int:
         """Apply this stage's dead letters an operator marked for redrive; returns how many
@@ -339,27 +351,27 @@ class CheckpointedStage(ABC):
             raise StaleAssignment(tp)
 
     def _report_lag(self, every_s: float = 15.0) -> None:
-        """Set ``vendwatch_stage_lag_records`` for the partitions this replica owns (throttled:
-        on Kafka each end-offset lookup is a broker round trip)."""
+        """Lag in records and seconds for the partitions this replica owns (``observe.lag``;
+        throttled: on Kafka each end-offset lookup is a broker round trip)."""
         now = time.monotonic()
         if now < self._lag_due:
             return
         self._lag_due = now + every_s
         try:
             owned = set(self._consumer.assignment()) if self._consumer is not None else set(self.positions)
-            lag = 0
+            ends: dict[str, dict[int, int]] = {}
+            positions: list[tuple[TopicPartition, int]] = []
             for topic in self.topics:
                 mine = [tp for tp in owned if tp[0] == topic]
                 if not mine:
                     continue
-                ends = self.ctx.log.end_offsets(topic)
+                ends[topic] = self.ctx.log.end_offsets(topic)
                 # a partition never checkpointed is behind by all the log retains of it
                 begins = self.ctx.log.begin_offsets(topic) if any(tp not in self.positions for tp in mine) else {}
-                for tp in mine:
-                    lag += max(0, ends.get(tp[1], 0) - self.positions.get(tp, begins.get(tp[1], 0)))
-            self.health.lag_records = lag
-            STAGE_LAG.labels(stage=self.name).set(lag)
-            if lag == 0:
+                positions += [(tp, self.positions.get(tp, begins.get(tp[1], 0))) for tp in mine]
+            self.lag.measure(ends, positions)
+            self.health.lag_records = self.lag.records
+            if self.lag.records == 0:
                 self._set_lag_s(0.0)
         except LogError as e:
             log.debug("%s: lag not measured: %s", self.name, e)

@@ -11,8 +11,9 @@ import click
 
 from vendwatch import __version__
 from vendwatch.cli.common import Env, missing_extra
+from vendwatch.config import ConfigError, load_settings
 from vendwatch.files import PRIVATE_UMASK
-from vendwatch.observe.logs import setup_logging
+from vendwatch.observe.logs import LogSettingsError, setup_logging
 
 # command modules, each exposing ``commands: list[click.Command]``
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -30,6 +31,7 @@ COMMAND_MODULES = [
     "vendwatch.cli.ops",
     "vendwatch.cli.stages",
     "vendwatch.cli.dex",
+    "vendwatch.cli.logs",
 ]
 
 
@@ -37,9 +39,12 @@ COMMAND_MODULES = [
 @click.version_option(__version__, prog_name="vendwatch")
 @click.option("--config", "config", type=click.Path(dir_okay=False), envvar="VENDWATCH_CONFIG",
               help="TOML config file [env VENDWATCH_CONFIG]. Environment VENDWATCH_* overrides it.")
-@click.option("--log-level", default=None, help="debug, info, warning, error [env VENDWATCH_LOG_LEVEL].")
+@click.option("--log-level", default=None,
+              help="debug, info, warning, error [env VENDWATCH_LOG_LEVEL; config log_level; default info].")
+@click.option("--log-format", default=None,
+              help="json (one object per line) or text [env VENDWATCH_LOG_FORMAT; config log_format; default text].")
 @click.pass_context
-def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
+def cli(ctx: click.Context, config: str | None, log_level: str | None, log_format: str | None) -> None:
     """vendwatch: telemetry, incident detection and analytics for vending-machine fleets.
 
     Start with `vendwatch demo`: it provisions a simulated fleet and runs the whole
@@ -47,10 +52,10 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     """
     level = _log_level(log_level)
     os.umask(PRIVATE_UMASK)  # every file vendwatch creates (databases, lake, exports) is private
-    overrides = {"log_level": level} if log_level else {}
+    overrides = {k: v for k, v in (("log_level", level if log_level else None), ("log_format", log_format)) if v}
     env = ctx.ensure_object(Env)
     env.config, env.overrides = config, overrides
-    setup_logging(level.upper())
+    _setup_logging(config, overrides)
 
 
 def _log_level(flag: str | None) -> str:
@@ -59,6 +64,22 @@ def _log_level(flag: str | None) -> str:
     if raw.lower() not in LOG_LEVELS:
         raise click.UsageError(f"{where}: must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
     return raw.lower()
+
+
+def _setup_logging(config: str | None, overrides: dict[str, str]) -> None:
+    """Logging as the settings say (flags > env > config file > defaults).
+
+    An invalid config file is reported by the command that reads it; logging then
+    starts from the flags and environment alone."""
+    try:
+        s = load_settings(config, overrides)
+        level, fmt = s.log_level, s.log_format
+    except ConfigError:
+        level, fmt = overrides.get("log_level"), overrides.get("log_format")
+    try:
+        setup_logging(level, fmt)
+    except LogSettingsError as e:
+        raise click.UsageError(str(e)) from None
 
 
 def _register() -> None:

@@ -13,6 +13,7 @@ import uvicorn
 
 from vendwatch.cli.common import Env, data_dir_option, pass_env
 from vendwatch.config import Settings
+from vendwatch.observe.logs import set_identity
 from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 
 log = logging.getLogger("vendwatch.cli")
@@ -107,6 +108,7 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
 def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: int | None) -> None:
     """Run one role (scale-out deployment: one role per process, many replicas)."""
     s = env.settings(**{"server.host": host, "server.port": port})
+    set_identity(role=role)
     ctx = Context(s)
     open_backends(ctx)
     if metrics_port is not None and ROLES[role] is not None:

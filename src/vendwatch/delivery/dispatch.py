@@ -28,6 +28,7 @@ from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
 from vendwatch.delivery.outbox import Item, Outbox
 from vendwatch.delivery.ratelimit import Bucket
 from vendwatch.delivery.retry import backoff_s, retry_at_from_headers, retryable_status
+from vendwatch.observe.logs import subject
 from vendwatch.state.db import Database
 
 log = logging.getLogger("vendwatch.delivery")
@@ -210,7 +211,8 @@ class Dispatcher:
         now = self.clock.now()
         pol = self.sinks[it.target].policy
         log.warning("delivery to %s failed (item %s, key %s, attempt %d): %s", it.target, it.id, it.key,
-                    it.attempts + 1, e)
+                    it.attempts + 1, e, extra=subject(target=it.target, dedupe_key=it.key,
+                                                      incident_id=it.payload.get("incident_id")))
         if e.status == 401:
             self._paused(it, gate, state, e)
             return
@@ -254,7 +256,9 @@ class Dispatcher:
         with self.db.transaction() as tx:
             dlq_id = self.outbox.dead_letter(tx, it, self.clock.now(), status=status, reason=reason)
         m.DEAD_LETTERS.labels(it.target).inc()
-        log.error("delivery to %s dead-lettered as %s (key %s): %s", it.target, dlq_id, it.key, reason)
+        log.error("delivery to %s dead-lettered as %s (key %s): %s", it.target, dlq_id, it.key, reason,
+                  extra=subject(target=it.target, dedupe_key=it.key, dlq_id=dlq_id,
+                                incident_id=it.payload.get("incident_id")))
 
     def close(self) -> None:
         self.client.close()

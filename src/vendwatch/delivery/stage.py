@@ -32,6 +32,7 @@ class DeliveringStage(CheckpointedStage):
         if recs:
             self.process(recs)
             self._consumer.commit()
+        self._report_lag()
         done = len(recs) + self.timers()
         while True:
             n = self.dispatcher.run_once()

@@ -30,7 +30,9 @@ from vendwatch.detect import metrics as m
 from vendwatch.detect import store
 from vendwatch.detect.engine import Engine, SiteOptions
 from vendwatch.detect.rules import RuleSet, load_ruleset
-from vendwatch.observe.metrics import STAGE_LAG
+from vendwatch.observe.lag import LagMeter
+from vendwatch.observe.logs import subject
+from vendwatch.observe.metrics import observe_age, observe_hop
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal
 from vendwatch.stage import set_aside
@@ -89,6 +91,7 @@ class Detector:
         self._last_checkpoint = time.monotonic()
         self._last_registry = 0.0
         self._last_lag = 0.0
+        self.lag = LagMeter("detector", every_s=5.0)
         self._sites_loaded = False
         # while re-evaluating after a crash: where the signals not yet seen again start
         self._recovery_start: dict[int, int] | None = None
@@ -291,6 +294,7 @@ class Detector:
         recs = self._consumer.poll(self.s.batch_size, self.s.tick_interval_s)
         t0 = time.perf_counter()
         self.evaluate(recs)
+        self.lag.processed(recs, "evaluated")
         self.caught_up = len(recs) < self.s.batch_size
         replayed = self.caught_up and bool(self.engine.suppress) and self._at_end()
         self.engine.advance(*self._clock())
@@ -319,6 +323,14 @@ class Detector:
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
         for s in self.pending:
             m.SIGNALS.labels(s.rule_id, s.status).inc()
+            # debug: a replay or a backlog emits thousands per second; incidents log at info
+            log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
+                     extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
+                                   dedupe_key=s.dedupe_key, severity=s.severity))
+            if s.status == "firing":  # the transition's event time -> the signal is durable
+                age = s.emitted_at.timestamp() - s.occurred_at.timestamp()
+                observe_hop("signal", age)
+                observe_age("signal", age)
             if s.retracts:
                 m.RETRACTIONS.labels(s.rule_id).inc()
         self.pending = []
@@ -364,9 +376,8 @@ class Detector:
             return
         self._last_lag = now
         ends = self.ctx.log.end_offsets(self.topic)
-        lag = sum(max(0, ends.get(p, 0) - self.positions.get(p, 0)) for p in self.assigned)
-        m.LAG_RECORDS.set(lag)
-        STAGE_LAG.labels("detector").set(lag)
+        self.lag.measure({self.topic: ends}, [((self.topic, p), self.positions.get(p, 0)) for p in self.assigned])
+        m.LAG_RECORDS.set(self.lag.records)
         m.DEVICES.set(len(self.engine.devices))
         if self.engine.watermark > 0:
             m.WATERMARK_LAG.set(time.time() - self.engine.watermark)

@@ -12,8 +12,12 @@ TRANSITIONS = Counter("vendwatch_incidents_transitions_total", "Lifecycle change
 SUPPRESSED = Counter("vendwatch_incidents_suppressed_total", "Incident creations suppressed by a silence")
 
 
-def refresh(counts_by_status: dict[str, int], outbox_depth: dict[str, int], dlq_depth: dict[str, int]) -> None:
-    """Set the gauges from the store (called by the orchestrator's timer and the API)."""
+def refresh(counts_by_status: dict[str, int] | None, outbox_depth: dict[str, int], dlq_depth: dict[str, int]) -> None:
+    """Set the gauges from the store (called by the orchestrator's timer and the API).
+
+    ``counts_by_status`` None leaves the incident counts alone (the router knows none:
+    in ``vendwatch serve`` it shares the orchestrator's gauges)."""
     for status in ("open", "acknowledged", "resolved", "absorbed"):
-        INCIDENTS.labels(status).set(counts_by_status.get(status, 0))
+        if counts_by_status is not None:
+            INCIDENTS.labels(status).set(counts_by_status.get(status, 0))
     refresh_depths(outbox_depth, dlq_depth)

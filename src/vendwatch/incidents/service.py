@@ -4,15 +4,23 @@ external deliveries they imply, in one transaction. Used by the orchestrator rol
 
 from __future__ import annotations
 
+import logging
+
 from vendwatch.delivery.clock import Clock, SystemClock
 from vendwatch.delivery.outbox import Outbox
 from vendwatch.incidents import lifecycle as lc
 from vendwatch.incidents import metrics as m
 from vendwatch.incidents.config import IncidentsSettings
 from vendwatch.incidents.store import IncidentStore
+from vendwatch.observe.logs import subject
+from vendwatch.observe.metrics import TIME_TO_ACK, TIME_TO_RESOLVE, observe_age, observe_hop
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
 from vendwatch.state.store import StateStore
+
+log = logging.getLogger("vendwatch.incidents")
+# lifecycle changes worth a log line each (updates of a firing incident are counted, not logged)
+_LOGGED = frozenset({"opened", "reopened", "acknowledged", "resolved", "absorbed", "severity_changed"})
 
 
 class IncidentNotFound(LookupError):
@@ -33,10 +41,19 @@ class IncidentService:
         """External systems every incident change is sent to."""
         return ["servicenow"] if self.cfg.servicenow.url else []
 
-    def _commit(self, tx: Tx, d: lc.Decision, now: float) -> None:
+    def _commit(self, tx: Tx, d: lc.Decision, now: float, event_at: float | None = None) -> None:
         self.store.apply(tx, d)
+        by_id = {inc.incident_id: inc for inc in d.incidents}
         for e in d.entries:
             m.TRANSITIONS.labels(e.kind).inc()
+            inc = by_id.get(e.incident_id)
+            if inc is not None and e.kind in _LOGGED:
+                log.info("incident %s %s (%s)", inc.incident_id, e.kind, inc.dedupe_key,
+                         extra=subject(incident_id=inc.incident_id, device_id=inc.device_id, site_id=inc.site_id,
+                                       dedupe_key=inc.dedupe_key, severity=inc.severity, actor=e.actor))
+            if inc is not None and e.kind in ("acknowledged", "resolved"):
+                hist = TIME_TO_ACK if e.kind == "acknowledged" else TIME_TO_RESOLVE
+                hist.labels(inc.severity).observe(max(0.0, e.at - inc.opened_at))
         for inc in d.sync:
             for target in self.sync_targets:
                 idem = f"{target}:sync:{inc.incident_id}"
@@ -44,7 +61,10 @@ class IncidentService:
                         and self.outbox.cancel(tx, idem)):
                     continue  # never told, and no longer worth telling (a false alarm)
                 # one pending "sync this incident" per incident and target; later changes mark it dirty
-                self.outbox.coalesce(tx, target, "sync", inc.dedupe_key, {"incident_id": inc.incident_id},
+                payload: dict[str, object] = {"incident_id": inc.incident_id}
+                if event_at is not None:  # for the event-to-ticket latency (observe.metrics)
+                    payload["event_at"] = event_at
+                self.outbox.coalesce(tx, target, "sync", inc.dedupe_key, payload,
                                      idem_key=idem, now=now, not_before=d.hold.get(inc.incident_id))
 
     def handle_signal(self, tx: Tx, sig: Signal) -> lc.Decision:
@@ -72,7 +92,11 @@ class IncidentService:
                          silence_id=silence, children=children)
         if d.suppressed_by:
             m.SUPPRESSED.inc()
-        self._commit(tx, d, now)
+        event_at = sig.occurred_at.timestamp()
+        self._commit(tx, d, now, event_at if sig.status == "firing" else None)
+        if d.incidents and sig.status == "firing":
+            observe_hop("incident", now - sig.emitted_at.timestamp())
+            observe_age("incident", now - event_at)
         return d
 
     def tick(self) -> int:

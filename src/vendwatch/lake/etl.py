@@ -46,6 +46,7 @@ DAILY: dict[str, str] = {
     "analytics.faults": transforms.FAULTS,
     "analytics.security_events": transforms.SECURITY_EVENTS,
     "analytics.device_daily": transforms.DEVICE_DAILY,
+    "analytics.device_logs": transforms.DEVICE_LOGS,
 }
 
 

@@ -41,7 +41,7 @@ log = logging.getLogger("vendwatch.lake.maintain")
 MAINT_PROP = "vendwatch.maintenance"
 _PROGRESS_PROPS = (OFFSETS_PROP, RAW_SNAPSHOT_PROP, HASH_PROP)
 # the column retention cuts on, per table (day-aligned, so whole partitions are dropped)
-_RETENTION_COLUMN = {"raw.events": "occurred_at", "raw.rejected": "received_at"}
+_RETENTION_COLUMN = {"raw.events": "occurred_at", "raw.rejected": "received_at", "raw.system_logs": "ts"}
 
 
 @dataclass

@@ -24,6 +24,7 @@ from vendwatch.bus.base import Consumer, Record, TopicPartition
 from vendwatch.bus.sqlite import JoinedRecords, SqliteConsumer
 from vendwatch.lake import metrics
 from vendwatch.lake.catalog import ensure_table, open_catalog
+from vendwatch.lake.system_logs import SYSTEM_LOGS, SystemLogColumns
 from vendwatch.lake.writer import (
     EventColumns,
     OffsetConflict,
@@ -31,6 +32,7 @@ from vendwatch.lake.writer import (
     commit_batch,
     committed_offsets,
 )
+from vendwatch.observe.lag import LagMeter
 from vendwatch.runtime import Context
 
 log = logging.getLogger("vendwatch.lake.role")
@@ -39,7 +41,8 @@ log = logging.getLogger("vendwatch.lake.role")
 class _TopicSink:
     """One topic -> one raw table: buffer, positions, commit."""
 
-    def __init__(self, topic: str, table: Table, new_buffer: Callable[[], EventColumns | RejectedColumns]) -> None:
+    def __init__(self, topic: str, table: Table,
+                 new_buffer: Callable[[], EventColumns | RejectedColumns | SystemLogColumns]) -> None:
         self.topic = topic
         self.table = table
         self.new_buffer = new_buffer
@@ -66,12 +69,14 @@ class LakeWriter:
         self._jobs: queue.Queue[tuple[_TopicSink, Any, dict[TopicPartition, int], dict[TopicPartition, int]] | None] = queue.Queue(maxsize=1)
         self._failed: BaseException | None = None
         self._committer: threading.Thread | None = None
+        self.lag = LagMeter(self.name)
 
     def _open(self) -> None:
         cat = open_catalog(self.ctx.settings)
         self.sinks = {
             EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"), EventColumns),
             REJECTED: _TopicSink(REJECTED, ensure_table(cat, "raw.rejected"), RejectedColumns),
+            SYSTEM_LOGS: _TopicSink(SYSTEM_LOGS, ensure_table(cat, "raw.system_logs"), SystemLogColumns),
         }
 
     def _on_assign(self, parts: list[TopicPartition]) -> None:
@@ -98,6 +103,7 @@ class LakeWriter:
                 sink.pos.pop(tp, None)
 
     def add(self, records: list[Record]) -> None:
+        self.lag.processed(records)
         now = time.monotonic()
         by_topic: dict[str, list[Record]] = {}
         for r in records:
@@ -193,10 +199,11 @@ class LakeWriter:
 
     def run(self, stop: threading.Event) -> None:
         self._open()
-        for t in (EVENTS, REJECTED):
+        for t in (EVENTS, REJECTED, SYSTEM_LOGS):
             self.ctx.log.create_topic(t)
         self._consumer = c = self.ctx.log.consumer(
-            "vendwatch-lake-writer", [EVENTS, REJECTED], on_assign=self._on_assign, on_revoke=self._on_revoke
+            "vendwatch-lake-writer", [EVENTS, REJECTED, SYSTEM_LOGS], on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
         )
         self._failed = None
         self._committer = threading.Thread(target=self._commit_loop, name="vw-lake-commit", daemon=True)
@@ -216,6 +223,8 @@ class LakeWriter:
                     if recs:
                         self.add(recs)
                 self.flush_all()
+                # behind = not yet handed to a lake commit (buffered records count as lag)
+                self.lag.report(self.ctx.log, self.sinks, {tp: o for s in self.sinks.values() for tp, o in s.start.items()})
                 if not recs:
                     self._jobs.join()
                     c.commit({tp: o for s in self.sinks.values() for tp, o in s.start.items()})

@@ -349,3 +349,51 @@ TABLES: dict[str, TableDef] = {
     )
 }
 ANALYTICS = [n for n in TABLES if n.startswith("analytics.")]
+
+
+# -- logs: the platform's own (raw.system_logs) and the machines' (analytics.device_logs) ----------
+RAW_SYSTEM_LOGS = _table(
+    "raw.system_logs",
+    [
+        ("ts", TS, True),
+        ("level", S, True),
+        ("logger", S, True),
+        ("role", S, False),
+        ("replica", S, False),
+        ("msg", S, True),
+        ("device_id", S, False),
+        ("event_id", S, False),
+        ("signal_id", S, False),
+        ("incident_id", S, False),
+        ("ticket", S, False),
+        ("exc", S, False),  # the traceback, in full
+        ("extra", S, False),  # every other field of the JSON line, as JSON
+        ("log_partition", INT, True),
+        ("log_offset", L, True),
+    ],
+    [("ts", DayTransform(), "log_day")],
+    _RAW_PROPS,
+    "the platform's own log lines (every role and replica), from the system_logs topic",
+)
+
+DEVICE_LOGS = _table(
+    "analytics.device_logs",
+    [
+        ("event_id", S, True),
+        ("device_id", S, True),
+        ("site_id", S, False),
+        ("event_time", TS, True),
+        ("event_date", DATE, True),
+        ("received_at", TS, True),
+        ("kind", S, True),  # application, system, crash, startup, shutdown
+        ("level", S, True),
+        ("message", S, False),
+        ("crash_dump", S, False),  # in full (up to 64 KiB)
+    ],
+    _DAY,
+    _BASE_PROPS,
+    "machines' log events (application/system/crash/startup/shutdown) with crash dumps",
+)
+
+TABLES.update({t.name: t for t in (RAW_SYSTEM_LOGS, DEVICE_LOGS)})
+ANALYTICS.append(DEVICE_LOGS.name)

@@ -235,3 +235,13 @@ SELECT coalesce(t.product_id, i.product_id) AS product_id, t.last_price_minor, t
     least(t.first_seen_at, i.first_seen_at) AS first_seen_at, greatest(t.last_seen_at, i.last_seen_at) AS last_seen_at
 FROM t FULL OUTER JOIN i ON t.product_id = i.product_id
 """
+
+
+DEVICE_LOGS = """
+SELECT event_id, device_id, site_id, event_time, day AS event_date, received_at,
+    coalesce(lower(json_extract_string(payload, '$.kind')), 'application') AS kind,
+    coalesce(lower(json_extract_string(payload, '$.level')), 'info') AS level,
+    json_extract_string(payload, '$.message') AS message,
+    json_extract_string(payload, '$.crash_dump') AS crash_dump
+FROM ev WHERE type = 'log' AND day IN (SELECT d FROM affected)
+"""

@@ -10,6 +10,7 @@ import msgspec
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.bus.base import Record
+from vendwatch.observe.metrics import REFUNDS, REVENUE, VENDS
 from vendwatch.runtime import Context
 from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
@@ -122,12 +123,37 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
         doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)
 
 
+def count_business(evs: list[ev.StoredEvent]) -> None:
+    """Vends, revenue and refunds as counters (the lake has the exact figures; these are live rates)."""
+    for e in evs:
+        if e.type == "transaction":
+            d = msgspec.json.decode(e.data)
+            if d.get("payment_status") == "failure":
+                VENDS.labels("payment_failure").inc()
+            elif d.get("vend_status") == "success":
+                VENDS.labels("success").inc()
+                if isinstance(d.get("price_minor"), int) and isinstance(d.get("currency"), str):
+                    REVENUE.labels(d["currency"][:3]).inc(d["price_minor"])
+            else:
+                VENDS.labels("vend_failure" if d.get("vend_status") == "failure" else "not_attempted").inc()
+        elif e.type == "refund":
+            d = msgspec.json.decode(e.data)
+            if isinstance(d.get("amount_minor"), int) and isinstance(d.get("currency"), str):
+                REFUNDS.labels(d["currency"][:3]).inc(d["amount_minor"])
+
+
 class DeviceStateProjector(CheckpointedStage):
     name = "device-state"
+    hop = "state"
     topics = (EVENTS,)
 
+    def process(self, records: list[Record]) -> None:
+        self._decoded: list[ev.StoredEvent] = []
+        super().process(records)
+        count_business(self._decoded)  # after the commit: a rolled-back batch is not counted
+
     def apply(self, tx: Tx, records: list[Record]) -> None:
-        evs = [ev.decode_stored(r.value) for r in records]
+        evs = self._decoded = [ev.decode_stored(r.value) for r in records]
         ids = sorted({e.device_id for e in evs})
         rows: dict[str, list[Any]] = {}
         for i in range(0, len(ids), 500):

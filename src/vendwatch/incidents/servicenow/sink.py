@@ -35,6 +35,8 @@ from vendwatch.incidents.servicenow import cmdb, creating
 from vendwatch.incidents.servicenow import mapping as mp
 from vendwatch.incidents.servicenow.client import ServiceNowClient
 from vendwatch.incidents.store import IncidentStore
+from vendwatch.observe.logs import subject
+from vendwatch.observe.metrics import observe_age, observe_hop
 from vendwatch.state import migrations
 
 log = logging.getLogger("vendwatch.incidents.servicenow")
@@ -100,6 +102,10 @@ class ServiceNowSink:
                     return  # the create never reached ServiceNow
             else:
                 ref = self._create(inc, gate)
+                now = self.clock.now()
+                observe_hop("ticket", now - inc.opened_at)
+                if isinstance(item.payload.get("event_at"), (int, float)):
+                    observe_age("ticket", now - item.payload["event_at"])
         self._update(inc, ref, gate, wait_for_parent=self.clock.now() - item.created_at < PARENT_WAIT_MAX_S)
 
     # -- steps ------------------------------------------------------------------------
@@ -181,7 +187,8 @@ class ServiceNowSink:
         found = self.client.find_by_correlation(gate, mp.correlation_id(inc.incident_id, gen))
         if found is None:
             return None
-        log.info("adopting ServiceNow %s for %s (found by correlation id)", found.get("number"), inc.incident_id)
+        log.info("adopting ServiceNow %s for %s (found by correlation id)", found.get("number"), inc.incident_id,
+                 extra=subject(incident_id=inc.incident_id, ticket=found.get("number"), device_id=inc.device_id))
         # what it holds is unknown: send every field once more (but never re-announce a reopen)
         ref = self._save(inc, found, {"_reopens": inc.reopen_count, "_state": found.get("state")})
         self._set_progress(inc.incident_id, gen, "", self._progress(inc.incident_id)[2])
@@ -197,10 +204,12 @@ class ServiceNowSink:
             prepare=lambda: fields.update(self._creation_fields(inc, gate, gen, previous)),
             create=lambda: self.client.create(gate, fields, prepaid=True))
         if created:
-            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id)
+            log.info("created ServiceNow %s for %s", rec.get("number"), inc.incident_id,
+                     extra=subject(incident_id=inc.incident_id, ticket=rec.get("number"), device_id=inc.device_id))
             synced = {**fields, "_reopens": inc.reopen_count, "_state": rec.get("state")}
         else:
-            log.info("adopting ServiceNow %s for %s (found by correlation id)", rec.get("number"), inc.incident_id)
+            log.info("adopting ServiceNow %s for %s (found by correlation id)", rec.get("number"), inc.incident_id,
+                     extra=subject(incident_id=inc.incident_id, ticket=rec.get("number"), device_id=inc.device_id))
             # what it holds is unknown: send every field once more (but never re-announce a reopen)
             synced = {"_reopens": inc.reopen_count, "_state": rec.get("state")}
         ref = self._save(inc, rec, synced)

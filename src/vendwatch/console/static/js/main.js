@@ -9,6 +9,7 @@ import * as incident from './pages/incident.js';
 import * as incidents from './pages/incidents.js';
 import * as login from './pages/login.js';
 import * as overview from './pages/overview.js';
+import * as pipeline from './pages/pipeline.js';
 import * as reports from './pages/reports.js';
 import * as silences from './pages/silences.js';
 import * as sql from './pages/sql.js';
@@ -26,6 +27,7 @@ const ROUTES = [
   [/^\/console\/sql\/?$/, sql, 'sql'],
   [/^\/console\/reports\/?$/, reports, 'reports'],
   [/^\/console\/food-safety\/?$/, foodsafety, 'food-safety'],
+  [/^\/console\/pipeline\/?$/, pipeline, 'pipeline'],
   [/^\/console\/login\/?$/, login, null],
 ];
 
