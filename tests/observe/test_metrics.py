@@ -143,14 +143,14 @@ def test_business_counters_follow_transactions_after_commit() -> None:
 
 
 def test_pipeline_view_reports_quantiles_lag_and_targets_from_the_registry() -> None:
-    from vendwatch.incidents import metrics as im
+    from vendwatch.delivery import metrics as dm
     from vendwatch.observe import pipeline
     from vendwatch.observe.metrics import observe_hop
 
     for v in (0.01, 0.02, 0.03, 2.0):
         observe_hop("durable", v)
-    im.CIRCUIT.labels("unit-target").set(2)
-    im.DLQ_DEPTH.labels("unit-target").set(3)
+    dm.CIRCUIT.labels("unit-target").set(2)
+    dm.DLQ_DEPTH.labels("unit-target").set(3)
     view = pipeline.pipeline_view(now=pipeline._STARTED + 10)
     hop = next(x for x in view["hops"] if x["hop"] == "durable")
     assert hop["role"] == "collector" and hop["count"] >= 4
