@@ -31,6 +31,7 @@ from vendwatch.lake.writer import (
     committed_offsets,
 )
 from vendwatch.runtime import Context
+from vendwatch.stage import set_aside
 
 log = logging.getLogger("vendwatch.lake.role")
 
@@ -69,7 +70,8 @@ class LakeWriter:
     def _open(self) -> None:
         cat = open_catalog(self.ctx.settings)
         self.sinks = {
-            EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"), EventColumns),
+            EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"),
+                               lambda: EventColumns(lambda r, why: set_aside(self.ctx, self.name, r, why))),
             REJECTED: _TopicSink(REJECTED, ensure_table(cat, "raw.rejected"), RejectedColumns),
         }
 
