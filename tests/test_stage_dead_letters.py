@@ -177,3 +177,28 @@ def test_the_lake_writer_sets_aside_what_it_cannot_decode(tmp_path: Path) -> Non
         assert dl.offset == off_bad and "Expected `str`" in dl.reason
     finally:
         ctx.close()
+
+
+def test_a_component_that_keeps_crashing_is_reported(data_dir: Path) -> None:
+    import time
+
+    from vendwatch.runtime import Supervisor
+    from vendwatch.stage import stage_problems
+
+    class Broken:
+        name = "lake-writer"
+
+        def run(self, stop: object) -> None:
+            raise RuntimeError("catalog unreachable")
+
+    ctx = Context(settings(data_dir))
+    sup = Supervisor(ctx, [Broken()])
+    sup.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "lake-writer" not in stage_problems(ctx) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "crashed 3 times in a row: RuntimeError: catalog unreachable" in stage_problems(ctx)["lake-writer"]
+    finally:
+        sup.stop()
+        ctx.close()

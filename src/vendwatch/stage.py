@@ -83,10 +83,14 @@ class StageHealth:
     lag_records: int = 0
     lag_s: float = 0.0
     last_progress_at: float = 0.0
+    crashes_in_row: int = 0  # restarts by the supervisor without a minute of uptime between them
+    last_crash_at: float = 0.0
 
-    def problem(self, max_failures: int, max_lag_s: float) -> str | None:
+    def problem(self, max_failures: int, max_lag_s: float, crash_window_s: float = 120.0) -> str | None:
         if self.consecutive_failures >= max_failures:
             return f"failed {self.consecutive_failures} times in a row: {self.last_error}"
+        if self.crashes_in_row >= max_failures and time.time() - self.last_crash_at < crash_window_s:
+            return f"crashed {self.crashes_in_row} times in a row: {self.last_error}"
         if self.lag_s > max_lag_s:
             return f"{self.lag_s:.0f}s behind the log ({self.lag_records} records)"
         return None
