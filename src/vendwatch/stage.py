@@ -225,6 +225,8 @@ class CheckpointedStage(ABC):
                 if _is_infra(e):
                     raise
                 self._isolate(records, e)
+        except StaleAssignment:
+            raise  # a rebalance, not a failure
         except BaseException as e:
             self._failed(e, records)
             raise
@@ -235,6 +237,7 @@ class CheckpointedStage(ABC):
         for r in records:
             touched[(r.topic, r.partition)] = r.offset + 1
         self._new_dead = 0
+        self._aside = []
         try:
             with self.ctx.state.db.transaction() as tx:
                 if dead is not None:
@@ -250,6 +253,9 @@ class CheckpointedStage(ABC):
             raise
         if self._new_dead:
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
+        if self._attempts:  # records that failed before and went through now
+            for r in records:
+                self._attempts.pop((r.topic, r.partition, r.offset), None)
         self.positions.update(touched)
         self._saved.update(touched)
 
@@ -292,7 +298,6 @@ class CheckpointedStage(ABC):
         STAGE_FAILURES.labels(stage=self.name).set(0)
         if records:
             self._set_lag_s(h.last_progress_at - records[-1].timestamp_ms / 1000)
-        self._attempts.clear()
 
     def _set_lag_s(self, lag_s: float) -> None:
         self.health.lag_s = max(0.0, lag_s)
