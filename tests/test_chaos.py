@@ -5,6 +5,7 @@ one open incident per key; device state counts = log; no stage dead letters."""
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ def _chaos():  # type: ignore[no-untyped-def]
     spec = importlib.util.spec_from_file_location("vendwatch_chaos", ROOT / "bench" / "chaos.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
