@@ -444,3 +444,17 @@ def test_sign_out_forgets_the_token(fleet: Fleet, browser: Any) -> None:
     assert drv.execute_script("return sessionStorage.getItem('vendwatch.operator-token')") is None
     drv.get(fleet.base + "/console/devices")
     _wait("back to login", lambda: "/console/login" in drv.current_url)
+
+
+def test_food_safety_page_shows_the_printable_record(fleet: Fleet, browser: Any) -> None:
+    drv = browser
+    _sign_in(drv, fleet, fleet.viewer, "/console/food-safety?site=site-a")
+    assert _css(drv, '#nav a[href="/console/food-safety"].active')
+    # m-001's warmest reading is 5.0 °C: at the limit, not above it
+    said = _wait("food-safety record", lambda: next((p.text for p in _css(drv, "#food-safety-out p")
+                                                     if "episode" in p.text), None))
+    assert "No episode above the limit" in said and "site site-a" in said
+    headers = [th.text for th in _css(drv, "[data-testid=food-safety] th")]
+    assert headers[:4] == ["Site", "Machine", "Limit", "Start (UTC)"] and "Sales during" in headers
+    assert _css(drv, ".print-only") and not _css(drv, ".print-only")[0].is_displayed()  # shown on paper only
+    assert _js_errors(drv) == []

@@ -35,6 +35,14 @@ class ServerSettings(_Section):
     port: int = 8080
     # roles run by `vendwatch serve` (all of them by default)
     roles: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ROLES))
+    # connection guards (docs/security.md): a public listener must shed idle and oversized clients
+    header_timeout_s: float = 10.0  # request line + headers must arrive within this; else closed
+    keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_header_bytes: int = 16_384  # request line + headers; over it: 431
+    max_connections: int = 4096  # open connections + running requests; over it: 503 (except /livez)
+    max_connections_per_client: int = 256  # per client address; 0: no cap (e.g. behind one proxy address)
+    auth_failures_per_min: float = 60.0  # failed authentications per client address before 429; 0: no limit
+    auth_failures_burst: float = 30.0
 
 
 class IngestSettings(_Section):
@@ -102,6 +110,7 @@ class MqttSettings(_Section):
     tls_ca: str | None = None  # CA bundle for the broker's certificate (None: system CAs)
     share_group: str = "vendwatch"  # replicas in one group split the messages ($share/<group>/...)
     topic: str = "vendwatch/v1/+/events"  # + is the device id, enforced by the broker's ACL
+    dex_topic: str = "vendwatch/v1/+/dex"  # EVA-DTS audit files, one per message
     client_id_prefix: str = "vendwatch-bridge"
     keepalive_s: int = 30
     max_batch_messages: int = 1000  # messages appended (and then acknowledged) together
@@ -157,7 +166,8 @@ class DetectSettings(_Section):
     # extra rule files loaded after the shipped default pack (a rule id may appear once)
     rule_files: list[str] = []
     default_pack: bool = True  # load src/vendwatch/detect/rules/default.yaml
-    # timers wait this long past their deadline so events delayed up to it still count
+    # an event up to this late still retracts an offline signal it proves wrong (a false
+    # alarm); live timers do not wait for it (a replay of a backlog holds timers back by it)
     allowed_lateness_s: float = 60.0
     # "wall": timers follow wall time once caught up with the log (live);
     # "event": timers follow event time only (replay, deterministic tests)
@@ -168,7 +178,10 @@ class DetectSettings(_Section):
     recent_ids_per_device: int = 32  # duplicate-event memory per device
     site_min_devices: int = 3  # site-level offline signal needs at least this many machines...
     site_min_fraction: float = 0.5  # ...and this share of the site's machines
-    site_wait_s: float = 120.0  # per-device offline signals wait this long for site grouping
+    # per-device offline signals wait this long so they can name a site outage as their
+    # cause; 0: they fire at their deadline and the incident layer groups them
+    # (incidents.group_wait_s)
+    site_wait_s: float = 0.0
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
 
 
@@ -252,6 +265,10 @@ def _humanize(msg: str) -> str:
 def _check(s: Settings) -> None:
     positive = {
         "server.port": s.server.port,
+        "server.header_timeout_s": s.server.header_timeout_s,
+        "server.keep_alive_s": s.server.keep_alive_s,
+        "server.max_header_bytes": s.server.max_header_bytes,
+        "server.max_connections": s.server.max_connections,
         "ingest.max_body_bytes": s.ingest.max_body_bytes,
         "ingest.max_batch_events": s.ingest.max_batch_events,
         "ingest.max_event_bytes": s.ingest.max_event_bytes,
@@ -276,16 +293,19 @@ def _check(s: Settings) -> None:
         "detect.site_min_fraction": s.detect.site_min_fraction,
     }
     for key, value in positive.items():
-        if value <= 0:
+        if not value > 0:  # NaN too
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
     non_negative = {
         "ingest.max_future_skew_s": s.ingest.max_future_skew_s,
         "ingest.late_after_s": s.ingest.late_after_s,
         "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,
         "ingest.auth_cache_s": s.ingest.auth_cache_s,
+        "server.max_connections_per_client": s.server.max_connections_per_client,
+        "server.auth_failures_per_min": s.server.auth_failures_per_min,
+        "server.auth_failures_burst": s.server.auth_failures_burst,
     }
     for key, value in non_negative.items():
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise ConfigError(f"invalid configuration: {key}: must be >= 0, got {value}")
     for key, value in {"ingest.max_age_days": s.ingest.max_age_days, "ingest.dedupe_window_s": s.ingest.dedupe_window_s,
                        "ingest.append_timeout_s": s.ingest.append_timeout_s, "bus.retention_hours": s.bus.retention_hours,

@@ -30,13 +30,14 @@ from vendwatch.bus import EVENTS
 from vendwatch.config import Settings
 from vendwatch.runtime import Context
 from vendwatch.simulate import FaultPlan, Fleet, LiveRun, Sender, SimClock, showcase_plan
+from vendwatch.simulate.audit import showcase_dex
 from vendwatch.simulate.fleet import profiles_for
 from vendwatch.simulate.provision import provision_fleet
 
 log = logging.getLogger("vendwatch.demo")
 
 SUMMARY_HOOKS = ("vendwatch.detect.summary:summary", "vendwatch.incidents.summary:summary", "vendwatch.lake.summary:summary")
-SERVICENOW_EMULATOR = "vendwatch.incidents.emulator:start_for_demo"
+SERVICENOW_EMULATOR = "vendwatch.emulators.servicenow:start_for_demo"
 
 
 class DemoError(Exception):
@@ -67,8 +68,12 @@ class _IdOnly(msgspec.Struct):
 _id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
-def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
-    """Events in the ``events`` topic after ``since`` offsets, and how many of them repeat an id."""
+_DERIVED = ("dex:", "dex-ea:", "dexf:")  # ids of events the collector derives from DEX audit files
+
+
+def count_log_events(ctx: Context, since: dict[int, int], derived: list[int] | None = None) -> tuple[int, int]:
+    """Events the devices sent in the ``events`` topic after ``since`` offsets, and how many of
+    them repeat an id; events derived from DEX files are counted into ``derived[0]`` instead."""
     total = dup = 0
     seen: set[tuple[str, str]] = set()
     for p, end in ctx.log.end_offsets(EVENTS).items():
@@ -79,6 +84,11 @@ def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
                 break
             for r in recs:
                 e = _id_decoder.decode(r.value)
+                if e.event_id.startswith(_DERIVED):
+                    if derived is not None:
+                        derived[0] += 1
+                    total -= 1
+                    continue
                 key = (e.device_id, e.event_id)
                 if key in seen:
                     dup += 1
@@ -185,6 +195,7 @@ class _Server:
         import uvicorn
 
         from vendwatch.api.server import build_app
+        from vendwatch.cli.serve import uvicorn_config
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -194,8 +205,7 @@ class _Server:
             raise DemoError(f"cannot listen on {host}:{port}: {e}") from None
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        config = uvicorn.Config(build_app(ctx, roles), log_level="warning", access_log=False,
-                                timeout_graceful_shutdown=5, limit_concurrency=4096)
+        config = uvicorn_config(build_app(ctx, roles), ctx.settings, host, self.port)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, name="vw-demo-http", daemon=True)
 
@@ -252,6 +262,9 @@ DEMO_TUNING: dict[str, Any] = {
     # flap damping is wall time; at --speed 60, 5 s is five simulated minutes, so cleared
     # conditions close their incidents within the demo instead of two simulated hours later
     "incidents.flap_damping_s": 5.0,
+    # the grouping delay before an offline machine's ticket is wall time too: 60 s would be
+    # an hour of the accelerated fleet
+    "incidents.group_wait_s": 5.0,
 }
 
 
@@ -276,7 +289,7 @@ def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, 
     if opts.servicenow_emulator:
         start = runtime.load(SERVICENOW_EMULATOR)
         if start is None:
-            raise DemoError("--servicenow-emulator needs vendwatch.incidents.emulator, which is not part of this build")
+            raise DemoError("--servicenow-emulator needs vendwatch.emulators.servicenow, which is not part of this build")
         base_url, stop_emulator, emulator_overrides = start(settings)
         overrides.update(emulator_overrides)
         out.write(f"ServiceNow emulator at {base_url}\n")
@@ -328,6 +341,7 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         plan = FaultPlan.all() if opts.faults else FaultPlan.none()
         if opts.faults:
             plan.scheduled = showcase_plan(profiles_for(opts.seed, devices))
+            plan.dex = showcase_dex([d for d, _ in devices])
         # start as far in the past as the run needs, but not so far that events count as late
         backlog = opts.max_backlog_s if opts.max_backlog_s is not None else max(0.0, settings.ingest.late_after_s - 60)
         clock = SimClock(opts.speed, opts.duration_s, backlog)
@@ -335,7 +349,9 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, out))
         out.write("simulator stopped; waiting for the pipeline to catch up...\n")
         lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
-        in_log, dup = count_log_events(ctx, since_offsets)
+        dex_findings = _reconcile(ctx, out)
+        derived = [0]
+        in_log, dup = count_log_events(ctx, since_offsets, derived)
         hooks, hook_errors = call_hooks(ctx)
         summary = {
             **hooks,  # the demo's own counts below win over a hook's key of the same name
@@ -350,6 +366,9 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             "wall_seconds": round(time.time() - started_at, 1),
             "simulated_seconds": round(fleet.now - fleet.start, 1),
             "faults_injected": _count_kinds(fleet),
+            "dex_injected": sorted(f"{i.kind}@{i.device_id}#{i.read}" for i in plan.dex),
+            "dex_findings": dex_findings,
+            "dex_events_in_log": derived[0],
             "drained": drained,
             "stage_lag": lags,
             "url": server.url,
@@ -361,6 +380,26 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         server.stop()
         ctx.close()
     return summary
+
+
+def _reconcile(ctx: Context, out: TextIO) -> dict[str, int]:
+    """Compare the audit reads of the run with telemetry and cash; findings become dex_finding events."""
+    from vendwatch.dex.publish import publish_findings
+    from vendwatch.lake.dex_reports import Window, findings
+    from vendwatch.lake.query import LakeSQL, QueryError
+
+    try:
+        found = findings(LakeSQL(ctx.settings), Window())
+    except QueryError as e:
+        out.write(f"reconciliation skipped: {e}\n")
+        return {}
+    publish_findings(ctx, found)
+    for f in found:
+        out.write(f"reconciliation: {f.kind} on {f.device_id}: {f.detail}\n")
+    kinds: dict[str, int] = {}
+    for f in found:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    return dict(sorted(kinds.items()))
 
 
 def _count_kinds(fleet: Fleet) -> dict[str, int]:

@@ -178,7 +178,7 @@ def test_incidents_from_the_incident_store(ctx):
     """The real incident store, filled by the incident service as the orchestrator fills it."""
     from tests.incidents.incident_helpers import make_signal
 
-    from vendwatch.incidents.clock import VirtualClock
+    from vendwatch.delivery.clock import VirtualClock
     from vendwatch.incidents.service import IncidentService
 
     clock = VirtualClock(T0.timestamp())

@@ -8,6 +8,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vendwatch.api.auth import error_response, json_response, require
+from vendwatch.api.params import ParamError, int_param, text_param
 from vendwatch.runtime import Context
 
 
@@ -32,11 +33,11 @@ def routes(ctx: Context) -> list[Route]:
     async def list_devices(request: Request) -> Response:
         q = request.query_params
         try:
-            limit = min(int(q.get("limit", "100")), 1000)
-        except ValueError:
-            return error_response(400, "bad_limit", "limit must be an integer")
-        site = q.get("site_id")
-        after = q.get("after", "")
+            limit = int_param(q, "limit", 100, 1, 1000)
+            site = text_param(q, "site_id")
+            after = text_param(q, "after", "") or ""
+        except ParamError as e:
+            return error_response(400, "bad_request", str(e))
         states = await run_in_threadpool(ctx.state.list_device_states, site, limit, after)
         return json_response({"devices": states, "next": states[-1]["device_id"] if len(states) == limit else None})
 

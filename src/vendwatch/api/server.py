@@ -26,8 +26,13 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
     components = build_components(ctx, roles)
     sup = Supervisor(ctx, components)
 
+    async def livez(request: Request) -> Response:
+        # liveness: the process and its event loop answer; no dependency is checked, so a
+        # supervisor never restarts a healthy process for an outage of the log or database
+        return json_response({"status": "ok", "version": __version__})
+
     async def healthz(request: Request) -> Response:
-        # ready when the log and state store answer
+        # readiness: route traffic here when the log and state store answer
         try:
             ctx.state.db.one("SELECT 1")
             ctx.log.partitions("events")
@@ -62,7 +67,8 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
                 collector.stop()
             sup.stop()
 
-    all_routes = [Route("/healthz", healthz), Route("/metrics", metrics), *routes]
+    all_routes = [Route("/livez", livez), Route("/healthz", healthz), Route("/readyz", healthz),
+                  Route("/metrics", metrics), *routes]
     app = Starlette(routes=all_routes, lifespan=lifespan)
     collector = ctx.extras.get("collector")
     if collector is not None:

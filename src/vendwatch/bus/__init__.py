@@ -15,6 +15,7 @@ from vendwatch.bus.base import (
     LogUnavailable,
     Record,
 )
+from vendwatch.files import private_dir
 
 if TYPE_CHECKING:
     from vendwatch.config import Settings
@@ -30,5 +31,5 @@ def open_log(settings: Settings) -> Log:
         return KafkaLog(settings.bus.kafka, retention_ms=int(settings.bus.retention_hours * 3_600_000))
     from vendwatch.bus.sqlite import SqliteLog
 
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_path)
     return SqliteLog(settings.data_path / "bus.db", default_partitions=settings.bus.partitions)

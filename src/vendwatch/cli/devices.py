@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import csv
 import sys
+from typing import TextIO
 
 import click
 
 from vendwatch.api.devices import device_view
 from vendwatch.cli.common import Env, data_dir_option, echo_json, pass_env, table
-from vendwatch.state.store import ROLES, RegistryError
+from vendwatch.files import private_file
+from vendwatch.state.store import MAX_ROTATION_GRACE_S, ROLES, RegistryError
 
 
 @click.group()
@@ -52,11 +54,11 @@ def add(env: Env, device_id: str, site_id: str | None, serial: str | None, model
 
 @devices.command("import")
 @click.argument("csv_file", type=click.File("r"))
-@click.option("--tokens-out", type=click.File("w"), default="-",
-              help="Where to write device_id,token CSV [default: stdout]. Keep it secret.")
+@click.option("--tokens-out", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Where to write device_id,token CSV [default: stdout]; a file is created private (0600).")
 @data_dir_option
 @pass_env
-def import_(env: Env, csv_file: click.utils.LazyFile, tokens_out: click.utils.LazyFile) -> None:
+def import_(env: Env, csv_file: click.utils.LazyFile, tokens_out: str) -> None:
     """Bulk-register devices from CSV with a header: device_id[,site_id,serial,model,location,heartbeat_interval_s].
 
     All rows are validated first; nothing is imported if any row is bad.
@@ -99,10 +101,18 @@ def import_(env: Env, csv_file: click.utils.LazyFile, tokens_out: click.utils.La
     except RegistryError as e:
         raise click.ClickException(f"{e}; nothing was imported") from None
     # tokens are printed only once the import has committed: a failed import prints none
-    out = csv.writer(tokens_out)
+    if tokens_out == "-":
+        _write_tokens(sys.stdout, issued)
+    else:
+        with private_file(tokens_out) as f:
+            _write_tokens(f, issued)
+    click.echo(f"imported {len(rows)} devices", err=True)
+
+
+def _write_tokens(f: TextIO, issued: list[tuple[str, str]]) -> None:
+    out = csv.writer(f)
     out.writerow(["device_id", "token"])
     out.writerows(issued)
-    click.echo(f"imported {len(rows)} devices", err=True)
 
 
 @devices.command("list")
@@ -161,10 +171,16 @@ def enable(env: Env, device_id: str) -> None:
     click.echo(f"device {device_id} enabled")
 
 
+def _grace(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not 0 <= value <= MAX_ROTATION_GRACE_S:  # NaN and infinities fail this too
+        raise click.BadParameter(f"must be 0 to {MAX_ROTATION_GRACE_S:g} seconds (30 days), got {value!r}")
+    return value
+
+
 @devices.command("rotate-secret")
 @click.argument("device_id")
-@click.option("--grace", type=float, default=86400, show_default=True,
-              help="Seconds the old token stays valid (0 revokes it now).")
+@click.option("--grace", type=float, default=86400, show_default=True, callback=_grace,
+              help="Seconds the old token stays valid (0 revokes it now; at most 30 days).")
 @click.option("--json", "as_json", is_flag=True)
 @data_dir_option
 @pass_env
@@ -226,4 +242,3 @@ def tokens_revoke(env: Env, name: str) -> None:
 
 
 commands = [devices, tokens]
-_ = sys

@@ -314,17 +314,24 @@ def _serve_forever(server: Any, what: str) -> None:
 @click.option("--password", default="vendwatch", show_default=True)
 @click.option("--client-id", default="vendwatch-client", show_default=True, help="OAuth client id.")
 @click.option("--client-secret", default="vendwatch-secret", show_default=True, help="OAuth client secret.")
-@click.option("--ci", "cis", multiple=True, metavar="SERIAL=NAME", help="Seed a cmdb_ci item (repeatable).")
+@click.option("--ci", "cis", multiple=True, metavar="SERIAL=NAME",
+              help="Seed a CI (cmdb_ci_hardware) with this serial number (repeatable).")
+@click.option("--group", "groups", multiple=True, metavar="NAME",
+              help="Seed an assignment group (sys_user_group) with this name (repeatable).")
 @click.option("--rate-limit-per-hour", type=click.IntRange(1), default=None,
               help="Answer 429 with Retry-After beyond this many requests per hour.")
 def dev_servicenow(host: str, port: int, username: str, password: str, client_id: str, client_secret: str,
-                   cis: tuple[str, ...], rate_limit_per_hour: int | None) -> None:
-    """Run the ServiceNow Table API emulator (incident, cmdb_ci, sys_journal_field, /oauth_token.do).
+                   cis: tuple[str, ...], groups: tuple[str, ...], rate_limit_per_hour: int | None) -> None:
+    """Run a ServiceNow emulator built from ServiceNow's documentation (development and tests only).
+
+    Tables: incident (state model, Closed/Canceled read-only), cmdb_ci and its class
+    tables, sys_user_group, sys_user, sys_journal_field; encoded queries; Basic auth and
+    /oauth_token.do (password, client_credentials, refresh_token).
 
     Inject faults with POST /_emulator/faults, e.g. {"status": 503, "count": 5} or
     {"status": 429, "retry_after": 30}; see requests with GET /_emulator/requests.
     """
-    from vendwatch.incidents.emulator import ServiceNowEmulator
+    from vendwatch.emulators.servicenow import ServiceNowEmulator
 
     emu = ServiceNowEmulator(username=username, password=password, client_id=client_id,
                              client_secret=client_secret, rate_limit_per_hour=rate_limit_per_hour)
@@ -333,6 +340,8 @@ def dev_servicenow(host: str, port: int, username: str, password: str, client_id
         if not sep or not serial:
             raise click.BadParameter(f"{spec!r} is not SERIAL=NAME", param_hint="--ci")
         emu.add_ci(serial, name)
+    for group in groups:
+        emu.add_group(group)
     _serve_forever(emu.serve(host, port), "ServiceNow emulator")
 
 

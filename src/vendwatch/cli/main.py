@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 
 import click
 
 from vendwatch import __version__
 from vendwatch.cli.common import Env
+from vendwatch.files import PRIVATE_UMASK
 from vendwatch.observe.logs import setup_logging
 
 # command modules, each exposing ``commands: list[click.Command]``
@@ -24,6 +26,7 @@ COMMAND_MODULES = [
     "vendwatch.cli.lake",
     "vendwatch.cli.ops",
     "vendwatch.cli.stages",
+    "vendwatch.cli.dex",
 ]
 
 
@@ -39,6 +42,7 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     Start with `vendwatch demo`: it provisions a simulated fleet and runs the whole
     platform on embedded defaults (SQLite, local Iceberg lake) in one process.
     """
+    os.umask(PRIVATE_UMASK)  # every file vendwatch creates (databases, lake, exports) is private
     overrides = {"log_level": log_level} if log_level else {}
     env = ctx.ensure_object(Env)
     env.config, env.overrides = config, overrides

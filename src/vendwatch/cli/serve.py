@@ -7,22 +7,34 @@ import signal
 import threading
 
 import click
+import uvicorn
 
 from vendwatch.cli.common import Env, data_dir_option, pass_env
+from vendwatch.config import Settings
 from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 
 log = logging.getLogger("vendwatch.cli")
 
 
-def run_http(ctx: Context, roles: list[str], host: str, port: int) -> None:
-    import uvicorn
+def uvicorn_config(app: object, settings: Settings, host: str, port: int) -> uvicorn.Config:
+    """uvicorn settings of every HTTP role: the connection guards of docs/security.md."""
+    from vendwatch.api.protocol import GuardedHttpProtocol
 
+    srv = settings.server
+    protocol = GuardedHttpProtocol.configured(
+        header_timeout_s=srv.header_timeout_s, max_header_bytes=srv.max_header_bytes,
+        max_connections_per_client=srv.max_connections_per_client)
+    # ws="none": no endpoint speaks WebSocket, so no upgrade path to guard
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, http=protocol, ws="none",
+                          timeout_graceful_shutdown=5, limit_concurrency=srv.max_connections,
+                          timeout_keep_alive=max(1, round(srv.keep_alive_s)))
+
+
+def run_http(ctx: Context, roles: list[str], host: str, port: int) -> None:
     from vendwatch.api.server import build_app
 
     app = build_app(ctx, roles)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=5, limit_concurrency=4096)
-    uvicorn.Server(config).run()
+    uvicorn.Server(uvicorn_config(app, ctx.settings, host, port)).run()
 
 
 @click.command()

@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from vendwatch import events as ev
 from vendwatch.api.auth import error_response, json_response, require
+from vendwatch.api.params import ParamError, check_text, int_param, text_param
 from vendwatch.bus.base import EVENTS, REJECTED
 from vendwatch.console import activity, fleet
 from vendwatch.runtime import Context
@@ -48,20 +49,7 @@ def _bad(code: str, message: str) -> Response:
 
 
 def _int_param(request: Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _ParamError(f"{name} must be an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise _ParamError(f"{name} must be between {lo} and {hi}, got {value}")
-    return value
-
-
-class _ParamError(ValueError):
-    pass
+    return int_param(request.query_params, name, default, lo, hi)
 
 
 class _SummaryCache:
@@ -118,16 +106,23 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
             return _bad("bad_status", f"status must be one of {', '.join(fleet.CLASSES)}, got {status!r}")
         try:
             limit = _int_param(request, "limit", 100, 1, MAX_PAGE)
-        except _ParamError as e:
+        except ParamError as e:
             return _bad("bad_limit", str(e))
         faulted = q.get("faulted", "0")
         if faulted not in _BOOLS:
             return _bad("bad_faulted", f"faulted must be 1, 0, true or false, got {faulted!r}")
         text = q.get("q") or None
-        if text is not None and len(text) > MAX_SEARCH:
-            return _bad("bad_q", f"q must be at most {MAX_SEARCH} characters")
-        f = fleet.DeviceFilter(site_id=q.get("site_id") or None, status=status, q=text,
-                               faulted=_BOOLS[faulted], after=q.get("after", ""), limit=limit)
+        try:
+            if text is not None:
+                check_text("q", text, MAX_SEARCH)
+        except ParamError as e:
+            return _bad("bad_q", str(e))
+        try:
+            site_id, after = text_param(q, "site_id"), text_param(q, "after", "")
+        except ParamError as e:
+            return _bad("bad_request", str(e))
+        f = fleet.DeviceFilter(site_id=site_id or None, status=status, q=text,
+                               faulted=_BOOLS[faulted], after=after or "", limit=limit)
         rows = await run_in_threadpool(fleet.list_devices, ctx.state.db, f, clock())
         return _ok({"devices": rows, "next": rows[-1]["device_id"] if len(rows) == limit else None})
 
@@ -144,7 +139,7 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
         device_id = request.path_params["device_id"]
         try:
             limit = _int_param(request, "limit", 50, 1, MAX_EVENTS)
-        except _ParamError as e:
+        except ParamError as e:
             return _bad("bad_limit", str(e))
         types = frozenset(request.query_params.getlist("type"))
         unknown = types - set(ev.PAYLOADS)

@@ -24,7 +24,14 @@ from vendwatch.signals import SEVERITIES
 
 FORMAT = "vendwatch.rules/v1"
 RULE_TYPES = ("match", "sustained", "absence", "count", "ratio", "change")
-_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_ID_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}\Z")  # \Z: "$" would accept a trailing newline
+MAX_DURATION_S = 366 * 86_400.0  # longer windows and timers are typos; they also overflow arithmetic
+MAX_VERSION = 2**31 - 1  # checkpoints and the lake store the version as a 32/64-bit integer
+MAX_COUNT = 1_000_000_000  # thresholds and sample counts
+# template fields: a name or name[key], optionally !r/!s and a short format spec ("{value:.1f}");
+# no attribute access (it reaches Python internals) and no huge widths (memory)
+_TEMPLATE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\[[A-Za-z0-9_]{1,64}\])?\Z")
+_TEMPLATE_SPEC = re.compile(r"[<>=^]?[+\- ]?[0-9]{0,2}(\.[0-9]{1,2})?[bdefgosx%]?\Z")
 _DUR_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)d)?\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*$")
 
 
@@ -36,16 +43,27 @@ def parse_duration(value: Any, where: str) -> float:
     """Seconds from ``90``, ``"90s"``, ``"15m"``, ``"1h30m"``, ``"2d"``."""
     if isinstance(value, bool):
         raise RuleError(f"{where}: expected a duration like 15m, got {value!r}")
+    seconds: float | None = None
     if isinstance(value, int | float):
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise RuleError(f"{where}: duration must be >= 0, got {value}")
-        return float(value)
-    if isinstance(value, str):
+        seconds = float(value) if value <= MAX_DURATION_S else MAX_DURATION_S + 1
+    elif isinstance(value, str) and len(value) <= 64:
         m = _DUR_RE.match(value)
         if m and any(m.groups()):
             d, h, mi, s = (float(x) if x else 0.0 for x in m.groups())
-            return d * 86400 + h * 3600 + mi * 60 + s
-    raise RuleError(f"{where}: expected a duration like 30s, 15m, 1h, got {value!r}")
+            seconds = d * 86400 + h * 3600 + mi * 60 + s
+    if seconds is None:
+        raise RuleError(f"{where}: expected a duration like 30s, 15m, 1h, got {_short(value)}")
+    if seconds > MAX_DURATION_S:
+        raise RuleError(f"{where}: duration must be at most 366d, got {_short(value)}")
+    return seconds
+
+
+def _short(value: Any) -> str:
+    """``repr`` of a value for an error message, cut to a readable length."""
+    text = repr(value) if not isinstance(value, int) or abs(value) < 10**30 else f"a {len(str(value))}-digit number"
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --- predicates ------------------------------------------------------------------
@@ -135,7 +153,9 @@ def compile_where(where: Any, types: tuple[str, ...], ctx: str) -> tuple[Pred | 
     if where is None:
         return None, ()
     if not isinstance(where, dict):
-        raise RuleError(f"{ctx}: expected a mapping of field: condition, got {where!r}")
+        raise RuleError(f"{ctx}: expected a mapping of field: condition, got {_short(where)}")
+    if not where:
+        raise RuleError(f"{ctx}: expected at least one field: condition (omit it to match every event)")
     known = _payload_fields(types)
     consts: list[Any] = []
     env: dict[str, Any] = {"NUM": _NUMBER, "SCALAR": _SCALAR}
@@ -186,9 +206,11 @@ class Matcher:
 
 def _types(raw: Any, ctx: str) -> tuple[str, ...]:
     types = raw if isinstance(raw, list) else [raw]
+    if not types:
+        raise RuleError(f"{ctx}.type: at least one event type needed")
     for t in types:
-        if t not in PAYLOADS:
-            raise RuleError(f"{ctx}.type: unknown event type {t!r} (known: {', '.join(PAYLOADS)})")
+        if not isinstance(t, str) or t not in PAYLOADS:
+            raise RuleError(f"{ctx}.type: unknown event type {_short(t)} (known: {', '.join(PAYLOADS)})")
     return tuple(types)
 
 
@@ -233,9 +255,14 @@ def check_template(template: Any, allowed: set[str], ctx: str) -> str:
         parsed = list(string.Formatter().parse(template))
     except ValueError as e:
         raise RuleError(f"{ctx}: bad template {template!r}: {e}") from None
-    for _lit, name, _spec, _conv in parsed:
+    if len(template) > 1000:
+        raise RuleError(f"{ctx}: template longer than 1000 characters")
+    for _lit, name, spec, _conv in parsed:
         if name is None:
             continue
+        if not _TEMPLATE_FIELD.match(name) or not _TEMPLATE_SPEC.match(spec or ""):
+            raise RuleError(f"{ctx}: placeholder {{{_short(name)[1:-1]}}} must be {{name}}, {{name[key]}} or"
+                            " {name:.1f} (no attributes, short format specs)")
         root = re.split(r"[.\[]", name, maxsplit=1)[0]
         if root not in allowed:
             raise RuleError(f"{ctx}: unknown placeholder {{{name}}} (allowed: {', '.join(sorted(allowed))})")
@@ -293,8 +320,9 @@ def _req(raw: dict[str, Any], key: str, ctx: str) -> Any:
 
 def _pos_number(v: Any, ctx: str, integer: bool = False) -> float:
     ok = isinstance(v, int) if integer else isinstance(v, int | float)
-    if isinstance(v, bool) or not ok or v <= 0:
-        raise RuleError(f"{ctx}: expected a positive {'integer' if integer else 'number'}, got {v!r}")
+    if isinstance(v, bool) or not ok or not 0 < v <= MAX_COUNT:  # NaN and infinities too
+        raise RuleError(f"{ctx}: expected a positive {'integer' if integer else 'number'} up to {MAX_COUNT},"
+                        f" got {_short(v)}")
     return v
 
 
@@ -356,7 +384,7 @@ def _compile_params(r: dict[str, Any], ctx: str) -> dict[str, Any]:
                             " and cannot be combined with site_correlation")
         p["require_activity"] = ra
         p["site_rule_id"] = r.get("site_rule_id") or f"site_{r['id']}"
-        if not _ID_RE.match(p["site_rule_id"]):
+        if not isinstance(p["site_rule_id"], str) or not _ID_RE.match(p["site_rule_id"]):
             raise RuleError(f"{ctx}: field 'site_rule_id': must match {_ID_RE.pattern}")
         p["site_severity"] = r.get("site_severity", "critical")
         if p["site_severity"] not in SEVERITIES:
@@ -428,20 +456,20 @@ def _compile_rule(raw: Any, index: int, source: str) -> Rule:
         raise RuleError(f"{source}: rules[{index}]: field 'id': required, lowercase letters, digits and _ (got {rid!r})")
     ctx = f"{source}: rule '{rid}'"
     t = raw.get("type")
-    if t not in RULE_TYPES:
-        raise RuleError(f"{ctx}: field 'type': must be one of {', '.join(RULE_TYPES)}, got {t!r}")
+    if not isinstance(t, str) or t not in RULE_TYPES:
+        raise RuleError(f"{ctx}: field 'type': must be one of {', '.join(RULE_TYPES)}, got {_short(t)}")
     unknown = set(raw) - _COMMON - _PER_TYPE[t]
     if unknown:
         raise RuleError(f"{ctx}: unknown field(s) {', '.join(sorted(map(str, unknown)))} for a {t} rule"
                         f" (allowed: {', '.join(sorted(_COMMON | _PER_TYPE[t]))})")
     version = raw.get("version", 1)
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise RuleError(f"{ctx}: field 'version': expected a positive integer, got {version!r}")
+    if isinstance(version, bool) or not isinstance(version, int) or not 1 <= version <= MAX_VERSION:
+        raise RuleError(f"{ctx}: field 'version': expected an integer from 1 to {MAX_VERSION}, got {_short(version)}")
     sev = raw.get("severity")
-    if sev not in SEVERITIES:
+    if not isinstance(sev, str) or sev not in SEVERITIES:
         raise RuleError(f"{ctx}: field 'severity': must be one of {', '.join(SEVERITIES)}, got {sev!r}")
     kind = raw.get("kind", "incident")
-    if kind not in ("incident", "business"):
+    if not isinstance(kind, str) or kind not in ("incident", "business"):
         raise RuleError(f"{ctx}: field 'kind': must be incident or business, got {kind!r}")
     scope = raw.get("scope", "device")
     if scope != "device":
@@ -484,6 +512,15 @@ def parse_rules(text: str, source: str) -> list[Rule]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise RuleError(f"{source}: not valid YAML: {e}") from None
+    except RecursionError:
+        raise RuleError(f"{source}: not valid YAML: nested too deeply") from None
+    try:
+        return _parse_doc(doc, source)
+    except RecursionError:
+        raise RuleError(f"{source}: a rule is nested too deeply") from None
+
+
+def _parse_doc(doc: Any, source: str) -> list[Rule]:
     if not isinstance(doc, dict):
         raise RuleError(f"{source}: expected a mapping with 'format' and 'rules'")
     extra = set(doc) - {"format", "rules"}

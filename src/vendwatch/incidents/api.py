@@ -20,6 +20,7 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 from vendwatch.api.auth import error_response, json_response, require
+from vendwatch.api.params import MAX_OFFSET, ParamError, int_param, text_param
 from vendwatch.incidents.lifecycle import STATUSES, Incident
 from vendwatch.incidents.service import IncidentNotFound, IncidentService
 from vendwatch.runtime import Context
@@ -48,7 +49,16 @@ def incident_doc(inc: Incident) -> dict[str, Any]:
 def detail_doc(svc: IncidentService, inc: Incident) -> dict[str, Any]:
     return {**incident_doc(inc), "timeline": svc.store.timeline(inc.incident_id),
             "severity_history": svc.store.severity_history(inc.incident_id),
-            "external_refs": svc.store.refs(inc.incident_id)}
+            "external_refs": [_named_state(r) for r in svc.store.refs(inc.incident_id)]}
+
+
+def _named_state(ref: dict[str, Any]) -> dict[str, Any]:
+    """ServiceNow states are numbers ("6"); people read names ("Resolved")."""
+    if ref.get("system") == "servicenow":
+        from vendwatch.incidents.servicenow.mapping import state_name
+
+        return {**ref, "state_name": state_name(ref.get("state"))}
+    return ref
 
 
 async def _body(request: Request, typ: type[Any]) -> Any:
@@ -76,11 +86,12 @@ def routes(ctx: Context) -> list[BaseRoute]:
         if severity and severity not in SEVERITIES:
             return error_response(400, "bad_request", f"severity must be one of {', '.join(SEVERITIES)}")
         try:
-            limit, offset = int(q.get("limit", "100")), int(q.get("offset", "0"))
-        except ValueError:
-            return error_response(400, "bad_request", "limit and offset must be integers")
-        if not 1 <= limit <= 1000 or offset < 0:
-            return error_response(400, "bad_request", "limit must be 1-1000 and offset >= 0")
+            limit = int_param(q, "limit", 100, 1, 1000)
+            offset = int_param(q, "offset", 0, 0, MAX_OFFSET)
+            for name in ("device_id", "site_id", "rule_id", "dedupe_key"):
+                text_param(q, name)
+        except ParamError as e:
+            return error_response(400, "bad_request", str(e))
         rows = await run_in_threadpool(
             svc().store.list, status=status, severity=severity, device_id=q.get("device_id"),
             site_id=q.get("site_id"), rule_id=q.get("rule_id"), dedupe_key=q.get("dedupe_key"),
@@ -125,6 +136,13 @@ def routes(ctx: Context) -> list[BaseRoute]:
         return await _transition(request, "resolve")
 
     @require(ctx, "viewer")
+    async def deliveries(request: Request) -> Response:
+        """Outbound targets (ServiceNow, webhooks, ...): queued, dead-lettered, paused and why."""
+        from vendwatch.delivery.status import target_status
+
+        return json_response({"targets": await run_in_threadpool(target_status, ctx.state.db, time.time())})
+
+    @require(ctx, "viewer")
     async def list_silences(request: Request) -> Response:
         return json_response({"silences": await run_in_threadpool(svc().store.list_silences, time.time())})
 
@@ -159,6 +177,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         Route("/v1/incidents/{incident_id}", get_incident, methods=["GET"]),
         Route("/v1/incidents/{incident_id}/ack", ack, methods=["POST"]),
         Route("/v1/incidents/{incident_id}/resolve", resolve, methods=["POST"]),
+        Route("/v1/deliveries", deliveries, methods=["GET"]),
         Route("/v1/silences", list_silences, methods=["GET"]),
         Route("/v1/silences", add_silence, methods=["POST"]),
         Route("/v1/silences/{silence_id}", remove_silence, methods=["DELETE"]),

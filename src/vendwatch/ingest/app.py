@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import hashlib
 import logging
 import threading
 import time
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -24,13 +26,15 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from vendwatch import events as ev
+from vendwatch.api.auth import MAX_TOKEN_CHARS
+from vendwatch.api.authfail import AuthFailures
 from vendwatch.bus.base import LogUnavailable
 from vendwatch.bus.retention import RetentionTask
 from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
 from vendwatch.ingest.openapi import openapi
-from vendwatch.ingest.sink import IngestSink, open_sink
+from vendwatch.ingest.sink import IngestSink, Pending, open_sink
 from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
@@ -99,31 +103,54 @@ def _gunzip(data: bytes, limit: int) -> bytes:
 
 
 class _AuthCache:
-    """token -> device for ``ttl_s``, so a busy device costs one registry lookup per TTL.
+    """Successful device authentications for ``ttl_s``: a busy device costs one registry
+    lookup per TTL.
 
-    The price: a disabled device or an expired token keeps working up to ``ttl_s``
+    Only successes are kept, keyed by a digest of the token (never the token itself),
+    within ``max_bytes``: made-up tokens, however many and however long, cost no memory
+    here (they are counted and throttled per client by ``api.authfail``). The price of
+    caching: a disabled device or an expired token keeps working up to ``ttl_s``
     (``ingest.auth_cache_s``; 0 disables the cache).
     """
 
-    max_entries = 200_000
+    max_bytes = 32 * 1024 * 1024
+    _ENTRY_OVERHEAD = 240  # dict slot, key bytes, tuple, float: measured with sys.getsizeof
 
     def __init__(self, ctx: Context, ttl_s: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ctx = ctx
         self.ttl = ttl_s
         self.clock = clock
-        self._c: dict[str, tuple[float, Device | None]] = {}
+        self._c: OrderedDict[bytes, tuple[float, Device, int]] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._c)
 
     def get(self, token: str) -> Device | None:
+        if len(token) > MAX_TOKEN_CHARS:
+            return None  # no token we issue is this long: not even worth a lookup
         now = self.clock()
-        hit = self._c.get(token)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        key = hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        hit = self._c.get(key)
+        if hit is not None:
+            if hit[0] > now:
+                return hit[1]
+            self._drop(key)
         dev = self.ctx.state.authenticate_device(token)
-        if self.ttl > 0:
-            if len(self._c) >= self.max_entries:
-                self._c.clear()  # bounded memory, also against floods of made-up tokens
-            self._c[token] = (now + self.ttl, dev)
+        if dev is not None and self.ttl > 0:
+            size = self._ENTRY_OVERHEAD + sum(len(v) for v in (dev.device_id, dev.site_id, dev.serial, dev.model,
+                                                               dev.location) if isinstance(v, str))
+            size += len(repr(dev.meta)) if dev.meta else 0
+            self._c[key] = (now + self.ttl, dev, size)
+            self.bytes += size
+            while self.bytes > self.max_bytes:
+                self._drop(next(iter(self._c)))  # oldest first
         return dev
+
+    def _drop(self, key: bytes) -> None:
+        entry = self._c.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry[2]
 
 
 class Collector:
@@ -134,6 +161,8 @@ class Collector:
         s = ctx.settings.ingest
         self.s = s
         self.auth = _AuthCache(ctx, s.auth_cache_s)
+        srv = ctx.settings.server
+        self.auth_failures = AuthFailures("device", srv.auth_failures_per_min, srv.auth_failures_burst)
         self.buckets = TokenBuckets(s.rate_limit_events_per_s, s.rate_limit_burst)
         self.validator = Validator(s)
         self.committer: GroupCommitter | None = None
@@ -212,7 +241,8 @@ class Collector:
         t0 = time.perf_counter()
         try:
             headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-            answer = await self._post_events(headers, receive)
+            client = scope.get("client")
+            answer = await self._post_events(headers, receive, str(client[0]) if client else "unknown")
         except _Disconnected:
             return  # the device went away; nothing was stored for this request
         except Exception:
@@ -221,14 +251,62 @@ class Collector:
         await answer.send(send)
         m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, headers: dict[str, str], receive: Receive) -> _Answer:
+    def authenticate(self, headers: dict[str, str], client: str) -> Device | _Answer:
+        """The device of the request's bearer token, or the 401/429 to send (every device endpoint)."""
+        wait = self.auth_failures.retry_after(client)
+        if wait:
+            return _error(429, "too_many_auth_failures", f"too many failed authentications from {client};"
+                          f" retry in {wait}s", {"Retry-After": str(wait)})
         authz = headers.get("authorization", "")
         scheme, _, token = authz.partition(" ")
         if scheme.lower() != "bearer" or not token:
+            self.auth_failures.failed(client, "missing bearer token")
             return _error(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
         device = self.auth.get(token.strip())
         if device is None:
+            self.auth_failures.failed(client, "unknown, expired or disabled device token")
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
+        return device
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
+        """The request body within the size limit, gunzipped; or the 4xx to send."""
+        return await self._body(headers, receive)
+
+    def over_limit(self, device_id: str, n: int) -> _Answer | None:
+        """The 429 to send when ``device_id`` has no room for ``n`` more events in its rate limit."""
+        wait = self.buckets.take(device_id, max(n, 1))
+        if wait <= 0:
+            return None
+        m.INGEST_RATE_LIMITED.inc()
+        retry = max(1, int(wait + 0.999))
+        return _error(429, "rate_limited", f"device {device_id} is over its rate limit; retry in {retry}s",
+                      {"Retry-After": str(retry)})
+
+    async def append(self, accepted: list[Pending], quarantine: list[tuple[str, bytes]],
+                     retry_hint: str) -> list[bool] | _Answer:
+        """Make events durable (True: new, False: duplicate), or the 503 to send (``retry_hint`` ends it)."""
+        assert self.committer is not None
+        try:
+            # a plain future (not a coroutine): wait_for needs no extra Task per request
+            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
+        except (LogUnavailable, TimeoutError) as e:
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); {retry_hint}",
+                          {"Retry-After": "5"})
+        except Exception as e:  # disk full, corruption: never 2xx
+            log.exception("append failed")
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
+        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "in_flight", f"some events are being stored by another request; {retry_hint}",
+                          {"Retry-After": "2"})
+        return fresh
+
+    async def _post_events(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
+        device = self.authenticate(headers, client)
+        if isinstance(device, _Answer):
+            return device
         body = await self._body(headers, receive)
         if isinstance(body, _Answer):
             return body
@@ -242,12 +320,9 @@ class Collector:
         n = len(parsed)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
-        wait = self.buckets.take(device.device_id, max(n, 1))
-        if wait > 0:
-            m.INGEST_RATE_LIMITED.inc()
-            retry = max(1, int(wait + 0.999))
-            return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
-                          {"Retry-After": str(retry)})
+        limited = self.over_limit(device.device_id, n)
+        if limited is not None:
+            return limited
         out = self.validator.validate(parsed, device.device_id, device.site_id, ev.utcnow())
         for r in out.rejected:
             m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
@@ -263,21 +338,9 @@ class Collector:
         if not accepted and not quarantine:
             _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
-        try:
-            # a plain future (not a coroutine): wait_for needs no extra Task per request
-            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError) as e:
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
-                          {"Retry-After": "5"})
-        except Exception as e:  # disk full, corruption: never 2xx
-            log.exception("append failed")
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "in_flight", "some events of this batch are being stored by another request;"
-                          " retry with the same event ids", {"Retry-After": "2"})
+        fresh = await self.append(accepted, quarantine, "retry with the same event ids")
+        if isinstance(fresh, _Answer):
+            return fresh
         n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
         _ACCEPTED.inc(n_new)
@@ -303,5 +366,8 @@ def routes(ctx: Context) -> list[Route]:
 
     # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
     # api/server.py also dispatches POST /v1/events to it before Starlette's middleware
+    from vendwatch.dex.http import DexEndpoint  # noqa: PLC0415 - the DEX front door builds on this module
+
     return [Route("/v1/events", collector, methods=["POST"]),
+            Route("/v1/dex", DexEndpoint(ctx, collector), methods=["POST"]),
             Route("/openapi.json", openapi_json, methods=["GET"])]

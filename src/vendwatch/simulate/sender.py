@@ -58,6 +58,7 @@ class SendStats:
     statuses: Counter[int] = field(default_factory=Counter)
     reject_reasons: Counter[str] = field(default_factory=Counter)
     devices_acked: set[str] = field(default_factory=set)
+    dex_files: Counter[int] = field(default_factory=Counter)  # DEX uploads by final HTTP status
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -73,6 +74,7 @@ class SendStats:
             "http_statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "reject_reasons": dict(self.reject_reasons.most_common(10)),
             "devices_acked": len(self.devices_acked),
+            "dex_files": {str(k): v for k, v in sorted(self.dex_files.items())},
         }
 
 
@@ -170,6 +172,32 @@ class Sender:
             if self.give_up_at is not None:
                 delay = min(delay, max(0.0, self.give_up_at - time.monotonic()))
             await self._sleep(delay)
+
+    async def send_dex(self, device_id: str, raw: bytes) -> int | None:
+        """Upload one DEX audit file to ``POST /v1/dex`` until answered; the final HTTP status
+        (422 for a refused file), or None when given up."""
+        url = self.url.removesuffix("/v1/events") + "/v1/dex"
+        headers = {"authorization": f"Bearer {self.tokens[device_id]}", "content-type": "text/plain"}
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self._sem:
+                    self.stats.requests += 1
+                    resp = await self._client.post(url, content=raw, headers=headers)
+            except httpx.TransportError:
+                self.stats.network_errors += 1
+            else:
+                self.stats.statuses[resp.status_code] += 1
+                if resp.status_code not in RETRY_STATUSES:
+                    self.stats.dex_files[resp.status_code] += 1
+                    return resp.status_code
+                retry_after = _retry_after(resp)
+            attempt += 1
+            if self._giving_up() or (self.retry.max_attempts is not None and attempt >= self.retry.max_attempts):
+                return None
+            self.stats.retries += 1
+            await self._sleep(self.retry.delay(attempt - 1, retry_after, self.rng))
 
     def _answered(self, device_id: str, n: int, content: bytes, event_ids: list[str] | None) -> None:
         st = self.stats

@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from vendwatch.files import private_dir
+
 if TYPE_CHECKING:
     from vendwatch.config import Settings
 
@@ -138,5 +140,5 @@ def open_database(settings: Settings) -> Database:
         from vendwatch.state.postgres import PostgresDatabase  # type: ignore[import-not-found]
 
         return PostgresDatabase(settings.state.postgres_dsn, pool_size=settings.state.pool_size)
-    settings.data_path.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.data_path)
     return SqliteDatabase(settings.data_path / "state.db")

@@ -66,6 +66,9 @@ migrations.register(
 )
 
 
+MAX_ROTATION_GRACE_S = 30 * 86_400.0  # an old device token outlives its rotation by 30 days at most
+
+
 class RegistryError(Exception):
     """A registry operation cannot be done (unknown device, duplicate id, bad role)."""
 
@@ -186,6 +189,8 @@ class StateStore:
 
     def rotate_device_token(self, device_id: str, grace_s: float = 86_400.0) -> str:
         """New token; existing tokens stay valid for ``grace_s`` seconds (0 revokes them now)."""
+        if not 0 <= grace_s <= MAX_ROTATION_GRACE_S:  # NaN too: stored as NULL it would never expire
+            raise RegistryError(f"grace must be 0 to {MAX_ROTATION_GRACE_S:g} seconds, got {grace_s!r}")
         token = new_token(DEVICE_TOKEN_PREFIX)
         now = self.clock()
         with self.db.transaction() as t:

@@ -1,17 +1,25 @@
 """PagerDuty Events API v2 target: trigger on firing, resolve on resolved, ``dedup_key`` =
-the signal's dedupe key (so PagerDuty groups re-fires into one alert)."""
+the signal's dedupe key (so PagerDuty groups re-fires into one alert).
+
+Every field is a bounded string (summary 1,024 characters, the others 255) and
+``custom_details`` is clipped so the event stays under PagerDuty's 512 KB limit.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+import msgspec
+
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
+from vendwatch.route.clip import clip, shrink
 from vendwatch.route.rules import TargetSpec
 
 EVENTS_URL = "https://events.pagerduty.com/v2/enqueue"
 # vendwatch severity -> PagerDuty's four levels
+MAX_DETAILS_BYTES = 256 * 1024  # the whole event must stay under 512 KB
 SEVERITY = {"critical": "critical", "major": "error", "minor": "warning", "warning": "warning", "info": "info"}
 
 
@@ -21,21 +29,27 @@ def pd_event(routing_key: str, event: dict[str, Any]) -> dict[str, Any]:
     key = str(d.get("dedupe_key") or event.get("id"))[:255]
     if d.get("status") == "resolved":
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": key}
-    where = d.get("device_id") or d.get("site_id") or "vendwatch"
+    where = clip(d.get("device_id") or d.get("site_id") or "vendwatch", 255)
+    details = {k: d.get(k) for k in ("evidence", "labels", "signal_id") if d.get(k)}
+    for max_str in (4096, 256):
+        if len(msgspec.json.encode(details)) <= MAX_DETAILS_BYTES:
+            break
+        details = shrink(details, max_str)
+    else:
+        details = {"signal_id": clip(d.get("signal_id"), 255), "truncated": True}
     return {
         "routing_key": routing_key,
         "event_action": "trigger",
         "dedup_key": key,
         "payload": {
-            "summary": (f"{d.get('rule_id', event.get('detail-type', 'event'))} on {where}: "
-                        f"{d.get('summary', '')}")[:1024],
-            "source": str(where),
+            "summary": clip(f"{clip(d.get('rule_id', event.get('detail-type', 'event')), 255)} on {where}: "
+                            f"{clip(d.get('summary', ''), 1024)}", 1024),
+            "source": where,
             "severity": SEVERITY.get(str(d.get("severity", "info")), "info"),
             "timestamp": event.get("time"),
-            "component": d.get("device_id"),
-            "group": d.get("site_id"),
-            "class": d.get("rule_id"),
-            "custom_details": {k: d.get(k) for k in ("evidence", "labels", "signal_id") if d.get(k)},
+            **{k: clip(d[f], 255) for k, f in (("component", "device_id"), ("group", "site_id"),
+                                                ("class", "rule_id")) if d.get(f)},
+            "custom_details": details,
         },
         "client": "vendwatch",
     }

@@ -4,6 +4,7 @@ import {api, ApiError, clearToken, token} from './api.js';
 import {h, replace} from './dom.js';
 import * as device from './pages/device.js';
 import * as devices from './pages/devices.js';
+import * as foodsafety from './pages/foodsafety.js';
 import * as incident from './pages/incident.js';
 import * as incidents from './pages/incidents.js';
 import * as login from './pages/login.js';
@@ -22,6 +23,7 @@ const ROUTES = [
   [/^\/console\/incidents\/([^/]+)\/?$/, incident, 'incidents'],
   [/^\/console\/sql\/?$/, sql, 'sql'],
   [/^\/console\/reports\/?$/, reports, 'reports'],
+  [/^\/console\/food-safety\/?$/, foodsafety, 'food-safety'],
   [/^\/console\/login\/?$/, login, null],
 ];
 

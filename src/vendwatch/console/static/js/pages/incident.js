@@ -88,7 +88,7 @@ export async function render(main, page) {
       card('External tickets', table([
         {label: 'System', cell: (r) => r.system},
         {label: 'Number', cell: (r) => r.number || r.ref_id},
-        {label: 'State', cell: (r) => r.state || '—'},
+        {label: 'State', cell: (r) => r.state_name || r.state || '—'},
         {label: 'Link', class: 'data', cell: (r) => r.url || '—'},
       ], refs, {empty: 'Not sent to any external system.'})));
     replace(timeline, table([

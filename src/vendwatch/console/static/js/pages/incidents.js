@@ -61,12 +61,29 @@ export async function incidentSummary() {
   bySeverity(list);
   const capped = list.length >= ACTIVE_CAP;
   return h('div', null,
+    await pausedDeliveries(),
     capped ? h('p', {class: 'notice'}, `More than ${ACTIVE_CAP} active incidents: counts cover the newest ${ACTIVE_CAP}.`) : null,
     h('div', {class: 'sev-counts', 'data-testid': 'incident-counts'},
       SEVERITIES.map((s) => h('a', {class: `sev-count sev-${s}`, href: `/console/incidents${qs({status: 'active', severity: s})}`},
         h('span', {class: 'kpi-value', 'data-testid': `incidents-${s}`}, fmtNum(counts[s])), h('span', null, s)))),
     table(COLUMNS.slice(0, 2).concat(COLUMNS[4], COLUMNS[6]), list.slice(0, 8), {empty: 'No open incident.'}),
     list.length > 8 ? h('a', {href: '/console/incidents'}, `All ${list.length} active incidents →`) : null);
+}
+
+/** A notice per outbound target whose deliveries are paused (e.g. ServiceNow refusing our credentials). */
+async function pausedDeliveries() {
+  let targets;
+  try {
+    targets = (await api('/v1/deliveries')).targets;
+  } catch (e) {
+    return null; // an older server without the endpoint: nothing to say
+  }
+  const paused = targets.filter((t) => t.paused);
+  if (!paused.length) return null;
+  return h('div', {'data-testid': 'deliveries-paused'}, paused.map((t) => h('p', {class: 'notice'},
+    t.reason === 'credentials'
+      ? `Deliveries to ${t.target} are paused: its credentials are refused (HTTP 401). ${fmtNum(t.queued)} waiting; vendwatch retries by itself and resumes once the credentials work.`
+      : `Deliveries to ${t.target} are paused after repeated failures. ${fmtNum(t.queued)} waiting; vendwatch retries by itself.`)));
 }
 
 /** Device page widget: that machine's incidents. */
