@@ -60,6 +60,7 @@ class Options:
     kills: int = 10
     devices: int = 100
     speed: float = 60.0
+    backlog_s: float = 86_400.0  # the fleet starts this far in the past, so --speed can run ahead
     min_gap_s: float = 2.0
     max_gap_s: float = 6.0
     seed: int = 7
@@ -342,7 +343,9 @@ def run(opts: Options) -> Report:
     report = Report()
     started = time.monotonic()
     server.start()
-    clock = SimClock(opts.speed, None, max_backlog_s=0)
+    # the simulated clock never passes the wall clock (the collector refuses future events):
+    # starting in the past is what lets the fleet send faster than real time
+    clock = SimClock(opts.speed, opts.kills * (opts.max_gap_s + 5), max_backlog_s=opts.backlog_s)
     fleet = Fleet(opts.seed, devices=devices, start=clock.sim_start, faults=FaultPlan.all(scale=20.0),
                   run_id=str(int(clock.sim_start)))
     load = Load(f"http://127.0.0.1:{port}", tokens, fleet, clock, opts)
@@ -374,14 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kills", type=int, default=Options.kills)
     ap.add_argument("--devices", type=int, default=Options.devices)
     ap.add_argument("--speed", type=float, default=Options.speed, help="simulated seconds per wall second")
+    ap.add_argument("--backlog", type=float, default=Options.backlog_s,
+                    help="seconds of simulated history before now the fleet starts at (older events are late)")
     ap.add_argument("--min-gap", type=float, default=Options.min_gap_s, help="least seconds between kills")
     ap.add_argument("--max-gap", type=float, default=Options.max_gap_s, help="most seconds between kills")
     ap.add_argument("--seed", type=int, default=Options.seed)
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary directory")
     ap.add_argument("--json", type=Path, default=None, help="write the report here")
     a = ap.parse_args(argv)
-    opts = Options(kills=a.kills, devices=a.devices, speed=a.speed, min_gap_s=a.min_gap, max_gap_s=a.max_gap,
-                   seed=a.seed, data_dir=a.data_dir)
+    opts = Options(kills=a.kills, devices=a.devices, speed=a.speed, backlog_s=a.backlog, min_gap_s=a.min_gap,
+                   max_gap_s=a.max_gap, seed=a.seed, data_dir=a.data_dir)
     report = run(opts)
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} cpu, {platform.system()} {platform.release()}",
            "load_avg": os.getloadavg(), "options": {k: str(v) for k, v in asdict(opts).items()}, **asdict(report)}
