@@ -154,3 +154,51 @@ def test_the_detector_sets_aside_what_it_cannot_decode(data_dir: Path) -> None:
         assert "cannot apply a dead letter later" in _vw(data_dir, "stage-dlq", "redrive", str(rows[0].dl_id), code=1)
     finally:
         ctx.close()
+
+
+def test_the_lake_writer_sets_aside_what_it_cannot_decode(tmp_path: Path) -> None:
+    from tests.lake.conftest import drain, make_settings
+
+    from vendwatch.bus import REJECTED
+    from vendwatch.lake.query import LakeSQL
+
+    ctx = Context(make_settings(tmp_path / "data"))
+    try:
+        ctx.log.create_topic(EVENTS)
+        ctx.log.create_topic(REJECTED)
+        good = json.dumps({"event_id": "ok-1", "device_id": "VM-1", "type": "heartbeat", "data": {},
+                           "occurred_at": "2026-03-01T12:00:00Z", "received_at": "2026-03-01T12:00:00Z"}).encode()
+        [_, (_, off_bad), _] = ctx.log.append(EVENTS, [("VM-1", good), ("VM-1", b'{"event_id": 12, "not": "an event"}'),
+                                                       ("VM-1", good.replace(b"ok-1", b"ok-2"))])
+        drain(ctx)
+        rows = LakeSQL(ctx.settings).run("SELECT event_id FROM raw.events ORDER BY 1").rows()
+        assert [r["event_id"] for r in rows] == ["ok-1", "ok-2"]
+        [dl] = DeadLetters(ctx.state.db).list(stage="lake-writer")
+        assert dl.offset == off_bad and "Expected `str`" in dl.reason
+    finally:
+        ctx.close()
+
+
+def test_a_component_that_keeps_crashing_is_reported(data_dir: Path) -> None:
+    import time
+
+    from vendwatch.runtime import Supervisor
+    from vendwatch.stage import stage_problems
+
+    class Broken:
+        name = "lake-writer"
+
+        def run(self, stop: object) -> None:
+            raise RuntimeError("catalog unreachable")
+
+    ctx = Context(settings(data_dir))
+    sup = Supervisor(ctx, [Broken()])
+    sup.start()
+    try:
+        deadline = time.monotonic() + 30
+        while "lake-writer" not in stage_problems(ctx) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "crashed 3 times in a row: RuntimeError: catalog unreachable" in stage_problems(ctx)["lake-writer"]
+    finally:
+        sup.stop()
+        ctx.close()

@@ -152,15 +152,22 @@ class Supervisor:
             self._supervise(c)
 
     def _supervise(self, c: Component) -> None:
+        from vendwatch.stage import health  # the stage module imports this one
+
         backoff = 0.5
+        h = health(self.ctx, c.name)
         while not self.ctx.stop.is_set():
             started = time.monotonic()
             try:
                 c.run(self.ctx.stop)
                 return
-            except Exception:
+            except Exception as e:
                 log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
                 ROLE_RESTARTS.labels(c.name).inc()
+                # /healthz reports a component that keeps crashing (stage_problems)
+                h.crashes_in_row = 1 if time.monotonic() - started > 60 else h.crashes_in_row + 1
+                h.last_crash_at = time.time()
+                h.last_error = f"{type(e).__name__}: {e}"
             if time.monotonic() - started > 60:
                 backoff = 0.5
             self.ctx.stop.wait(backoff)

@@ -79,10 +79,14 @@ class StageHealth:
     lag_records: int = 0
     lag_s: float = 0.0
     last_progress_at: float = 0.0
+    crashes_in_row: int = 0  # restarts by the supervisor without a minute of uptime between them
+    last_crash_at: float = 0.0
 
-    def problem(self, max_failures: int, max_lag_s: float) -> str | None:
+    def problem(self, max_failures: int, max_lag_s: float, crash_window_s: float = 120.0) -> str | None:
         if self.consecutive_failures >= max_failures:
             return f"failed {self.consecutive_failures} times in a row: {self.last_error}"
+        if self.crashes_in_row >= max_failures and time.time() - self.last_crash_at < crash_window_s:
+            return f"crashed {self.crashes_in_row} times in a row: {self.last_error}"
         if self.lag_s > max_lag_s:
             return f"{self.lag_s:.0f}s behind the log ({self.lag_records} records)"
         return None
@@ -232,6 +236,8 @@ class CheckpointedStage(ABC):
                 if _is_infra(e):
                     raise
                 self._isolate(records, e)
+        except StaleAssignment:
+            raise  # a rebalance, not a failure
         except BaseException as e:
             self._failed(e, records)
             raise
@@ -242,6 +248,7 @@ class CheckpointedStage(ABC):
         for r in records:
             touched[(r.topic, r.partition)] = r.offset + 1
         self._new_dead = 0
+        self._aside = []
         try:
             with self.ctx.state.db.transaction() as tx:
                 if dead is not None:
@@ -257,6 +264,9 @@ class CheckpointedStage(ABC):
             raise
         if self._new_dead:
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
+        if self._attempts:  # records that failed before and went through now
+            for r in records:
+                self._attempts.pop((r.topic, r.partition, r.offset), None)
         self.positions.update(touched)
         self._saved.update(touched)
         self.lag.processed(records, self.hop)
@@ -300,7 +310,6 @@ class CheckpointedStage(ABC):
         STAGE_FAILURES.labels(stage=self.name).set(0)
         if records:
             self._set_lag_s(h.last_progress_at - records[-1].timestamp_ms / 1000)
-        self._attempts.clear()
 
     def _set_lag_s(self, lag_s: float) -> None:
         # health only: the vendwatch_stage_lag_* gauges are the LagMeter's (one writer)

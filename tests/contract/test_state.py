@@ -144,10 +144,10 @@ def test_device_state_projection(store: StateStore, tmp_path: Path) -> None:
     proj = DeviceStateProjector(ctx)
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     values = [
-        _stored("vm-1", "heartbeat", {"temp_c": 4.0}, t0, 1),
+        _stored("vm-1", "heartbeat", {"uptime_s": 40}, t0, 1),
         _stored("vm-1", "fault", {"code": "JAM", "state": "active"}, t0 + timedelta(seconds=5), 2),
         _stored("vm-2", "heartbeat", {}, t0, 1),
-        _stored("vm-1", "heartbeat", {"temp_c": 3.0}, t0 - timedelta(seconds=5), 3),  # older: ignored
+        _stored("vm-1", "heartbeat", {"uptime_s": 30}, t0 - timedelta(seconds=5), 3),  # older: ignored
     ]
     recs = [Record("events", 0, i, "k", v, 0) for i, v in enumerate(values)]
     proj.process(recs[:2])
@@ -155,7 +155,7 @@ def test_device_state_projection(store: StateStore, tmp_path: Path) -> None:
     s1 = store.get_device_state("vm-1")
     assert s1 is not None
     assert s1["events"] == 3 and s1["last_seq"] == 3 and s1["site_id"] == "s1"
-    assert s1["health"]["temp_c"] == 4.0
+    assert s1["health"]["uptime_s"] == 40
     assert list(s1["active_faults"]) == ["JAM"]
     assert store.count_device_states() == 2
     assert [s["device_id"] for s in store.list_device_states(after="vm-1")] == ["vm-2"]

@@ -61,6 +61,12 @@ class DeliveringStage(CheckpointedStage):
                     self.housekeeping()
                     last = time.monotonic()
                 if not did:
+                    self._maybe_redrive()  # stage dead letters an operator asked to apply again
                     stop.wait(0.01)
+                self._report_lag()
+        except BaseException:
+            self._lag_due = 0.0  # a stuck stage's lag shows at once
+            self._report_lag()
+            raise
         finally:
             self.close()

@@ -34,6 +34,7 @@ from vendwatch.lake.writer import (
 )
 from vendwatch.observe.lag import LagMeter
 from vendwatch.runtime import Context
+from vendwatch.stage import set_aside
 
 log = logging.getLogger("vendwatch.lake.role")
 
@@ -74,7 +75,8 @@ class LakeWriter:
     def _open(self) -> None:
         cat = open_catalog(self.ctx.settings)
         self.sinks = {
-            EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"), EventColumns),
+            EVENTS: _TopicSink(EVENTS, ensure_table(cat, "raw.events"),
+                               lambda: EventColumns(lambda r, why: set_aside(self.ctx, self.name, r, why))),
             REJECTED: _TopicSink(REJECTED, ensure_table(cat, "raw.rejected"), RejectedColumns),
             SYSTEM_LOGS: _TopicSink(SYSTEM_LOGS, ensure_table(cat, "raw.system_logs"), SystemLogColumns),
         }

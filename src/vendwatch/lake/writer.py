@@ -70,7 +70,8 @@ _dec_events = msgspec.json.Decoder(list[_RawEvent])
 class EventColumns:
     """Buffered raw.events rows: records are decoded a poll at a time, turned into Arrow once."""
 
-    def __init__(self) -> None:
+    def __init__(self, set_aside: Callable[[Record, str], None] | None = None) -> None:
+        self.set_aside = set_aside  # where an unreadable record goes (the stage's dead letters)
         self.events: list[_RawEvent] = []
         self.partitions: list[int] = []
         self.offsets: list[int] = []
@@ -84,7 +85,7 @@ class EventColumns:
         try:
             # one decoder call for the whole poll: far less per-record overhead than one each
             decoded = _dec_events.decode(b"[" + b",".join(r.value for r in records) + b"]")
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             decoded = [self._decode_one(r) for r in records]
         if all(e is not None and not e.replayed for e in decoded):
             # the common case, without a Python-level append per record
@@ -123,12 +124,14 @@ class EventColumns:
     def add(self, r: Record) -> bool:
         return self.add_many([r]) == 1
 
-    @staticmethod
-    def _decode_one(r: Record) -> _RawEvent | None:
+    def _decode_one(self, r: Record) -> _RawEvent | None:
         try:
             return _dec_event.decode(r.value)
-        except msgspec.DecodeError:
-            log.error("undecodable record on %s/%d@%d skipped", r.topic, r.partition, r.offset)
+        except (msgspec.DecodeError, RecursionError) as e:
+            if self.set_aside is None:
+                log.error("undecodable record on %s/%d@%d skipped", r.topic, r.partition, r.offset)
+            else:
+                self.set_aside(r, f"{type(e).__name__}: {e}")
             return None
 
     def to_arrow(self) -> pa.Table:
