@@ -55,7 +55,7 @@ _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
 # query-node types of a read-only parse tree (json_serialize_sql); anything else, such as
 # DELETE_QUERY_NODE inside a CTE, is refused
 _READ_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
-_BATCH_ROWS = 2048  # rows per Arrow batch read from DuckDB: bounds one batch's memory
+_BATCH_ROWS = 1024  # rows per Arrow batch read from DuckDB: bounds one batch's memory
 _DUCK_TYPES: dict[type[IcebergType], str] = {
     StringType: "VARCHAR",
     LongType: "BIGINT",
@@ -320,7 +320,11 @@ class LakeSQL:
             metrics.SQL_QUERIES.labels("too_large").inc()
             raise QueryTooLarge(f"the query needs more memory than it may use ({_first_line(e)});"
                                 " aggregate, filter or select fewer columns") from None
-        except pa.ArrowException as e:
+        except (pa.ArrowException, OSError) as e:  # DuckDB's Arrow export reports OOM as OSError
+            if "memory" in str(e).lower():
+                metrics.SQL_QUERIES.labels("too_large").inc()
+                raise QueryTooLarge(f"the answer needs more memory than a query may use ({_first_line(e)});"
+                                    " select fewer or smaller columns") from None
             metrics.SQL_QUERIES.labels("error").inc()
             raise QueryError(f"the answer cannot be returned: {_first_line(e)}") from None
         except duckdb.Error as e:
