@@ -96,3 +96,19 @@ def test_alerts_and_dashboard_use_existing_metrics() -> None:
     missing = used - exported
     assert not missing, f"alerts/dashboard use unknown metrics: {sorted(missing)}"
     assert len(used) >= 8
+
+
+def test_liveness_is_separate_from_readiness() -> None:
+    for name in ("vendwatch-collector", "vendwatch-console"):
+        dep = next(d for d in _manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez", name
+        assert c["readinessProbe"]["httpGet"]["path"] == "/healthz", name
+
+
+def test_the_ingress_example_sets_timeouts_and_per_client_limits() -> None:
+    conf = (DEPLOY / "nginx" / "vendwatch.conf").read_text()
+    for directive in ("client_header_timeout", "client_body_timeout", "keepalive_timeout", "limit_conn ",
+                      "client_max_body_size", "large_client_header_buffers", "proxy_read_timeout"):
+        assert re.search(rf"^\s*{directive}", conf, re.M), directive
+    assert "location = /v1/events" in conf and "X-Forwarded-For $remote_addr" in conf
