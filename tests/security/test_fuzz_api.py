@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 from tests.ingest_support import settings
 from tests.security.served import serve
 
@@ -29,7 +30,7 @@ def _st() -> list[str]:
 def _fuzz(url: str, token: str, *selection: str, tmp: Path) -> subprocess.CompletedProcess[str]:
     cmd = [*_st(), "run", f"{url}/openapi.json", "--url", url, "-H", f"Authorization: Bearer {token}",
            "--checks", "not_a_server_error", "--max-time", MAX_TIME_S, "--max-examples", "60",
-           "--request-timeout", "30", "--seed", "10", "--workers", "2", "--no-color", *selection]
+           "--request-timeout", "60", "--seed", "10", "--workers", "2", "--no-color", *selection]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=float(MAX_TIME_S) + 120, cwd=tmp,
                           env={**os.environ, "SCHEMATHESIS_HOOKS": ""})
 
@@ -42,6 +43,10 @@ def test_no_request_gets_a_5xx(data_dir: Path, tmp_path: Path) -> None:
     env = {"VENDWATCH_SERVER__AUTH_FAILURES_PER_MIN": "0", "VENDWATCH_LAKE__SQL_TIMEOUT_S": "5",
            "VENDWATCH_INGEST__RATE_LIMIT_EVENTS_PER_S": "100000", "VENDWATCH_INGEST__RATE_LIMIT_BURST": "100000"}
     with serve(data_dir, roles="collector,console", **env) as srv:
+        # start the SQL worker before the clock runs (it imports DuckDB and pyiceberg once)
+        warm = httpx.post(srv.url + "/v1/sql", json={"sql": "SELECT 1"}, timeout=180,
+                          headers={"authorization": f"Bearer {admin_token}"})
+        assert warm.status_code == 200, warm.text
         runs = [_fuzz(srv.url, device_token, "--include-path", "/v1/events", tmp=tmp_path),
                 _fuzz(srv.url, admin_token, "--exclude-path", "/v1/events", tmp=tmp_path)]
         alive = srv.proc.poll() is None

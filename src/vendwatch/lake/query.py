@@ -115,6 +115,8 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         stmts = con.extract_statements(sql)
     except duckdb.Error as e:
         raise QueryError(f"SQL syntax error: {e}") from None
+    if not stmts:
+        raise QueryError("the query is empty")
     if len(stmts) != 1:
         raise QueryRefused(f"exactly one statement is allowed, got {len(stmts)}")
     kind = stmts[0].type
