@@ -5,7 +5,6 @@ security headers) over a real SQLite state store and log."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -44,15 +43,8 @@ def _project(ctx: Context, values: list[bytes]) -> None:
         DeviceStateProjector(ctx).apply(tx, records)
 
 
-def _module_present(name: str) -> bool:
-    try:
-        return importlib.util.find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
-
-
-# the fleet SQL must run on both state stores; PostgreSQL when the build has its adapter
-STATE_BACKENDS = ["sqlite", *(["postgres"] if _module_present("vendwatch.state.postgres") else [])]
+# the fleet SQL must run on both state stores (a missing PostgreSQL skips locally, fails in CI)
+STATE_BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=STATE_BACKENDS)

@@ -30,19 +30,26 @@ def test_demo_acks_every_event_once_and_reuses_its_fleet(tmp_path: Path) -> None
     assert s["events_sent"] >= s["events_acked"] and s["events_rejected"] == 0
     assert s["drained"] is True and all(v == 0 for v in s["stage_lag"].values())
     assert sum(s["faults_injected"].values()) > 0
+    # every part's figures are there (a hook that fails or is missing must fail the demo test)
+    assert "hook_errors" not in s, s.get("hook_errors")
+    assert sum(s["signals_fired"].values()) > 0 and s["signals_total"] >= sum(s["signals_fired"].values())
+    assert s["incidents_opened"] > 0 and s["incidents_open"] <= s["incidents_opened"]
+    assert s["dlq_depth"] == 0
+    assert s["raw_events_rows"] == s["events_in_log"], "the lake holds every acked event once"
+    assert s["lake_tables"] >= 2 and s["lake_data_files"] > 0
     assert "100 newly registered" in err
     tokens = data / "fleet" / "tokens.csv"
     assert stat.S_IMODE(tokens.stat().st_mode) == 0o600
     assert len(tokens.read_text().splitlines()) == 101
 
-    # the same data dir again; with the incidents part's ServiceNow emulator when it is there
-    emulator = ["--servicenow-emulator"] if _module_exists() else []
-    again, err = _demo(data, tmp_path / "s2.json", "--duration", "4", "--no-faults", *emulator)
+    # the same data dir again, with the ServiceNow emulator
+    again, err = _demo(data, tmp_path / "s2.json", "--duration", "4", "--no-faults", "--servicenow-emulator")
     assert "0 newly registered" in err
     assert again["events_acked"] > 0 and again["events_acked"] == again["events_in_log"]
     assert again["faults_injected"] == {}
-    if emulator:
-        assert "ServiceNow emulator at http" in err
+    assert "ServiceNow emulator at http" in err
+    assert "hook_errors" not in again, again.get("hook_errors")
+    assert again["raw_events_rows"] == s["raw_events_rows"] + again["events_in_log"]
 
 
 def test_demo_tuning_applies_only_to_present_keys_left_at_default() -> None:
@@ -59,15 +66,6 @@ def test_demo_tuning_applies_only_to_present_keys_left_at_default() -> None:
     assert demo_tuning(Settings(lake=Lake())) == {"lake.batch_max_wait_s": 5.0}  # type: ignore[arg-type]
     assert demo_tuning(Settings(lake=Lake(batch_max_wait_s=60))) == {}  # type: ignore[arg-type]
     assert demo_tuning(Settings(lake={})) == {}  # type: ignore[arg-type]
-
-
-def _module_exists() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("vendwatch.incidents.emulator") is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def test_stage_lag_reads_every_checkpoint_format_and_group_offsets(tmp_path: Path) -> None:

@@ -126,3 +126,86 @@ def test_projection_is_exactly_once_across_restart_and_crash(data_dir: Path) -> 
         listing = h.client.get("/v1/devices", headers={"authorization": f"Bearer {tok}"}).json()
         assert [d["device_id"] for d in listing["devices"]] == ["VM-1"]
         assert h.log.end_offsets(EVENTS)  # log is intact
+
+
+# --- hostile input: one accepted event must never freeze the stage ----------------------------
+
+@pytest.mark.parametrize("value", [b"1e400", b"-1e400", b"9" * 400, b"[" + b"9" * 20 + b"]"],
+                         ids=["1e400", "-1e400", "400-digit-int", "20-digit-int-in-a-list"])
+def test_the_collector_refuses_what_a_stage_could_not_decode(data_dir: Path, value: bytes) -> None:
+    with running(data_dir) as h:
+        h.add_device("VM-1", "SITE-1")
+        ok = event("VM-1", "telemetry", {"cabinet_temp_c": 4.0})
+        bad = msgspec.json.encode(event("VM-1", "telemetry", {"cabinet_temp_c": 4.0}))
+        bad = bad.replace(b'"cabinet_temp_c":4.0', b'"cabinet_temp_c":4.0,"x_extra":' + value)
+        body = b'{"events":[' + bad + b"," + msgspec.json.encode(ok) + b"]}"
+        r = h.post("VM-1", body=body)
+        assert r.status_code == 200, r.text
+        out = r.json()
+        assert out["accepted"] == 1
+        assert [x["code"] for x in out["rejected"]] == ["schema"]
+        _run_projector(data_dir, 1)  # the accepted one is folded
+
+
+def test_a_record_the_stage_cannot_process_is_dead_lettered_and_the_stage_moves_on(data_dir: Path) -> None:
+    from vendwatch.state.deadletters import DeadLetters
+
+    with running(data_dir) as h:
+        h.add_device("VM-1", "SITE-1")
+        h.add_device("VM-2", "SITE-1")
+        assert h.post("VM-1", [event("VM-1", "telemetry", {"cabinet_temp_c": 4.0})]).json()["accepted"] == 1
+        # a record written before the collector enforced the decoding contract
+        poison = msgspec.json.encode(event("VM-1", "telemetry", {"cabinet_temp_c": 4.0})).replace(
+            b'"data":{', b'"received_at":"2026-01-01T00:00:00Z","site_id":"SITE-1","data":{"x":1e400,')
+        [(part, off)] = h.log.append(EVENTS, [("VM-1", poison)])
+        assert h.post("VM-2", [event("VM-2", "heartbeat")]).json()["accepted"] == 1
+        assert h.post("VM-1", [event("VM-1", "heartbeat")]).json()["accepted"] == 1
+        _run_projector(data_dir, 2)  # no crash loop: VM-1's later event and VM-2's are folded
+        assert (h.ctx.state.get_device_state("VM-2") or {}).get("events") == 1
+        [dl] = DeadLetters(h.ctx.state.db).list(stage="device-state")
+        assert (dl.topic, dl.partition, dl.offset) == (EVENTS, part, off)
+        assert "out of range" in dl.reason.lower()
+        assert dl.event_id is not None
+
+
+def test_a_stuck_stage_shows_in_healthz_and_its_lag_gauge(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sqlite3
+
+    from prometheus_client import REGISTRY
+
+    def broken(self: DeviceStateProjector, tx: Any, records: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")  # the machinery, not a record: never set aside
+
+    monkeypatch.setattr(DeviceStateProjector, "apply", broken)
+    with running(data_dir, roles=("collector", "console", "device-state")) as h:
+        h.add_device("VM-1", "SITE-1")
+        assert h.post("VM-1", [event("VM-1") for _ in range(5)]).json()["accepted"] == 5
+        _wait(lambda: h.client.get("/healthz").status_code == 503, timeout=30)
+        body = h.client.get("/healthz").json()
+        assert "device-state" in body["stages"] and "disk I/O error" in body["stages"]["device-state"]
+        assert REGISTRY.get_sample_value("vendwatch_stage_lag_records", {"stage": "device-state"}) == 5
+        assert REGISTRY.get_sample_value("vendwatch_stage_consecutive_failures", {"stage": "device-state"}) >= 3
+        from vendwatch.state.deadletters import DeadLetters
+
+        assert DeadLetters(h.ctx.state.db).count() == 0
+
+
+def test_state_keeps_known_fields_only_and_stays_bounded() -> None:
+    doc: dict[str, Any] = {}
+    big = "x" * 100_000
+    for i in range(50):
+        at = ago(minutes=60 - i)
+        fold(doc, _stored("heartbeat", {"uptime_s": i, f"blob_{i}": big, "nested": {"k": [big]}}, at))
+        fold(doc, _stored("telemetry", {"cabinet_temp_c": 4.0, f"extra_{i}": big}, at))
+        fold(doc, _stored("connectivity", {"network": "4g", f"extra_{i}": big}, at))
+        fold(doc, _stored("config", {"config_version": "c1", f"extra_{i}": big}, at))
+        fold(doc, _stored("transaction", {"transaction_id": f"t{i}", "price_minor": 1, f"extra_{i}": big}, at))
+        fold(doc, _stored("security", {"kind": "shock", f"extra_{i}": big}, at))
+        fold(doc, _stored("inventory", {"slots": [{"slot": f"S{i}-{j}", "count": 1, "x": big} for j in range(40)]}, at))
+        fold(doc, _stored("fault", {"code": f"code_{i}_{'y' * 50}"}, at))
+    assert doc["health"]["uptime_s"] == 49 and doc["health"]["cabinet_temp_c"] == 4.0
+    assert "nested" not in doc["health"] and not any(k.startswith(("blob_", "extra_")) for k in doc["health"])
+    assert doc["connectivity"] == {"network": "4g", "at": doc["connectivity"]["at"]}
+    assert doc["last_transaction"]["transaction_id"] == "t49"
+    size = len(msgspec.json.encode(doc))
+    assert size < 200_000, size  # 2,000 slots and 50 fault codes seen: the newest few hundred are kept

@@ -19,7 +19,7 @@ from msgspec import Struct
 
 from vendwatch.incidents.config import IncidentsSettings
 
-DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer")
+DEFAULT_ROLES = ("collector", "device-state", "detector", "router", "orchestrator", "lake-writer", "lake-jobs")
 
 
 class ConfigError(Exception):
@@ -110,6 +110,7 @@ class MqttSettings(_Section):
     tls_ca: str | None = None  # CA bundle for the broker's certificate (None: system CAs)
     share_group: str = "vendwatch"  # replicas in one group split the messages ($share/<group>/...)
     topic: str = "vendwatch/v1/+/events"  # + is the device id, enforced by the broker's ACL
+    dex_topic: str = "vendwatch/v1/+/dex"  # EVA-DTS audit files, one per message
     client_id_prefix: str = "vendwatch-bridge"
     keepalive_s: int = 30
     max_batch_messages: int = 1000  # messages appended (and then acknowledged) together
@@ -161,6 +162,9 @@ class LakeSettings(_Section):
     # that exhausts it ends its worker, never the server; 0 runs them in the server process
     sql_worker_memory_mb: int = 4096
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
+    # the lake-jobs role (part of serve and the demo): 0 turns a job off
+    etl_interval_s: float = 300.0  # refresh the analytics tables (what reports read) this often
+    maintain_interval_s: float = 3600.0  # compaction, snapshot expiry, retention this often
 
 
 class DetectSettings(_Section):
@@ -169,7 +173,8 @@ class DetectSettings(_Section):
     # extra rule files loaded after the shipped default pack (a rule id may appear once)
     rule_files: list[str] = []
     default_pack: bool = True  # load src/vendwatch/detect/rules/default.yaml
-    # timers wait this long past their deadline so events delayed up to it still count
+    # an event up to this late still retracts an offline signal it proves wrong (a false
+    # alarm); live timers do not wait for it (a replay of a backlog holds timers back by it)
     allowed_lateness_s: float = 60.0
     # "wall": timers follow wall time once caught up with the log (live);
     # "event": timers follow event time only (replay, deterministic tests)
@@ -180,8 +185,20 @@ class DetectSettings(_Section):
     recent_ids_per_device: int = 32  # duplicate-event memory per device
     site_min_devices: int = 3  # site-level offline signal needs at least this many machines...
     site_min_fraction: float = 0.5  # ...and this share of the site's machines
-    site_wait_s: float = 120.0  # per-device offline signals wait this long for site grouping
+    # per-device offline signals wait this long so they can name a site outage as their
+    # cause; 0: they fire at their deadline and the incident layer groups them
+    # (incidents.group_wait_s)
+    site_wait_s: float = 0.0
     registry_refresh_s: float = 60.0  # re-read heartbeat intervals / meta from the registry
+
+
+class ConsoleSettings(_Section):
+    """The web console (``vendwatch.console``); see docs/console.md."""
+
+    # background map tiles, e.g. "https://tile.openstreetmap.org/{z}/{x}/{y}.png" ("" = no tiles: the
+    # map draws positions on a plain background); the tile server's origin is added to the CSP img-src
+    map_tiles_url: str = ""
+    map_attribution: str = ""  # shown under the map, as the tile provider's terms require
 
 
 class Settings(_Section):
@@ -197,6 +214,7 @@ class Settings(_Section):
     incidents: IncidentsSettings = msgspec.field(default_factory=IncidentsSettings)
     lake: LakeSettings = msgspec.field(default_factory=LakeSettings)
     mqtt: MqttSettings = msgspec.field(default_factory=MqttSettings)
+    console: ConsoleSettings = msgspec.field(default_factory=ConsoleSettings)
 
     @property
     def data_path(self) -> Path:
@@ -300,6 +318,8 @@ def _check(s: Settings) -> None:
         "ingest.late_after_s": s.ingest.late_after_s,
         "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,
         "ingest.auth_cache_s": s.ingest.auth_cache_s,
+        "lake.etl_interval_s": s.lake.etl_interval_s,
+        "lake.maintain_interval_s": s.lake.maintain_interval_s,
         "server.max_connections_per_client": s.server.max_connections_per_client,
         "lake.sql_worker_memory_mb": s.lake.sql_worker_memory_mb,
         "server.auth_failures_per_min": s.server.auth_failures_per_min,
@@ -313,6 +333,10 @@ def _check(s: Settings) -> None:
                        "bus.retention_check_s": s.bus.retention_check_s}.items():
         if value <= 0:
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
+    tiles = s.console.map_tiles_url
+    if tiles and not (tiles.startswith("https://") or tiles.startswith("http://")) or tiles and "{z}" not in tiles:
+        raise ConfigError("invalid configuration: console.map_tiles_url: must be an http(s) URL with {z}, {x} and {y}"
+                          f" placeholders, got {tiles!r}")
     if s.ingest.dedupe_window_s > s.bus.retention_hours * 3600:
         # the embedded dedupe index is rebuilt from the log: it cannot remember longer than the log keeps
         raise ConfigError(

@@ -28,15 +28,17 @@ import msgspec
 from vendwatch import runtime
 from vendwatch.bus import EVENTS
 from vendwatch.config import Settings
+from vendwatch.demo_display import DemoDisplay, Snapshot, now_text, phase
 from vendwatch.runtime import Context
 from vendwatch.simulate import FaultPlan, Fleet, LiveRun, Sender, SimClock, showcase_plan
+from vendwatch.simulate.audit import showcase_dex
 from vendwatch.simulate.fleet import profiles_for
 from vendwatch.simulate.provision import provision_fleet
 
 log = logging.getLogger("vendwatch.demo")
 
 SUMMARY_HOOKS = ("vendwatch.detect.summary:summary", "vendwatch.incidents.summary:summary", "vendwatch.lake.summary:summary")
-SERVICENOW_EMULATOR = "vendwatch.incidents.emulator:start_for_demo"
+SERVICENOW_EMULATOR = "vendwatch.emulators.servicenow:start_for_demo"
 
 
 class DemoError(Exception):
@@ -67,8 +69,12 @@ class _IdOnly(msgspec.Struct):
 _id_decoder = msgspec.json.Decoder(_IdOnly)
 
 
-def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
-    """Events in the ``events`` topic after ``since`` offsets, and how many of them repeat an id."""
+_DERIVED = ("dex:", "dex-ea:", "dexf:")  # ids of events the collector derives from DEX audit files
+
+
+def count_log_events(ctx: Context, since: dict[int, int], derived: list[int] | None = None) -> tuple[int, int]:
+    """Events the devices sent in the ``events`` topic after ``since`` offsets, and how many of
+    them repeat an id; events derived from DEX files are counted into ``derived[0]`` instead."""
     total = dup = 0
     seen: set[tuple[str, str]] = set()
     for p, end in ctx.log.end_offsets(EVENTS).items():
@@ -79,6 +85,11 @@ def count_log_events(ctx: Context, since: dict[int, int]) -> tuple[int, int]:
                 break
             for r in recs:
                 e = _id_decoder.decode(r.value)
+                if e.event_id.startswith(_DERIVED):
+                    if derived is not None:
+                        derived[0] += 1
+                    total -= 1
+                    continue
                 key = (e.device_id, e.event_id)
                 if key in seen:
                     dup += 1
@@ -215,33 +226,6 @@ class _Server:
         self.sock.close()
 
 
-class _Display:
-    """A few lines refreshed in place on a terminal, appended otherwise."""
-
-    def __init__(self, out: TextIO) -> None:
-        self.out = out
-        self.tty = out.isatty()
-        self.lines = 0
-
-    def show(self, lines: list[str]) -> None:
-        if self.tty and self.lines:
-            self.out.write(f"\x1b[{self.lines}F\x1b[J")
-        self.out.write("\n".join(lines) + "\n")
-        self.out.flush()
-        self.lines = len(lines)
-
-
-def _fmt_hooks(h: dict[str, Any]) -> str:
-    """One line of the hooks' figures: scalars as they are, a dict of counts as its total."""
-    parts = []
-    for k, v in h.items():
-        if isinstance(v, bool | int | float | str):
-            parts.append(f"{k}={v}")
-        elif isinstance(v, dict) and all(isinstance(x, int) and not isinstance(x, bool) for x in v.values()):
-            parts.append(f"{k}={sum(v.values())}")
-    return "  ".join(parts)
-
-
 # Settings a live demo wants different from a production default, applied only when the
 # part that owns the key is present and the user left the key at its default.
 DEMO_TUNING: dict[str, Any] = {
@@ -252,6 +236,9 @@ DEMO_TUNING: dict[str, Any] = {
     # flap damping is wall time; at --speed 60, 5 s is five simulated minutes, so cleared
     # conditions close their incidents within the demo instead of two simulated hours later
     "incidents.flap_damping_s": 5.0,
+    # the grouping delay before an offline machine's ticket is wall time too: 60 s would be
+    # an hour of the accelerated fleet
+    "incidents.group_wait_s": 5.0,
 }
 
 
@@ -276,7 +263,7 @@ def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, 
     if opts.servicenow_emulator:
         start = runtime.load(SERVICENOW_EMULATOR)
         if start is None:
-            raise DemoError("--servicenow-emulator needs vendwatch.incidents.emulator, which is not part of this build")
+            raise DemoError("--servicenow-emulator needs vendwatch.emulators.servicenow, which is not part of this build")
         base_url, stop_emulator, emulator_overrides = start(settings)
         overrides.update(emulator_overrides)
         out.write(f"ServiceNow emulator at {base_url}\n")
@@ -289,16 +276,20 @@ def run_demo(settings: Settings, opts: DemoOptions, reload: Callable[[dict[str, 
             stop_emulator()
 
 
+CONSOLE_ROLE = "operator"  # all the console needs (acknowledge, silence, SQL); no token administration
+
+
 def demo_console_token(ctx: Context, data_dir: Path) -> str:
-    """An admin operator token for the web console, created once per data dir and kept
+    """An operator-role token for the web console, created once per data dir and kept
     (mode 0600) beside the fleet's tokens, since the store keeps only its hash."""
     path = data_dir / "fleet" / "console-token"
     if path.exists():
         token = path.read_text().strip()
-        if ctx.state.authenticate_operator(token) is not None:
+        who = ctx.state.authenticate_operator(token)
+        if who is not None and who.role == CONSOLE_ROLE:
             return token
     name = f"demo-console-{int(time.time())}"
-    token = ctx.state.add_operator_token(name, "admin")
+    token = ctx.state.add_operator_token(name, CONSOLE_ROLE)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -317,27 +308,37 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
     ctx.log.create_topic(EVENTS)
     since_offsets = ctx.log.end_offsets(EVENTS)
     started_at = time.time()
-    roles = list(dict.fromkeys([*settings.server.roles, "console"]))
+    # the scheduled ETL (lake-jobs) is replaced by one run at the end: concurrent with the
+    # measured run it changes when the lake commits, so events derived from DEX files reach
+    # raw.events before the final count (no duplicates) and the summary's lake figure moves
+    roles = [r for r in dict.fromkeys([*settings.server.roles, "console"]) if r != "lake-jobs"]
     server = _Server(ctx, roles, opts.host, opts.port)
     server.start()
-    out.write(f"vendwatch serving on {server.url} (data in {data_dir}); Ctrl-C stops\n")
     console_token = demo_console_token(ctx, data_dir)
-    out.write(f"console: {server.url}/  (sign in with the operator token {console_token})\n")
-    summary: dict[str, Any] = {}
+    display = DemoDisplay(out, server.url, console_token, CONSOLE_ROLE, str(data_dir))
+    summary: dict[str, Any] = {"console_token": console_token, "console_role": CONSOLE_ROLE}
     try:
+        display.__enter__()
         plan = FaultPlan.all() if opts.faults else FaultPlan.none()
         if opts.faults:
             plan.scheduled = showcase_plan(profiles_for(opts.seed, devices))
+            plan.dex = showcase_dex([d for d, _ in devices])
         # start as far in the past as the run needs, but not so far that events count as late
         backlog = opts.max_backlog_s if opts.max_backlog_s is not None else max(0.0, settings.ingest.late_after_s - 60)
         clock = SimClock(opts.speed, opts.duration_s, backlog)
         fleet = Fleet(opts.seed, devices=devices, start=clock.sim_start, faults=plan, run_id=str(int(clock.sim_start)))
-        stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, out))
-        out.write("simulator stopped; waiting for the pipeline to catch up...\n")
+        stats = asyncio.run(_simulate(ctx, fleet, clock, server.url, tokens, opts, started_at, since_offsets, display))
+        display.set_phase("draining: the simulator stopped; waiting for every stage to process what was acknowledged")
         lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
-        in_log, dup = count_log_events(ctx, since_offsets)
+        display.set_phase("reconciling: DEX audit reads against telemetry and cash collections")
+        dex_findings = _reconcile(ctx, display)
+        derived = [0]
+        in_log, dup = count_log_events(ctx, since_offsets, derived)
         hooks, hook_errors = call_hooks(ctx)
-        summary = {
+        display.set_phase("building the analytics tables, so the reports have this run's data")
+        etl_error = _final_etl(settings, ctx)
+        display.set_phase("done" if drained else "stopped before the pipeline caught up")
+        summary.update({
             **hooks,  # the demo's own counts below win over a hook's key of the same name
             **stats.as_dict(),
             "events_in_log": in_log,
@@ -350,17 +351,55 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
             "wall_seconds": round(time.time() - started_at, 1),
             "simulated_seconds": round(fleet.now - fleet.start, 1),
             "faults_injected": _count_kinds(fleet),
+            "dex_injected": sorted(f"{i.kind}@{i.device_id}#{i.read}" for i in plan.dex),
+            "dex_findings": dex_findings,
+            "dex_events_in_log": derived[0],
             "drained": drained,
             "stage_lag": lags,
             "url": server.url,
             "data_dir": str(data_dir),
-        }
+        })
         if hook_errors:
             summary["hook_errors"] = hook_errors
+        if etl_error:
+            summary["etl_error"] = etl_error
     finally:
+        display.__exit__()
         server.stop()
         ctx.close()
     return summary
+
+
+def _reconcile(ctx: Context, out: TextIO | DemoDisplay) -> dict[str, int]:
+    """Compare the audit reads of the run with telemetry and cash; findings become dex_finding events."""
+    from vendwatch.dex.publish import publish_findings
+    from vendwatch.lake.dex_reports import Window, findings
+    from vendwatch.lake.query import LakeSQL, QueryError
+
+    try:
+        found = findings(LakeSQL(ctx.settings), Window())
+    except QueryError as e:
+        out.write(f"reconciliation skipped: {e}\n")
+        return {}
+    publish_findings(ctx, found)
+    for f in found:
+        out.write(f"reconciliation: {f.kind} on {f.device_id}: {f.detail}\n")
+    kinds: dict[str, int] = {}
+    for f in found:
+        kinds[f.kind] = kinds.get(f.kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
+def _final_etl(settings: Settings, ctx: Context) -> str | None:
+    """Build the analytics tables once at the end (what `vendwatch etl run` does); the error, if any."""
+    try:
+        from vendwatch.lake.etl import run_etl
+
+        run_etl(settings, state=ctx.state)
+    except Exception as e:  # noqa: BLE001 - reported in the summary; the demo's counts stand
+        log.warning("final ETL failed: %s", e)
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def _count_kinds(fleet: Fleet) -> dict[str, int]:
@@ -371,14 +410,14 @@ def _count_kinds(fleet: Fleet) -> dict[str, int]:
 
 
 async def _simulate(ctx: Context, fleet: Fleet, clock: SimClock, url: str, tokens: dict[str, str], opts: DemoOptions,
-                    started_at: float, since: dict[int, int], out: TextIO) -> Any:
+                    started_at: float, since: dict[int, int], display: DemoDisplay) -> Any:
     sender = Sender(url, tokens, concurrency=8, timeout_s=30.0, seed=opts.seed)
     run = LiveRun(fleet, clock, sender, duration_s=opts.duration_s, batch_max=100, flush_s=1.0, drain_timeout_s=60.0)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
     def on_signal() -> None:
-        out.write("\nstopping (Ctrl-C again to skip waiting)...\n")
+        display.set_phase("stopping: sending what is buffered (Ctrl-C again to skip waiting)")
         stop.set()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -387,13 +426,14 @@ async def _simulate(ctx: Context, fleet: Fleet, clock: SimClock, url: str, token
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, on_signal)
-    display = _Display(out)
     shown = {"t": time.monotonic(), "acked": 0}
 
     async def refresh() -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), opts.refresh_s)
+            if stop.is_set():
+                break
             st = run.stats
             now = time.monotonic()
             rate = (st.events_acked - shown["acked"]) / max(1e-9, now - shown["t"])
@@ -402,17 +442,12 @@ async def _simulate(ctx: Context, fleet: Fleet, clock: SimClock, url: str, token
             in_log = sum(e - since.get(p, 0) for p, e in ctx.log.end_offsets(EVENTS).items())
             seen = await asyncio.to_thread(devices_seen_since, ctx, started_at)
             hooks, errors = await asyncio.to_thread(call_hooks, ctx)
-            sim = time.strftime("%Y-%m-%d %H:%M", time.gmtime(clock.now()))
-            lines = [
-                f"[{clock.elapsed_wall():5.0f}s | simulated {sim} UTC x{opts.speed:g}]  {rate:,.0f} events/s",
-                f"  sent {st.events_sent:,}  acked {st.events_acked:,}  in log ~{in_log:,}  "
-                f"devices seen {seen}  rejected {st.events_rejected}  retries {st.retries}",
-            ]
-            if hooks:
-                lines.append("  " + _fmt_hooks(hooks))
-            if errors:
-                lines.append("  summary hook errors: " + "; ".join(f"{k}: {v}" for k, v in errors.items()))
-            display.show(lines)
+            sim_now = clock.now()
+            display.show(Snapshot(
+                elapsed_s=clock.elapsed_wall(), phase=phase(sim_now, time.time(), opts.speed),
+                sim_time=now_text(sim_now), rate=rate, sent=st.events_sent, acked=st.events_acked, in_log=in_log,
+                devices_seen=seen, devices=len(fleet.devices), rejected=st.events_rejected, retries=st.retries,
+                hooks=hooks, hook_errors=errors))
 
     task = asyncio.create_task(refresh())
     try:

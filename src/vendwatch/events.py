@@ -111,6 +111,7 @@ class Refill(_Payload, kw_only=True):
     phase: Literal["started", "completed"] = "completed"
     technician_id: Id | None = None
     slots: Annotated[list[RefillSlot], Meta(max_length=512)] = []
+    cash_collected_minor: Minor | None = None  # emptied from the cash box at this visit (cash accountability)
 
 
 # --- 4. faults -----------------------------------------------------------------
@@ -173,6 +174,64 @@ class Log(_Payload, kw_only=True):
     crash_dump: Annotated[str, Meta(max_length=65_536)] | None = None
 
 
+# --- 9. EVA-DTS (DEX) audit reads (written by the collector from ``POST /v1/dex``) ---
+DexCode = Annotated[str, Meta(max_length=64)]
+
+
+class DexRead(_Payload, kw_only=True):
+    """One audit read: the file (for audit), the machine, and totals of the period since the previous read."""
+
+    file_sha256: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    raw: Annotated[str, Meta(max_length=100_000)]
+    read_at: datetime | None = None  # the machine's clock (ID5/EA3), taken as UTC
+    period_start: datetime | None = None  # the previous read's time; None for a baseline
+    machine_serial: ShortText | None = None
+    board_serial: ShortText | None = None
+    currency: Currency | None = None
+    flags: Annotated[list[DexCode], Meta(max_length=32)] = []  # lf_line_ends, crc_byte_swapped
+    findings: Annotated[list[DexCode], Meta(max_length=32)] = []  # first_read, board_replaced, counter_reset, missed_reads
+    missed_reads: Annotated[int, Meta(ge=0)] = 0
+    units: Annotated[int, Meta(ge=0)] = 0  # paid vends in the period (VA1)
+    value_minor: Annotated[int, Meta(ge=0)] = 0
+    cash_value_minor: Annotated[int, Meta(ge=0)] = 0  # CA2
+    cashless_value_minor: Annotated[int, Meta(ge=0)] = 0  # DA2
+    cash_in_minor: Annotated[int, Meta(ge=0)] = 0  # CA3 coins and bills taken
+    cash_to_box_minor: Annotated[int, Meta(ge=0)] = 0  # CA3 what the cash box should hold more
+    cash_dispensed_minor: Annotated[int, Meta(ge=0)] = 0  # CA4 change paid out
+    cabinet_temp_c: Celsius | None = None  # MA5 TEMP
+
+
+class DexSales(_Payload, kw_only=True):
+    """Sales of one slot between two audit reads (differences of the DEX counters)."""
+
+    read_id: EventId  # event_id of the dex_read that produced it
+    slot: ShortText
+    product_id: ShortText | None = None
+    period_start: datetime
+    period_end: datetime
+    units: Annotated[int, Meta(ge=0)]
+    value_minor: Annotated[int, Meta(ge=0)]
+    currency: Currency | None = None
+    cash_units: Annotated[int, Meta(ge=0)] | None = None
+    cash_value_minor: Annotated[int, Meta(ge=0)] | None = None
+    card_units: Annotated[int, Meta(ge=0)] | None = None
+    card_value_minor: Annotated[int, Meta(ge=0)] | None = None
+    counter_reset: bool = False
+
+
+class DexFinding(_Payload, kw_only=True):
+    """A discrepancy between an audit read and telemetry or cash collection (``vendwatch dex reconcile``)."""
+
+    kind: Literal["sales_exceed_telemetry", "telemetry_exceeds_sales", "cash_shortfall"]
+    read_id: EventId
+    period_end: datetime
+    period_start: datetime | None = None
+    slot: ShortText | None = None
+    expected: Annotated[int, Meta(ge=0)] = 0  # what the audit says: units, or minor units of cash
+    actual: Annotated[int, Meta(ge=0)] = 0  # what telemetry reported / what was collected
+    detail: Text = ""
+
+
 PAYLOADS: dict[str, type[_Payload]] = {
     "heartbeat": Heartbeat,
     "telemetry": Telemetry,
@@ -186,10 +245,14 @@ PAYLOADS: dict[str, type[_Payload]] = {
     "config": Config,
     "connectivity": Connectivity,
     "log": Log,
+    "dex_read": DexRead,
+    "dex_sales": DexSales,
+    "dex_finding": DexFinding,
 }
 EventType = Literal[
     "heartbeat", "telemetry", "transaction", "refund", "inventory", "stock_alert",
-    "refill", "fault", "security", "config", "connectivity", "log",
+    "refill", "fault", "security", "config", "connectivity", "log", "dex_read", "dex_sales",
+    "dex_finding",
 ]  # fmt: skip
 
 CATEGORY: dict[str, str] = {
@@ -205,6 +268,9 @@ CATEGORY: dict[str, str] = {
     "config": "config",
     "connectivity": "connectivity",
     "log": "log",
+    "dex_read": "sales",
+    "dex_sales": "sales",
+    "dex_finding": "sales",
 }
 
 
@@ -271,9 +337,48 @@ def decode_device_event(raw: bytes | Raw) -> DeviceEvent:
     return ev
 
 
+# The decoding contract: what the collector accepts, every stage can decode. The typed
+# payload decoders skip unknown fields without reading their numbers, so the whole
+# payload is also read once as plain JSON, and integers must fit 64 bits (a state store
+# column, an Arrow column and a float comparison in a rule all rely on it).
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1
+_plain = msgspec.json.Decoder()
+
+
+def _big_int_at(value: Any, path: str) -> str | None:
+    if type(value) is int:
+        return path if not _INT_MIN <= value <= _INT_MAX else None
+    if type(value) is dict:
+        for k, v in value.items():
+            if (hit := _big_int_at(v, f"{path}.{k}")) is not None:
+                return hit
+    elif type(value) is list:
+        for i, v in enumerate(value):
+            if (hit := _big_int_at(v, f"{path}[{i}]")) is not None:
+                return hit
+    return None
+
+
+def check_contract(data: bytes | Raw) -> None:
+    """Raise ``msgspec.ValidationError`` unless every stage can decode ``data``.
+
+    Numbers must be finite 64-bit floats or integers within the signed 64-bit range."""
+    try:
+        doc = _plain.decode(data)
+    except msgspec.ValidationError as e:
+        raise msgspec.ValidationError(f"{e}: numbers must fit a 64-bit float") from None
+    if (path := _big_int_at(doc, "$")) is not None:
+        raise msgspec.ValidationError(f"Integer out of range (must fit a signed 64-bit integer) - at `{path}`")
+
+
 def decode_payload(type_: str, data: bytes | Raw) -> Any:
-    """Typed payload of a stored event."""
-    return _payload_decoders[type_].decode(data)
+    """Typed payload of an event, checked against the decoding contract (``check_contract``).
+
+    Raises ``msgspec.ValidationError`` (or ``msgspec.DecodeError``/``RecursionError`` for
+    unreadable JSON)."""
+    typed = _payload_decoders[type_].decode(data)
+    check_contract(data)
+    return typed
 
 
 def encode(obj: Any) -> bytes:

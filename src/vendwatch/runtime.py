@@ -32,6 +32,7 @@ ROLES: dict[str, str | None] = {
     "router": "vendwatch.route.role:build",
     "orchestrator": "vendwatch.incidents.role:build",
     "lake-writer": "vendwatch.lake.role:build",
+    "lake-jobs": "vendwatch.lake.jobs:build",
     "mqtt-bridge": "vendwatch.ingest.mqtt:build",
 }
 

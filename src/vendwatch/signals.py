@@ -37,6 +37,9 @@ class Signal(Struct, kw_only=True, omit_defaults=True):
     caused_by: str | None = None  # dedupe_key of a site-level signal that explains this one
     evidence: dict[str, Any] = {}  # values behind the decision (temperature, counts, ...)
     event_ids: list[str] = []  # contributing events (bounded)
+    # on a "resolved" signal: the signal_id of the firing it withdraws (a late event showed
+    # the condition never held: a false alarm, not a recovery)
+    retracts: str | None = None
 
 
 def signal_id(rule_id: str, dedupe_key: str, status: str, occurred_at: datetime) -> str:

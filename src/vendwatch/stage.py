@@ -10,21 +10,119 @@ so replicas of a stage sharing partitions through a consumer group (Kafka) never
 overwrite each other, and a partition's state moves with it on a rebalance. Each
 write advances the row only from the value this owner last read (compare-and-set),
 which fences a zombie owner: its batch rolls back instead of being applied twice.
+
+A record the stage cannot process never stops it. When a batch fails, it is split in
+halves until the failing record is alone; the rest is committed, and that record is
+set aside in the stage's dead letters (``vendwatch.state.deadletters``) together with
+the checkpoint that moves past it. A failure the record causes (bad data: decoding,
+value, type, lookup, arithmetic errors, or a constraint of the database) sets it aside
+at once; any other failure of a record alone is retried, and set aside after
+``max_attempts``. Failures of the machinery (the log, the database, the disk) are never
+blamed on a record: the stage stops and is restarted, and its health says so.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import msgspec
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
-from vendwatch.observe.metrics import STAGE_LAG
+from vendwatch.observe.metrics import (
+    STAGE_DEAD_LETTERS,
+    STAGE_FAILURES,
+    STAGE_LAG,
+    STAGE_LAG_SECONDS,
+)
 from vendwatch.runtime import Context
 from vendwatch.state.db import Tx
+from vendwatch.state.deadletters import DeadLetters
 
 log = logging.getLogger("vendwatch.stage")
+
+# failures a record causes by its content: retrying cannot help
+_RECORD_ERRORS: tuple[type[BaseException], ...] = (
+    ValueError, TypeError, LookupError, ArithmeticError, AttributeError, RecursionError,
+    msgspec.MsgspecError, sqlite3.DataError, sqlite3.IntegrityError,
+)
+# failures of the machinery: never blamed on a record
+_INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, LogError, sqlite3.OperationalError)
+
+
+def _is_infra(e: BaseException) -> bool:
+    if isinstance(e, _INFRA_ERRORS):
+        return True
+    # psycopg's connection-level errors, without importing psycopg where it is not installed
+    return type(e).__name__ in ("OperationalError", "InterfaceError", "DatabaseUnavailable", "PoolTimeout")
+
+
+def _is_record_error(e: BaseException) -> bool:
+    return isinstance(e, _RECORD_ERRORS) or type(e).__name__ in ("DataError", "IntegrityError")
+
+
+def _reason(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+class _SetAsideAgain(Exception):
+    """A redriven record was set aside again by ``apply``."""
+
+
+@dataclass
+class StageHealth:
+    """What ``/healthz`` reports about one stage of this process."""
+
+    stage: str
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    lag_records: int = 0
+    lag_s: float = 0.0
+    last_progress_at: float = 0.0
+
+    def problem(self, max_failures: int, max_lag_s: float) -> str | None:
+        if self.consecutive_failures >= max_failures:
+            return f"failed {self.consecutive_failures} times in a row: {self.last_error}"
+        if self.lag_s > max_lag_s:
+            return f"{self.lag_s:.0f}s behind the log ({self.lag_records} records)"
+        return None
+
+
+_HEALTH_LOCK = threading.Lock()
+
+
+def health(ctx: Context, stage: str) -> StageHealth:
+    """The health record of ``stage`` in this process (created on first use)."""
+    with _HEALTH_LOCK:
+        reg: dict[str, StageHealth] = ctx.extras.setdefault("stage_health", {})
+        h = reg.get(stage)
+        if h is None:
+            h = reg[stage] = StageHealth(stage, last_progress_at=time.time())
+        return h
+
+
+def stage_problems(ctx: Context, max_failures: int = 3, max_lag_s: float = 300.0) -> dict[str, str]:
+    """Stages of this process that are stuck (failing again and again) or far behind."""
+    with _HEALTH_LOCK:
+        items = list(ctx.extras.get("stage_health", {}).values())
+    return {h.stage: p for h in items if (p := h.problem(max_failures, max_lag_s)) is not None}
+
+
+def set_aside(ctx: Context, stage: str, record: Record, reason: str) -> None:
+    """Put ``record`` in ``stage``'s dead letters in a transaction of its own.
+
+    For stages that checkpoint on their own schedule (the detector): a replay after a
+    crash finds the row already there."""
+    with ctx.state.db.transaction() as tx:
+        new = DeadLetters(ctx.state.db).put(tx, stage, record, reason)
+    log.error("%s: record %s/%s@%s set aside as a dead letter: %s", stage, record.topic, record.partition,
+              record.offset, reason)
+    if new:
+        STAGE_DEAD_LETTERS.labels(stage=stage).inc()
 
 
 class StaleAssignment(Exception):
@@ -40,6 +138,8 @@ class CheckpointedStage(ABC):
     topics: tuple[str, ...] = ()
     batch_size: int = 2000
     poll_timeout_s: float = 0.2
+    max_attempts: int = 3  # a record failing alone this often (unclassified error) is set aside
+    redrive_every_s: float = 5.0
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -47,6 +147,12 @@ class CheckpointedStage(ABC):
         self.positions: dict[TopicPartition, int] = {}
         self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
         self._lag_due = 0.0
+        self._redrive_due = 0.0
+        self._attempts: dict[tuple[str, int, int], int] = {}
+        self._new_dead = 0  # dead letters written by the open transaction
+        self._aside: list[str] = []  # reasons of records set aside by the open transaction
+        self.dead_letters = DeadLetters(ctx.state.db)
+        self.health = health(ctx, self.name)
 
     @property
     def group(self) -> str:
@@ -95,16 +201,127 @@ class CheckpointedStage(ABC):
     def apply(self, tx: Tx, records: list[Record]) -> None:
         """Apply records' effects inside ``tx`` (committed together with the positions)."""
 
+    def dead_letter(self, tx: Tx, record: Record, reason: str) -> None:
+        """Set ``record`` aside (inside ``apply``'s transaction, so with the checkpoint)."""
+        if self.dead_letters.put(tx, self.name, record, reason):
+            self._new_dead += 1
+        self._aside.append(reason)
+        log.error("%s: record %s/%s@%s set aside as a dead letter: %s", self.name, record.topic, record.partition,
+                  record.offset, reason)
+
     def process(self, records: list[Record]) -> None:
+        """Apply ``records`` and advance the checkpoints; a record that cannot be processed
+        is set aside, the others are applied (see the module docstring)."""
+        try:
+            try:
+                self._commit(records)
+            except StaleAssignment:
+                raise
+            except Exception as e:
+                if _is_infra(e):
+                    raise
+                self._isolate(records, e)
+        except BaseException as e:
+            self._failed(e, records)
+            raise
+        self._progressed(records)
+
+    def _commit(self, records: list[Record], dead: tuple[Record, str] | None = None) -> None:
         touched: dict[TopicPartition, int] = {}
         for r in records:
             touched[(r.topic, r.partition)] = r.offset + 1
-        with self.ctx.state.db.transaction() as tx:
-            self.apply(tx, records)
-            for tp, pos in touched.items():
-                self._save_position(tx, tp, pos)
+        self._new_dead = 0
+        try:
+            with self.ctx.state.db.transaction() as tx:
+                if dead is not None:
+                    rec, reason = dead
+                    touched[(rec.topic, rec.partition)] = rec.offset + 1
+                    self.dead_letter(tx, rec, reason)
+                else:
+                    self.apply(tx, records)
+                for tp, pos in touched.items():
+                    self._save_position(tx, tp, pos)
+        except BaseException:
+            self._new_dead = 0
+            raise
+        if self._new_dead:
+            STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
         self.positions.update(touched)
         self._saved.update(touched)
+
+    def _isolate(self, records: list[Record], error: Exception) -> None:
+        """Commit what can be committed of a failed batch; set aside the record that fails alone."""
+        if len(records) == 1:
+            r = records[0]
+            key = (r.topic, r.partition, r.offset)
+            attempts = self._attempts.get(key, 0) + 1
+            if not _is_record_error(error) and attempts < self.max_attempts:
+                self._attempts[key] = attempts
+                raise error
+            self._attempts.pop(key, None)
+            self._commit([], dead=(r, _reason(error)))
+            return
+        mid = len(records) // 2
+        for half in (records[:mid], records[mid:]):
+            try:
+                self._commit(half)
+            except StaleAssignment:
+                raise
+            except Exception as e:
+                if _is_infra(e):
+                    raise
+                self._isolate(half, e)
+
+    def _failed(self, e: BaseException, records: list[Record]) -> None:
+        h = self.health
+        h.consecutive_failures += 1
+        h.last_error = _reason(e)
+        STAGE_FAILURES.labels(stage=self.name).set(h.consecutive_failures)
+        if records:
+            self._set_lag_s(time.time() - records[0].timestamp_ms / 1000)
+
+    def _progressed(self, records: list[Record]) -> None:
+        h = self.health
+        h.consecutive_failures = 0
+        h.last_error = None
+        h.last_progress_at = time.time()
+        STAGE_FAILURES.labels(stage=self.name).set(0)
+        if records:
+            self._set_lag_s(h.last_progress_at - records[-1].timestamp_ms / 1000)
+        self._attempts.clear()
+
+    def _set_lag_s(self, lag_s: float) -> None:
+        self.health.lag_s = max(0.0, lag_s)
+        STAGE_LAG_SECONDS.labels(stage=self.name).set(self.health.lag_s)
+
+    def redrive(self) -> int:
+        """Apply this stage's dead letters an operator marked for redrive; returns how many
+        were applied (one that fails again stays a dead letter, with the new reason)."""
+        done = 0
+        for dl_id, rec in self.dead_letters.due(self.name):
+            self._aside = []
+            try:
+                with self.ctx.state.db.transaction() as tx:
+                    self.apply(tx, [rec])
+                    if self._aside:  # apply set it aside again itself
+                        raise _SetAsideAgain(self._aside[-1])
+                    self.dead_letters.done(tx, dl_id)
+            except Exception as e:
+                if _is_infra(e):
+                    raise
+                reason = str(e) if isinstance(e, _SetAsideAgain) else _reason(e)
+                self.dead_letters.failed_again(dl_id, reason)
+                log.error("%s: dead letter %s failed again: %s", self.name, dl_id, reason)
+                continue
+            log.info("%s: dead letter %s redriven", self.name, dl_id)
+            done += 1
+        return done
+
+    def _maybe_redrive(self) -> None:
+        now = time.monotonic()
+        if now >= self._redrive_due:
+            self._redrive_due = now + self.redrive_every_s
+            self.redrive()
 
     def _save_position(self, tx: Tx, tp: TopicPartition, pos: int) -> None:
         """Advance a partition's checkpoint only from the value this owner last saw.
@@ -129,11 +346,21 @@ class CheckpointedStage(ABC):
             return
         self._lag_due = now + every_s
         try:
+            owned = set(self._consumer.assignment()) if self._consumer is not None else set(self.positions)
             lag = 0
             for topic in self.topics:
+                mine = [tp for tp in owned if tp[0] == topic]
+                if not mine:
+                    continue
                 ends = self.ctx.log.end_offsets(topic)
-                lag += sum(max(0, ends.get(p, 0) - pos) for (t, p), pos in self.positions.items() if t == topic)
+                # a partition never checkpointed is behind by all the log retains of it
+                begins = self.ctx.log.begin_offsets(topic) if any(tp not in self.positions for tp in mine) else {}
+                for tp in mine:
+                    lag += max(0, ends.get(tp[1], 0) - self.positions.get(tp, begins.get(tp[1], 0)))
+            self.health.lag_records = lag
             STAGE_LAG.labels(stage=self.name).set(lag)
+            if lag == 0:
+                self._set_lag_s(0.0)
         except LogError as e:
             log.debug("%s: lag not measured: %s", self.name, e)
 
@@ -163,6 +390,11 @@ class CheckpointedStage(ABC):
                         log.info("%s: group commit skipped (%s)", self.name, e)
                 else:
                     self.idle()
+                    self._maybe_redrive()
                 self._report_lag()
+        except BaseException:
+            self._lag_due = 0.0  # a stuck stage's lag must show at once, not after the throttle
+            self._report_lag()
+            raise
         finally:
             c.close()

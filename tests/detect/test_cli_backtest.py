@@ -105,17 +105,24 @@ def test_lake_source_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -
         list(bt.lake_events(load_settings(), at(0), at(1)))
 
 
-def test_lake_source_feeds_stored_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    stored = [ev.StoredEvent(event_id="f1", device_id="VM-9", type="fault", occurred_at=at(1), received_at=at(1),
-                             data=msgspec.Raw(b'{"code":"motor_jam","state":"raised"}'), site_id="S2")]
-    calls = []
+def test_lake_source_feeds_stored_events(tmp_path: Path) -> None:
+    """Events written to the lake's raw zone by the real lake writer come back to the rules in order."""
+    from tests.lake.conftest import drain, make_settings
 
-    def iter_events(settings: object, start: datetime, end: datetime) -> list[ev.StoredEvent]:
-        calls.append((start, end))
-        return stored
+    from vendwatch.bus.base import REJECTED
 
-    monkeypatch.setattr(bt, "load", lambda ref: iter_events if ref == "vendwatch.lake.replay:iter_events" else None)
-    rows = list(bt.lake_events(load_settings(), at(0), at(5)))
-    assert calls == [(at(0), at(5))]
-    [res] = bt.run(rows, [load_ruleset([])], T0 + 600)
-    assert [(s.rule_id, s.status) for s in res.signals] == [("motor_jam", "firing")]
+    ctx = Context(make_settings(tmp_path / "data"))
+    try:
+        ctx.log.create_topic(EVENTS)
+        ctx.log.create_topic(REJECTED)
+        stored = [ev.StoredEvent(event_id=f"f{m}", device_id="VM-9", type="fault", occurred_at=at(m), received_at=at(m),
+                                 data=msgspec.Raw(b'{"code":"motor_jam","state":"%s"}' % s), site_id="S2")
+                  for m, s in ((3, b"cleared"), (1, b"raised"), (9, b"raised"))]  # out of order in the log
+        ctx.log.append(EVENTS, [(e.device_id, ev.encode(e)) for e in stored])
+        drain(ctx)
+        rows = list(bt.lake_events(ctx.settings, at(0), at(5)))
+        assert [(r[0], r[4]) for r in rows] == [("f1", T0 + 60), ("f3", T0 + 180)]  # in the window, by event time
+        [res] = bt.run(rows, [load_ruleset([])], T0 + 600)
+        assert [(s.rule_id, s.status) for s in res.signals] == [("motor_jam", "firing"), ("motor_jam", "resolved")]
+    finally:
+        ctx.close()

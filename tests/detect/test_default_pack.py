@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import pytest
 from tests.detect.harness import DEFAULT, Ev, run, transitions
+from tests.dex.rule_cases import dex_cases
 
 TEL = "telemetry"
 
@@ -160,6 +161,8 @@ CASES = [
          [Ev(0, "stock_alert", {"slot": "B2", "level": "out", "count": 0}), Ev(10, "stock_alert", {"slot": "B2", "level": "ok"})],
          [("firing", 0), ("resolved", 10)], [Ev(0, "stock_alert", {"slot": "B2", "level": "low"})]),
 ]
+
+CASES += dex_cases(Case)  # DEX reconciliation and fraud rules (tests/dex/rule_cases.py)
 
 
 def test_every_default_rule_has_a_case() -> None:

@@ -62,24 +62,37 @@ def test_out_of_order_events_count_in_their_window() -> None:
     assert transitions(run(evs, 30), "repeated_transaction_failures") == [("firing", 6), ("resolved", 10)]
 
 
-def test_allowed_lateness_lets_a_late_event_cancel_a_timer() -> None:
+def test_timer_rules_fire_at_their_own_deadline_whatever_the_lateness() -> None:
     hot = [Ev(0, "telemetry", {"cpu_pct": 99}), Ev(9.5, "telemetry", {"cpu_pct": 10}, arrive=11)]
-    # the cooling reading took 1.5 minutes to arrive: 2 minutes of lateness wait for it
-    assert transitions(run(hot, 30, lateness_s=120), "cpu_pressure") == []
-    # without lateness the timer fired at 10 and the late reading can only resolve it
-    assert transitions(run(hot, 30, lateness_s=0), "cpu_pressure") == [("firing", 10), ("resolved", 14.5)]
+    # the cooling reading took 1.5 minutes to arrive: the timer did not wait for it, the
+    # reading resolves what fired (the condition did hold from 0 to 9.5)
+    out = run(hot, 30, lateness_s=120, tick_s=1)
+    assert transitions(out, "cpu_pressure") == [("firing", 10), ("resolved", 14.5)]
+    assert [o.emitted_min for o in out if o.signal.rule_id == "cpu_pressure"][0] == 10
 
 
-def test_lateness_delays_emission_but_not_event_time() -> None:
-    out = run([Ev(0, "heartbeat", {})], 20, lateness_s=120, tick_s=30)
+def test_offline_is_emitted_at_its_deadline_whatever_the_lateness() -> None:
+    out = run([Ev(0, "heartbeat", {})], 20, lateness_s=120, tick_s=1)
     [sig] = [o for o in out if o.signal.rule_id == "offline"]
-    assert sig.occurred_min == 10
-    assert 12 <= sig.emitted_min <= 12.5  # deadline + lateness, within one tick
+    assert sig.occurred_min == 10 and sig.emitted_min == 10
 
 
-def test_late_heartbeat_within_lateness_prevents_offline() -> None:
+def test_late_heartbeat_within_lateness_retracts_the_offline() -> None:
     evs = [Ev(0, "heartbeat", {}), Ev(9, "heartbeat", {}, arrive=11), Ev(15, "heartbeat", {})]
-    assert transitions(run(evs, 18, lateness_s=180), "offline") == []
+    out = [o for o in run(evs, 30, lateness_s=180, tick_s=1) if o.signal.rule_id == "offline"]
+    assert [(o.signal.status, o.occurred_min, o.emitted_min) for o in out] == [
+        ("firing", 10, 10), ("resolved", 10, 11), ("firing", 25, 25)]
+    firing, retraction = out[0].signal, out[1].signal
+    assert retraction.retracts == firing.signal_id and retraction.evidence["false_alarm"] is True
+    assert firing.retracts is None
+
+
+def test_event_later_than_the_allowed_lateness_cannot_retract() -> None:
+    evs = [Ev(0, "heartbeat", {}), Ev(9, "heartbeat", {}, arrive=13.5), Ev(15, "heartbeat", {})]
+    out = [o.signal for o in run(evs, 18, lateness_s=60, tick_s=1) if o.signal.rule_id == "offline"]
+    # 9 is 4.5 minutes behind the clock: only the heartbeat at 15 ends the outage
+    assert [(s.status, s.retracts) for s in out] == [("firing", None), ("resolved", None)]
+    assert transitions(run(evs, 18, lateness_s=60, tick_s=1), "offline") == [("firing", 10), ("resolved", 15)]
 
 
 def test_offline_timeout_per_device() -> None:

@@ -112,7 +112,7 @@ def _crash_after(det: Detector, steps: int, *, lose_pending: bool) -> None:
         det._consumer.poll  # noqa: B018 - keep the consumer alive; evaluation continues below
         recs = det._consumer.poll(det.s.batch_size, 0.05)  # type: ignore[union-attr]
         det.evaluate(recs)
-        det.engine.advance(det._clock())
+        det.engine.advance(*det._clock())
         det.pending.extend(det.engine.drain())
         if not lose_pending:
             det.flush()
@@ -267,3 +267,187 @@ def test_metrics_follow_the_work(fleet: list[tuple[str, bytes]], tmp_path: Path)
     assert value("vendwatch_detect_signals_total", rule="offline", status="firing") - before[2] == len(offline)
     assert value("vendwatch_detect_eval_seconds_count") > before[3]
     assert value("vendwatch_detect_state_bytes") > 0
+
+
+# --- after a crash near the end of the log (issue: signals repeated after SIGKILL) ------
+def _silent_machine_history(base: float, minutes: int) -> list[tuple[str, bytes]]:
+    """Five machines with a heartbeat a minute from ``base``; VM-1 falls silent at minute 10."""
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    out = []
+    for m in range(minutes):
+        for d in range(5):
+            if d == 1 and m >= 10:
+                continue
+            t = datetime.fromtimestamp(base + m * 60 + d, UTC)
+            se = ev.StoredEvent(event_id=f"VM-{d}-{m}", device_id=f"VM-{d}", type="heartbeat", occurred_at=t,
+                                received_at=t, data=msgspec.Raw(b'{"interval_s": 60}'), site_id="S1")
+            out.append((f"VM-{d}", ev.encode(se)))
+    return out
+
+
+@pytest.mark.parametrize("clock", ["event", "wall"])
+def test_timers_due_after_replay_are_not_repeated(tmp_path: Path, clock: str) -> None:
+    # 40 minutes ending now; VM-1 silent for the last 30 (offline: 3 missed heartbeats)
+    seed(tmp_path, _silent_machine_history(time.time() - 40 * 60, 40))
+    more = {"detect.clock": clock, "detect.batch_size": 5000}
+    ctx = make_ctx(tmp_path, **more)
+    det = Detector(ctx)
+    assign = det.on_assign
+
+    def assign_then_die(parts: list[Any]) -> None:
+        assign(parts)  # checkpoints where the fresh partitions start...
+        det.checkpoint = lambda only=None: None  # type: ignore[method-assign]  # ...then never again
+
+    det.on_assign = assign_then_die  # type: ignore[method-assign]
+    det.step()  # every event in one batch; the offline timer runs once the batch is evaluated
+    before = on_topic(ctx)
+    assert [(s.rule_id, s.device_id, s.status) for s in before] == [("offline", "VM-1", "firing")]
+    # a new process replays the events after the checkpoint: the offline timer runs again
+    ctx2 = make_ctx(tmp_path, **more)
+    run_to_end(Detector(ctx2))
+    after = on_topic(ctx2)
+    assert [s.signal_id for s in after] == [s.signal_id for s in before], "a signal was emitted twice"
+
+
+def test_failed_checkpoint_on_revoke_still_releases_the_partitions(
+        fleet: list[tuple[str, bytes]], reference: list[Signal], tmp_path: Path) -> None:
+    from prometheus_client import REGISTRY
+
+    from vendwatch.detect import store
+
+    class StateStoreError(Exception):
+        pass
+
+    seed(tmp_path, fleet)
+    ctx = make_ctx(tmp_path)
+    det = Detector(ctx)
+    for _ in range(10):
+        det.step()
+    parts = sorted(det.assigned)
+    real_save = store.save
+
+    def broken(*a: Any, **kw: Any) -> None:
+        raise StateStoreError("state store unavailable")
+
+    store.save = broken  # type: ignore[assignment]
+    try:
+        with pytest.raises(StateStoreError):
+            det._consumer.close()  # type: ignore[union-attr]  # revoke: the checkpoint fails
+    finally:
+        store.save = real_save  # type: ignore[assignment]
+    det._consumer = None
+    # the partitions are released all the same: nothing of them stays behind
+    assert det.assigned == [] and det.engine.devices == {} and det.positions == {}
+    det.step()  # the component is restarted: a new consumer, the partitions again
+    assert sorted(det.assigned) == parts
+    run_to_end(det)
+    det._last_lag = -1e9
+    det._observe()
+    assert REGISTRY.get_sample_value("vendwatch_detect_lag_records") == 0
+    got = on_topic(ctx)
+    assert len({s.signal_id for s in got}) == len(got)
+    assert Counter(map(ident, got)) == Counter(map(ident, reference))
+
+
+@pytest.mark.parametrize("site_wait_s", [0.0, 120.0])
+def test_backtest_equals_the_live_detector(fleet: list[tuple[str, bytes]], tmp_path: Path, site_wait_s: float) -> None:
+    from vendwatch.detect import backtest
+    from vendwatch.detect.engine import SiteOptions
+    from vendwatch.detect.rules import load_ruleset
+
+    seed(tmp_path, fleet)
+    ctx = make_ctx(tmp_path, **{"detect.site_wait_s": site_wait_s})
+    run_to_end(Detector(ctx))
+    live = on_topic(ctx)
+    s = ctx.settings.detect
+    site = SiteOptions(min_devices=s.site_min_devices, min_fraction=s.site_min_fraction, wait_s=site_wait_s)
+    [bt] = backtest.run(backtest.log_events(ctx.log, 0, 4e9), [load_ruleset([], True)], end=max(
+        x.occurred_at.timestamp() for x in live) + 1, site=site)
+    # the live run's timers stop at its last event minus the allowed lateness
+    horizon = max(x.occurred_at.timestamp() for x in live)
+    key = sorted((x.signal_id, x.caused_by) for x in bt.signals if x.occurred_at.timestamp() <= horizon - 60)
+    assert sorted((x.signal_id, x.caused_by) for x in live if x.occurred_at.timestamp() <= horizon - 60) == key
+    assert any(x.rule_id == "site_offline" for x in live)
+
+
+def _hb(device: str, t: float) -> tuple[str, bytes]:
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    at = datetime.fromtimestamp(t, UTC)
+    return device, ev.encode(ev.StoredEvent(event_id=f"{device}-{t:.3f}", device_id=device, type="heartbeat",
+                                            occurred_at=at, received_at=at, data=msgspec.Raw(b'{"interval_s": 60}'),
+                                            site_id="S1"))
+
+
+@pytest.mark.parametrize("crash", ["after-firing", "after-retraction"])
+def test_live_retraction_survives_a_crash_without_repeat_or_loss(tmp_path: Path, crash: str) -> None:
+    now = time.time()
+    # VM-1 last heard 190 s ago: offline (3 x 60 s) 10 s ago; the others talk until now
+    history = [_hb(f"VM-{d}", now - 600 + m * 60 + d) for m in range(10) for d in (0, 2, 3) if now - 600 + m * 60 + d < now]
+    history.append(_hb("VM-1", now - 190))
+    seed(tmp_path, history)
+    more = {"detect.clock": "wall", "detect.batch_size": 5000, "detect.site_wait_s": 0.0}
+    ctx = make_ctx(tmp_path, **more)
+    det = Detector(ctx)
+    assign = det.on_assign
+
+    def assign_then_die(parts: list[Any]) -> None:
+        assign(parts)
+        det.checkpoint = lambda only=None: None  # type: ignore[method-assign]  # no checkpoint after this
+
+    det.on_assign = assign_then_die  # type: ignore[method-assign]
+    det.step()
+    [firing] = on_topic(ctx)
+    assert (firing.rule_id, firing.device_id, firing.status) == ("offline", "VM-1", "firing")
+    late = _hb("VM-1", now - 15)  # sent before the deadline, delivered after it
+    if crash == "after-retraction":
+        ctx.log.append(EVENTS, [late])
+        det.step()
+        assert [s.retracts for s in on_topic(ctx)] == [None, firing.signal_id]
+    # a new process: the log and the state store survive
+    ctx2 = make_ctx(tmp_path, **more)
+    det2 = Detector(ctx2)
+    det2.step()
+    if crash == "after-firing":
+        ctx2.log.append(EVENTS, [late])
+    run_to_end(det2)
+    got = on_topic(ctx2)
+    assert [(s.signal_id, s.status, s.retracts) for s in got] == [
+        (firing.signal_id, "firing", None), (got[1].signal_id, "resolved", firing.signal_id)]
+
+
+def test_under_load_live_timers_follow_the_read_frontier_not_the_lateness(tmp_path: Path) -> None:
+    now = time.time()
+    # ten machines, a heartbeat every 10 s for 10 minutes; VM-1 silent for the last 60 s:
+    # offline (3 x 10 s) 30 s ago, well within the allowed lateness of 60 s
+    history = []
+    for k in range(60):
+        for d in range(10):
+            t = now - 600 + k * 10 + d * 0.1
+            if not (d == 1 and t > now - 60):
+                history.append(_hb10(f"VM-{d}", t))
+    seed(tmp_path, history)
+    # a poll that does not reach the end of the log: the detector is not caught up
+    ctx = make_ctx(tmp_path, **{"detect.clock": "wall", "detect.batch_size": len(history) - 5,
+                                "detect.site_wait_s": 0.0})
+    det = Detector(ctx)
+    det.step()
+    assert not det.caught_up
+    fired = [(s.rule_id, s.device_id, s.status) for s in on_topic(ctx)]
+    assert fired == [("offline", "VM-1", "firing")]  # not 60 s of lateness later
+
+
+def _hb10(device: str, t: float) -> tuple[str, bytes]:
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    at = datetime.fromtimestamp(t, UTC)
+    return device, ev.encode(ev.StoredEvent(event_id=f"{device}-{t:.3f}", device_id=device, type="heartbeat",
+                                            occurred_at=at, received_at=at, data=msgspec.Raw(b'{"interval_s": 10}'),
+                                            site_id="S1"))

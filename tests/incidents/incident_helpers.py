@@ -8,7 +8,7 @@ from typing import Any
 
 from vendwatch.bus import SIGNALS
 from vendwatch.config import load_settings
-from vendwatch.incidents.clock import VirtualClock
+from vendwatch.delivery.clock import VirtualClock
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal, signal_id
 
@@ -32,3 +32,14 @@ def context(data_dir: Path, **overrides: Any) -> Context:
 def publish(ctx: Context, *signals: Signal) -> None:
     ctx.log.create_topic(SIGNALS)
     ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in signals])
+
+
+def tickets(emu: Any, ctx: Context, key: str) -> list[dict[str, str]]:
+    """The emulator's tickets for every incident of a dedupe key (any correlation generation), oldest first."""
+    from vendwatch.incidents.servicenow.mapping import correlation_id
+
+    ids = [r[0] for r in ctx.state.db.query("SELECT incident_id FROM incidents WHERE dedupe_key=?", (key,))]
+    wanted = {correlation_id(i, g) for i in ids for g in range(5)}
+    with emu._lock:
+        rows = [dict(r) for r in emu.incidents.values() if r["correlation_id"] in wanted]
+    return sorted(rows, key=lambda r: r["number"])

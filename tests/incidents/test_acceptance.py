@@ -18,14 +18,14 @@ from typing import Any
 
 import httpx
 import pytest
-from incident_helpers import context, make_signal, publish
+from incident_helpers import context, make_signal, publish, tickets
 from tests.conftest import vendwatch_cmd
 
 from vendwatch.api.server import build_app
-from vendwatch.incidents.clock import VirtualClock
-from vendwatch.incidents.emulation import ThreadedServer
-from vendwatch.incidents.emulator import ServiceNowEmulator
-from vendwatch.incidents.outbox import Outbox
+from vendwatch.delivery.clock import VirtualClock
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.emulators.base import ThreadedServer
+from vendwatch.emulators.servicenow import ServiceNowEmulator
 from vendwatch.incidents.role import Orchestrator
 from vendwatch.runtime import Context
 
@@ -85,12 +85,12 @@ def test_storm_is_one_ticket_updated_within_the_rate_limit(tmp_path: Path, clock
         orch.step(0.05)
     run_for(orch, clock, 300, step_s=2.0)
 
-    tickets = emu.by_correlation("offline/VM-0001")
-    assert len(tickets) == 1
+    found = tickets(emu, ctx, "offline/VM-0001")
+    assert len(found) == 1
     inc = orch.service.store.list()[0]
     assert inc.occurrences == 1000
-    assert "occurrences: 1000" in tickets[0]["description"]  # the last update reached ServiceNow
-    assert int(tickets[0]["sys_mod_count"]) >= 1
+    assert "occurrences: 1000" in found[0]["description"]  # the last update reached ServiceNow
+    assert int(found[0]["sys_mod_count"]) >= 1
     calls = [r.at for r in emu.faults.requests if r.path.startswith("/api/now")]
     assert max_calls_in_window(calls) <= 20
     assert len(calls) < 60  # coalesced: a handful of updates, not a thousand
@@ -119,7 +119,7 @@ def test_outage_loses_and_doubles_nothing_then_dlq_redrive(tmp_path: Path, clock
     run_for(orch, clock, 300, step_s=5.0)
 
     for i in range(50):
-        assert len(emu.by_correlation(f"offline/VM-{i:04d}")) == 1
+        assert len(tickets(emu, ctx, f"offline/VM-{i:04d}")) == 1
     assert len(emu.incidents) == 50
     outbox = Outbox(ctx.state.db)
     assert outbox.depth() == {} and outbox.dlq_list() == []
@@ -130,11 +130,11 @@ def test_outage_loses_and_doubles_nothing_then_dlq_redrive(tmp_path: Path, clock
     run_for(orch, clock, 10)
     dead = outbox.dlq_list()
     assert len(dead) == 1 and dead[0]["last_status"] == 400 and dead[0]["attempts"] == 1
-    assert emu.by_correlation("offline/VM-0999") == []
+    assert tickets(emu, ctx, "offline/VM-0999") == []
     emu.faults.clear()  # the fix
     assert outbox.redrive(clock.now(), dlq_id=dead[0]["dlq_id"]) == 1
     run_for(orch, clock, 10)
-    assert len(emu.by_correlation("offline/VM-0999")) == 1
+    assert len(tickets(emu, ctx, "offline/VM-0999")) == 1
     assert outbox.dlq_list() == []
 
 
@@ -149,7 +149,7 @@ def test_retry_after_is_honoured(tmp_path: Path, clock: VirtualClock, emulator: 
     run_for(orch, clock, 200, step_s=5.0)
     after = [r.at for r in emu.faults.requests if r.status != 429]
     assert after and min(after) >= t429 + 120
-    assert len(emu.by_correlation("offline/VM-0001")) == 1
+    assert len(tickets(emu, ctx, "offline/VM-0001")) == 1
 
 
 def test_lifecycle_is_visible_in_servicenow_and_the_api(tmp_path: Path, clock: VirtualClock,
@@ -165,7 +165,7 @@ def test_lifecycle_is_visible_in_servicenow_and_the_api(tmp_path: Path, clock: V
     http = httpx.Client(base_url=api.url, headers={"Authorization": f"Bearer {token}"})
 
     def ticket() -> dict[str, str]:
-        [t] = emu.by_correlation("offline/VM-0001")
+        [t] = tickets(emu, ctx, "offline/VM-0001")
         return t
 
     def local() -> dict[str, Any]:
@@ -199,7 +199,7 @@ def test_lifecycle_is_visible_in_servicenow_and_the_api(tmp_path: Path, clock: V
 
         publish(ctx, make_signal(clock, seq=3))  # refire within the window: reopen, same ticket
         run_for(orch, clock, 5)
-        assert len(emu.by_correlation("offline/VM-0001")) == 1
+        assert len(tickets(emu, ctx, "offline/VM-0001")) == 1
         assert ticket()["state"] == "2" and ticket()["active"] == "true"
         assert any(n.startswith("Reopened") for n in emu.notes(t["sys_id"]))
         detail = local()
@@ -223,11 +223,11 @@ def test_closed_ticket_with_new_policy_opens_another(tmp_path: Path, clock: Virt
     run_for(orch, clock, 5)
     publish(ctx, make_signal(clock, seq=1))
     run_for(orch, clock, 5)
-    states = sorted(t["state"] for t in emu.by_correlation("offline/VM-0001"))
+    states = sorted(t["state"] for t in tickets(emu, ctx, "offline/VM-0001"))
     assert states == ["1", "6"]
 
 
-def test_oauth_token_is_fetched_and_renewed(tmp_path: Path, clock: VirtualClock,
+def test_oauth_token_is_refreshed_before_it_expires(tmp_path: Path, clock: VirtualClock,
                                             emulator: tuple[ServiceNowEmulator, str]) -> None:
     emu, url = emulator
     ctx = context(tmp_path, **sn_settings(url, **{
@@ -239,20 +239,39 @@ def test_oauth_token_is_fetched_and_renewed(tmp_path: Path, clock: VirtualClock,
     clock.advance(3600)  # the token expired
     publish(ctx, make_signal(clock, seq=1))
     run_for(orch, clock, 5)
-    assert len(emu.faults.calls("POST", "/oauth_token.do")) == 2  # fetched once, renewed once after the 401
-    assert [r.status for r in emu.faults.calls(path_contains="/api/now")].count(401) == 1
-    assert "occurrences: 2" in emu.by_correlation("offline/VM-0001")[0]["description"]
+    # fetched once with the password grant, renewed from expires_in with the refresh token: no call refused
+    assert [c.body for c in emu.faults.calls("POST", "/oauth_token.do")] == ["password", "refresh_token"]
+    assert 401 not in [r.status for r in emu.faults.calls(path_contains="/api/now")]
+    assert "occurrences: 2" in tickets(emu, ctx, "offline/VM-0001")[0]["description"]
 
 
-def test_wrong_basic_credentials_go_to_dlq(tmp_path: Path, clock: VirtualClock,
-                                           emulator: tuple[ServiceNowEmulator, str]) -> None:
+def test_refused_credentials_pause_the_target_and_resume_by_themselves(
+        tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
+    from vendwatch.delivery import metrics
+
     emu, url = emulator
-    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.password": "wrong"}))
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.password": "rotated-by-someone"}))
     orch = Orchestrator(ctx, clock=clock)
-    publish(ctx, make_signal(clock))
-    run_for(orch, clock, 5)
-    [dead] = Outbox(ctx.state.db).dlq_list()
-    assert dead["last_status"] == 401 and emu.incidents == {}
+    paused_before = metrics.AUTH_FAILURES.labels("servicenow")._value.get()
+    publish(ctx, *(make_signal(clock, key=f"offline/VM-{i:04d}", device_id=f"VM-{i:04d}") for i in range(3)))
+    run_for(orch, clock, 300, step_s=5.0)
+    outbox = Outbox(ctx.state.db)
+    assert outbox.dlq_list() == [] and outbox.depth() == {"servicenow": 3} and emu.incidents == {}
+    assert orch.dispatcher.gates["servicenow"].breaker_state().circuit == "open"
+    assert metrics.AUTH_FAILURES.labels("servicenow")._value.get() > paused_before
+    refused = [r for r in emu.faults.requests if r.status == 401]
+    assert 1 <= len(refused) <= 300 / 30 + 1  # one trial call per open period, not a retry storm
+    assert all(p["attempts"] == 0 for p in outbox.pending())  # an outage of ours spends no attempts
+    from vendwatch.delivery.status import target_status  # what the console's banner shows
+
+    [status] = target_status(ctx.state.db, clock.now())
+    assert status["paused"] and status["reason"] == "credentials" and status["queued"] == 3
+
+    emu.password = "rotated-by-someone"  # the credentials work again (rotated on both sides)
+    run_for(orch, clock, 120, step_s=5.0)
+    assert all(len(tickets(emu, ctx, f"offline/VM-{i:04d}")) == 1 for i in range(3))
+    assert outbox.depth() == {} and outbox.dlq_list() == []
+    assert not target_status(ctx.state.db, clock.now())[0]["paused"]
 
 
 # -- crash safety -------------------------------------------------------------------------
@@ -264,7 +283,7 @@ def _wait(cond: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path) -> None:
+def test_five_sigkills_with_the_create_answer_held_back_leave_no_duplicate_and_no_orphan(tmp_path: Path) -> None:
     created, release = threading.Event(), threading.Event()
 
     def hold_response(rec: dict[str, str]) -> None:
@@ -279,28 +298,33 @@ def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path
            "VENDWATCH_INCIDENTS__TICK_S": "0.1", "VENDWATCH_INCIDENTS__SERVICENOW__TIMEOUT_S": "1"}
     ctx = context(tmp_path)
     clock = VirtualClock(time.time())
-    publish(ctx, make_signal(clock))
+    keys = [f"offline/VM-{i:04d}" for i in range(5)]
+    publish(ctx, *(make_signal(clock, key=k, device_id=k.split("/")[1]) for k in keys))
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        p1 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
-        procs.append(p1)
-        assert created.wait(60), "orchestrator never called ServiceNow"
-        p1.send_signal(signal.SIGKILL)
-        p1.wait(10)
-        release.set()
-        refs = ctx.state.db.query("SELECT ref_id FROM incident_refs")
-        assert refs == []  # killed before it could record the ticket
-        assert len(emu.incidents) == 1
+        for kill in range(5):
+            created.clear()
+            release.clear()
+            p = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            assert created.wait(60), f"orchestrator never called ServiceNow (kill {kill + 1})"
+            p.send_signal(signal.SIGKILL)
+            p.wait(10)
+            release.set()
+            assert len(emu.incidents) == kill + 1  # each kill leaves one ticket vendwatch has not recorded
+            assert len(ctx.state.db.query("SELECT ref_id FROM incident_refs")) == kill
 
         emu.on_create = None
-        p2 = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.PIPE)
-        procs.append(p2)
-        _wait(lambda: ctx.state.db.query("SELECT ref_id FROM incident_refs"), 60, "the restarted orchestrator")
-        [(ref_id,)] = ctx.state.db.query("SELECT ref_id FROM incident_refs")
-        tickets = emu.by_correlation("offline/VM-0001")
-        assert len(tickets) == 1 and tickets[0]["sys_id"] == ref_id
+        p = subprocess.Popen(vendwatch_cmd("run", "orchestrator"), env=env, stderr=subprocess.DEVNULL)
+        procs.append(p)
+        _wait(lambda: len(ctx.state.db.query("SELECT ref_id FROM incident_refs")) == 5, 60,
+              "the restarted orchestrator")
         _wait(lambda: Outbox(ctx.state.db).depth() == {}, 30, "the outbox to drain")
-        assert len(emu.incidents) == 1
+        refs = {r[0] for r in ctx.state.db.query("SELECT ref_id FROM incident_refs")}
+        for k in keys:
+            found = tickets(emu, ctx, k)
+            assert len(found) == 1 and found[0]["sys_id"] in refs  # no duplicate
+        assert set(emu.incidents) == refs  # no orphan: every ticket is recorded
     finally:
         release.set()
         for p in procs:
@@ -309,17 +333,6 @@ def test_sigkill_between_create_and_record_makes_no_second_ticket(tmp_path: Path
                 p.wait(10)
         srv.stop()
         ctx.close()
-
-
-def test_timeouts_are_retried(tmp_path: Path, clock: VirtualClock, emulator: tuple[ServiceNowEmulator, str]) -> None:
-    emu, url = emulator
-    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.2}))
-    orch = Orchestrator(ctx, clock=clock)
-    emu.inject(status=200, delay_s=0.5, count=1)  # the first call hangs past the client timeout
-    publish(ctx, make_signal(clock))
-    run_for(orch, clock, 60, step_s=5.0)
-    assert len(emu.by_correlation("offline/VM-0001")) == 1
-    assert Outbox(ctx.state.db).dlq_list() == []
 
 
 def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
@@ -334,8 +347,8 @@ def test_absorbed_device_ticket_is_resolved_pointing_at_the_site_ticket(
     run_for(orch, clock, 5)
     publish(ctx, make_signal(clock, caused_by=site, seq=1))
     run_for(orch, clock, 5)
-    [site_ticket] = emu.by_correlation(site)
-    [dev_ticket] = emu.by_correlation("offline/VM-0001")
+    [site_ticket] = tickets(emu, ctx, site)
+    [dev_ticket] = tickets(emu, ctx, "offline/VM-0001")
     assert site_ticket["state"] == "1"
     assert dev_ticket["state"] == "6" and site_ticket["number"] in dev_ticket["close_notes"]
 
@@ -352,10 +365,112 @@ def test_servicenow_hourly_rate_limit_waits_for_the_reset(tmp_path: Path, clock:
         assert limited, "the instance's hourly limit was never hit"
         reset = (int(limited[0].at // 3600) + 1) * 3600
         run_for(orch, clock, 3700, step_s=60.0)
-        assert all(len(emu.by_correlation(f"offline/VM-{i:04d}")) == 1 for i in range(5))
+        assert all(len(tickets(emu, ctx, f"offline/VM-{i:04d}")) == 1 for i in range(5))
         # the first 429 held the whole target until the reset: no call was wasted on a second 429
         assert [r.status for r in emu.faults.requests].count(429) == 1
         after_429 = [r.at for r in emu.faults.requests if r.at > limited[0].at]
         assert after_429 and min(after_429) >= reset
     finally:
         srv.stop()
+
+
+# -- acceptance: a demo-like run with the documented defaults ------------------------------------------
+def _demo_script(clock: VirtualClock, rng: Any) -> list[tuple[float, Any]]:
+    """Two minutes of firings, re-firings and clears on 40 machines of 4 sites; SITE-2 goes down at 60 s."""
+    start = clock.now()
+    script: list[tuple[float, Any]] = []
+    firing: set[str] = set()
+    seq = 0
+    site_key = "site-down/SITE-2"
+    for t in range(120):
+        at = start + t
+        when = VirtualClock(at)
+        if t == 60:
+            script.append((at, make_signal(when, key=site_key, rule_id="site-down", scope="site", device_id=None,
+                                           site_id="SITE-2", severity="critical")))
+        for _ in range(2):
+            i = rng.randrange(1, 40)
+            dev, site = f"VM-{i:04d}", f"SITE-{i % 4}"
+            key = f"offline/{dev}"
+            seq += 1
+            caused = site_key if site == "SITE-2" and t >= 60 else None
+            if key in firing and rng.random() < 0.3:
+                firing.discard(key)
+                script.append((at, make_signal(when, key=key, device_id=dev, site_id=site, status="resolved", seq=seq)))
+            else:
+                firing.add(key)
+                script.append((at, make_signal(when, key=key, device_id=dev, site_id=site, caused_by=caused,
+                                               severity=rng.choice(["major", "minor", "critical"]), seq=seq)))
+    return script
+
+
+def _check_tickets(ctx: Context, emu: ServiceNowEmulator, closed_by_person: str, limit: int) -> None:
+    from vendwatch.incidents.servicenow.mapping import correlation_id
+
+    incidents = ctx.state.db.query("SELECT incident_id, status FROM incidents")
+    by_corr: dict[str, list[dict[str, str]]] = {}
+    for t in emu.incidents.values():
+        by_corr.setdefault(t["correlation_id"], []).append(t)
+    assert all(len(v) == 1 for v in by_corr.values()), "a correlation id was used twice"
+    known = {correlation_id(iid, g): (iid, status) for iid, status in incidents for g in range(3)}
+    assert set(by_corr) <= set(known), "a ticket no incident points at (orphan)"
+    refs = {r[0]: r[1] for r in ctx.state.db.query("SELECT incident_id, ref_id FROM incident_refs")}
+    for corr, [t] in by_corr.items():
+        iid, status = known[corr]
+        if t["sys_id"] == closed_by_person:
+            assert t["state"] == "7" and t["close_notes"] == "handled on site by a technician"
+            continue
+        assert refs.get(iid) == t["sys_id"], f"{t['number']} is not recorded for {iid}"
+        if status in ("resolved", "absorbed"):
+            assert t["state"] == "6" and t["close_code"] and t["close_notes"], t
+            assert "inc_" not in t["close_notes"]
+        else:
+            assert t["state"] in ("1", "2"), t
+    for iid, status in incidents:
+        tickets_of = [c for c, (i, _) in known.items() if i == iid and c in by_corr]
+        if status != "absorbed":
+            assert len(tickets_of) == 1, f"{iid} ({status}) has {len(tickets_of)} tickets"
+    calls = [r.at for r in emu.faults.requests if r.path.startswith("/api/now")]
+    assert max_calls_in_window(calls) <= limit
+
+
+@pytest.mark.parametrize("faults", [False, True], ids=["clean", "faults"])
+def test_demo_run_with_documented_defaults(tmp_path: Path, clock: VirtualClock,
+                                           emulator: tuple[ServiceNowEmulator, str], faults: bool) -> None:
+    import random
+
+    emu, url = emulator
+    ctx = context(tmp_path, **sn_settings(url, **{"incidents.servicenow.timeout_s": 0.5}))  # defaults otherwise
+    for i in range(40):
+        ctx.state.add_device(f"VM-{i:04d}", f"SITE-{i % 4}", serial=f"SER-{i:04d}", model="Vendo 721")
+    orch = Orchestrator(ctx, clock=clock)
+    # a machine whose ticket a person closes mid-run; it never fires again
+    publish(ctx, make_signal(clock, key="offline/VM-0000", device_id="VM-0000", site_id="SITE-0"))
+    orch.step(0.0)
+    start = clock.now()
+    if faults:
+        emu.inject(status=429, retry_after=30, count=1, until=start + 30)
+        emu.inject(status=503, until=start + 110)  # a 60 s outage from 50 s (added at 50 s below)
+        emu.faults.faults[-1].count = 0
+        emu.inject(status=200, delay_s=1.0, count=3, method="PATCH")  # three answers never arrive in time
+    closed = ""
+    for at, sig in _demo_script(clock, random.Random(7)):
+        while clock.now() < at:
+            clock.advance(1.0)
+            orch.step(0.0)
+            if not closed and tickets(emu, ctx, "offline/VM-0000"):
+                closed = tickets(emu, ctx, "offline/VM-0000")[0]["sys_id"]
+                emu.close_as_person(closed, "7", close_notes="handled on site by a technician")
+            if faults and clock.now() == start + 50:
+                emu.faults.faults[1].count = None  # the outage begins
+        publish(ctx, sig)
+    if faults:
+        emu.inject(status=401, until=clock.now() + 60, message="password rotated")  # credentials refused for 60 s
+    run_for(orch, clock, 900, step_s=5.0)
+    outbox = Outbox(ctx.state.db)
+    assert outbox.dlq_list() == [] and outbox.depth() == {}
+    assert closed
+    _check_tickets(ctx, emu, closed, limit=120)
+    if faults:
+        statuses = {r.status for r in emu.faults.requests}
+        assert {429, 503, 0, 401} <= statuses, statuses

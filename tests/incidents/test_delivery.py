@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from incident_helpers import context
 
-from vendwatch.incidents import breaker
-from vendwatch.incidents.config import RetryPolicy
-from vendwatch.incidents.outbox import Outbox
-from vendwatch.incidents.ratelimit import Bucket
-from vendwatch.incidents.retry import backoff_s, retry_at_from_headers, retryable_status
+from vendwatch.delivery import breaker
+from vendwatch.delivery.config import RetryPolicy
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.delivery.ratelimit import Bucket
+from vendwatch.delivery.retry import backoff_s, retry_at_from_headers, retryable_status
 from vendwatch.incidents.store import IncidentStore
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from incident_helpers import context, make_signal
 
-from vendwatch.incidents.clock import VirtualClock
+from vendwatch.delivery.clock import VirtualClock
 from vendwatch.incidents.service import IncidentService
 
 

@@ -16,10 +16,10 @@ from vendwatch.api.server import build_app
 from vendwatch.cli.common import Env
 from vendwatch.cli.main import cli
 from vendwatch.config import ConfigError, load_settings
-from vendwatch.incidents.clock import VirtualClock
-from vendwatch.incidents.emulation import ThreadedServer
+from vendwatch.delivery.clock import VirtualClock
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.emulators.base import ThreadedServer
 from vendwatch.incidents.export import incident_rows
-from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.service import IncidentService
 from vendwatch.incidents.summary import summary
 from vendwatch.runtime import Context
@@ -57,6 +57,9 @@ def test_api_lists_filters_shows_and_transitions(seeded: tuple[Context, Incident
         assert len(c.get("/v1/incidents?severity=critical", headers=h).json()["incidents"]) == 1
         for bad in ("status=nope", "severity=huge", "limit=0", "limit=x", "colour=red"):
             assert c.get(f"/v1/incidents?{bad}", headers=h).status_code == 400
+        assert c.get("/v1/deliveries").status_code == 401
+        targets = c.get("/v1/deliveries", headers=h).json()["targets"]
+        assert all(not t["paused"] for t in targets)
         d = c.get(f"/v1/incidents/{iid}", headers=h).json()
         assert d["timeline"][0]["kind"] == "opened" and d["severity_history"][0]["to"] == "major"
         assert d["external_refs"] == []
@@ -166,7 +169,7 @@ def test_settings_errors_name_the_key(key: str, value: Any, message: str) -> Non
 
 
 def test_start_for_demo_points_settings_at_a_working_emulator(tmp_path: Path) -> None:
-    from vendwatch.incidents.emulator import start_for_demo
+    from vendwatch.emulators.servicenow import start_for_demo
 
     base, stop, overrides = start_for_demo(load_settings(None, {"data_dir": str(tmp_path)}, environ={}))
     try:

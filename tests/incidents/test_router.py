@@ -17,9 +17,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from vendwatch.bus import BUSINESS
-from vendwatch.incidents.clock import VirtualClock
-from vendwatch.incidents.emulation import Fault, Faults, ThreadedServer
-from vendwatch.incidents.outbox import Outbox
+from vendwatch.delivery.clock import VirtualClock
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.emulators.base import Fault, Faults, ThreadedServer
 from vendwatch.route.pagerduty.emulator import PagerDutyEmulator
 from vendwatch.route.role import Router
 from vendwatch.route.rules import parse_rules

@@ -11,7 +11,6 @@ from tests.lake.conftest import drain
 from tests.lake.factory import T0, heartbeat, inventory, publish, sale, stored, telemetry
 
 from vendwatch import events as ev
-from vendwatch.lake import etl as etl_mod
 from vendwatch.lake import schemas
 from vendwatch.lake.catalog import open_catalog
 from vendwatch.lake.etl import Etl, run_etl
@@ -175,25 +174,33 @@ def test_analytics_table_gains_a_column_by_schema_evolution(ctx):
     assert rows == [{"transaction_id": "new", "failure_reason": "card_declined"}, {"transaction_id": "old", "failure_reason": None}]
 
 
-def test_incidents_from_the_incident_store(ctx, monkeypatch):
-    rows = [
-        {"incident_id": "i1", "dedupe_key": "k1", "rule_id": "cooling", "severity": "high", "status": "resolved",
-         "device_id": "dev-1", "site_id": "site-a", "opened_at": T0.timestamp(), "acknowledged_at": T0.timestamp() + 60,
-         "resolved_at": T0.timestamp() + 600, "occurrences": 3, "external_ref": "INC001"},
-        {"incident_id": "i2", "dedupe_key": "k2", "rule_id": "cooling", "severity": "high", "status": "open",
-         "device_id": "dev-2", "site_id": "site-a", "opened_at": T0.isoformat(), "acknowledged_at": None,
-         "resolved_at": None, "occurrences": 1, "external_ref": None},
-    ]
-    real_load = etl_mod.load
-    monkeypatch.setattr(etl_mod, "load", lambda ref: (lambda state: rows) if ref == etl_mod.INCIDENT_ROWS else real_load(ref))
+def test_incidents_from_the_incident_store(ctx):
+    """The real incident store, filled by the incident service as the orchestrator fills it."""
+    from tests.incidents.incident_helpers import make_signal
+
+    from vendwatch.delivery.clock import VirtualClock
+    from vendwatch.incidents.service import IncidentService
+
+    clock = VirtualClock(T0.timestamp())
+    svc = IncidentService(ctx.state, ctx.settings.incidents, clock)
+    with ctx.state.db.transaction() as tx:
+        first = svc.handle_signal(tx, make_signal(clock, "cooling/dev-1", rule_id="cooling", device_id="dev-1"))
+        svc.handle_signal(tx, make_signal(clock, "cooling/dev-2", rule_id="cooling", device_id="dev-2"))
+    [i1] = first.incidents
+    clock.advance(60)
+    svc.acknowledge(i1.incident_id, "alice")
+    clock.advance(540)
+    svc.resolve(i1.incident_id, "alice", "fixed")
     Etl(ctx.settings, state=ctx.state).run()
-    got = q(ctx.settings, "SELECT incident_id, time_to_ack_s, time_to_resolve_s FROM analytics.incidents ORDER BY 1")
-    assert got == [{"incident_id": "i1", "time_to_ack_s": 60.0, "time_to_resolve_s": 600.0},
-                   {"incident_id": "i2", "time_to_ack_s": None, "time_to_resolve_s": None}]
+    got = q(ctx.settings, "SELECT device_id, status, time_to_ack_s, time_to_resolve_s FROM analytics.incidents ORDER BY 1")
+    assert got == [{"device_id": "dev-1", "status": "resolved", "time_to_ack_s": 60.0, "time_to_resolve_s": 600.0},
+                   {"device_id": "dev-2", "status": "open", "time_to_ack_s": None, "time_to_resolve_s": None}]
     # unchanged incident list: nothing committed
     assert Etl(ctx.settings, state=ctx.state).run().tables["analytics.incidents"] == "unchanged"
-    rows[1]["status"] = "resolved"
-    assert Etl(ctx.settings, state=ctx.state).run().tables["analytics.incidents"] == "2 rows"
+    clock.advance(60)
+    with ctx.state.db.transaction() as tx:
+        svc.handle_signal(tx, make_signal(clock, "cooling/dev-3", rule_id="cooling", device_id="dev-3"))
+    assert Etl(ctx.settings, state=ctx.state).run().tables["analytics.incidents"] == "3 rows"
 
 
 def test_without_incident_store_the_table_is_empty(ctx):

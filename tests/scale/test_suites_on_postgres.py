@@ -15,7 +15,7 @@ from tests.contract.pg_backend import postgres_dsn
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
-SUITES = ["tests/incidents"]
+SUITES = ["tests/incidents", "tests/test_stage_dead_letters.py"]
 
 
 @pytest.mark.parametrize("suite", SUITES)

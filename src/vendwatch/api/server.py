@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from vendwatch import __version__
 from vendwatch.api.auth import json_response
 from vendwatch.runtime import Context, Supervisor, build_components, build_routes
+from vendwatch.stage import stage_problems
 
 log = logging.getLogger("vendwatch.server")
 
@@ -40,6 +41,11 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
         collector = ctx.extras.get("collector")
         if collector is not None and not collector.healthy():
             return json_response({"status": "unavailable", "error": "the collector's commit thread is not running"}, 503)
+        if (problem := ctx.log.write_problem()) is not None:
+            return json_response({"status": "unavailable", "error": problem}, 503)
+        stuck = stage_problems(ctx)
+        if stuck:
+            return json_response({"status": "degraded", "error": "stages are stuck or behind", "stages": stuck}, 503)
         return json_response({"status": "ok", "version": __version__, "roles": roles})
 
     async def metrics(request: Request) -> Response:

@@ -137,5 +137,9 @@ class Log(ABC):
         """Drop records older than ``max_age_s``; returns how many. Optional."""
         return 0
 
+    def write_problem(self) -> str | None:
+        """Why appends are failing right now (the last one failed, none succeeded since), or None."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook
         pass

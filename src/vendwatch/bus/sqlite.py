@@ -9,12 +9,15 @@ processes can share a data directory.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from vendwatch.bus.base import (
     AssignCallback,
@@ -27,6 +30,7 @@ from vendwatch.bus.base import (
     partition_for,
 )
 
+_T = TypeVar("_T")
 _TOPIC_RE = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 
@@ -47,7 +51,23 @@ def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> No
                    + ",".join(["(?,?,?,?)"] * (len(chunk) // 4)), chunk)
 
 
+@dataclass(frozen=True, slots=True)
+class JoinedRecords:
+    """Records of one partition read in bulk: their values joined by commas, as SQLite
+    concatenated them, and their offsets in the same order (the body of a JSON array)."""
+
+    topic: str
+    partition: int
+    offset: int  # where the read started; ``read(topic, partition, offset, len(offsets))`` gives the same records
+    offsets: list[int]
+    values: bytes
+
+
 class SqliteLog(Log):
+    # how long a failed write keeps /healthz unready when no write succeeds after it (a
+    # collector out of the load balancer gets no traffic to prove it has recovered)
+    WRITE_ERROR_REPORT_S = 30.0
+
     def __init__(self, path: str | Path, default_partitions: int = 4, busy_timeout_ms: int = 10_000) -> None:
         self.path = str(path)
         self.default_partitions = default_partitions
@@ -56,6 +76,7 @@ class SqliteLog(Log):
         self._write_lock = threading.Lock()
         self._appended = threading.Condition()
         self._topics: dict[str, int] = {}
+        self._write_error: tuple[float, str] | None = None  # (monotonic time, cause) of the last failed write
         db = self._conn()
         db.execute("PRAGMA journal_mode=WAL")
         with self._write_lock:
@@ -67,6 +88,19 @@ class SqliteLog(Log):
                 " next_offset INTEGER NOT NULL, PRIMARY KEY(grp, topic, part)) WITHOUT ROWID"
             )
         self._load_topics()
+
+    # -- write health -----------------------------------------------------------
+    def _write_failed(self, e: BaseException) -> None:
+        self._write_error = (time.monotonic(), str(e))
+
+    def _write_ok(self) -> None:
+        self._write_error = None
+
+    def write_problem(self) -> str | None:
+        err = self._write_error
+        if err is None or time.monotonic() - err[0] > self.WRITE_ERROR_REPORT_S:
+            return None
+        return f"log writes are failing: {err[1]}"
 
     # -- connections ------------------------------------------------------------
     def _conn(self) -> sqlite3.Connection:
@@ -181,6 +215,28 @@ class SqliteLog(Log):
         ).fetchall()
         return [Record(topic, partition, o, k, v, ts) for o, ts, k, v in rows]
 
+    def read_joined(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> JoinedRecords | None:
+        """The records ``read`` returns, without a Python object per record: one string of
+        comma-joined values and the list of their offsets (None when there are none)."""
+        n = self._parts(topic)
+        if not 0 <= partition < n:
+            raise LogError(f"topic {topic} has no partition {partition}")
+        # both aggregates see the rows in the same order, so values and offsets pair up
+        try:
+            row = self._conn().execute(
+                "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ',') FROM"
+                f" (SELECT offset, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?)",
+                (offset, max_records),
+            ).fetchone()
+        except sqlite3.DataError:
+            # the joined values would pass SQLite's string limit (large events): fewer at a time
+            if max_records <= 1:
+                raise
+            return self.read_joined(topic, partition, offset, max_records // 2)
+        if not row[0]:
+            return None
+        return JoinedRecords(topic, partition, offset, [int(o) for o in row[2].split(",")], row[1])
+
     def end_offsets(self, topic: str) -> dict[int, int]:
         db = self._conn()
         out = {}
@@ -285,18 +341,27 @@ class _WriteTxn:
                 try:
                     db.execute("COMMIT")
                 except sqlite3.OperationalError as e:
-                    db.execute("ROLLBACK")
-                    self.log._topics.clear()  # topics created in this transaction are gone
+                    self._rollback(db)
+                    self.log._write_failed(e)
                     raise LogUnavailable(f"log commit failed: {e}") from e
             else:
-                db.execute("ROLLBACK")
-                self.log._topics.clear()
+                self._rollback(db)
                 if isinstance(exc, sqlite3.OperationalError):
+                    self.log._write_failed(exc)
                     raise LogUnavailable(f"log write failed: {exc}") from exc
         finally:
             self.log._write_lock.release()
         if exc_type is None:
+            self.log._write_ok()
             self.log._notify()
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        self.log._topics.clear()  # topics created in this transaction are gone
+        # SQLite rolls back by itself on some errors (a full disk, an I/O error): a second
+        # ROLLBACK would raise "no transaction is active" and hide the real cause
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):  # gone either way; the original error matters
+                db.execute("ROLLBACK")
 
 
 class SqliteConsumer(Consumer):
@@ -332,20 +397,40 @@ class SqliteConsumer(Consumer):
             self._on_assign(list(parts))
 
     def poll(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[Record]:
+        def read(tp: TopicPartition, pos: int, limit: int) -> tuple[list[Record], int, int] | None:
+            recs = self.log.read(tp[0], tp[1], pos, limit)
+            return (recs, len(recs), recs[-1].offset + 1) if recs else None
+
+        return self._poll(read, max_records, timeout_s)
+
+    def poll_joined(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[JoinedRecords]:
+        """``poll``, with each partition's records read in bulk (``SqliteLog.read_joined``)."""
+
+        def read(tp: TopicPartition, pos: int, limit: int) -> tuple[list[JoinedRecords], int, int] | None:
+            j = self.log.read_joined(tp[0], tp[1], pos, limit)
+            return ([j], len(j.offsets), max(j.offsets) + 1) if j is not None else None
+
+        return self._poll(read, max_records, timeout_s)
+
+    def _poll(self, read: Callable[[TopicPartition, int, int], tuple[list[_T], int, int] | None],
+              max_records: int, timeout_s: float) -> list[_T]:
+        """Up to ``max_records`` from the assigned partitions; ``read(tp, position, limit)``
+        gives (items, records in them, next position) or None."""
         self._ensure_assigned()
         deadline = time.monotonic() + timeout_s
         while True:
-            out: list[Record] = []
-            n = len(self._assigned)
+            out: list[_T] = []
+            got, n = 0, len(self._assigned)
             # round-robin the starting partition so no partition starves
             for k in range(n):
                 tp = self._assigned[(self._rr + k) % n]
-                if len(out) >= max_records:
+                if got >= max_records:
                     break
-                recs = self.log.read(tp[0], tp[1], self._pos[tp], max_records - len(out))
-                if recs:
-                    self._pos[tp] = recs[-1].offset + 1
-                    out.extend(recs)
+                res = read(tp, self._pos[tp], max_records - got)
+                if res is not None:
+                    items, count, self._pos[tp] = res
+                    got += count
+                    out.extend(items)
             self._rr += 1
             if out:
                 return out

@@ -25,6 +25,7 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address the server listens on.")
 @click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True, help="Port (0: any free port).")
 @click.option("--summary-json", type=click.Path(dir_okay=False), help="Write the final counts here as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the final counts as JSON instead of the short summary.")
 @click.option("--no-faults", is_flag=True, help="Simulate a healthy fleet (no injected faults).")
 @click.option("--servicenow-emulator", is_flag=True,
               help="Start the bundled ServiceNow emulator and send incidents to it.")
@@ -35,17 +36,18 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
               help="At the end, seconds to wait for the pipeline to process every acknowledged event.")
 @pass_env
 def demo(env: Env, devices: int, sites: int, duration: float | None, speed: float, seed: int, host: str, port: int,
-         summary_json: str | None, no_faults: bool, servicenow_emulator: bool, max_backlog: float | None,
+         summary_json: str | None, as_json: bool, no_faults: bool, servicenow_emulator: bool, max_backlog: float | None,
          drain_timeout: float) -> None:
     """Run vendwatch end to end on a simulated fleet, in one process.
 
     Registers the demo machines in the data directory (reused on later runs; their
     tokens are kept in DATA_DIR/fleet/tokens.csv, mode 0600), serves every role,
     drives the simulator with fault injection (one fault of every kind early on, plus
-    random ones), and refreshes a summary every few seconds. On --duration or Ctrl-C
-    the simulator stops, the pipeline drains, and the counts are printed (and written
-    to --summary-json): events_sent, events_acked, events_in_log, devices_seen, plus
-    what the detection, incident and lake parts report.
+    random ones), and shows a live view (console URL, sign-in token, phase, counts).
+    On --duration or Ctrl-C the simulator stops, the pipeline drains, and a short
+    summary with next steps is printed; the full counts (events_sent, events_acked,
+    events_in_log, devices_seen, and what the detection, incident and lake parts
+    report) go to --summary-json or, with --json, to standard output.
     """
     from vendwatch.demo import DemoError, DemoOptions, run_demo
 
@@ -70,7 +72,13 @@ def demo(env: Env, devices: int, sites: int, duration: float | None, speed: floa
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text + "\n")
         os.replace(tmp, path)
-    click.echo(text)
+    if as_json:
+        click.echo(text)
+    else:
+        from vendwatch.demo import CONSOLE_ROLE
+        from vendwatch.demo_display import end_summary
+
+        click.echo("\n".join(end_summary(summary, summary.get("console_token", ""), CONSOLE_ROLE)))
     if summary["events_acked"] != summary["events_in_log"] or summary["duplicate_events_in_log"]:
         raise click.ClickException(
             f"{summary['events_acked']} events acknowledged but {summary['events_in_log']} in the log "

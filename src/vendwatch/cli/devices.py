@@ -9,7 +9,7 @@ from typing import TextIO
 import click
 
 from vendwatch.api.devices import device_view
-from vendwatch.cli.common import Env, data_dir_option, echo_json, pass_env, table
+from vendwatch.cli.common import Env, data_dir_option, echo_json, iso_times, pass_env, table
 from vendwatch.files import private_file
 from vendwatch.state.store import MAX_ROTATION_GRACE_S, ROLES, RegistryError
 
@@ -76,19 +76,25 @@ def import_(env: Env, csv_file: click.utils.LazyFile, tokens_out: str) -> None:
         raise click.ClickException(f"unknown CSV column(s): {', '.join(sorted(extra))}; allowed: {', '.join(sorted(allowed))}")
     rows = []
     seen = set()
+    problems: list[str] = []  # every bad row is reported, so one pass fixes the file
     for n, row in enumerate(reader, start=2):
         did = (row.get("device_id") or "").strip()
         try:
             msgspec.convert(did, Id)
         except msgspec.ValidationError:
-            raise click.ClickException(f"line {n}: invalid device_id {did!r}") from None
+            problems.append(f"line {n}: invalid device_id {did!r}")
+            continue
         if did in seen:
-            raise click.ClickException(f"line {n}: device {did} appears twice")
+            problems.append(f"line {n}: device {did} appears twice")
         seen.add(did)
         hb = (row.get("heartbeat_interval_s") or "").strip()
         if hb and not hb.isdigit():
-            raise click.ClickException(f"line {n}: heartbeat_interval_s must be an integer, got {hb!r}")
+            problems.append(f"line {n}: heartbeat_interval_s must be an integer, got {hb!r}")
+            continue
         rows.append((did, row, int(hb) if hb else None))
+    if problems:
+        raise click.ClickException(
+            f"{len(problems)} bad row(s); nothing was imported:\n  " + "\n  ".join(problems))
     st = env.context().state
     issued: list[tuple[str, str]] = []
     try:
@@ -142,7 +148,7 @@ def show(env: Env, device_id: str) -> None:
     view = device_view(env.context(), device_id)
     if view is None:
         raise click.ClickException(f"no device {device_id}")
-    echo_json(view)
+    echo_json(iso_times(view))
 
 
 @devices.command("disable")

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from vendwatch.cli.common import Env, data_dir_option, echo_json, pass_env, table
+from vendwatch.cli.common import Env, data_dir_option, echo_json, iso_times, pass_env, table
 
 
 def _service(env: Env) -> Any:
@@ -87,7 +87,7 @@ def incidents_show(env: Env, incident_id: str) -> None:
     inc = svc.store.get(incident_id)
     if inc is None:
         raise click.ClickException(f"no incident {incident_id}")
-    echo_json(detail_doc(svc, inc))
+    echo_json(iso_times(detail_doc(svc, inc)))
 
 
 @incidents.command("ack")
@@ -216,7 +216,7 @@ def dlq_show(env: Env, dlq_id: str) -> None:
     row = _outbox(env).dlq_show(dlq_id)
     if row is None:
         raise click.ClickException(f"no dead letter {dlq_id}")
-    echo_json(row)
+    echo_json(iso_times(row))
 
 
 def _selection(dlq_id: str | None, target: str | None, all_: bool) -> dict[str, Any]:
@@ -314,17 +314,24 @@ def _serve_forever(server: Any, what: str) -> None:
 @click.option("--password", default="vendwatch", show_default=True)
 @click.option("--client-id", default="vendwatch-client", show_default=True, help="OAuth client id.")
 @click.option("--client-secret", default="vendwatch-secret", show_default=True, help="OAuth client secret.")
-@click.option("--ci", "cis", multiple=True, metavar="SERIAL=NAME", help="Seed a cmdb_ci item (repeatable).")
+@click.option("--ci", "cis", multiple=True, metavar="SERIAL=NAME",
+              help="Seed a CI (cmdb_ci_hardware) with this serial number (repeatable).")
+@click.option("--group", "groups", multiple=True, metavar="NAME",
+              help="Seed an assignment group (sys_user_group) with this name (repeatable).")
 @click.option("--rate-limit-per-hour", type=click.IntRange(1), default=None,
               help="Answer 429 with Retry-After beyond this many requests per hour.")
 def dev_servicenow(host: str, port: int, username: str, password: str, client_id: str, client_secret: str,
-                   cis: tuple[str, ...], rate_limit_per_hour: int | None) -> None:
-    """Run the ServiceNow Table API emulator (incident, cmdb_ci, sys_journal_field, /oauth_token.do).
+                   cis: tuple[str, ...], groups: tuple[str, ...], rate_limit_per_hour: int | None) -> None:
+    """Run a ServiceNow emulator built from ServiceNow's documentation (development and tests only).
+
+    Tables: incident (state model, Closed/Canceled read-only), cmdb_ci and its class
+    tables, sys_user_group, sys_user, sys_journal_field; encoded queries; Basic auth and
+    /oauth_token.do (password, client_credentials, refresh_token).
 
     Inject faults with POST /_emulator/faults, e.g. {"status": 503, "count": 5} or
     {"status": 429, "retry_after": 30}; see requests with GET /_emulator/requests.
     """
-    from vendwatch.incidents.emulator import ServiceNowEmulator
+    from vendwatch.emulators.servicenow import ServiceNowEmulator
 
     emu = ServiceNowEmulator(username=username, password=password, client_id=client_id,
                              client_secret=client_secret, rate_limit_per_hour=rate_limit_per_hour)
@@ -333,6 +340,8 @@ def dev_servicenow(host: str, port: int, username: str, password: str, client_id
         if not sep or not serial:
             raise click.BadParameter(f"{spec!r} is not SERIAL=NAME", param_hint="--ci")
         emu.add_ci(serial, name)
+    for group in groups:
+        emu.add_group(group)
     _serve_forever(emu.serve(host, port), "ServiceNow emulator")
 
 

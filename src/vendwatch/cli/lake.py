@@ -87,22 +87,27 @@ def sql(env: Env, query: str, as_of: str | None, limit: int | None, timeout: flo
 
 
 def _report_names() -> list[str]:
+    from vendwatch.lake.dex_reports import DEX_REPORTS
     from vendwatch.lake.reports import REPORTS
 
-    return list(REPORTS)
+    return [*REPORTS, *DEX_REPORTS]
 
 
 @click.command()
 @click.argument("name", type=click.Choice(_report_names()))
 @data_dir_option
-@click.option("--since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) included.")
-@click.option("--until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) included.")
+@click.option("--since", "--from", "since", type=click.DateTime(["%Y-%m-%d"]), help="First day (UTC) included.")
+@click.option("--until", "--to", "until", type=click.DateTime(["%Y-%m-%d"]), help="Last day (UTC) included.")
+@click.option("--site", default=None, help="Only this site, or a route: SITE-01,SITE-02 (DEX, cash, food-safety"
+              " and refill-planning reports).")
+@click.option("--visit", type=click.DateTime(["%Y-%m-%d"]), default=None,
+              help="refill-plan, pick-list: the visit date (09:00 UTC) [default: 24 h from now].")
 @click.option("--limit", type=int, default=None, help="Maximum rows [default 1,000,000].")
 @_format_option
 @_output_option
 @pass_env
-def report(env: Env, name: str, since: datetime | None, until: datetime | None, limit: int | None,
-           fmt: str, output: str | None) -> None:
+def report(env: Env, name: str, since: datetime | None, until: datetime | None, site: str | None,
+           visit: datetime | None, limit: int | None, fmt: str, output: str | None) -> None:
     """Run a canned report.
 
     device-last-seen reads raw.events; the others read the analytics tables, which
@@ -116,15 +121,40 @@ def report(env: Env, name: str, since: datetime | None, until: datetime | None, 
     failure-rates     failed-vend and failed-payment rates
     stockouts         stock-out intervals with estimated lost sales
     refill-picklist   units to load per site and product
+    dex-files            every DEX audit file received, accepted or refused
+    dex-reconciliation   DEX sales per read period and slot vs telemetry
+    cash-accountability  cash the audit put in the box vs cash collected
+    food-safety          every episode above 5 °C (or the machine's limit)
+    refill-plan          per slot: velocity, days to empty, units to load at --visit
+    pick-list            units per site and product for --visit, and the route total
+    stockout-lost-sales  each stock-out with the sales it lost
     """
+    from vendwatch.lake.dex_reports import DEX_REPORTS, run_dex_report
     from vendwatch.lake.query import QueryError
     from vendwatch.lake.reports import run_report
 
     try:
-        res = run_report(env.settings(), name, since=_d(since), until=_d(until), limit=limit)
+        if name in DEX_REPORTS:
+            limits = _food_safety_limits(env) if name == "food-safety" else None
+            res = run_dex_report(env.settings(), name, since=_d(since), until=_d(until), site=site, limits=limits,
+                                 visit=_d(visit))
+        else:
+            if site is not None or visit is not None:
+                raise click.UsageError(f"--site and --visit apply to the reports listed after refill-picklist, not {name}")
+            res = run_report(env.settings(), name, since=_d(since), until=_d(until), limit=limit)
     except QueryError as e:
         raise click.ClickException(str(e)) from None
     _write(res, fmt, output)
+
+
+def _food_safety_limits(env: Env) -> dict[str, float]:
+    from vendwatch.lake.dex_reports import food_safety_limits
+
+    ctx = env.context()
+    try:
+        return food_safety_limits(ctx.state)
+    finally:
+        ctx.close()
 
 
 def _d(v: datetime | None) -> date | None:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 
 import click
 
 from vendwatch import __version__
-from vendwatch.cli.common import Env
+from vendwatch.cli.common import Env, missing_extra
 from vendwatch.files import PRIVATE_UMASK
 from vendwatch.observe.logs import setup_logging
 
 # command modules, each exposing ``commands: list[click.Command]``
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
 COMMAND_MODULES = [
     "vendwatch.cli.serve",
     "vendwatch.cli.devices",
@@ -25,6 +28,8 @@ COMMAND_MODULES = [
     "vendwatch.cli.incidents",
     "vendwatch.cli.lake",
     "vendwatch.cli.ops",
+    "vendwatch.cli.stages",
+    "vendwatch.cli.dex",
 ]
 
 
@@ -40,12 +45,20 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None) -> None:
     Start with `vendwatch demo`: it provisions a simulated fleet and runs the whole
     platform on embedded defaults (SQLite, local Iceberg lake) in one process.
     """
+    level = _log_level(log_level)
     os.umask(PRIVATE_UMASK)  # every file vendwatch creates (databases, lake, exports) is private
-    overrides = {"log_level": log_level} if log_level else {}
+    overrides = {"log_level": level} if log_level else {}
     env = ctx.ensure_object(Env)
     env.config, env.overrides = config, overrides
-    lvl = (log_level or "").upper()
-    setup_logging(lvl or None)
+    setup_logging(level.upper())
+
+
+def _log_level(flag: str | None) -> str:
+    # checked before anything runs: an unknown level would otherwise be ignored silently
+    raw, where = (flag, "--log-level") if flag else (os.environ.get("VENDWATCH_LOG_LEVEL") or "info", "VENDWATCH_LOG_LEVEL")
+    if raw.lower() not in LOG_LEVELS:
+        raise click.UsageError(f"{where}: must be one of {', '.join(LOG_LEVELS)}, got {raw!r}")
+    return raw.lower()
 
 
 def _register() -> None:
@@ -65,4 +78,11 @@ _register()
 
 def main() -> None:
     logging.captureWarnings(True)
-    cli(obj=Env(None, {}), prog_name="vendwatch")
+    try:
+        cli(obj=Env(None, {}), prog_name="vendwatch")
+    except ModuleNotFoundError as e:
+        message = missing_extra(e)
+        if message is None:
+            raise
+        click.echo(f"Error: {message}", err=True)
+        sys.exit(1)

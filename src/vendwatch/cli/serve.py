@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import threading
 
 import click
@@ -14,6 +16,25 @@ from vendwatch.config import Settings
 from vendwatch.runtime import ROLES, Context, Supervisor, build_components
 
 log = logging.getLogger("vendwatch.cli")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket first, so a busy port is an error before anything claims to serve.
+
+    The socket is only bound here: uvicorn starts listening on it once the app is ready,
+    so until then a client is refused (and retries) instead of waiting in the backlog."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise click.ClickException(f"address {host}:{port} is already in use (another vendwatch?); "
+                                       "stop it or pick another port with --port") from None
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def uvicorn_config(app: object, settings: Settings, host: str, port: int) -> uvicorn.Config:
@@ -30,11 +51,27 @@ def uvicorn_config(app: object, settings: Settings, host: str, port: int) -> uvi
                           timeout_keep_alive=max(1, round(srv.keep_alive_s)))
 
 
-def run_http(ctx: Context, roles: list[str], host: str, port: int) -> None:
+def run_http(ctx: Context, roles: list[str], host: str, port: int, sock: socket.socket | None = None) -> None:
     from vendwatch.api.server import build_app
 
     app = build_app(ctx, roles)
-    uvicorn.Server(uvicorn_config(app, ctx.settings, host, port)).run()
+    sock = sock or listen(host, port)
+    uvicorn.Server(uvicorn_config(app, ctx.settings, host, port)).run(sockets=[sock])
+
+
+def schedule_note(s: Settings) -> str:
+    """One line saying when the analytics tables and the lake maintenance run."""
+    def every(v: float) -> str:
+        return "off" if v <= 0 else f"every {v / 60:g} min" if v >= 60 else f"every {v:g} s"
+
+    return (f"analytics tables refresh {every(s.lake.etl_interval_s)} (lake.etl_interval_s), "
+            f"lake maintenance {every(s.lake.maintain_interval_s)} (lake.maintain_interval_s)")
+
+
+def open_backends(ctx: Context) -> None:
+    """Open the log and the state store now: a configuration error (a missing extra, a bad DSN)
+    stops the command with its message instead of making a role crash and restart forever."""
+    _ = ctx.log, ctx.state
 
 
 @click.command()
@@ -50,8 +87,12 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
     if "console" not in role_list:
         role_list.append("console")
     ctx = Context(s)
+    open_backends(ctx)
+    sock = listen(s.server.host, s.server.port)
     click.echo(f"vendwatch serving on http://{s.server.host}:{s.server.port} (data in {s.data_dir})", err=True)
-    run_http(ctx, role_list, s.server.host, s.server.port)
+    if "lake-jobs" in role_list:
+        click.echo(schedule_note(s), err=True)
+    run_http(ctx, role_list, s.server.host, s.server.port, sock)
     ctx.close()
 
 
@@ -67,6 +108,7 @@ def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: i
     """Run one role (scale-out deployment: one role per process, many replicas)."""
     s = env.settings(**{"server.host": host, "server.port": port})
     ctx = Context(s)
+    open_backends(ctx)
     if metrics_port is not None and ROLES[role] is not None:
         from prometheus_client import start_http_server
 

@@ -160,6 +160,14 @@ def simulate(env: Env, url: str, tokens_file: str | None, n_devices: int | None,
     sys.stdout.write(text + "\n")
     if summary_json:
         Path(summary_json).write_text(text + "\n")
+    unsent = int(result["events_unsent"])  # type: ignore[call-overload]
+    if unsent:
+        # one count, the same as events_unsent: the buffered events and the batches whose retries ran out
+        click.echo(f"gave up on {unsent} unsent events (retries ran out or the drain timeout passed)", err=True)
+    kinds: dict[str, int] = result["network_error_kinds"]  # type: ignore[assignment]
+    if result["events_acked"] == 0 and kinds:
+        why = ", ".join(f"{k} ({n}x)" for k, n in kinds.items())
+        raise click.ClickException(f"could not deliver any event to {url}: {why}")
 
 
 commands = [simulate]

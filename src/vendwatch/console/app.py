@@ -8,7 +8,9 @@ no inline code, no frames, no outside connections.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
@@ -56,9 +58,22 @@ class _WithHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-async def _shell(request: Request) -> Response:
-    # revalidated on each load so an upgrade is picked up at once
-    return FileResponse(STATIC_DIR / "index.html", headers={**SECURITY_HEADERS, "Cache-Control": "no-cache"})
+def csp_for(tiles_url: str) -> str:
+    """The CSP, with the map tile server's origin allowed for images when one is configured."""
+    if not tiles_url:
+        return CSP
+    parts = urlsplit(tiles_url)
+    return CSP.replace("img-src 'self' data:", f"img-src 'self' data: {parts.scheme}://{parts.netloc}")
+
+
+def _shell_for(ctx: Context) -> Callable[[Request], Awaitable[Response]]:
+    headers = {**SECURITY_HEADERS, "Content-Security-Policy": csp_for(ctx.settings.console.map_tiles_url),
+               "Cache-Control": "no-cache"}  # revalidated on each load so an upgrade is picked up at once
+
+    async def shell(request: Request) -> Response:
+        return FileResponse(STATIC_DIR / "index.html", headers=headers)
+
+    return shell
 
 
 async def _to_console(request: Request) -> Response:
@@ -74,5 +89,5 @@ def routes(ctx: Context) -> list[BaseRoute]:
         Route("/console", _to_console, methods=["GET"]),
         Mount("/console/static", app=_WithHeaders(assets, {**SECURITY_HEADERS, "Cache-Control": "no-cache"}),
               name="console-static"),
-        Route("/console/{page:path}", _shell, methods=["GET"]),
+        Route("/console/{page:path}", _shell_for(ctx), methods=["GET"]),
     ]

@@ -93,10 +93,9 @@ def _like_escape(text: str) -> str:
     return text.replace("!", "!!").replace("%", "!%").replace("_", "!_")
 
 
-def list_devices(db: Database, f: DeviceFilter, now: float) -> list[dict[str, Any]]:
-    """Registered devices joined with their live state, filtered, ordered by device id."""
-    where = ["d.device_id > ?"]
-    params: list[Any] = [*_class_params(now), f.after]
+def _filter_sql(f: DeviceFilter, now: float, paged: bool = True) -> tuple[str, list[Any]]:
+    where = ["d.device_id > ?"] if paged else ["1=1"]
+    params: list[Any] = [f.after] if paged else []
     if f.site_id:
         where.append("d.site_id = ?")
         params.append(f.site_id)
@@ -111,11 +110,17 @@ def list_devices(db: Database, f: DeviceFilter, now: float) -> list[dict[str, An
     if f.faulted:
         where.append("s.doc LIKE ?")
         params.append(_HAS_FAULTS_LIKE)
+    return " AND ".join(where), params
+
+
+def list_devices(db: Database, f: DeviceFilter, now: float) -> list[dict[str, Any]]:
+    """Registered devices joined with their live state, filtered, ordered by device id."""
+    where, params = _filter_sql(f, now)
     rows = db.query(
         "SELECT d.device_id, d.site_id, d.status, d.serial, d.model, d.location, d.heartbeat_interval_s,"
         f" s.first_seen_at, s.last_seen_at, s.last_event_at, s.events, s.doc, {_CLASS_SQL}"
-        f"{_FROM} WHERE {' AND '.join(where)} ORDER BY d.device_id LIMIT ?",
-        [*params, f.limit],
+        f"{_FROM} WHERE {where} ORDER BY d.device_id LIMIT ?",
+        [*_class_params(now), *params, f.limit],
     )
     return [_device_row(r) for r in rows]
 
@@ -189,3 +194,37 @@ def slot_level(slot: dict[str, Any]) -> str:
     if threshold is not None:
         return "low" if count <= threshold else "ok"
     return "low" if level == "low" else "ok"
+
+
+def count_devices(db: Database, f: DeviceFilter, now: float) -> int:
+    """How many devices match ``f`` in total (every page), for "100 of 2,345"."""
+    where, params = _filter_sql(f, now, paged=False)
+    rows = db.query(f"SELECT count(*){_FROM} WHERE {where}", params)
+    return int(rows[0][0]) if rows else 0
+
+
+def list_sites(db: Database) -> list[dict[str, Any]]:
+    """Every site id with its number of registered devices (the device list's site filter)."""
+    rows = db.query("SELECT d.site_id, count(*) FROM devices d WHERE d.site_id IS NOT NULL GROUP BY d.site_id"
+                    " ORDER BY d.site_id")
+    return [{"site_id": r[0], "devices": int(r[1])} for r in rows]
+
+
+MAX_MAP_POINTS = 5000
+# msgspec writes compact JSON: a state with a GPS fix always contains this text
+_HAS_GPS_LIKE = '%"gps":{%'
+
+
+def map_points(db: Database, now: float, limit: int = MAX_MAP_POINTS) -> dict[str, Any]:
+    """Machines with a GPS fix: position, site and connectivity class (the overview map)."""
+    rows = db.query(
+        f"SELECT d.device_id, d.site_id, {_CLASS_SQL}, s.doc{_FROM} WHERE s.doc LIKE ? ORDER BY d.device_id LIMIT ?",
+        [*_class_params(now), _HAS_GPS_LIKE, limit + 1],
+    )
+    points = []
+    for device_id, site_id, cls, doc in rows[:limit]:
+        gps = (msgspec.json.decode(doc or "{}").get("connectivity") or {}).get("gps") or {}
+        lat, lon = gps.get("lat"), gps.get("lon")
+        if isinstance(lat, int | float) and isinstance(lon, int | float):
+            points.append({"device_id": device_id, "site_id": site_id, "connectivity": cls, "lat": lat, "lon": lon})
+    return {"points": points, "truncated": len(rows) > limit}

@@ -2,9 +2,10 @@
 
 ``Engine.process`` folds one event into its device's state; ``Engine.advance(now)``
 fires the timers (absence, sustained durations, window expiry, quiet periods) whose
-deadline is at or before the watermark ``now - allowed_lateness``. Signals collect in
-``Engine.out`` and are taken with ``drain()``. Nothing here does I/O: the role feeds
-records from the log and the backtest feeds stored events, both with their own clock.
+deadline is at or before ``now``: a timer fires at its own deadline, it does not wait
+for late events. Signals collect in ``Engine.out`` and are taken with ``drain()``.
+Nothing here does I/O: the role feeds records from the log (live: ``now`` is wall
+time) and the backtest feeds stored events, both with their own clock.
 
 Time semantics (docs/detection.md, "Time"):
 
@@ -14,7 +15,10 @@ Time semantics (docs/detection.md, "Time"):
 * before an event of a device is applied, that device's timers due at or before the
   event's time fire: per device the outcome does not depend on when the watermark
   moved;
-* a duplicate ``event_id`` (bounded memory per device) changes nothing.
+* a duplicate ``event_id`` (bounded memory per device) changes nothing;
+* an event that arrives late (occurred at most ``allowed_lateness_s`` before ``now``)
+  and shows that a machine already reported offline was not silent *retracts* that
+  offline: a ``resolved`` signal with ``retracts`` = the firing's id (a false alarm).
 """
 
 from __future__ import annotations
@@ -89,7 +93,7 @@ class Engine:
         wall: Callable[[], datetime] | None = None,
     ) -> None:
         self.rules: list[Rule] = list(ruleset.rules)
-        self.lateness = allowed_lateness_s
+        self.lateness = allowed_lateness_s  # how late an event may come and still retract an offline
         self.site = site or SiteOptions()
         self.recent_ids = recent_ids
         self.wall = wall or (lambda: datetime.now(UTC))
@@ -113,7 +117,8 @@ class Engine:
         self.devices: dict[str, DeviceState] = {}
         self.dirty: set[str] = set()
         self._heap: list[tuple[float, str]] = []
-        self.watermark = -INF
+        self.watermark = -INF  # timers due at or before it have run
+        self.now = -INF  # the clock the lateness of an event is measured against
         self.out: list[Signal] = []
         self.suppress: set[str] = set()  # signal ids already on the output topic (recovery)
         self.duplicates = 0
@@ -310,14 +315,17 @@ class Engine:
             heapq.heappush(self._heap, (wake, dev.device_id))
         self.dirty.add(dev.device_id)
 
-    def advance(self, now: float) -> None:
-        """Move the clock to ``now`` (epoch s): fire timers due at the watermark ``now - lateness``.
+    def advance(self, now: float, hold_back: float = 0.0) -> None:
+        """Move the clock to ``now`` (epoch s): fire the timers due at the watermark ``now - hold_back``.
 
-        Due timers run in deadline order, each at its own deadline (a discrete-event
-        simulation of the interval), which makes the outcome independent of how far the
-        watermark jumped at once.
+        Live the watermark is the clock itself; a replay driven by event time holds it
+        back by the allowed lateness (``Detector._clock``). Due timers run in deadline
+        order, each at its own deadline (a discrete-event simulation of the interval),
+        which makes the outcome independent of how far the watermark jumped at once.
         """
-        w = now - self.lateness
+        if now > self.now:
+            self.now = now
+        w = now - hold_back
         if w <= self.watermark:
             return
         self.watermark = w
@@ -335,9 +343,14 @@ class Engine:
             self._tick_device(dev, at)
 
     # -- output ------------------------------------------------------------------
+    def late_enough_to_retract(self, t: float) -> bool:
+        """Is an event of time ``t`` within the allowed lateness (may it still retract a signal)?"""
+        return t >= self.now - self.lateness
+
     def emit(self, rule: Rule, dev: DeviceState, status: str, at: float, key: str,
              evidence: dict[str, Any] | None = None, event_ids: Iterable[str] = (),
-             caused_by: str | None = None, event: dict[str, Any] | None = None) -> None:
+             caused_by: str | None = None, event: dict[str, Any] | None = None,
+             retracts: str | None = None) -> None:
         occurred = ts(at)
         sid = signal_id(rule.id, key, status, occurred)
         if sid in self.suppress:
@@ -354,6 +367,7 @@ class Engine:
             occurred_at=occurred, emitted_at=self.wall(), device_id=dev.device_id, site_id=dev.site_id,
             rule_version=rule.version, labels=rule.labels, caused_by=caused_by,
             evidence={k: v for k, v in ev.items() if v is not None}, event_ids=list(event_ids)[:10],
+            retracts=retracts,
         ))
 
     def emit_site(self, rule: Rule, site: str, status: str, at: float, count: int, size: int) -> str:
@@ -401,11 +415,14 @@ class Engine:
         # site checks share the device timer heap ("\x00" sorts before any device id)
         heapq.heappush(self._heap, (at, f"\x00{idx}\x00{site}"))
 
-    def site_retract(self, idx: int, dev: DeviceState) -> None:
+    def site_retract(self, idx: int, dev: DeviceState, emitted: bool = False) -> None:
         if dev.site_id is not None:
             offs = self.site_off.get((idx, dev.site_id))
             if offs is not None:
                 offs.pop(dev.device_id, None)
+            if emitted and (idx, dev.site_id) in self.site_firing and self.watermark > -INF:
+                # the site may no longer be down without this machine: check at once
+                self._site_check(idx, dev.site_id, self.watermark)
 
     def _offline_at(self, key: tuple[int, str], at: float) -> int:
         offs = self.site_off.get(key) or {}
@@ -533,6 +550,7 @@ class Engine:
                 self._push_site_check(at, idx, site)
         if doc.get("watermark") is not None:
             self.watermark = max(self.watermark, doc["watermark"])
+            self.now = max(self.now, self.watermark)
 
 
 class _SafeView(dict[str, Any]):

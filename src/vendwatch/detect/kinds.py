@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import bisect
 import math
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from vendwatch.detect.rules import Rule, render
+from vendwatch.signals import signal_id
 
 if TYPE_CHECKING:
     from vendwatch.detect.engine import DeviceState, Engine
@@ -297,8 +299,10 @@ class AbsenceKind(Kind):
     """No (matching) event for a timeout: offline. Resolves with the next event.
 
     inst: [last_seen, offline_since | None, back_at | None, emitted, caused_by]
-    With site correlation, the firing waits ``site.wait_s`` so the site decision is made
-    at a fixed event-time instant (offline_since + wait), identical on every replay.
+    It fires at the deadline; with site correlation the site decision is made at the
+    fixed event-time instant offline_since + ``site.wait_s`` (0 by default: the deadline
+    itself), identical on every replay, and the firing waits for it. An event older
+    than the deadline that arrives after the firing retracts it (``_retract``).
     """
 
     def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
@@ -342,10 +346,17 @@ class AbsenceKind(Kind):
                 inst[0] = t
             return
         if t <= inst[1]:
-            if not inst[3]:  # a late event shows it was not silent: retract the pending offline
-                inst[0], inst[1], inst[2] = max(inst[0], t), None, None
-                self.eng.site_retract(self.idx, dev)
-                self.eng.schedule(dev, self.deadline(dev, inst))
+            # a late event shows it was not silent: retract the offline, pending or emitted
+            # (emitted: only within the allowed lateness; an older event changes nothing,
+            # the next current one resolves it)
+            emitted = inst[3]
+            if emitted and (inst[2] is not None or t <= inst[0] or not self.eng.late_enough_to_retract(t)):
+                return
+            if emitted:
+                self._retract(dev, inst, t, event_id)
+            inst[0], inst[1], inst[2], inst[3], inst[4] = max(inst[0], t), None, None, False, None
+            self.eng.site_retract(self.idx, dev, emitted)
+            self.eng.schedule(dev, self.deadline(dev, inst))
             return
         if inst[2] is None:
             inst[2] = t
@@ -356,6 +367,13 @@ class AbsenceKind(Kind):
             return
         if t > inst[0]:
             inst[0] = t
+
+    def _retract(self, dev: DeviceState, inst: list[Any], t: float, event_id: str) -> None:
+        key = self.key(dev)
+        firing = signal_id(self.rule.id, key, "firing", datetime.fromtimestamp(inst[1], UTC))
+        self.eng.emit(self.rule, dev, "resolved", inst[1], key,
+                      {"silent_for": 0, "last_seen": t, "false_alarm": True}, (event_id,),
+                      caused_by=inst[4], retracts=firing)
 
     def _resolve(self, dev: DeviceState, inst: list[Any]) -> None:
         back = inst[2]
@@ -386,8 +404,12 @@ class AbsenceKind(Kind):
                 return  # the site decision needs every device's timers up to then: the watermark's job
             cause = self.eng.site_cause(self.idx, dev, inst[1] + self.wait) if self.correlate else None
             inst[3], inst[4] = True, cause
-            self.eng.emit(self.rule, dev, "firing", inst[1], self.key(dev),
-                          {"silent_for": self.timeout(dev), "last_seen": inst[0]}, caused_by=cause)
+            ev = {"silent_for": self.timeout(dev), "last_seen": inst[0]}
+            if self.correlate and dev.site_id is not None:
+                # a site-level signal may still come and take this one over: the incident
+                # layer holds its notification for a grouping delay (incidents.group_wait_s)
+                ev["site_rule_id"] = self.p["site_rule_id"]
+            self.eng.emit(self.rule, dev, "firing", inst[1], self.key(dev), ev, caused_by=cause)
             if inst[2] is None:
                 return
             self._resolve(dev, inst)

@@ -9,6 +9,9 @@ _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 EVENTS = Counter("vendwatch_detect_events_total",
                  "Events read by the detector, by outcome (evaluated, duplicate, undecodable)", ["outcome"])
 SIGNALS = Counter("vendwatch_detect_signals_total", "Signals emitted, by rule and status", ["rule", "status"])
+RETRACTIONS = Counter("vendwatch_detect_retractions_total",
+                      "Signals withdrawn because a late event showed the condition never held (false alarms)",
+                      ["rule"])
 SUPPRESSED = Counter("vendwatch_detect_signals_suppressed_total",
                      "Signals not re-emitted after a restart because they were already on the signals topic")
 EVAL_SECONDS = Histogram("vendwatch_detect_eval_seconds", "Time to evaluate one batch of events (rules + timers)",

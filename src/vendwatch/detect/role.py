@@ -33,6 +33,7 @@ from vendwatch.detect.rules import RuleSet, load_ruleset
 from vendwatch.observe.metrics import STAGE_LAG
 from vendwatch.runtime import Context
 from vendwatch.signals import Signal, encode_signal
+from vendwatch.stage import set_aside
 
 log = logging.getLogger("vendwatch.detect")
 
@@ -110,7 +111,8 @@ class Detector:
             if topic != self.topic:
                 continue
             cp = store.load_partition(st, self.group, topic, p)
-            self.assigned.append(p)
+            if p not in self.assigned:
+                self.assigned.append(p)
             if cp is None:
                 fresh.append(p)
                 continue
@@ -165,18 +167,25 @@ class Detector:
             log.info("detector: %s signals emitted after the last checkpoint will not be repeated", n)
 
     def on_revoke(self, parts: list[TopicPartition]) -> None:
-        """Checkpoint, then forget the devices of the revoked partitions."""
+        """Checkpoint, then forget the devices of the revoked partitions.
+
+        The partitions are released even when the checkpoint fails (the error is raised
+        after): their next owner, or this replica once reassigned, resumes from the
+        previous checkpoint and recognises the signals emitted since by id.
+        """
         if not self.assigned:
             return
-        self.flush()
-        self.checkpoint()
-        gone = {p for t, p in parts if t == self.topic}
-        self.engine.drop_devices([d for d, dev in self.engine.devices.items() if dev.part in gone])
-        for p in gone:
-            self.positions.pop(p, None)
-            self.clocks.pop(p, None)
-        self.assigned = [p for p in self.assigned if p not in gone]
-        m.DEVICES.set(len(self.engine.devices))
+        try:
+            self.flush()
+            self.checkpoint()
+        finally:
+            gone = {p for t, p in parts if t == self.topic}
+            self.engine.drop_devices([d for d, dev in self.engine.devices.items() if dev.part in gone])
+            for p in gone:
+                self.positions.pop(p, None)
+                self.clocks.pop(p, None)
+            self.assigned = [p for p in self.assigned if p not in gone]
+            m.DEVICES.set(len(self.engine.devices))
 
     # -- registry ------------------------------------------------------------------------
     def _refresh_registry(self, force: bool = False) -> None:
@@ -190,11 +199,29 @@ class Detector:
         self.engine.set_site_sizes(sizes)
 
     # -- the loop ------------------------------------------------------------------------
-    def _clock(self) -> float:
-        """Timer time: event time while replaying a backlog (or always, with clock=event), else wall time."""
-        if self.s.clock == "wall" and self.caught_up:
-            return time.time()
-        return self._event_clock()
+    def _clock(self) -> tuple[float, float]:
+        """The clock and how far timers stay behind it.
+
+        Live (clock=wall): a timer fires when the wall clock reaches its deadline, so
+        silence is judged in real time and a late event retracts what fired too early.
+        While records remain to be read, the clock is at most as far as the slowest
+        partition's newest event read (the read frontier): under load that is a fraction
+        of a second behind, and no timer fires ahead of events already on the log. A
+        frontier further behind than the allowed lateness is a backlog (a restart after
+        downtime): there, as always with clock=event, timers also wait the allowed
+        lateness, which costs no real time in a replay and spares false alarms from
+        events that were merely delayed.
+        """
+        lateness = self.s.allowed_lateness_s
+        if self.s.clock == "wall":
+            now = time.time()
+            if self.caught_up:
+                return now, 0.0
+            frontier = self._event_clock()
+            if frontier >= now - lateness:
+                return min(now, frontier), 0.0
+            return frontier, lateness
+        return self._event_clock(), lateness
 
     def _event_clock(self) -> float:
         # the slowest partition that still has records to read holds the clock back, so
@@ -235,9 +262,9 @@ class Detector:
             try:
                 e = _lean.decode(r.value)
                 data = _data.decode(e.data)
-            except msgspec.DecodeError as exc:
+            except (msgspec.DecodeError, RecursionError) as exc:
                 undecodable += 1
-                log.warning("detector: skipping undecodable record %s/%s@%s: %s", r.topic, r.partition, r.offset, exc)
+                set_aside(self.ctx, self.name, r, f"{type(exc).__name__}: {exc}")  # a stage dead letter
                 self.positions[r.partition] = r.offset + 1
                 continue
             t = e.occurred_at.timestamp()
@@ -265,12 +292,14 @@ class Detector:
         t0 = time.perf_counter()
         self.evaluate(recs)
         self.caught_up = len(recs) < self.s.batch_size
-        if self.caught_up and self.engine.suppress and self._at_end():
-            # everything is re-evaluated: ids left were not regenerated (another writer's)
+        replayed = self.caught_up and bool(self.engine.suppress) and self._at_end()
+        self.engine.advance(*self._clock())
+        self.pending.extend(self.engine.drain())
+        if replayed:
+            # everything is re-evaluated and the timers it made due have run (they emitted
+            # before the crash too): ids left were not regenerated (another writer's)
             self.engine.suppress.clear()
             self._recovery_start = None
-        self.engine.advance(self._clock())
-        self.pending.extend(self.engine.drain())
         m.EVAL_SECONDS.observe(time.perf_counter() - t0)
         self.flush()
         if time.monotonic() - self._last_checkpoint >= self.s.checkpoint_interval_s:
@@ -290,6 +319,8 @@ class Detector:
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
         for s in self.pending:
             m.SIGNALS.labels(s.rule_id, s.status).inc()
+            if s.retracts:
+                m.RETRACTIONS.labels(s.rule_id).inc()
         self.pending = []
 
     def checkpoint(self, only: list[int] | None = None) -> None:

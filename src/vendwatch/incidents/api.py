@@ -49,7 +49,16 @@ def incident_doc(inc: Incident) -> dict[str, Any]:
 def detail_doc(svc: IncidentService, inc: Incident) -> dict[str, Any]:
     return {**incident_doc(inc), "timeline": svc.store.timeline(inc.incident_id),
             "severity_history": svc.store.severity_history(inc.incident_id),
-            "external_refs": svc.store.refs(inc.incident_id)}
+            "external_refs": [_named_state(r) for r in svc.store.refs(inc.incident_id)]}
+
+
+def _named_state(ref: dict[str, Any]) -> dict[str, Any]:
+    """ServiceNow states are numbers ("6"); people read names ("Resolved")."""
+    if ref.get("system") == "servicenow":
+        from vendwatch.incidents.servicenow.mapping import state_name
+
+        return {**ref, "state_name": state_name(ref.get("state"))}
+    return ref
 
 
 async def _body(request: Request, typ: type[Any]) -> Any:
@@ -127,6 +136,13 @@ def routes(ctx: Context) -> list[BaseRoute]:
         return await _transition(request, "resolve")
 
     @require(ctx, "viewer")
+    async def deliveries(request: Request) -> Response:
+        """Outbound targets (ServiceNow, webhooks, ...): queued, dead-lettered, paused and why."""
+        from vendwatch.delivery.status import target_status
+
+        return json_response({"targets": await run_in_threadpool(target_status, ctx.state.db, time.time())})
+
+    @require(ctx, "viewer")
     async def list_silences(request: Request) -> Response:
         return json_response({"silences": await run_in_threadpool(svc().store.list_silences, time.time())})
 
@@ -161,6 +177,7 @@ def routes(ctx: Context) -> list[BaseRoute]:
         Route("/v1/incidents/{incident_id}", get_incident, methods=["GET"]),
         Route("/v1/incidents/{incident_id}/ack", ack, methods=["POST"]),
         Route("/v1/incidents/{incident_id}/resolve", resolve, methods=["POST"]),
+        Route("/v1/deliveries", deliveries, methods=["GET"]),
         Route("/v1/silences", list_silences, methods=["GET"]),
         Route("/v1/silences", add_silence, methods=["POST"]),
         Route("/v1/silences/{silence_id}", remove_silence, methods=["DELETE"]),

@@ -1,7 +1,7 @@
 """Typed ``[incidents]`` settings section (owned by the incident orchestrator).
 
-Kept free of other vendwatch imports so ``vendwatch.config`` can import it without a
-cycle. Validation errors raised here surface as ``invalid configuration: incidents.KEY: ...``.
+Imports only the delivery settings (themselves free of vendwatch imports) so
+``vendwatch.config`` can import it without a cycle. Validation errors raised here surface as ``invalid configuration: incidents.KEY: ...``.
 """
 
 from __future__ import annotations
@@ -11,50 +11,11 @@ from typing import Literal
 import msgspec
 from msgspec import Struct
 
+from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
+
 
 class _Section(Struct, kw_only=True, forbid_unknown_fields=True):
     pass
-
-
-class RetryPolicy(_Section):
-    """Per-target retry policy (EventBridge style): attempts, event age, backoff with jitter."""
-
-    max_attempts: int = 185  # EventBridge's default
-    max_event_age_s: float = 86_400.0
-    backoff_initial_s: float = 1.0
-    backoff_max_s: float = 300.0
-    backoff_multiplier: float = 2.0
-    jitter: float = 0.5  # fraction of the delay drawn at random ("equal jitter" at 0.5)
-
-    def __post_init__(self) -> None:
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if self.max_event_age_s <= 0 or self.backoff_initial_s <= 0 or self.backoff_max_s <= 0:
-            raise ValueError("max_event_age_s, backoff_initial_s and backoff_max_s must be > 0")
-        if self.backoff_multiplier < 1:
-            raise ValueError("backoff_multiplier must be >= 1")
-        if not 0 <= self.jitter <= 1:
-            raise ValueError("jitter must be between 0 and 1")
-
-
-class RateLimit(_Section):
-    """Token bucket: ``per_minute`` calls on average, ``burst`` at once."""
-
-    per_minute: float = 120.0
-    burst: float = 10.0
-
-    def __post_init__(self) -> None:
-        if self.per_minute <= 0 or self.burst < 1:
-            raise ValueError("per_minute must be > 0 and burst >= 1")
-
-
-class CircuitBreaker(_Section):
-    failure_threshold: int = 5  # consecutive retryable failures that open the circuit
-    open_s: float = 30.0  # how long it stays open before one trial call (half-open)
-
-    def __post_init__(self) -> None:
-        if self.failure_threshold < 1 or self.open_s <= 0:
-            raise ValueError("failure_threshold must be >= 1 and open_s > 0")
 
 
 class Assignment(_Section):
@@ -88,13 +49,28 @@ class ServiceNowSettings(_Section):
     # closed (state 6/7) incident and the key fires again inside the reopen window:
     # "reopen" sets it back to In Progress; "new" always opens a new incident
     on_closed_refire: Literal["reopen", "new"] = "reopen"
-    cmdb_lookup: bool = True
+    cmdb_lookup: bool = True  # link incidents to a CI found by the machine's serial number
     cmdb_cache_s: float = 3600.0
+    cmdb_sync: bool = False  # keep one CI per registered machine in the CMDB (opt-in)
+    cmdb_class: str = "cmdb_ci_hardware"  # CMDB class table the synced CIs are created in
+    cmdb_sync_interval_s: float = 300.0  # how often the registry is compared with what the CMDB was sent
     rate_limit: RateLimit = msgspec.field(default_factory=RateLimit)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     circuit: CircuitBreaker = msgspec.field(default_factory=CircuitBreaker)
 
     def __post_init__(self) -> None:
+        # these names are looked up with an encoded query: query syntax in them would change its meaning
+        for key, value in (("default_assignment_group", self.default_assignment_group),
+                           ("caller_id", self.caller_id),
+                           *((f"assignment[{i}].assignment_group", a.assignment_group)
+                             for i, a in enumerate(self.assignment))):
+            if value and ("^" in value or "\n" in value):
+                raise ValueError(f"{key} must not contain '^' or line breaks, got {value!r}")
+        if not self.cmdb_class.startswith("cmdb_ci") or not self.cmdb_class.replace("_", "").isalnum():
+            raise ValueError(f"cmdb_class must be a CMDB class table name such as cmdb_ci_hardware, "
+                             f"got {self.cmdb_class!r}")
+        if self.cmdb_sync_interval_s <= 0:
+            raise ValueError("cmdb_sync_interval_s must be > 0")
         if self.url and not self.url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {self.url!r}")
         if self.timeout_s <= 0:
@@ -111,6 +87,11 @@ class IncidentsSettings(_Section):
     enabled: bool = True
     flap_damping_s: float = 120.0  # a resolved signal closes the incident only after this quiet time
     reopen_window_s: float = 3600.0  # a firing within this time after resolve reopens it
+    # a device incident a site outage may still absorb (machine offline) opens at once, but
+    # its ticket waits this long: a site incident found meanwhile takes it over, one ticket
+    # per site. Cover the heartbeat interval (machines of a site fall silent up to one
+    # interval apart). 0: ticket at once; longer: fewer tickets, later tickets
+    group_wait_s: float = 60.0
     routing_rules: str | None = None  # YAML file of routing rules and targets (see docs/incidents.md)
     servicenow: ServiceNowSettings = msgspec.field(default_factory=ServiceNowSettings)
     outbox_batch: int = 50
@@ -118,7 +99,7 @@ class IncidentsSettings(_Section):
     tick_s: float = 0.5  # how often timers (flap damping, outbox) are checked when idle
 
     def __post_init__(self) -> None:
-        if self.flap_damping_s < 0 or self.reopen_window_s < 0:
-            raise ValueError("flap_damping_s and reopen_window_s must be >= 0")
+        if self.flap_damping_s < 0 or self.reopen_window_s < 0 or self.group_wait_s < 0:
+            raise ValueError("flap_damping_s, reopen_window_s and group_wait_s must be >= 0")
         if self.outbox_batch < 1 or self.outbox_lease_s <= 0 or self.tick_s <= 0:
             raise ValueError("outbox_batch, outbox_lease_s and tick_s must be > 0")

@@ -10,6 +10,15 @@ severity changes, and whether external systems must be told. ``due_resolve``,
 Statuses: ``open`` -> ``acknowledged`` -> ``resolved``; ``absorbed`` when a site-level
 incident took over a per-device one. ``open`` and ``acknowledged`` are *active*: at most
 one active incident exists per dedupe key.
+
+Detection and notification are decided separately (as Alertmanager separates an
+alert's state from ``group_wait``): a device incident that a site-level incident may
+still take over (its signal names a ``site_rule_id``) opens at once, but external
+systems hear of it only after ``Policy.group_wait_s`` (``Decision.hold``). A site
+incident opening meanwhile absorbs it, and it never becomes a ticket of its own. A
+retraction (a ``resolved`` signal with ``retracts``: a late event showed the condition
+never held) closes the incident at once as a false alarm; a notification still held
+back is withdrawn (``Decision.withdraw``).
 """
 
 from __future__ import annotations
@@ -29,6 +38,10 @@ STATUSES = ("open", "acknowledged", "resolved", "absorbed")
 class Policy:
     flap_damping_s: float = 120.0
     reopen_window_s: float = 3600.0
+    group_wait_s: float = 0.0  # how long a device incident a site may absorb waits before it is notified
+
+
+FALSE_ALARM = "false_alarm"  # the ``resolution`` label of an incident closed by a retraction
 
 
 @dataclass(frozen=True)
@@ -81,11 +94,29 @@ class Decision:
     sync: list[Incident] = field(default_factory=list)  # incidents external systems must hear about
     suppressed_by: str | None = None  # silence id that suppressed creation
     ignored: str | None = None  # why nothing happened
+    hold: dict[str, float] = field(default_factory=dict)  # incident id -> notify external systems not before
+    withdraw: list[str] = field(default_factory=list)  # incident ids whose unsent notification is dropped
 
 
 def new_incident_id(dedupe_key: str, signal_id: str) -> str:
     """Deterministic id: reprocessing the same opening signal yields the same incident."""
     return "inc_" + hashlib.blake2b(f"{dedupe_key}|{signal_id}".encode(), digest_size=8).hexdigest()
+
+
+def parent_key(sig: Signal) -> str | None:
+    """The site-level condition that may take over ``sig``'s incident.
+
+    The one its signal blames (``caused_by``); or, for a signal of a site-correlated
+    device rule (``evidence.site_rule_id``), that rule's site signal: signals of
+    different keys may arrive in either order, so a machine whose deadline came just
+    before the site was found can arrive after the site incident opened.
+    """
+    if sig.caused_by:
+        return sig.caused_by
+    site_rule = sig.evidence.get("site_rule_id")
+    if sig.scope == "device" and sig.site_id and isinstance(site_rule, str):
+        return f"{site_rule}/{sig.site_id}"
+    return None
 
 
 def actor_for(sig: Signal) -> str:
@@ -126,6 +157,9 @@ def on_signal(
         if active is None:
             d.ignored = "resolved signal without an active incident"
             return d
+        if sig.retracts:
+            _retract(d, active, sig, now, actor)
+            return d
         if active.resolve_due_at is not None:
             d.ignored = "resolve already scheduled"
             return d
@@ -138,7 +172,7 @@ def on_signal(
         return d
 
     # firing
-    if parent is not None and parent.active and sig.caused_by == parent.dedupe_key:
+    if parent is not None and parent.active and parent_key(sig) == parent.dedupe_key:
         if active is not None:
             _absorb(d, parent, active, now, actor)
         else:
@@ -152,9 +186,42 @@ def on_signal(
     site = next((i for i in d.incidents if i.active and i.scope == "site"), None)
     if site is not None:
         for child in children:
-            if child.incident_id != site.incident_id and child.caused_by == site.dedupe_key:
+            if child.incident_id != site.incident_id and absorbable(child, site, sig, now, policy):
                 _absorb(d, site, child, now, actor)
+    elif (sig.scope == "device" and sig.evidence.get("site_rule_id") and policy.group_wait_s > 0
+          and sig.caused_by is None):
+        # a site incident may still take this one over: tell external systems later
+        for inc in d.incidents:
+            if inc.status == "open" and inc.occurrences == 1 and inc.reopen_count == 0:
+                d.hold[inc.incident_id] = now + policy.group_wait_s
     return d
+
+
+def absorbable(child: Incident, site: Incident, sig: Signal, now: float, policy: Policy) -> bool:
+    """Does the site-level incident ``site`` (opened by ``sig``) take over the device incident ``child``?
+
+    Those whose signal named it as the cause, and those of the site's device rule that
+    opened within the grouping delay (their notification is still held back): a machine
+    that was already down and notified long before keeps its own incident.
+    """
+    if child.scope != "device":
+        return False
+    if child.caused_by == site.dedupe_key:
+        return True
+    return (child.caused_by is None and child.site_id == site.site_id
+            and child.rule_id == sig.evidence.get("device_rule")
+            and child.opened_at >= now - policy.group_wait_s)
+
+
+def _retract(d: Decision, inc: Incident, sig: Signal, now: float, actor: str) -> None:
+    """A late event showed the condition never held: close as a false alarm, at once."""
+    labels = {**inc.labels, "resolution": FALSE_ALARM}
+    done = _bump(inc, labels=labels)
+    d.entries.append(Entry(done.incident_id, now, "retracted", actor,
+                           {"signal_id": sig.signal_id, "retracts": sig.retracts},
+                           note="False alarm: a late event showed the condition never held"))
+    _resolve_into(d, done, now, actor, "false alarm (retracted by the detector)")
+    d.withdraw.append(done.incident_id)
 
 
 def _absorb(d: Decision, parent: Incident, child: Incident, now: float, actor: str) -> None:
@@ -201,7 +268,8 @@ def _fire(d: Decision, sig: Signal, now: float, policy: Policy, actor: str, acti
         return
 
     if (last_closed is not None and last_closed.status == "resolved" and last_closed.resolved_at is not None
-            and now - last_closed.resolved_at <= policy.reopen_window_s):
+            and now - last_closed.resolved_at <= policy.reopen_window_s
+            and last_closed.labels.get("resolution") != FALSE_ALARM):  # a false alarm is not reopened
         inc = _bump(last_closed, status="open", resolved_at=None, resolved_by=None, resolve_due_at=None,
                     acknowledged_at=None, acknowledged_by=None, reopen_count=last_closed.reopen_count + 1,
                     occurrences=last_closed.occurrences + 1, last_seen_at=at, severity=sig.severity,

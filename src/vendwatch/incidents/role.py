@@ -14,9 +14,9 @@ import msgspec
 
 from vendwatch.bus import SIGNALS
 from vendwatch.bus.base import Record
-from vendwatch.incidents.clock import Clock, SystemClock
-from vendwatch.incidents.delivering import DeliveringStage
-from vendwatch.incidents.delivery import Dispatcher, Sink
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.dispatch import Dispatcher, Sink
+from vendwatch.delivery.stage import DeliveringStage
 from vendwatch.incidents.service import IncidentService
 from vendwatch.route.envelope import from_signal
 from vendwatch.route.rules import RuleSet, load_rules
@@ -43,6 +43,11 @@ class Orchestrator(DeliveringStage):
             from vendwatch.incidents.servicenow.sink import ServiceNowSink
 
             sinks.append(ServiceNowSink(cfg.servicenow, self.service.store, self.clock))
+        self.cmdb = None
+        if cfg.servicenow.url and cfg.servicenow.cmdb_sync:
+            from vendwatch.incidents.servicenow.cmdb import CmdbSync
+
+            self.cmdb = CmdbSync(cfg.servicenow, ctx.state, self.service.outbox)
         self.dispatcher = Dispatcher(ctx.state.db, self.service.outbox, sinks, self.clock,
                                      batch=cfg.outbox_batch, lease_s=cfg.outbox_lease_s)
         self.tick_s = cfg.tick_s
@@ -53,15 +58,18 @@ class Orchestrator(DeliveringStage):
             try:
                 sig = decode_signal(r.value)
             except (msgspec.DecodeError, msgspec.ValidationError) as e:
-                # a malformed signal cannot become valid by retrying: log it and move on
-                log.error("skipping undecodable signal at %s/%d@%d: %s", r.topic, r.partition, r.offset, e)
+                # a malformed signal cannot become valid by retrying: set it aside and move on
+                self.dead_letter(tx, r, f"undecodable signal: {e}")
                 continue
             if not self.rules.to_orchestrator(from_signal(sig)):
                 continue
             self.service.handle_signal(tx, sig)
 
     def timers(self) -> int:
-        return self.service.tick()
+        n = self.service.tick()
+        if self.cmdb is not None:
+            n += self.cmdb.enqueue_due(self.clock.now())
+        return n
 
     def housekeeping(self) -> None:
         self.service.refresh_metrics()

@@ -4,11 +4,11 @@ external deliveries they imply, in one transaction. Used by the orchestrator rol
 
 from __future__ import annotations
 
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.outbox import Outbox
 from vendwatch.incidents import lifecycle as lc
 from vendwatch.incidents import metrics as m
-from vendwatch.incidents.clock import Clock, SystemClock
 from vendwatch.incidents.config import IncidentsSettings
-from vendwatch.incidents.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
@@ -25,7 +25,8 @@ class IncidentService:
         self.clock = clock or SystemClock()
         self.store = IncidentStore(state)
         self.outbox = Outbox(state.db)
-        self.policy = lc.Policy(flap_damping_s=cfg.flap_damping_s, reopen_window_s=cfg.reopen_window_s)
+        self.policy = lc.Policy(flap_damping_s=cfg.flap_damping_s, reopen_window_s=cfg.reopen_window_s,
+                                group_wait_s=cfg.group_wait_s)
 
     @property
     def sync_targets(self) -> list[str]:
@@ -38,9 +39,13 @@ class IncidentService:
             m.TRANSITIONS.labels(e.kind).inc()
         for inc in d.sync:
             for target in self.sync_targets:
+                idem = f"{target}:sync:{inc.incident_id}"
+                if (inc.incident_id in d.withdraw and self.store.ref(tx, inc.incident_id, target) is None
+                        and self.outbox.cancel(tx, idem)):
+                    continue  # never told, and no longer worth telling (a false alarm)
                 # one pending "sync this incident" per incident and target; later changes mark it dirty
                 self.outbox.coalesce(tx, target, "sync", inc.dedupe_key, {"incident_id": inc.incident_id},
-                                     idem_key=f"{target}:sync:{inc.incident_id}", now=now)
+                                     idem_key=idem, now=now, not_before=d.hold.get(inc.incident_id))
 
     def handle_signal(self, tx: Tx, sig: Signal) -> lc.Decision:
         """Apply one signal (inside the caller's transaction)."""
@@ -48,14 +53,21 @@ class IncidentService:
         if self.store.seen_signal(tx, sig.signal_id, now):
             return lc.Decision(ignored="duplicate signal")
         active = self.store.active_for(tx, sig.dedupe_key)
-        parent = self.store.active_for(tx, sig.caused_by) if sig.caused_by else None
+        parent_key = lc.parent_key(sig)
+        parent = self.store.active_for(tx, parent_key) if parent_key else None
         silence = None
         if active is None and sig.status == "firing" and sig.kind == "incident":
             silence = self.store.matching_silence(tx, now, device_id=sig.device_id, site_id=sig.site_id,
                                                   rule_id=sig.rule_id)
         last_closed = self.store.last_closed_for(tx, sig.dedupe_key) if active is None else None
-        children = (self.store.active_caused_by(tx, sig.dedupe_key)
-                    if sig.scope == "site" and sig.status == "firing" else [])
+        children = []
+        if sig.scope == "site" and sig.status == "firing":
+            children = self.store.active_caused_by(tx, sig.dedupe_key)
+            device_rule = sig.evidence.get("device_rule")
+            if sig.site_id and isinstance(device_rule, str):
+                # device incidents that opened before the site was found (still in their grouping delay)
+                children += self.store.active_of_site(tx, sig.site_id, device_rule,
+                                                      opened_since=now - self.policy.group_wait_s)
         d = lc.on_signal(sig, now, self.policy, active=active, last_closed=last_closed, parent=parent,
                          silence_id=silence, children=children)
         if d.suppressed_by:

@@ -132,6 +132,13 @@ class IncidentStore:
                         + self._lock_rows, (cause_key,))
         return [_row_to_incident(r) for r in rows]
 
+    def active_of_site(self, tx: Tx, site_id: str, rule_id: str, *, opened_since: float) -> list[Incident]:
+        """Active device incidents of ``rule_id`` at ``site_id`` opened since then, blaming no cause."""
+        rows = tx.query(f"SELECT {_COLS} FROM incidents WHERE site_id=? AND rule_id=? AND scope='device'"
+                        " AND caused_by IS NULL AND opened_at>=? AND status IN ('open','acknowledged')"
+                        + self._lock_rows, (site_id, rule_id, opened_since))
+        return [_row_to_incident(r) for r in rows]
+
     def last_closed_for(self, tx: Tx, dedupe_key: str) -> Incident | None:
         row = tx.one(
             f"SELECT {_COLS} FROM incidents WHERE dedupe_key=? AND status='resolved'"

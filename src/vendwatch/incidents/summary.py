@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendwatch.incidents.outbox import Outbox
+from vendwatch.delivery.outbox import Outbox
 from vendwatch.incidents.store import IncidentStore
 from vendwatch.runtime import Context
 

@@ -34,7 +34,7 @@ from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
 from vendwatch.ingest.openapi import openapi
-from vendwatch.ingest.sink import IngestSink, open_sink
+from vendwatch.ingest.sink import IngestSink, Pending, open_sink
 from vendwatch.ingest.validate import BodyError, Validator, parse
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
@@ -251,7 +251,8 @@ class Collector:
         await answer.send(send)
         m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    async def _post_events(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
+    def authenticate(self, headers: dict[str, str], client: str) -> Device | _Answer:
+        """The device of the request's bearer token, or the 401/429 to send (every device endpoint)."""
         wait = self.auth_failures.retry_after(client)
         if wait:
             return _error(429, "too_many_auth_failures", f"too many failed authentications from {client};"
@@ -265,6 +266,47 @@ class Collector:
         if device is None:
             self.auth_failures.failed(client, "unknown, expired or disabled device token")
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
+        return device
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
+        """The request body within the size limit, gunzipped; or the 4xx to send."""
+        return await self._body(headers, receive)
+
+    def over_limit(self, device_id: str, n: int) -> _Answer | None:
+        """The 429 to send when ``device_id`` has no room for ``n`` more events in its rate limit."""
+        wait = self.buckets.take(device_id, max(n, 1))
+        if wait <= 0:
+            return None
+        m.INGEST_RATE_LIMITED.inc()
+        retry = max(1, int(wait + 0.999))
+        return _error(429, "rate_limited", f"device {device_id} is over its rate limit; retry in {retry}s",
+                      {"Retry-After": str(retry)})
+
+    async def append(self, accepted: list[Pending], quarantine: list[tuple[str, bytes]],
+                     retry_hint: str) -> list[bool] | _Answer:
+        """Make events durable (True: new, False: duplicate), or the 503 to send (``retry_hint`` ends it)."""
+        assert self.committer is not None
+        try:
+            # a plain future (not a coroutine): wait_for needs no extra Task per request
+            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
+        except (LogUnavailable, TimeoutError) as e:
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); {retry_hint}",
+                          {"Retry-After": "5"})
+        except Exception as e:  # disk full, corruption: never 2xx
+            log.exception("append failed")
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
+        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
+            m.INGEST_UNAVAILABLE.inc()
+            return _error(503, "in_flight", f"some events are being stored by another request; {retry_hint}",
+                          {"Retry-After": "2"})
+        return fresh
+
+    async def _post_events(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
+        device = self.authenticate(headers, client)
+        if isinstance(device, _Answer):
+            return device
         body = await self._body(headers, receive)
         if isinstance(body, _Answer):
             return body
@@ -278,12 +320,9 @@ class Collector:
         n = len(parsed)
         if n > self.s.max_batch_events:
             return _error(413, "too_many_events", f"{n} events in one batch; the limit is {self.s.max_batch_events}")
-        wait = self.buckets.take(device.device_id, max(n, 1))
-        if wait > 0:
-            m.INGEST_RATE_LIMITED.inc()
-            retry = max(1, int(wait + 0.999))
-            return _error(429, "rate_limited", f"device {device.device_id} is over its rate limit; retry in {retry}s",
-                          {"Retry-After": str(retry)})
+        limited = self.over_limit(device.device_id, n)
+        if limited is not None:
+            return limited
         out = self.validator.validate(parsed, device.device_id, device.site_id, ev.utcnow())
         for r in out.rejected:
             m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
@@ -299,21 +338,9 @@ class Collector:
         if not accepted and not quarantine:
             _OK.inc()
             return _json(200, {"accepted": 0, "duplicates": in_batch_dups, "rejected": []})
-        try:
-            # a plain future (not a coroutine): wait_for needs no extra Task per request
-            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
-        except (LogUnavailable, TimeoutError) as e:
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); retry with the same event ids",
-                          {"Retry-After": "5"})
-        except Exception as e:  # disk full, corruption: never 2xx
-            log.exception("append failed")
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "log_unavailable", f"append failed: {type(e).__name__}", {"Retry-After": "5"})
-        if None in fresh:  # scale-out dedupe: another request is storing some of these events right now
-            m.INGEST_UNAVAILABLE.inc()
-            return _error(503, "in_flight", "some events of this batch are being stored by another request;"
-                          " retry with the same event ids", {"Retry-After": "2"})
+        fresh = await self.append(accepted, quarantine, "retry with the same event ids")
+        if isinstance(fresh, _Answer):
+            return fresh
         n_new = sum(1 for f in fresh if f)
         n_dup = len(fresh) - n_new + in_batch_dups
         _ACCEPTED.inc(n_new)
@@ -341,5 +368,8 @@ def routes(ctx: Context) -> list[Route]:
 
     # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
     # api/server.py also dispatches POST /v1/events to it before Starlette's middleware
+    from vendwatch.dex.http import DexEndpoint  # noqa: PLC0415 - the DEX front door builds on this module
+
     return [Route("/v1/events", collector, methods=["POST"]),
+            Route("/v1/dex", DexEndpoint(ctx, collector), methods=["POST"]),
             Route("/openapi.json", openapi_json, methods=["GET"])]

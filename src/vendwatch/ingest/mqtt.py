@@ -1,7 +1,8 @@
 """The MQTT bridge (role ``mqtt-bridge``): devices publish to a broker, vendwatch appends.
 
 Devices publish the same JSON as ``POST /v1/events`` (``{"events": [...]}``, or one
-event object) with QoS 1 to ``vendwatch/v1/<device_id>/events``. The broker
+event object) with QoS 1 to ``vendwatch/v1/<device_id>/events``, and EVA-DTS audit
+files (the body of ``POST /v1/dex``) to ``vendwatch/v1/<device_id>/dex``. The broker
 authenticates the device (username = device id, password = device token) and its
 ACL lets a device publish only to its own topic (``vendwatch devices
 export-mosquitto``), so the topic's device id is the authenticated identity.
@@ -23,7 +24,9 @@ import queue
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import msgspec
 import paho.mqtt.client as paho
@@ -51,10 +54,10 @@ MQTT_APPEND_RETRIES = Counter("vendwatch_mqtt_append_retries_total", "Appends re
 _batch_decoder = msgspec.json.Decoder(ev.Batch)
 
 
-def device_from_topic(topic: str) -> str | None:
-    """``vendwatch/v1/<device_id>/events`` -> device_id (None for any other topic)."""
+def device_from_topic(topic: str, kind: str = "events") -> str | None:
+    """``vendwatch/v1/<device_id>/<kind>`` -> device_id (None for any other topic)."""
     parts = topic.split("/")
-    if len(parts) == 4 and parts[0] == "vendwatch" and parts[1] == "v1" and parts[3] == "events" and parts[2]:
+    if len(parts) == 4 and parts[0] == "vendwatch" and parts[1] == "v1" and parts[3] == kind and parts[2]:
         return parts[2]
     return None
 
@@ -75,6 +78,7 @@ class _Judged:
     msg: paho.MQTTMessage
     accepted: list[Pending]
     quarantine: list[tuple[str, bytes]]
+    after: Callable[[], None] | None = None  # run once the append is durable
 
 
 class MqttBridge:
@@ -109,7 +113,7 @@ class MqttBridge:
             log.error("MQTT broker %s:%s refused the bridge: %s", self.s.host, self.s.port, reason)
             return
         self.connected.set()
-        c.subscribe(f"$share/{self.s.share_group}/{self.s.topic}", qos=1)
+        c.subscribe([(f"$share/{self.s.share_group}/{t}", 1) for t in (self.s.topic, self.s.dex_topic)])
 
     def _on_subscribe(self, _c: paho.Client, _u: object, _mid: int, reasons: list[paho.ReasonCode], _p: object) -> None:
         if any(r.is_failure for r in reasons):
@@ -166,7 +170,8 @@ class MqttBridge:
         """Validate one message as the HTTP collector validates one request body."""
         now = ev.utcnow()
         payload = bytes(msg.payload)
-        device_id = device_from_topic(msg.topic)
+        dex_device = device_from_topic(msg.topic, "dex")
+        device_id = dex_device or device_from_topic(msg.topic)
 
         def refuse(reason: str, outcome: str) -> _Judged:
             MQTT_MESSAGES.labels(outcome=outcome).inc()
@@ -180,6 +185,8 @@ class MqttBridge:
         device = self._device(device_id)
         if device is None:
             return refuse(f"device {device_id!r} is unknown or disabled", "unknown_device")
+        if dex_device is not None:
+            return self._judge_dex(msg, payload, device, now)
         raws = split_payload(payload)
         if isinstance(raws, str):
             return refuse(raws, "invalid_body")
@@ -189,8 +196,27 @@ class MqttBridge:
         MQTT_MESSAGES.labels(outcome="accepted").inc()
         return _Judged(msg, v.accepted, v.quarantine)
 
+    def _judge_dex(self, msg: paho.MQTTMessage, payload: bytes, device: Device, now: datetime) -> _Judged:
+        from vendwatch.dex.intake import judge, remember  # noqa: PLC0415 - builds on the ingest package
+        from vendwatch.dex.store import DexStore  # noqa: PLC0415
+
+        store = self.ctx.extras.get("dex_store")
+        if store is None:
+            store = self.ctx.extras["dex_store"] = DexStore(self.ctx.state.db)
+        j = judge(payload, device, self.ingest, store, now)
+        MQTT_MESSAGES.labels(outcome="refused" if j.refused else "accepted").inc()
+        return _Judged(msg, j.accepted, j.quarantine, lambda: remember(j, device, store))
+
     def _handle(self, client: paho.Client, sink: IngestSink, msgs: list[paho.MQTTMessage], stop: threading.Event) -> None:
-        judged = [self.judge(msg) for msg in msgs]
+        # a DEX file is compared with the previous read: each one is judged after the one before is stored
+        dex = [msg for msg in msgs if device_from_topic(msg.topic, "dex") is not None]
+        rest = [msg for msg in msgs if device_from_topic(msg.topic, "dex") is None]
+        for group in ([rest] if rest else []) + [[msg] for msg in dex]:
+            if stop.is_set():
+                return
+            self._append(client, sink, [self.judge(msg) for msg in group], stop)
+
+    def _append(self, client: paho.Client, sink: IngestSink, judged: list[_Judged], stop: threading.Event) -> None:
         backoff = 0.2
         while judged:
             accepted = [p for j in judged for p in j.accepted]
@@ -214,9 +240,12 @@ class MqttBridge:
                 part = fresh[i : i + len(j.accepted)]
                 i += len(j.accepted)
                 if None in part:  # another request is storing some of them: settle first
-                    retry.append(_Judged(j.msg, j.accepted, []))
-                elif j.msg.qos > 0:  # durable now: acknowledge (PUBACK)
-                    client.ack(j.msg.mid, j.msg.qos)
+                    retry.append(_Judged(j.msg, j.accepted, [], j.after))
+                else:
+                    if j.after is not None:
+                        j.after()
+                    if j.msg.qos > 0:  # durable now: acknowledge (PUBACK)
+                        client.ack(j.msg.mid, j.msg.qos)
             judged = retry
             if judged and stop.wait(backoff):
                 return

@@ -34,6 +34,17 @@ class IngestResult(msgspec.Struct):
     rejected: list[Rejection]
 
 
+class DexResult(msgspec.Struct):
+    """The answer to a 200 from ``POST /v1/dex``: the events the audit file became are durable."""
+
+    read_id: str  # event_id of the read's dex_read summary (dex:<sha256 of the file>)
+    accepted: int  # new events stored
+    duplicates: int  # events already stored (the same file sent again)
+    rejected: list[Rejection]
+    flags: list[str]  # tolerated quirks: lf_line_ends, crc_byte_swapped
+    findings: list[str]  # first_read, board_replaced, counter_reset, missed_reads
+
+
 class ErrorDetail(msgspec.Struct):
     code: str
     message: str
@@ -89,7 +100,7 @@ def openapi() -> dict[str, Any]:
         body_schema.pop(k, None)
     schemas["EventBatch"] = body_schema
     schemas["DeviceEvent"] = _as_one_of(schemas["DeviceEvent"])
-    _, more = msgspec.json.schema_components([IngestResult, ErrorBody], ref_template=_REF + "{name}")
+    _, more = msgspec.json.schema_components([IngestResult, DexResult, ErrorBody], ref_template=_REF + "{name}")
     schemas.update(more)
     schemas.update(spec.schemas())
     retry_after = {"Retry-After": {"description": "Seconds to wait before retrying.",
@@ -135,6 +146,28 @@ def openapi() -> dict[str, Any]:
                     "requestBody": {"required": True,
                                     "content": {"application/json": {"schema": {"$ref": _REF + "EventBatch"}}}},
                     "responses": responses,
+                }
+            },
+            "/v1/dex": {
+                "post": {
+                    "operationId": "postDex",
+                    "summary": "Upload one EVA-DTS (DEX) audit file",
+                    "description": "The file as sent by the machine (one ST...SE transaction set, G85 CRC). Same"
+                                   " token, limits, gzip and retry rules as /v1/events; sending the same file again"
+                                   " stores nothing new. See docs/dex.md.",
+                    "security": [{"deviceToken": []}],
+                    "parameters": [{"name": "Content-Encoding", "in": "header", "required": False,
+                                    "schema": {"type": "string", "enum": ["gzip", "identity"]}}],
+                    "requestBody": {"required": True, "content": {"text/plain": {"schema": {"type": "string"}}}},
+                    "responses": {
+                        **{k: v for k, v in responses.items() if k != "200"},
+                        "200": {"description": "File accepted; the events it became are durable.",
+                                "content": {"application/json": {"schema": {"$ref": _REF + "DexResult"}}}},
+                        "422": {"description": "The file is refused as a whole (`dex_crc_mismatch`, `dex_frame`,"
+                                               " `dex_segment_count`, ...) and kept in quarantine; nothing of it"
+                                               " is counted. Read the machine again.",
+                                "content": {"application/json": {"schema": {"$ref": _REF + "ErrorBody"}}}},
+                    },
                 }
             },
             **spec.paths(),

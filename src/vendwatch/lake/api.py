@@ -95,6 +95,14 @@ def _as_of(v: str | int | None) -> Any:
     return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
 
 
+def _dates(q: Any, *names: str) -> list[date | None] | Response:
+    """The named query parameters as dates (absent: None), or the 400 to send."""
+    try:
+        return [date.fromisoformat(q[n]) if n in q else None for n in names]
+    except ValueError as e:
+        return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
+
+
 def routes(ctx: Context) -> list[Route]:
     """Routes of the lake API (mounted by the console role)."""
     # each query may take lake.sql_memory_limit: bound how many run at once
@@ -129,11 +137,14 @@ def routes(ctx: Context) -> list[Route]:
 
     @require(ctx, "viewer")
     async def get_report(request: Request) -> Response:
+        from vendwatch.lake.dex_reports import DEX_REPORTS
         from vendwatch.lake.reports import REPORTS
 
         name = request.path_params["name"]
+        if name in DEX_REPORTS:
+            return await _dex_report(request, name)
         if name not in REPORTS:
-            return error_response(404, "not_found", f"no report {name!r}; available: {', '.join(REPORTS)}")
+            return error_response(404, "not_found", f"no report {name!r}; available: {', '.join([*REPORTS, *DEX_REPORTS])}")
         q = request.query_params
         fmt = q.get("format", "json")
         if fmt not in _MEDIA:
@@ -152,10 +163,36 @@ def routes(ctx: Context) -> list[Route]:
             return _query_error(e)
         return _respond(res, fmt, name)
 
+    async def _dex_report(request: Request, name: str) -> Response:
+        from vendwatch.lake.dex_reports import food_safety_limits, run_dex_report
+
+        q = request.query_params
+        fmt = q.get("format", "json")
+        if fmt not in _MEDIA:
+            return error_response(400, "bad_request", f"format: one of {', '.join(_MEDIA)}, got {fmt!r}")
+        dates = _dates(q, "since", "until", "visit")
+        if isinstance(dates, Response):
+            return dates
+        since, until, visit = dates
+        site = q.get("site") or None
+
+        def run() -> QueryResult:
+            limits = food_safety_limits(ctx.state) if name == "food-safety" else None
+            return run_dex_report(ctx.settings, name, since=since, until=until, site=site, limits=limits, visit=visit)
+
+        try:
+            async with slots:
+                res = await run_in_threadpool(run)
+        except QueryError as e:
+            return _query_error(e)
+        return _respond(res, fmt, name)
+
     async def list_reports(request: Request) -> Response:
+        from vendwatch.lake.dex_reports import DEX_REPORTS
         from vendwatch.lake.reports import REPORTS
 
-        return json_response({"reports": [{"name": r.name, "title": r.title} for r in REPORTS.values()]})
+        return json_response({"reports": [{"name": r.name, "title": r.title} for r in REPORTS.values()]
+                              + [{"name": n, "title": t[0][:1].upper() + t[0][1:]} for n, t in DEX_REPORTS.items()]})
 
     return [
         Route("/v1/sql", post_sql, methods=["POST"]),

@@ -13,6 +13,7 @@ from datetime import UTC, date, datetime
 
 from vendwatch.config import Settings
 from vendwatch.lake.query import LakeSQL, QueryError, QueryResult
+from vendwatch.lake.transforms import currency_divisor
 
 
 @dataclass(frozen=True)
@@ -56,25 +57,44 @@ REPORTS: dict[str, Report] = {r.name: r for r in [
     ),
     Report(
         "sla-uptime",
-        "Uptime % per device and per site (5-minute buckets with data; a silent day counts as 0 %)",
+        "Uptime % per device and per site over the time each machine was expected to report "
+        "(from its first event to the newest data; 5-minute buckets; a silent day counts as 0 %)",
         ("analytics.dim_devices", "analytics.device_daily"),
         f"""
-        WITH days AS (
-            SELECT count(DISTINCT event_date) AS n FROM analytics.device_daily WHERE {_between('event_date')}
+        WITH win AS (
+            -- the reporting horizon: the newest data in the window (nothing is expected after it)
+            SELECT least(max(last_event_at), CAST({{until}} AS TIMESTAMPTZ) + INTERVAL '1 day') AS horizon,
+                count(DISTINCT event_date) AS n
+            FROM analytics.device_daily WHERE {_between('event_date')}
+        ), per_day AS (
+            -- device_daily.uptime_pct is the share of the day's buckets up to the horizon: seconds up
+            SELECT dd.device_id, dd.event_date, dd.uptime_pct, dd.events, dd.first_event_at,
+                dd.uptime_pct / 100.0 * greatest(0, EXTRACT(EPOCH FROM (
+                    least(CAST(dd.event_date AS TIMESTAMPTZ) + INTERVAL '1 day', win.horizon)
+                    - CAST(dd.event_date AS TIMESTAMPTZ)))) AS up_s
+            FROM analytics.device_daily dd CROSS JOIN win WHERE {_between('dd.event_date')}
         ), dev AS (
             -- every known device, so a machine that sent nothing in the window shows 0 %, not nothing
-            SELECT d.site_id, d.device_id, count(dd.event_date) AS days_seen,
-                coalesce(sum(dd.uptime_pct), 0) / greatest(1, max(days.n)) AS uptime_pct,
-                CASE WHEN count(dd.event_date) < max(days.n) THEN 0.0 ELSE min(dd.uptime_pct) END AS worst_day_pct,
-                coalesce(sum(dd.events), 0) AS events
-            FROM analytics.dim_devices d CROSS JOIN days
-            LEFT JOIN analytics.device_daily dd ON dd.device_id = d.device_id AND {_between('dd.event_date')}
+            SELECT d.site_id, d.device_id, count(p.event_date) AS days_seen,
+                greatest(CAST({{since}} AS TIMESTAMPTZ), least(min(d.first_seen_at), min(p.first_event_at))) AS expected_from,
+                max(win.horizon) AS horizon, coalesce(sum(p.up_s), 0) AS up_s,
+                min(p.uptime_pct) AS worst_seen_pct, coalesce(sum(p.events), 0) AS events
+            FROM analytics.dim_devices d CROSS JOIN win
+            LEFT JOIN per_day p ON p.device_id = d.device_id
             GROUP BY d.site_id, d.device_id
+        ), rated AS (
+            SELECT site_id, device_id, days_seen, events,
+                CASE WHEN horizon IS NULL OR expected_from IS NULL OR expected_from >= horizon THEN 0.0
+                    ELSE least(100.0, 100.0 * up_s / EXTRACT(EPOCH FROM (horizon - expected_from))) END AS uptime_pct,
+                -- a day between the first report and the horizon without any data was a 0 % day
+                CASE WHEN days_seen < CAST(horizon AS DATE) - CAST(expected_from AS DATE) + 1 THEN 0.0
+                    ELSE worst_seen_pct END AS worst_day_pct
+            FROM dev
         )
-        SELECT 'device' AS level, site_id, device_id, days_seen, uptime_pct, worst_day_pct, events FROM dev
+        SELECT 'device' AS level, site_id, device_id, days_seen, uptime_pct, worst_day_pct, events FROM rated
         UNION ALL
         SELECT 'site', site_id, NULL, max(days_seen), avg(uptime_pct), min(worst_day_pct), sum(events)
-        FROM dev GROUP BY site_id
+        FROM rated GROUP BY site_id
         ORDER BY site_id, level DESC, uptime_pct, device_id
         """,
     ),
@@ -83,8 +103,10 @@ REPORTS: dict[str, Report] = {r.name: r for r in [
         "Revenue by day, site, product and payment method (sold = paid and vended)",
         ("analytics.transactions",),
         f"""
+        -- money is summed in integer minor units and divided once, for display: no float drift
         SELECT event_date, site_id, product_id, payment_method, currency,
-            count(*) AS sales, sum(amount) AS revenue
+            count(*) AS sales, sum(price_minor) AS revenue_minor,
+            sum(price_minor) / {currency_divisor('currency')} AS revenue
         FROM analytics.transactions WHERE sold AND {_between('event_date')}
         GROUP BY event_date, site_id, product_id, payment_method, currency
         ORDER BY event_date, site_id, product_id, payment_method

@@ -21,6 +21,7 @@ from pyiceberg.table import Table
 
 from vendwatch.bus import EVENTS, REJECTED
 from vendwatch.bus.base import Consumer, Record, TopicPartition
+from vendwatch.bus.sqlite import JoinedRecords, SqliteConsumer
 from vendwatch.lake import metrics
 from vendwatch.lake.catalog import ensure_table, open_catalog
 from vendwatch.lake.writer import (
@@ -110,6 +111,29 @@ class LakeWriter:
             if sink.first_at is None:
                 sink.first_at = now
 
+    def add_joined(self, runs: list[JoinedRecords]) -> None:
+        """``add`` for records read in bulk from the embedded log (no object per record)."""
+        now = time.monotonic()
+        for j in runs:
+            sink = self.sinks.get(j.topic)
+            if sink is None:
+                continue
+
+            def records(j: JoinedRecords = j) -> list[Record]:
+                # the same records again; never one past the run (retention may have removed
+                # some in between, and the position below already covers only the run)
+                last = max(j.offsets)
+                return [r for r in self.ctx.log.read(j.topic, j.partition, j.offset, len(j.offsets))
+                        if r.offset <= last]
+
+            if isinstance(sink.buf, EventColumns):
+                sink.buf.add_joined(j, records)
+            else:  # quarantine records are few: the per-record path keeps their log metadata
+                sink.buf.add_many(records())
+            sink.pos[(j.topic, j.partition)] = max(j.offsets) + 1
+            if sink.first_at is None:
+                sink.first_at = now
+
     def _due(self, sink: _TopicSink) -> bool:
         if not sink.pending():
             return False
@@ -178,10 +202,19 @@ class LakeWriter:
         self._committer = threading.Thread(target=self._commit_loop, name="vw-lake-commit", daemon=True)
         self._committer.start()
         try:
+            # the embedded log can hand a poll over as one string per partition: the
+            # per-record objects of poll() were most of this role's read cost
+            bulk = isinstance(c, SqliteConsumer)
             while not stop.is_set():
-                recs = c.poll(10_000, 0.5)
-                if recs:
-                    self.add(recs)
+                recs: list[Record] | list[JoinedRecords]
+                if bulk:
+                    recs = c.poll_joined(10_000, 0.5)  # type: ignore[union-attr]
+                    if recs:
+                        self.add_joined(recs)
+                else:
+                    recs = c.poll(10_000, 0.5)
+                    if recs:
+                        self.add(recs)
                 self.flush_all()
                 if not recs:
                     self._jobs.join()

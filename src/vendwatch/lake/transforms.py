@@ -34,7 +34,8 @@ def ev_view(skew_s: float) -> str:
     """
 
 
-def _exp_case(col: str) -> str:
+def currency_divisor(col: str) -> str:
+    """SQL for 10 ** (the currency's minor-unit exponent), as a decimal: minor units / it = major units."""
     e0 = ", ".join(f"'{c}'" for c in _EXP0)
     e3 = ", ".join(f"'{c}'" for c in _EXP3)
     return f"CASE WHEN {col} IN ({e0}) THEN 1.0 WHEN {col} IN ({e3}) THEN 1000.0 ELSE 100.0 END"
@@ -58,7 +59,7 @@ SELECT event_id, coalesce(transaction_id, event_id) AS transaction_id, device_id
     event_time, day AS event_date, received_at, clock_skewed, product_id, slot,
     -- impossible: negative prices or above 100,000 major units
     CASE WHEN price_raw BETWEEN 0 AND 10000000 THEN price_raw END AS price_minor,
-    CASE WHEN price_raw BETWEEN 0 AND 10000000 THEN price_raw / {_exp_case('currency')} END AS amount,
+    CASE WHEN price_raw BETWEEN 0 AND 10000000 THEN price_raw / {currency_divisor('currency')} END AS amount,
     currency, payment_method, payment_status, vend_status, failure_reason,
     coalesce(payment_status = 'success' AND vend_status = 'success', false) AS sold
 FROM t

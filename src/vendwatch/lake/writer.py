@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import msgspec
@@ -19,6 +20,7 @@ from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.table import Table
 
 from vendwatch.bus.base import Record, TopicPartition
+from vendwatch.bus.sqlite import JoinedRecords
 from vendwatch.events import CATEGORY
 from vendwatch.lake.catalog import newest_property
 from vendwatch.lake.schemas import RAW_EVENTS, RAW_REJECTED
@@ -101,6 +103,22 @@ class EventColumns:
             self.nbytes += len(r.value)
             n += 1
         return n
+
+    def add_joined(self, j: JoinedRecords, records: Callable[[], list[Record]]) -> int:
+        """Add records read in bulk: one decode for the whole run, no object per log row.
+        Anything unusual (an undecodable or replayed record) takes the per-record path,
+        with ``records()`` reading the same records again."""
+        try:
+            decoded = _dec_events.decode(b"[" + j.values + b"]")
+        except msgspec.DecodeError:
+            return self.add_many(records())
+        if len(decoded) != len(j.offsets) or any(e.replayed for e in decoded):
+            return self.add_many(records())
+        self.events.extend(decoded)
+        self.partitions.extend([j.partition] * len(decoded))
+        self.offsets.extend(j.offsets)
+        self.nbytes += len(j.values)
+        return len(decoded)
 
     def add(self, r: Record) -> bool:
         return self.add_many([r]) == 1

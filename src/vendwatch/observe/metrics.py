@@ -16,3 +16,9 @@ INGEST_RATE_LIMITED = Counter("vendwatch_ingest_rate_limited_total", "Requests r
 INGEST_UNAVAILABLE = Counter("vendwatch_ingest_unavailable_total", "Requests answered 503 because the log failed")
 LOG_APPEND_SECONDS = Histogram("vendwatch_bus_append_seconds", "Durable log append (group commit) latency", buckets=_LAT)
 STAGE_LAG = Gauge("vendwatch_stage_lag_records", "Records between a stage's position and the log end", ["stage"])
+STAGE_LAG_SECONDS = Gauge(
+    "vendwatch_stage_lag_seconds", "Age of the oldest record a stage has read but not yet processed", ["stage"])
+STAGE_FAILURES = Gauge(
+    "vendwatch_stage_consecutive_failures", "Batches a stage failed in a row (0 once it makes progress)", ["stage"])
+STAGE_DEAD_LETTERS = Counter(
+    "vendwatch_stage_dead_letters_total", "Records a stage could not process and set aside", ["stage"])

@@ -14,11 +14,10 @@ import logging
 
 from vendwatch.bus import BUSINESS, SIGNALS
 from vendwatch.bus.base import Record
-from vendwatch.incidents.clock import Clock, SystemClock
-from vendwatch.incidents.delivering import DeliveringStage
-from vendwatch.incidents.delivery import Dispatcher, Sink
-from vendwatch.incidents.outbox import Outbox
-from vendwatch.incidents.store import IncidentStore
+from vendwatch.delivery.clock import Clock, SystemClock
+from vendwatch.delivery.dispatch import Dispatcher, Sink
+from vendwatch.delivery.outbox import Outbox
+from vendwatch.delivery.stage import DeliveringStage
 from vendwatch.route.envelope import EnvelopeError, from_record
 from vendwatch.route.rules import ORCHESTRATOR, RuleSet, TargetSpec, load_rules
 from vendwatch.runtime import Context
@@ -57,7 +56,7 @@ class Router(DeliveringStage):
         super().__init__(ctx)
         self.clock = clock or SystemClock()
         self.rules = rules or load_rules(ctx.settings.incidents.routing_rules)
-        IncidentStore(ctx.state)  # makes sure the outbox tables exist
+        ctx.state.migrate()  # makes sure the outbox tables exist (registered by delivery.outbox)
         self.outbox = Outbox(ctx.state.db)
         sinks = [s for n, spec in self.rules.targets.items() if (s := make_sink(n, spec, self.clock, ctx))]
         self.dispatcher = Dispatcher(ctx.state.db, self.outbox, sinks, self.clock,
@@ -73,7 +72,7 @@ class Router(DeliveringStage):
             try:
                 event = from_record(r.value, r.topic, r.partition, r.offset)
             except EnvelopeError as e:
-                log.error("skipping record: %s", e)
+                self.dead_letter(tx, r, str(e))
                 continue
             detail = event.get("detail") if isinstance(event.get("detail"), dict) else {}
             key = str(detail.get("dedupe_key") or r.key or event["id"])
@@ -84,9 +83,9 @@ class Router(DeliveringStage):
                                     idem_key=f"{target}:{r.topic}/{r.partition}/{r.offset}", now=now)
 
     def housekeeping(self) -> None:
-        from vendwatch.incidents import metrics
+        from vendwatch.delivery import metrics
 
-        metrics.refresh({}, self.outbox.depth(), self.outbox.dlq_depth())
+        metrics.refresh_depths(self.outbox.depth(), self.outbox.dlq_depth())
 
 
 def build(ctx: Context) -> Router:

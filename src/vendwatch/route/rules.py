@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,8 +26,8 @@ import msgspec
 import yaml
 
 from vendwatch.bus import BUSINESS, SIGNALS
-from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
-from vendwatch.route.pattern import Pattern, PatternError, compile_pattern
+from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
+from vendwatch.route.pattern import Pattern, PatternError, PatternIndex, compile_pattern
 
 ORCHESTRATOR = "orchestrator"
 RESERVED_TARGETS = (ORCHESTRATOR, "servicenow")  # servicenow: the orchestrator's own delivery target
@@ -74,13 +74,21 @@ class Rule:
 class RuleSet:
     rules: tuple[Rule, ...]
     targets: dict[str, TargetSpec]
+    # enabled rules behind an index of their exact-value fields: routing sees every event,
+    # so matching must not cost a full pattern test per rule
+    _enabled: tuple[Rule, ...] = field(init=False, repr=False, compare=False)
+    _index: PatternIndex = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        enabled = tuple(r for r in self.rules if r.enabled)
+        object.__setattr__(self, "_enabled", enabled)
+        object.__setattr__(self, "_index", PatternIndex([r.pattern for r in enabled]))
 
     def targets_for(self, event: dict[str, Any]) -> list[str]:
         """Targets of every matching rule, each once, in rule order."""
         out: list[str] = []
-        for r in self.rules:
-            if r.matches(event):
-                out.extend(t for t in r.targets if t not in out)
+        for i in self._index.matching(event):
+            out.extend(t for t in self._enabled[i].targets if t not in out)
         return out
 
     def to_orchestrator(self, event: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from vendwatch import events as ev
+from vendwatch.simulate.audit import MachineAudit
 from vendwatch.simulate.catalog import CURVE_MAX, Profile, Slot, daily_curve
 from vendwatch.simulate.faults import FAULTS, FaultPlan, InjectedFault, ScheduledFault
 
@@ -128,6 +129,8 @@ class DeviceSim:
         for kind, rate in sorted(plan.rates.items()):
             if rate > 0 and self._applicable(kind):
                 self._at(f"fault:{kind}", start + r.expovariate(rate / 86400))
+        self.audit = MachineAudit(self.device_id, [(s.slot, s.product_id, s.price_minor) for s in profile.slots],
+                                  f"{seed}:{id_prefix}", [i for i in plan.dex if i.device_id == self.device_id])
         self._scheduled: list[ScheduledFault] = [s for s in plan.scheduled if s.device_id == self.device_id]
         for i, s in enumerate(self._scheduled):
             self._at(f"sched:{i}", start + s.start_s)
@@ -365,6 +368,7 @@ class DeviceSim:
                 self._customer(retry=True)  # the customer tries another product
         elif vend == "success":
             self.last_vend_at = self.now
+            self.audit.sale(slot.slot, slot.price_minor, method)
             slot.count -= 1
             self._stock_level(slot)
 
@@ -418,6 +422,7 @@ class DeviceSim:
     def _on_visitstart(self, _: str) -> None:
         assert self.visit is not None
         self.visit["started"] = True
+        self.audit.read(self.now)  # the technician's handheld reads the audit data first
         self._emit("refill", ev.Refill(visit_id=self.visit["id"], phase="started", technician_id=self.visit["technician"]))
         self.door_open = True
         self._emit("telemetry", self._telemetry())
@@ -436,7 +441,8 @@ class DeviceSim:
                 back_ok.append(s)
             s.level = "ok"
         self._emit("refill", ev.Refill(visit_id=self.visit["id"], phase="completed",
-                                       technician_id=self.visit["technician"], slots=filled))
+                                       technician_id=self.visit["technician"], slots=filled,
+                                       cash_collected_minor=self.audit.collect()))
         for s in back_ok:
             self._emit("stock_alert", ev.StockAlert(slot=s.slot, product_id=s.product_id, level="ok", count=s.count))
         self._emit("inventory", self._inventory())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 # the parse error is a ValueError so the CLI can turn it into a usage error
 
@@ -95,6 +96,7 @@ class FaultPlan:
 
     rates: dict[str, float] = field(default_factory=dict)
     scheduled: list[ScheduledFault] = field(default_factory=list)
+    dex: list[Any] = field(default_factory=list)  # simulate.audit.DexInjection: audit-read discrepancies
 
     @classmethod
     def none(cls) -> FaultPlan:

@@ -111,6 +111,14 @@ class Fleet:
         """Events of the next ``seconds`` of simulated time."""
         return self.advance(self.now + seconds)
 
+    def audit_files(self) -> list[tuple[str, float, bytes]]:
+        """DEX files read at service visits since the last call: (device_id, simulated time, file)."""
+        out = []
+        for d in self.devices:
+            out += [(d.device_id, t, raw) for t, raw in d.audit.files]
+            d.audit.files = []
+        return sorted(out, key=lambda x: (x[1], x[0]))
+
     @property
     def injected(self) -> list[InjectedFault]:
         """Every fault injected so far (ground truth for detection tests)."""

@@ -46,6 +46,8 @@ class LiveRun:
         self._buf: dict[str, list[tuple[str, bytes]]] = {d: [] for d in fleet.device_ids}  # (event_id, JSON)
         self._oldest: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[bool]] = {}
+        self._dex: list[tuple[str, bytes]] = []  # audit files read at visits, sent one at a time, in order
+        self._dex_task: asyncio.Task[None] | None = None
 
     @property
     def stats(self) -> SendStats:
@@ -60,9 +62,17 @@ class LiveRun:
                 self._oldest[dev.device_id] = time.monotonic()
             buf.extend((e.event_id, encode_event(e)) for e in evs)
             self.stats.events_generated += len(evs)
+        self._dex += [(did, raw) for did, _, raw in self.fleet.audit_files()]
+
+    async def _send_dex(self) -> None:
+        while self._dex:
+            did, raw = self._dex.pop(0)
+            await self.sender.send_dex(did, raw)
 
     def _flush(self, force: bool) -> None:
         now = time.monotonic()
+        if self._dex and (self._dex_task is None or self._dex_task.done()):
+            self._dex_task = asyncio.create_task(self._send_dex())
         for did, buf in self._buf.items():
             if not buf or did in self._inflight:
                 continue
@@ -91,6 +101,9 @@ class LiveRun:
     async def drain(self) -> None:
         """Send every buffered event; give up on retries after ``drain_timeout_s``."""
         self.sender.give_up_at = time.monotonic() + self.drain_timeout_s
+        self._flush(force=True)
+        if self._dex_task is not None:
+            await self._dex_task
         while any(self._buf.values()) or self._inflight:
             self._flush(force=True)
             if self._inflight:
@@ -100,5 +113,4 @@ class LiveRun:
                 self.stats.events_unsent += left
                 for d in self._buf:
                     self._buf[d] = []
-                log.warning("gave up on %d unsent events after the drain timeout", left)
                 break

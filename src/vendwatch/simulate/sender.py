@@ -55,9 +55,11 @@ class SendStats:
     requests: int = 0
     retries: int = 0
     network_errors: int = 0
+    network_error_kinds: Counter[str] = field(default_factory=Counter)  # "connection refused", "timeout", ...
     statuses: Counter[int] = field(default_factory=Counter)
     reject_reasons: Counter[str] = field(default_factory=Counter)
     devices_acked: set[str] = field(default_factory=set)
+    dex_files: Counter[int] = field(default_factory=Counter)  # DEX uploads by final HTTP status
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,10 +72,33 @@ class SendStats:
             "requests": self.requests,
             "retries": self.retries,
             "network_errors": self.network_errors,
+            "network_error_kinds": dict(self.network_error_kinds.most_common()),
             "http_statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "reject_reasons": dict(self.reject_reasons.most_common(10)),
             "devices_acked": len(self.devices_acked),
+            "dex_files": {str(k): v for k, v in sorted(self.dex_files.items())},
         }
+
+
+def network_error_kind(e: httpx.TransportError) -> str:
+    """A short, human name for why a request got no answer."""
+    causes: list[BaseException] = []
+    cause: BaseException | None = e
+    while cause is not None and len(causes) < 10:  # httpx wraps the OS error a few levels down
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, ConnectionRefusedError) for c in causes):
+        return "connection refused"
+    text = " ".join(str(c) for c in causes).lower()
+    if isinstance(e, httpx.TimeoutException):
+        return "timeout"
+    if isinstance(e, httpx.ConnectError):
+        if "refused" in text:
+            return "connection refused"
+        if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
+            return "host name not found"
+        return "cannot connect"
+    return type(e).__name__
 
 
 class _Answer(msgspec.Struct):
@@ -147,6 +172,7 @@ class Sender:
                     resp = await self._client.post(self.url, content=body, headers=headers)
             except httpx.TransportError as e:
                 st.network_errors += 1
+                st.network_error_kinds[network_error_kind(e)] += 1
                 log.debug("device %s: network error %s; will retry", device_id, type(e).__name__)
             else:
                 st.statuses[resp.status_code] += 1
@@ -170,6 +196,32 @@ class Sender:
             if self.give_up_at is not None:
                 delay = min(delay, max(0.0, self.give_up_at - time.monotonic()))
             await self._sleep(delay)
+
+    async def send_dex(self, device_id: str, raw: bytes) -> int | None:
+        """Upload one DEX audit file to ``POST /v1/dex`` until answered; the final HTTP status
+        (422 for a refused file), or None when given up."""
+        url = self.url.removesuffix("/v1/events") + "/v1/dex"
+        headers = {"authorization": f"Bearer {self.tokens[device_id]}", "content-type": "text/plain"}
+        attempt = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with self._sem:
+                    self.stats.requests += 1
+                    resp = await self._client.post(url, content=raw, headers=headers)
+            except httpx.TransportError:
+                self.stats.network_errors += 1
+            else:
+                self.stats.statuses[resp.status_code] += 1
+                if resp.status_code not in RETRY_STATUSES:
+                    self.stats.dex_files[resp.status_code] += 1
+                    return resp.status_code
+                retry_after = _retry_after(resp)
+            attempt += 1
+            if self._giving_up() or (self.retry.max_attempts is not None and attempt >= self.retry.max_attempts):
+                return None
+            self.stats.retries += 1
+            await self._sleep(self.retry.delay(attempt - 1, retry_after, self.rng))
 
     def _answered(self, device_id: str, n: int, content: bytes, event_ids: list[str] | None) -> None:
         st = self.stats

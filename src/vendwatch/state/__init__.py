@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vendwatch.state import deadletters as _deadletters  # noqa: F401 - registers its table
 from vendwatch.state.db import Database, open_database
 from vendwatch.state.store import StateStore
 

@@ -21,6 +21,34 @@ def _ts(d: datetime) -> float:
     return d.timestamp()
 
 
+def _fields(*structs: type[msgspec.Struct]) -> frozenset[str]:
+    return frozenset(f for cls in structs for f in cls.__struct_fields__)
+
+
+# Known fields only: unknown payload keys stay in the log and the lake, never in the
+# live document (a device must not be able to grow it without bound).
+_HEALTH = _fields(ev.Heartbeat, ev.Telemetry)
+_CONFIG = _fields(ev.Config)
+_CONNECTIVITY = _fields(ev.Connectivity)
+_TRANSACTION = _fields(ev.Transaction)
+_SECURITY = _fields(ev.Security)
+_SLOT = _fields(ev.SlotState)
+# per-device maps keyed by device text (slot names, fault codes): the newest are kept
+MAX_SLOTS = 512
+MAX_FAULT_CODES = 128
+
+
+def _known(data: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k in fields and v is not None}
+
+
+def _trim(m: dict[str, Any], limit: int, rank: Any) -> None:
+    """Keep the ``limit`` entries of ``m`` ranking highest by ``rank(key, value)``."""
+    if len(m) > limit:
+        for k in sorted(m, key=lambda k: rank(k, m[k]))[: len(m) - limit]:
+            del m[k]
+
+
 def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
     """Merge one event into a device's state document (newest event time wins per field)."""
     at = _ts(e.occurred_at)
@@ -33,7 +61,7 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
     t = e.type
     if t in ("heartbeat", "telemetry") and newer("health"):
         health = doc.setdefault("health", {})
-        health.update({k: v for k, v in data.items() if v is not None})
+        health.update(_known(data, _HEALTH))
         health["at"] = at
     if t == "heartbeat" and data.get("firmware_version") and newer("firmware"):
         fw = doc.setdefault("firmware", {})
@@ -41,18 +69,19 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
         fw["at"] = at
     elif t == "config" and newer("firmware"):
         fw = doc.setdefault("firmware", {})
-        fw.update({k: v for k, v in data.items() if v is not None})
+        fw.update(_known(data, _CONFIG))
         fw["at"] = at
     elif t == "connectivity" and newer("connectivity"):
         conn = doc.setdefault("connectivity", {})
-        conn.update({k: v for k, v in data.items() if v is not None})
+        conn.update(_known(data, _CONNECTIVITY))
         conn["at"] = at
     elif t == "inventory":
         stock = doc.setdefault("stock", {})
         for s in data.get("slots", []):
             prev = stock.get(s["slot"], {})
             if prev.get("at", 0) <= at:
-                stock[s["slot"]] = {**prev, **s, "at": at}
+                stock[s["slot"]] = {**prev, **_known(s, _SLOT), "at": at}
+        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
     elif t == "refill":
         stock = doc.setdefault("stock", {})
         for s in data.get("slots", []):
@@ -60,6 +89,7 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
             if prev.get("at", 0) <= at and s.get("count_after") is not None:
                 stock[s["slot"]] = {**prev, "slot": s["slot"], "count": s["count_after"], "at": at,
                                     **({"product_id": s["product_id"]} if s.get("product_id") else {})}
+        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
         doc["last_refill_at"] = max(doc.get("last_refill_at") or 0, at)
     elif t == "stock_alert":
         stock = doc.setdefault("stock", {})
@@ -67,8 +97,9 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
         if prev.get("at", 0) <= at:
             stock[data["slot"]] = {**prev, "slot": data["slot"], "level": data["level"], "at": at,
                                    **({"count": data["count"]} if data.get("count") is not None else {})}
+        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
     elif t == "transaction" and newer("last_transaction"):
-        doc["last_transaction"] = {**data, "at": at}
+        doc["last_transaction"] = {**_known(data, _TRANSACTION), "at": at}
     elif t == "fault":
         # raised/cleared per code, newest change wins (an old "raised" arriving late must
         # not re-open a fault that was cleared since)
@@ -81,8 +112,12 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
                 faults.pop(code, None)
             else:
                 faults[code] = at
+            # cleared codes go first, then the oldest
+            _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
+            for gone in [c for c in faults if c not in changed]:
+                del faults[gone]
     elif t == "security" and newer("last_security"):
-        doc["last_security"] = {**data, "at": at}
+        doc["last_security"] = {**_known(data, _SECURITY), "at": at}
     elif t == "log" and data.get("kind") == "crash":
         doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)
 

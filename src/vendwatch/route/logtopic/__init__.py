@@ -5,9 +5,9 @@ from __future__ import annotations
 import msgspec
 
 from vendwatch.bus import Log, LogError
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import DeliveryFailed, Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import DeliveryFailed, Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.rules import TargetSpec
 
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import msgspec
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.clip import clip, shrink
 from vendwatch.route.rules import TargetSpec
 

@@ -4,7 +4,7 @@ Validates like the real endpoint (routing_key of 32 characters, event_action,
 trigger payload summary/source/severity) and answers 202 ``{"status": "success",
 "message": "Event processed", "dedup_key": ...}`` or 400 ``{"status": "invalid event",
 "message": "Event object is invalid", "errors": [...]}``. Keeps one alert per dedup_key
-(triggered / acknowledged / resolved). Faults as in ``vendwatch.incidents.emulation``.
+(triggered / acknowledged / resolved). Faults as in ``vendwatch.emulators.base``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from vendwatch.incidents.emulation import Faults, ThreadedServer, apply_delay, control_routes
+from vendwatch.emulators.base import Faults, ThreadedServer, apply_delay, control_routes
 
 _SEVERITIES = ("critical", "error", "warning", "info")
 

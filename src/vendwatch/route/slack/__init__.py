@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.clip import ELLIPSIS, clip
 from vendwatch.route.rules import TargetSpec
 

@@ -15,9 +15,9 @@ import hashlib
 import hmac
 from typing import Any
 
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.delivery import Gate, TargetPolicy
-from vendwatch.incidents.outbox import Item
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.dispatch import Gate, TargetPolicy
+from vendwatch.delivery.outbox import Item
 from vendwatch.route.clip import bounded_json
 from vendwatch.route.rules import TargetSpec
 

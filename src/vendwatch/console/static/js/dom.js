@@ -39,13 +39,78 @@ export function replace(el, ...children) {
   return el;
 }
 
-/** A table from column specs {label, cell(row) -> node|text, class?} and rows. */
-export function table(columns, rows, {rowClass, empty = 'Nothing to show.', testid} = {}) {
+// sort order per table (by testid), kept across the page's periodic refreshes
+const sortState = new Map();
+
+/** What a cell sorts by: its node's data-sort (times, numbers), else its number, else its text. */
+function sortKey(cell) {
+  const nodes = (Array.isArray(cell) ? cell.flat(Infinity) : [cell]).filter((x) => x !== null && x !== undefined && x !== false);
+  for (const n of nodes) {
+    if (!(n instanceof Element)) continue;
+    const marked = n.dataset.sort !== undefined ? n : n.querySelector('[data-sort]');
+    if (marked) {
+      const v = marked.dataset.sort;
+      return v === '' ? null : Number.isNaN(Number(v)) ? v : Number(v);
+    }
+  }
+  const text = nodes.map((n) => (n instanceof Node ? n.textContent : String(n))).join(' ').trim();
+  if (text === '' || text === '—' || text === '-') return null;
+  const num = Number(text.replace(/,/g, '').replace(/\s*(°C|%|s|ms)$/, ''));
+  return Number.isNaN(num) ? text.toLowerCase() : num;
+}
+
+function compare(a, b) {
+  if (a === b) return 0;
+  if (a === null) return 1; // empty cells last, whichever the direction
+  if (b === null) return -1;
+  if (typeof a === typeof b) return a < b ? -1 : 1;
+  return typeof a === 'number' ? -1 : 1;
+}
+
+/**
+ * A table from column specs {label, cell(row) -> node|text, class?, sort?} and rows.
+ * Headers sort the rows shown (click again to reverse); a column sorts by sort(row)
+ * when given, sort: false turns it off. The order survives refreshes (keyed by testid).
+ */
+export function table(columns, rows, {rowClass, empty = 'Nothing to show.', testid, sortable = true} = {}) {
   if (!rows.length) return h('p', {class: 'muted', 'data-testid': testid && `${testid}-empty`}, empty);
-  return h('table', {class: 'grid', 'data-testid': testid},
-    h('thead', null, h('tr', null, columns.map((c) => h('th', {class: c.class}, c.label)))),
-    h('tbody', null, rows.map((r) => h('tr', {class: rowClass ? rowClass(r) : null},
-      columns.map((c) => h('td', {class: c.class}, c.cell(r)))))));
+  const built = rows.map((r, n) => {
+    const cells = columns.map((c) => c.cell(r));
+    const keys = columns.map((c, i) => (typeof c.sort === 'function' ? c.sort(r) ?? null : sortKey(cells[i])));
+    const tr = h('tr', {class: rowClass ? rowClass(r) : null}, cells.map((cell, i) => h('td', {class: columns[i].class}, cell)));
+    return {tr, keys, n};
+  });
+  const tbody = h('tbody');
+  const ths = [];
+  const apply = () => {
+    const st = sortState.get(testid || '') || null;
+    const order = [...built];
+    if (st && st.i < columns.length) {
+      order.sort((a, b) => {
+        const k = compare(a.keys[st.i], b.keys[st.i]);
+        const c = a.keys[st.i] === null || b.keys[st.i] === null ? k : k * st.dir;
+        return c || a.n - b.n;
+      });
+    }
+    tbody.replaceChildren(...order.map((x) => x.tr));
+    ths.forEach((th, i) => {
+      if (!th.dataset.sortable) return;
+      th.setAttribute('aria-sort', st && st.i === i ? (st.dir > 0 ? 'ascending' : 'descending') : 'none');
+    });
+  };
+  const sortBy = (i) => {
+    const st = sortState.get(testid || '');
+    sortState.set(testid || '', {i, dir: st && st.i === i ? -st.dir : 1});
+    apply();
+  };
+  columns.forEach((c, i) => {
+    const can = sortable && c.sort !== false;
+    ths.push(h('th', {class: c.class, scope: 'col', dataset: can ? {sortable: '1'} : null},
+      can ? h('button', {type: 'button', class: 'sort', onclick: () => sortBy(i), title: `Sort by ${c.label}`}, c.label) : c.label));
+  });
+  const el = h('table', {class: 'grid', 'data-testid': testid}, h('thead', null, h('tr', null, ths)), tbody);
+  apply();
+  return el;
 }
 
 /** Definition list from [label, value] pairs; pairs whose value is null/undefined are skipped. */
@@ -97,8 +162,14 @@ export function fmtAgo(epoch, now = Date.now() / 1000) {
 
 /** A time with its age as a tooltip-free two-part text. */
 export function when(epoch) {
-  if (epoch === null || epoch === undefined) return h('span', {class: 'muted'}, 'never');
-  return h('span', {class: 'when', title: fmtTime(epoch)}, fmtAgo(epoch));
+  if (epoch === null || epoch === undefined) return h('span', {class: 'muted', 'data-sort': ''}, 'never');
+  return h('span', {class: 'when', title: fmtTime(epoch), 'data-sort': epoch, 'data-epoch': epoch}, fmtAgo(epoch));
+}
+
+/** A time as "2026-11-26 19:40:12 (3 min ago)": both, for where the exact moment matters. */
+export function whenFull(epoch) {
+  if (epoch === null || epoch === undefined) return h('span', {class: 'muted', 'data-sort': ''}, 'never');
+  return h('span', {class: 'when', 'data-sort': epoch, 'data-epoch': epoch}, fmtTime(epoch), h('span', {class: 'muted'}, ` (${fmtAgo(epoch)})`));
 }
 
 export function fmtNum(v, digits = 0) {
@@ -131,30 +202,24 @@ export function brief(value, max = 160) {
   return s.length > max ? `${s.slice(0, max - 1)}…` : s;
 }
 
-const SVG = 'http://www.w3.org/2000/svg';
-
-function svg(tag, attrs, ...children) {
-  const el = document.createElementNS(SVG, tag);
-  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, String(v));
-  for (const c of children) el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  return el;
+/** A payload as readable "key: value" pairs (nested values compact), never a JSON blob. */
+export function pairs(obj, max = 240) {
+  if (obj === null || obj === undefined) return '';
+  if (typeof obj !== 'object') return String(obj);
+  const text = Object.entries(obj).filter(([, v]) => v !== null && v !== undefined && v !== '')
+    .map(([k, v]) => `${k.replace(/_/g, ' ')}: ${typeof v === 'object' ? brief(v, 60) : v}`).join(' · ');
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
 }
 
-/** A small line chart: series [{label, cls, points: [[t, v], ...]}] on shared axes. */
-export function sparkline(series, {width = 320, height = 70, unit = ''} = {}) {
-  const pts = series.flatMap((s) => s.points);
-  if (pts.length < 2) return null;
-  const [t0, t1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
-  const [v0, v1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
-  const pad = 4;
-  const x = (t) => pad + ((t - t0) / (t1 - t0 || 1)) * (width - 2 * pad);
-  const y = (v) => height - pad - ((v - v0) / (v1 - v0 || 1)) * (height - 2 * pad);
-  const chart = svg('svg', {viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: 'none', class: 'spark', role: 'img'},
-    svg('title', {}, `${series.map((s) => s.label).join(', ')}: ${fmtNum(v0, 1)}–${fmtNum(v1, 1)} ${unit}`),
-    ...series.filter((s) => s.points.length).map((s) => svg('polyline', {
-      class: s.cls, fill: 'none', 'stroke-width': 1.5,
-      points: s.points.map(([t, v]) => `${x(t).toFixed(1)},${y(v).toFixed(1)}`).join(' ')})));
-  return h('figure', {class: 'spark-box'}, chart, h('figcaption', {class: 'muted small'},
-    series.filter((s) => s.points.length).map((s) => h('span', {class: `legend ${s.cls}`}, s.label)),
-    ` ${fmtNum(v0, 1)} to ${fmtNum(v1, 1)} ${unit} · ${fmtTime(t0)} – ${fmtTime(t1).slice(11)}`));
+/** A state code in words: "cooling_failure" -> "cooling failure". */
+export function words(code) {
+  return code === null || code === undefined ? '—' : String(code).replace(/_/g, ' ');
+}
+
+// ServiceNow incident states (the Table API's numeric codes) by name
+const SNOW_STATES = {1: 'New', 2: 'In Progress', 3: 'On Hold', 6: 'Resolved', 7: 'Closed', 8: 'Canceled'};
+
+export function snowState(code) {
+  if (code === null || code === undefined || code === '') return '—';
+  return SNOW_STATES[code] ? `${SNOW_STATES[code]} (${code})` : String(code);
 }

@@ -4,11 +4,13 @@ import {api, ApiError, clearToken, token} from './api.js';
 import {h, replace} from './dom.js';
 import * as device from './pages/device.js';
 import * as devices from './pages/devices.js';
+import * as foodsafety from './pages/foodsafety.js';
 import * as incident from './pages/incident.js';
 import * as incidents from './pages/incidents.js';
 import * as login from './pages/login.js';
 import * as overview from './pages/overview.js';
 import * as reports from './pages/reports.js';
+import * as silences from './pages/silences.js';
 import * as sql from './pages/sql.js';
 
 const REFRESH_MS = 10000;
@@ -20,8 +22,10 @@ const ROUTES = [
   [/^\/console\/devices\/([^/]+)\/?$/, device, 'devices'],
   [/^\/console\/incidents\/?$/, incidents, 'incidents'],
   [/^\/console\/incidents\/([^/]+)\/?$/, incident, 'incidents'],
+  [/^\/console\/silences\/?$/, silences, 'silences'],
   [/^\/console\/sql\/?$/, sql, 'sql'],
   [/^\/console\/reports\/?$/, reports, 'reports'],
+  [/^\/console\/food-safety\/?$/, foodsafety, 'food-safety'],
   [/^\/console\/login\/?$/, login, null],
 ];
 

@@ -2,8 +2,9 @@
 
 import {api, qs} from '../api.js';
 import {
-  badge, brief, card, facts, sparkline, wideCard, fmtBool, fmtMoney, fmtNum, fmtTime, fmtUnit, h, replace, table, when,
+  badge, card, facts, pairs, wideCard, fmtBool, fmtMoney, fmtNum, fmtTime, fmtUnit, h, replace, table, when,
 } from '../dom.js';
+import {timeChart} from '../chart.js';
 import {deviceIncidents} from './incidents.js';
 import {silenceCard} from './silences.js';
 
@@ -14,17 +15,49 @@ function sensor(v) {
   return v ? badge(v, v === 'ok' ? 'online' : v === 'degraded' ? 'stale' : 'offline') : null;
 }
 
-/** Temperature trend from the device's recent telemetry events (newest first in the answer). */
-function trend(telemetry) {
-  const series = (field) => telemetry.filter((e) => typeof e.data[field] === 'number')
-    .map((e) => [e.occurred_at, e.data[field]]).reverse();
-  return sparkline([
-    {label: 'cabinet', cls: 'cabinet', points: series('cabinet_temp_c')},
-    {label: 'refrigeration', cls: 'fridge', points: series('refrigeration_temp_c')},
-  ], {unit: '°C'});
+const TEMP_FIELDS = {cabinet_temp_c: ['cabinet', 's-cabinet'], refrigeration_temp_c: ['refrigeration', 's-fridge']};
+const OPS = {gt: '>', ge: '≥', lt: '<', le: '≤'};
+
+/** Points [[t, v]] in device-time order (the API answers in log order, which a batch or a
+ * replayed backlog can mix up). */
+const pointsOf = (events, fn) => events.map((e) => [e.occurred_at, fn(e)]).filter(([, v]) => typeof v === 'number')
+  .sort((a, b) => a[0] - b[0]);
+
+function markersOf(events) {
+  return events.filter((e) => e.type === 'security' || e.type === 'refill').map((e) => (e.type === 'refill'
+    ? {t: e.occurred_at, label: `service visit (refill ${e.data.phase || 'completed'})`, short: 'S', cls: 'm-service'}
+    : {t: e.occurred_at, label: (e.data.kind || 'security').replace(/_/g, ' '), short: 'D', cls: 'm-door'}));
 }
 
-function healthCard(st, telemetry) {
+/** Temperatures with the rules' thresholds, door/security and service markers; sales and stock. */
+function chartsCard(telemetry, others, thresholds) {
+  const temps = timeChart({
+    series: Object.entries(TEMP_FIELDS).map(([f, [label, cls]]) => ({label, cls, points: pointsOf(telemetry, (e) => e.data[f])})),
+    thresholds: thresholds.filter((t) => TEMP_FIELDS[t.field]).map((t) => ({value: t.value, cls: `th-${t.severity || 'major'}`,
+      label: `${TEMP_FIELDS[t.field][0]} ${OPS[t.op] || t.op} ${t.value} °C (${t.rule_id})`})),
+    markers: markersOf(others), unit: '°C', testid: 'chart-temperature', height: 200,
+    empty: 'No temperature reported recently.'});
+  const sales = others.filter((e) => e.type === 'transaction' && e.data.payment_status === 'success' && e.data.vend_status === 'success');
+  const perHour = new Map();
+  for (const e of sales) {
+    const hour = Math.floor(e.occurred_at / 3600) * 3600;
+    perHour.set(hour, (perHour.get(hour) || 0) + 1);
+  }
+  const salesChart = timeChart({
+    series: [{label: 'sales per hour', cls: 's-sales', bars: true, step: 3600, points: [...perHour.entries()].sort((a, b) => a[0] - b[0])}],
+    unit: 'sales', testid: 'chart-sales', height: 140, empty: 'No sale in the recent events.'});
+  const stock = timeChart({
+    series: [{label: 'units in the machine', cls: 's-stock', points: pointsOf(others.filter((e) => e.type === 'inventory'),
+      (e) => (e.data.slots || []).reduce((n, x) => n + (x.count || 0), 0))}],
+    markers: markersOf(others).filter((m) => m.cls === 'm-service'), unit: 'units', testid: 'chart-stock', height: 140,
+    empty: 'No inventory count in the recent events.'});
+  return wideCard('Trends (device time, shown in your time zone)',
+    h('div', {class: 'chart-cols'},
+      h('div', null, h('h3', null, 'Temperatures'), temps),
+      h('div', null, h('h3', null, 'Sales'), salesChart, h('h3', null, 'Stock'), stock)));
+}
+
+function healthCard(st) {
   const x = st.health || {};
   return card('Health',
     h('div', {class: 'temps'},
@@ -32,7 +65,6 @@ function healthCard(st, telemetry) {
         h('div', {class: 'kpi-value', 'data-testid': 'cabinet-temp'}, fmtUnit(x.cabinet_temp_c, '°C') || '—')),
       h('div', {class: 'temp'}, h('div', {class: 'kpi-label'}, 'Refrigeration'),
         h('div', {class: 'kpi-value', 'data-testid': 'fridge-temp'}, fmtUnit(x.refrigeration_temp_c, '°C') || '—'))),
-    trend(telemetry),
     facts([
       ['Power', fmtBool(x.power_on, 'on', badge('OFF', 'offline'))],
       ['Voltage', fmtUnit(x.voltage_v, 'V')],
@@ -108,7 +140,7 @@ function fill(s) {
 function faultsCard(st) {
   const faults = Object.entries(st.active_faults || {}).sort((a, b) => b[1] - a[1]);
   return card('Active faults', table([
-    {label: 'Fault', cell: ([code]) => badge(code, 'fault')},
+    {label: 'Fault', cell: ([code]) => badge(code.replace(/_/g, ' '), 'fault')},
     {label: 'Since', cell: ([, at]) => [fmtTime(at), ' (', when(at), ')']},
   ], faults, {testid: 'faults', empty: 'No active fault.'}));
 }
@@ -145,9 +177,9 @@ function eventsCard(page, deviceId) {
     if (!page.live()) return;
     replace(body,
       table([
-        {label: 'Occurred', cell: (e) => fmtTime(e.occurred_at)},
+        {label: 'Occurred (device time)', cell: (e) => fmtTime(e.occurred_at), sort: (e) => e.occurred_at},
         {label: 'Type', cell: (e) => [badge(e.type, 'neutral'), e.late ? badge('late', 'stale') : null]},
-        {label: 'Data', class: 'data', cell: (e) => h('details', null, h('summary', null, brief(e.data)),
+        {label: 'Data', class: 'data', cell: (e) => h('details', null, h('summary', null, pairs(e.data)),
           h('pre', null, JSON.stringify(e.data, null, 2)))},
         {label: 'Seq', class: 'num', cell: (e) => (e.seq === null || e.seq === undefined ? '' : String(e.seq))},
       ], res.events, {testid: 'events', empty: 'No recent event in the log.'}),
@@ -169,10 +201,13 @@ export async function render(main, page) {
   main.append(head, grid, h('div', {class: 'cols'}, card('Incidents', incidentsBox), silenceBox), events.node);
 
   async function refresh() {
-    const [d, telemetry] = await Promise.all([
+    const eventsOf = (types, limit) => api(`/v1/devices/${encodeURIComponent(deviceId)}/events${qs({type: types, limit})}`)
+      .then((r) => r.events, () => []); // the trends are a nicety: the page stands without them
+    const [d, telemetry, others, thresholds] = await Promise.all([
       api(`/v1/fleet/devices/${encodeURIComponent(deviceId)}`),
-      api(`/v1/devices/${encodeURIComponent(deviceId)}/events${qs({type: 'telemetry', limit: 120})}`)
-        .then((r) => r.events, () => []), // the trend is a nicety: the page stands without it
+      eventsOf(['telemetry'], 200),
+      eventsOf(['transaction', 'inventory', 'security', 'refill'], 200),
+      api('/v1/fleet/thresholds').then((r) => r.thresholds, () => []),
     ]);
     if (!page.live()) return;
     const st = d.state || {};
@@ -180,7 +215,7 @@ export async function render(main, page) {
       h('h1', {'data-testid': 'device-id'}, d.device_id),
       badge(d.connectivity),
       d.status === 'disabled' ? badge('registry: disabled', 'disabled') : null,
-      h('span', {class: 'muted'}, ' last seen ', when(d.last_seen_at)));
+      h('span', {class: 'muted'}, ' last heard ', when(d.last_seen_at), ' (server time)'));
     replace(grid,
       card('Machine', facts([
         ['Site', d.site_id && h('a', {href: `/console/devices?site_id=${encodeURIComponent(d.site_id)}`}, d.site_id)],
@@ -188,12 +223,12 @@ export async function render(main, page) {
         ['Model', d.model],
         ['Serial', d.serial],
         ['Heartbeat every', `${d.heartbeat_interval_s} s`],
-        ['First seen', d.first_seen_at && fmtTime(d.first_seen_at)],
+        ['First heard (server time)', d.first_seen_at && fmtTime(d.first_seen_at)],
         ['Events received', fmtNum(d.events)],
         ['Last crash', st.last_crash_at && when(st.last_crash_at)],
         ['Last refill', st.last_refill_at && when(st.last_refill_at)],
       ], 'machine')),
-      healthCard(st, telemetry), firmwareCard(st), connectivityCard(st), faultsCard(st), salesCard(st), stockCard(d.stock));
+      healthCard(st), chartsCard(telemetry, others, thresholds), firmwareCard(st), connectivityCard(st), faultsCard(st), salesCard(st), stockCard(d.stock));
     replace(incidentsBox, await deviceIncidents(deviceId));
     if (!silences) {
       silences = silenceCard(page, d);

@@ -1,7 +1,7 @@
 // One incident: facts, timeline, severity history, external tickets, acknowledge / resolve.
 
 import {api} from '../api.js';
-import {badge, brief, card, devicePath, facts, fmtNum, fmtTime, h, replace, table, when} from '../dom.js';
+import {badge, card, devicePath, facts, fmtNum, fmtTime, h, pairs, replace, snowState, table, whenFull, words} from '../dom.js';
 import {severityBadge, statusBadge, unavailable} from './incidents.js';
 
 const ACTIVE = ['open', 'acknowledged'];
@@ -70,8 +70,8 @@ export async function render(main, page) {
         ['Scope', i.scope],
         ['Device', i.device_id && h('a', {href: devicePath(i.device_id)}, i.device_id)],
         ['Site', i.site_id],
-        ['Opened', i.opened_at && [fmtTime(i.opened_at), ' (', when(i.opened_at), ')']],
-        ['Last seen', i.last_seen_at && when(i.last_seen_at)],
+        ['Opened (server time)', i.opened_at && whenFull(i.opened_at)],
+        ['Last signal (device time)', i.last_seen_at && whenFull(i.last_seen_at)],
         ['Occurrences', i.occurrences !== undefined ? fmtNum(i.occurrences) : null],
         ['Reopened', i.reopen_count ? `${i.reopen_count} times` : null],
         ['Acknowledged', i.acknowledged_at && [fmtTime(i.acknowledged_at), ' by ', i.acknowledged_by || '?']],
@@ -88,14 +88,14 @@ export async function render(main, page) {
       card('External tickets', table([
         {label: 'System', cell: (r) => r.system},
         {label: 'Number', cell: (r) => r.number || r.ref_id},
-        {label: 'State', cell: (r) => r.state || '—'},
+        {label: 'State', cell: (r) => r.state_name || snowState(r.state)},
         {label: 'Link', class: 'data', cell: (r) => r.url || '—'},
       ], refs, {empty: 'Not sent to any external system.'})));
     replace(timeline, table([
-      {label: 'At', cell: (e) => fmtTime(e.at)},
-      {label: 'What', cell: (e) => badge(e.kind, 'neutral')},
+      {label: 'At (server time)', cell: (e) => fmtTime(e.at), sort: (e) => e.at},
+      {label: 'What', cell: (e) => badge(words(e.kind), 'neutral')},
       {label: 'Who', cell: (e) => e.actor || '—'},
-      {label: 'Detail', class: 'data', cell: (e) => [e.note || '', e.detail && Object.keys(e.detail).length ? ` ${brief(e.detail)}` : '']},
+      {label: 'Detail', class: 'data', cell: (e) => [e.note || '', e.detail && Object.keys(e.detail).length ? ` ${pairs(e.detail)}` : '']},
     ], inc.timeline || [], {testid: 'timeline', empty: 'No timeline entry.'}));
   }
   await page.every(refresh);

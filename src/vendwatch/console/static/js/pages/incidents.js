@@ -3,7 +3,7 @@
 // pages say so instead of failing.
 
 import {api, ApiError, qs} from '../api.js';
-import {badge, devicePath, fmtNum, h, replace, table, when} from '../dom.js';
+import {badge, devicePath, fmtNum, h, replace, snowState, table, when, words} from '../dom.js';
 
 export const SEVERITIES = ['critical', 'major', 'minor', 'warning', 'info']; // most severe first
 const STATES = [['active', 'Open + acknowledged'], ['open', 'Open'], ['acknowledged', 'Acknowledged'],
@@ -30,7 +30,7 @@ export function unavailable(e) {
 }
 
 export function statusBadge(status) {
-  return badge(status, {open: 'offline', acknowledged: 'stale', resolved: 'online'}[status] || 'neutral');
+  return badge(words(status), {open: 'offline', acknowledged: 'stale', resolved: 'online'}[status] || 'neutral');
 }
 
 export function severityBadge(sev) {
@@ -38,14 +38,15 @@ export function severityBadge(sev) {
 }
 
 export const COLUMNS = [
-  {label: 'Severity', cell: (i) => severityBadge(i.severity)},
+  {label: 'Severity', cell: (i) => severityBadge(i.severity), sort: (i) => rank(i)},
   {label: 'Incident', cell: (i) => h('a', {href: incidentPath(i)}, i.summary || i.incident_id)},
   {label: 'Status', cell: (i) => statusBadge(i.status)},
-  {label: 'Rule', cell: (i) => i.rule_id || '—'},
-  {label: 'Device / site', cell: (i) => (i.device_id ? h('a', {href: devicePath(i.device_id)}, i.device_id) : i.site_id || '—')},
-  {label: 'Opened', cell: (i) => when(i.opened_at)},
-  {label: 'Last seen', cell: (i) => when(i.last_seen_at)},
-  {label: 'Count', class: 'num', cell: (i) => fmtNum(i.occurrences)},
+  {label: 'Rule', cell: (i) => h('span', {class: 'id'}, i.rule_id || '—')},
+  {label: 'Device / site', cell: (i) => (i.device_id ? h('a', {href: devicePath(i.device_id), class: 'id'}, i.device_id) : i.site_id || '—')},
+  // two clocks: when vendwatch opened it, and the device time of the newest signal
+  {label: 'Opened (server time)', cell: (i) => when(i.opened_at)},
+  {label: 'Last signal (device time)', cell: (i) => when(i.last_seen_at)},
+  {label: 'Count', class: 'num', cell: (i) => fmtNum(i.occurrences), sort: (i) => i.occurrences},
 ];
 
 /** Overview widget: active incidents counted by severity, newest few listed. */
@@ -61,12 +62,29 @@ export async function incidentSummary() {
   bySeverity(list);
   const capped = list.length >= ACTIVE_CAP;
   return h('div', null,
+    await pausedDeliveries(),
     capped ? h('p', {class: 'notice'}, `More than ${ACTIVE_CAP} active incidents: counts cover the newest ${ACTIVE_CAP}.`) : null,
     h('div', {class: 'sev-counts', 'data-testid': 'incident-counts'},
       SEVERITIES.map((s) => h('a', {class: `sev-count sev-${s}`, href: `/console/incidents${qs({status: 'active', severity: s})}`},
         h('span', {class: 'kpi-value', 'data-testid': `incidents-${s}`}, fmtNum(counts[s])), h('span', null, s)))),
     table(COLUMNS.slice(0, 2).concat(COLUMNS[4], COLUMNS[6]), list.slice(0, 8), {empty: 'No open incident.'}),
     list.length > 8 ? h('a', {href: '/console/incidents'}, `All ${list.length} active incidents →`) : null);
+}
+
+/** A notice per outbound target whose deliveries are paused (e.g. ServiceNow refusing our credentials). */
+async function pausedDeliveries() {
+  let targets;
+  try {
+    targets = (await api('/v1/deliveries')).targets;
+  } catch (e) {
+    return null; // an older server without the endpoint: nothing to say
+  }
+  const paused = targets.filter((t) => t.paused);
+  if (!paused.length) return null;
+  return h('div', {'data-testid': 'deliveries-paused'}, paused.map((t) => h('p', {class: 'notice'},
+    t.reason === 'credentials'
+      ? `Deliveries to ${t.target} are paused: its credentials are refused (HTTP 401). ${fmtNum(t.queued)} waiting; vendwatch retries by itself and resumes once the credentials work.`
+      : `Deliveries to ${t.target} are paused after repeated failures. ${fmtNum(t.queued)} waiting; vendwatch retries by itself.`)));
 }
 
 /** Device page widget: that machine's incidents. */
@@ -98,17 +116,66 @@ export async function render(main, page) {
     page.navigate(`/console/incidents${qs({status: status.value || 'all', severity: severity.value, device_id: device.value.trim(), site_id: site.value.trim(), order: orderSel.value === 'newest' ? 'newest' : ''})}`);
   });
   const results = h('div');
-  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Incidents')), form, results);
-  await page.every(async () => {
+  const message = h('p', {role: 'status', 'data-testid': 'bulk-message'});
+  const canAct = page.user && page.user.role !== 'viewer';
+  const selected = new Set();
+  const ackSelected = h('button', {type: 'button', id: 'ack-selected', disabled: true}, 'Acknowledge selected');
+  const bulk = canAct ? h('div', {class: 'actions'}, ackSelected, message) : null;
+  const syncBulk = () => {
+    ackSelected.disabled = selected.size === 0;
+    replace(ackSelected, selected.size ? `Acknowledge ${selected.size} selected` : 'Acknowledge selected');
+  };
+  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Incidents')), form, bulk, results);
+  let refreshList = async () => {};
+  ackSelected.addEventListener('click', async () => {
+    const ids = [...selected];
+    ackSelected.disabled = true;
+    const failed = [];
+    for (const id of ids) {
+      try {
+        await api(`/v1/incidents/${encodeURIComponent(id)}/ack`, {method: 'POST', body: {}});
+      } catch (e) {
+        failed.push(`${id}: ${e.message}`);
+      }
+    }
+    selected.clear();
+    replace(message, failed.length ? `Acknowledged ${ids.length - failed.length} of ${ids.length}; failed: ${failed.join('; ')}`
+      : `Acknowledged ${ids.length} incident${ids.length === 1 ? '' : 's'}.`);
+    message.className = failed.length ? 'error' : 'notice';
+    syncBulk();
+    await refreshList();
+  });
+  const pick = (i) => {
+    if (i.status !== 'open') return '';
+    const box = h('input', {type: 'checkbox', class: 'pick', 'aria-label': `Select ${i.incident_id}`, checked: selected.has(i.incident_id)});
+    box.addEventListener('change', () => {
+      if (box.checked) selected.add(i.incident_id);
+      else selected.delete(i.incident_id);
+      syncBulk();
+    });
+    return box;
+  };
+  refreshList = async () => {
     let node;
     try {
       const apiStatus = filters.status === 'all' ? '' : filters.status;
       const list = incidentsOf(await api(`/v1/incidents${qs({...filters, status: apiStatus, limit: 500})}`));
       if (order === 'severity') bySeverity(list); // the API answers newest first
-      node = table(COLUMNS, list, {testid: 'incidents', rowClass: (i) => `sev-row-${i.severity}`, empty: 'No incident matches.'});
+      const refs = list.length ? await api(`/v1/fleet/incident-refs${qs({id: list.map((i) => i.incident_id)})}`).then((r) => r.refs, () => ({})) : {};
+      const snow = {label: 'ServiceNow', cell: (i) => {
+        const r = refs[i.incident_id];
+        return r ? h('span', {class: 'id', title: snowState(r.state)}, r.number || r.ref_id, h('span', {class: 'muted small'}, ` ${snowState(r.state)}`)) : '—';
+      }};
+      for (const id of [...selected]) if (!list.some((i) => i.incident_id === id && i.status === 'open')) selected.delete(id);
+      syncBulk();
+      const cols = [...(canAct ? [{label: '', cell: pick, sort: false}] : []), ...COLUMNS, snow];
+      node = [h('p', {class: 'muted small', 'data-testid': 'incident-count'},
+        `${fmtNum(list.length)} incident${list.length === 1 ? '' : 's'}${list.length >= 500 ? ' (the newest 500)' : ''}`),
+      table(cols, list, {testid: 'incidents', rowClass: (i) => `sev-row-${i.severity}`, empty: 'No incident matches.'})];
     } catch (e) {
       node = unavailable(e);
     }
     if (page.live()) replace(results, node);
-  });
+  };
+  await page.every(refreshList);
 }

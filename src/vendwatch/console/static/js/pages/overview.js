@@ -2,6 +2,8 @@
 
 import {api, qs} from '../api.js';
 import {badge, card, devicePath, fmtNum, fmtTime, h, replace, table, when} from '../dom.js';
+import {timeChart} from '../chart.js';
+import {fleetMap} from '../map.js';
 import {incidentSummary} from './incidents.js';
 
 const KPIS = [
@@ -35,9 +37,27 @@ const SITE_COLUMNS = [
     class: `num cnt-${c}`,
     cell: (s) => (s[c] && s.site_id ? h('a', {href: siteLink(s, c)}, fmtNum(s[c])) : fmtNum(s[c])),
   })),
-  {label: 'Last seen', cell: (s) => when(s.last_seen_at)},
+  {label: 'Last heard (server time)', cell: (s) => when(s.last_seen_at)},
   {label: 'Events', class: 'num', cell: (s) => fmtNum(s.events)},
 ];
+
+async function activityCharts() {
+  const hist = await api('/v1/stats/history');
+  const events = timeChart({
+    series: [{label: 'events / s', cls: 's-events', points: hist.events.map(([t, v]) => [t, v])},
+      {label: 'rejected / s', cls: 's-rejected', points: hist.events.filter(([, , r]) => r > 0).map(([t, , r]) => [t, r])}],
+    unit: 'events per second', yMin: 0, testid: 'chart-events', height: 160,
+    empty: `Measuring: a sample every ${hist.every_s} s, the first points appear within a minute.`});
+  const incidents = timeChart({
+    series: [{label: 'incidents opened per hour', cls: 's-incidents', bars: true, step: 3600, points: hist.incidents_opened}],
+    unit: 'incidents', testid: 'chart-incidents', height: 160, empty: 'No incident data.'});
+  return [h('h3', null, 'Events per second (sampled by this server, last hour)'), events,
+    h('h3', null, 'Incidents opened per hour (server time, last 24 h)'), incidents];
+}
+
+async function mapView() {
+  return fleetMap(await api('/v1/fleet/map'));
+}
 
 export async function render(main, page) {
   const stamp = h('span', {class: 'muted small', 'data-testid': 'updated'});
@@ -48,6 +68,8 @@ export async function render(main, page) {
   const sites = h('div');
   const faulted = h('div');
   const stages = h('div');
+  const charts = h('div', {'data-testid': 'activity'});
+  const map = h('div');
   main.append(
     h('div', {class: 'page-head'}, h('h1', null, 'Fleet overview'), stamp),
     h('div', {class: 'kpi-row'}, kpis, flow),
@@ -55,6 +77,7 @@ export async function render(main, page) {
     h('div', {class: 'cols'},
       card('Open incidents', incidentsBox),
       card('Machines with active faults', faulted)),
+    h('div', {class: 'cols'}, card('Activity', charts), card('Map (GPS positions, coloured by state)', map)),
     card('Sites (most problems first)', sites),
     card('Pipeline', stages),
   );
@@ -87,7 +110,11 @@ export async function render(main, page) {
       {label: 'Behind the log (records)', class: 'num', cell: (s) => fmtNum(s.lag_records)},
     ], stats.stages, {empty: 'No checkpointed stage has run yet.'}));
     replace(incidentsBox, await incidentSummary());
-    replace(stamp, `updated ${fmtTime(stats.generated_at)}`);
+    const [chartNodes, mapNode] = await Promise.all([activityCharts(), mapView()]);
+    if (!page.live()) return;
+    replace(charts, chartNodes);
+    replace(map, mapNode);
+    replace(stamp, `updated ${fmtTime(stats.generated_at)} (your time zone)`);
     const r = stats.rules;
     replace(legend, `Online: heard from within ${r.online_intervals} heartbeat intervals; stale: within ${r.stale_intervals}; `
       + `offline: longer (interval as registered, ${r.default_heartbeat_s} s otherwise).`);

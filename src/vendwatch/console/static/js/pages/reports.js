@@ -2,7 +2,7 @@
 // (optional since/until dates and limit; format=csv|parquet for a download).
 
 import {api, ApiError, download, qs} from '../api.js';
-import {card, h, replace, table} from '../dom.js';
+import {card, fmtTime, h, replace, table, when} from '../dom.js';
 import {resultNote, resultTable} from './sql.js';
 
 const UNAVAILABLE = 'Reports not available: this vendwatch does not serve /v1/reports (the lake is not running).';
@@ -17,10 +17,35 @@ function downloads(name, params, onError) {
     h('button', {type: 'button', onclick: () => get('parquet')}, 'Parquet')];
 }
 
+const every = (s) => (s >= 120 ? `${Math.round(s / 60)} min` : `${s} s`);
+
+/** When the analytics tables (what reports read) were last refreshed, and when next. */
+async function freshness() {
+  let body;
+  try {
+    body = await api('/v1/lake/jobs');
+  } catch {
+    return null; // an older server: no schedule to show
+  }
+  const etl = body.jobs.etl;
+  if (!body.scheduled || !etl.interval_s) {
+    return h('p', {class: 'notice', 'data-testid': 'etl-status'}, 'The analytics tables are not refreshed on a schedule by this server: '
+      + 'run `vendwatch etl run` (or the lake-jobs role) to fill them.');
+  }
+  const parts = [`Analytics tables refresh every ${every(etl.interval_s)} (lake.etl_interval_s). `];
+  if (etl.last_ok_at) parts.push('Last refreshed ', when(etl.last_ok_at), '. ');
+  else parts.push('Not refreshed yet. ');
+  if (etl.last_error) parts.push(h('span', {class: 'error'}, `Last run failed: ${etl.last_error}. `));
+  if (etl.next_at) parts.push(`Next run at ${fmtTime(etl.next_at).slice(11)}.`);
+  return h('p', {class: 'muted small', 'data-testid': 'etl-status'}, parts);
+}
+
 export async function render(main, page) {
   const list = h('div', {class: 'report-list'});
   const out = h('div', {id: 'report-out'});
-  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Reports')), list, out);
+  const fresh = h('div');
+  main.append(h('div', {class: 'page-head'}, h('h1', null, 'Reports')), fresh, list, out);
+  freshness().then((node) => { if (node && page.live()) replace(fresh, node); });
   let reports;
   try {
     reports = (await api('/v1/reports')).reports;

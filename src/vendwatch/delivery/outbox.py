@@ -19,6 +19,8 @@ import msgspec
 from vendwatch.state import migrations
 from vendwatch.state.db import Database, Tx
 
+# registered as "incidents" v2: the outbox began in the incident package and existing
+# databases have recorded it under that name
 migrations.register(
     "incidents",
     2,
@@ -97,12 +99,19 @@ class Outbox:
         return n > 0
 
     def coalesce(self, tx: Tx, target: str, op: str, key: str, payload: dict[str, Any], *, idem_key: str,
-                 now: float) -> None:
-        """Enqueue, or mark the pending row with this ``idem_key`` dirty (deliver once more)."""
+                 now: float, not_before: float | None = None) -> None:
+        """Enqueue, or mark the pending row with this ``idem_key`` dirty (deliver once more).
+
+        ``not_before``: a new row is not delivered before then (a pending row keeps its time).
+        """
         tx.execute(
             "INSERT INTO outbox(target, op, key, idem_key, payload, created_at, next_attempt_at)"
             " VALUES (?,?,?,?,?,?,?) ON CONFLICT(idem_key) DO UPDATE SET dirty=1, payload=excluded.payload",
-            (target, op, key, idem_key, msgspec.json.encode(payload).decode(), now, now))
+            (target, op, key, idem_key, msgspec.json.encode(payload).decode(), now, max(now, not_before or now)))
+
+    def cancel(self, tx: Tx, idem_key: str) -> bool:
+        """Drop the pending row with ``idem_key`` unless a worker holds it; True if dropped."""
+        return tx.execute("DELETE FROM outbox WHERE idem_key=? AND (claimed_until IS NULL)", (idem_key,)) > 0
 
     # -- consuming ------------------------------------------------------------------
     def claim(self, targets: list[str], now: float, limit: int, lease_s: float, worker: str) -> list[Item]:

@@ -21,13 +21,13 @@ from typing import Any, Protocol
 
 import httpx
 
-from vendwatch.incidents import breaker
-from vendwatch.incidents import metrics as m
-from vendwatch.incidents.clock import Clock
-from vendwatch.incidents.config import CircuitBreaker, RateLimit, RetryPolicy
-from vendwatch.incidents.outbox import Item, Outbox
-from vendwatch.incidents.ratelimit import Bucket
-from vendwatch.incidents.retry import backoff_s, retry_at_from_headers, retryable_status
+from vendwatch.delivery import breaker
+from vendwatch.delivery import metrics as m
+from vendwatch.delivery.clock import Clock
+from vendwatch.delivery.config import CircuitBreaker, RateLimit, RetryPolicy
+from vendwatch.delivery.outbox import Item, Outbox
+from vendwatch.delivery.ratelimit import Bucket
+from vendwatch.delivery.retry import backoff_s, retry_at_from_headers, retryable_status
 from vendwatch.state.db import Database
 
 log = logging.getLogger("vendwatch.delivery")
@@ -121,9 +121,14 @@ class Gate:
                         (s.circuit, s.failures, s.opened_until, self.target))
         m.CIRCUIT.labels(self.target).set({"closed": 0, "half-open": 1, "open": 2}[s.circuit])
 
-    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        """One rate-limited call; HTTP errors become ``DeliveryFailed`` (with the server's retry hint)."""
-        self.take_token()
+    def request(self, method: str, url: str, *, prepaid: bool = False, **kw: Any) -> httpx.Response:
+        """One rate-limited call; HTTP errors become ``DeliveryFailed`` (with the server's retry hint).
+
+        ``prepaid``: the caller already took this call's token with ``take_token`` (so it
+        could record durably that the call is about to go out before sending it).
+        """
+        if not prepaid:
+            self.take_token()
         self.calls += 1
         try:
             resp = self.client.request(method, url, **kw)
@@ -206,6 +211,9 @@ class Dispatcher:
         pol = self.sinks[it.target].policy
         log.warning("delivery to %s failed (item %s, key %s, attempt %d): %s", it.target, it.id, it.key,
                     it.attempts + 1, e)
+        if e.status == 401:
+            self._paused(it, gate, state, e)
+            return
         if e.status == 429:
             gate.block_until(e.retry_at or now + backoff_s(pol.retry, it.attempts + 1, self.rng))
         elif e.retryable:  # 5xx and network errors count towards opening the circuit
@@ -227,6 +235,20 @@ class Dispatcher:
             at = max(at, e.retry_at)
         with self.db.transaction() as tx:
             self.outbox.release(tx, it, at, attempted=True, status=e.status, error=str(e)[:2000])
+
+    def _paused(self, it: Item, gate: Gate, state: breaker.BreakerState, e: DeliveryFailed) -> None:
+        """Credentials refused: an outage of ours, not a bad record. Open the circuit for the
+        whole target and keep the item queued without counting an attempt; the breaker's
+        trial call after ``open_s`` resumes delivery once the credentials work again."""
+        now = self.clock.now()
+        open_s = self.sinks[it.target].policy.circuit.open_s
+        gate.save_breaker(breaker.BreakerState("open", state.failures + 1, now + open_s))
+        m.AUTH_FAILURES.labels(it.target).inc()
+        log.error("delivery to %s paused: credentials refused (HTTP 401); %d deliveries wait, next try in %.0fs",
+                  it.target, sum(self.outbox.depth().values()), open_s,
+                  extra={"target": it.target, "item": it.id, "key": it.key})
+        with self.db.transaction() as tx:
+            self.outbox.release(tx, it, now + open_s, attempted=False, status=401, error=str(e)[:2000])
 
     def _dead(self, it: Item, status: int | None, reason: str) -> None:
         with self.db.transaction() as tx:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from email.utils import parsedate_to_datetime
 
-from vendwatch.incidents.config import RetryPolicy
+from vendwatch.delivery.config import RetryPolicy
 
 
 def retryable_status(status: int) -> bool:

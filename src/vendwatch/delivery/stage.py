@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
-from vendwatch.incidents.delivery import Dispatcher
+from vendwatch.delivery.dispatch import Dispatcher
 from vendwatch.stage import CheckpointedStage
 
 

@@ -1,0 +1,1 @@
+"""EVA-DTS (DEX/UCS) audit reads: parse (pure), compare reads, turn a read into log events."""

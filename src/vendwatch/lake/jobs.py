@@ -1,0 +1,133 @@
+"""The ``lake-jobs`` role: keeps the analytics tables fresh and the lake maintained on a schedule.
+
+Without it the reports stay empty until someone runs ``vendwatch etl run``. ``vendwatch
+serve`` runs it by default (the demo runs the ETL once at its end instead); in a scale-out deployment run one
+replica (``vendwatch run lake-jobs``): the ETL and maintenance are safe to re-run, but two
+schedulers would only do the same work twice.
+
+Intervals come from ``lake.etl_interval_s`` and ``lake.maintain_interval_s`` (0 turns a
+job off). Every run is recorded in the state store (checkpoint ``lake-jobs``) so the
+console, ``/v1/lake/jobs`` and ``vendwatch etl status`` can say when the tables were
+last refreshed, whether it worked, and when the next run is due.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from vendwatch.runtime import Context
+
+log = logging.getLogger("vendwatch.lake.jobs")
+
+CHECKPOINT = "lake-jobs"
+JOBS = ("etl", "maintain")
+START_DELAY_S = 30.0
+
+
+class JobStatus(msgspec.Struct, kw_only=True):
+    """What one scheduled job last did (epoch seconds)."""
+
+    interval_s: float
+    last_started_at: float | None = None
+    last_finished_at: float | None = None
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last_seconds: float | None = None
+    runs: int = 0
+    failures: int = 0
+    next_at: float | None = None  # None: the job is turned off
+
+
+def next_due(status: JobStatus, started: float) -> float | None:
+    """When a job is next due: one interval after its last start (the first run right after ``started``)."""
+    if status.interval_s <= 0:
+        return None
+    if status.last_started_at is None:
+        return started
+    return status.last_started_at + status.interval_s
+
+
+def read_status(ctx: Context) -> dict[str, JobStatus]:
+    """The recorded status of every job (empty when the scheduler never ran here)."""
+    raw = ctx.state.load_checkpoint(CHECKPOINT)
+    if not raw:
+        return {}
+    return msgspec.json.decode(raw, type=dict[str, JobStatus])
+
+
+class LakeJobs:
+    """Runs the ETL and lake maintenance at their intervals; a failed run is recorded and retried next time."""
+
+    name = "lake-jobs"
+
+    def __init__(self, ctx: Context, clock: Callable[[], float] = time.time,
+                 runners: dict[str, Callable[[], Any]] | None = None) -> None:
+        self.ctx = ctx
+        self.clock = clock
+        self.runners = runners or {"etl": self._etl, "maintain": self._maintain}
+        cfg = ctx.settings.lake
+        self.intervals = {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s}
+        # the first ETL waits a little so it does not compete with the server's start;
+        # maintenance first waits one interval: a fresh start has nothing to compact
+        self.first_delay = {"etl": min(START_DELAY_S, cfg.etl_interval_s), "maintain": cfg.maintain_interval_s}
+
+    def _etl(self) -> Any:
+        from vendwatch.lake.etl import run_etl
+
+        return run_etl(self.ctx.settings, state=self.ctx.state).to_dict()
+
+    def _maintain(self) -> Any:
+        from vendwatch.lake.maintain import maintain
+
+        return maintain(self.ctx.settings)
+
+    def run(self, stop: threading.Event) -> None:
+        started = self.clock()
+        status = {k: JobStatus(interval_s=v) for k, v in self.intervals.items()}
+        for name, st in read_status(self.ctx).items():  # keep the history across restarts
+            if name in status:
+                status[name] = msgspec.structs.replace(st, interval_s=status[name].interval_s)
+        for name, st in status.items():
+            due = next_due(st, started + self.first_delay[name])
+            st.next_at = None if due is None else max(due, started + self.first_delay[name])
+        self._save(status)
+        while not stop.is_set():
+            now = self.clock()
+            for name, st in status.items():
+                if st.next_at is not None and now >= st.next_at and not stop.is_set():
+                    self._run_one(name, st)
+                    self._save(status)
+            pending = [st.next_at for st in status.values() if st.next_at is not None]
+            wait = min(pending) - self.clock() if pending else 60.0
+            stop.wait(min(max(wait, 0.05), 5.0))
+
+    def _run_one(self, name: str, st: JobStatus) -> None:
+        st.last_started_at = t0 = self.clock()
+        st.runs += 1
+        try:
+            result = self.runners[name]()
+        except Exception as e:  # noqa: BLE001 - recorded, shown, retried at the next interval
+            st.failures += 1
+            st.last_error = f"{type(e).__name__}: {e}"[:500]
+            log.warning("scheduled %s failed: %s", name, st.last_error, extra={"job": name})
+        else:
+            st.last_ok_at = self.clock()
+            st.last_error = None
+            log.info("scheduled %s done", name, extra={"job": name, "result": str(result)[:500]})
+        st.last_finished_at = self.clock()
+        st.last_seconds = round(st.last_finished_at - t0, 3)
+        st.next_at = t0 + st.interval_s
+
+    def _save(self, status: dict[str, JobStatus]) -> None:
+        self.ctx.state.save_checkpoint(CHECKPOINT, msgspec.json.encode(status))
+
+
+def build(ctx: Context) -> LakeJobs:
+    """The lake-jobs role (``vendwatch run lake-jobs``; part of ``vendwatch serve`` and the demo)."""
+    return LakeJobs(ctx)

@@ -1,0 +1,183 @@
+"""What an operator sees when a command cannot do its job: one clear line, a non-zero
+exit, never a traceback (missing extras, busy port, bad paths, bad settings, bad CSV)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from tests.conftest import vendwatch_cmd
+from tests.ingest_support import ago, event, running
+from tests.test_device_state import _run_projector
+
+SCALE_HINT = "pip install 'vendwatch[scale]'"
+
+# Runs the CLI with some modules made unimportable, as on an install without the
+# extra: sys.modules[name] = None makes `import name` raise ModuleNotFoundError.
+_BLOCKED_RUNNER = textwrap.dedent("""
+    import sys
+    for name in sys.argv[1].split(","):
+        sys.modules[name] = None
+    sys.argv = ["vendwatch", *sys.argv[2:]]
+    from vendwatch.cli.main import main
+    main()
+""")
+
+
+def _run(args: list[str], env: dict[str, str] | None = None, timeout: float = 60,
+         cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(args, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=cwd)
+
+
+def _without(modules: str, *args: str, env: dict[str, str] | None = None,
+             timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return _run([sys.executable, "-c", _BLOCKED_RUNNER, modules, *args], env=env, timeout=timeout)
+
+
+def _assert_clear_failure(proc: subprocess.CompletedProcess[str], *needles: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out
+    assert "Traceback" not in out, out
+    for n in needles:
+        assert n in out, out
+
+
+# -- item 6: missing extras ---------------------------------------------------------
+
+
+def test_db_migrate_without_psycopg_names_the_extra(data_dir: Path) -> None:
+    proc = _without("psycopg,psycopg_pool", "db", "migrate", "--data-dir", str(data_dir),
+                    env={"VENDWATCH_STATE__BACKEND": "postgres"})
+    _assert_clear_failure(proc, SCALE_HINT, "psycopg")
+
+
+def test_bus_init_without_confluent_kafka_names_the_extra(data_dir: Path) -> None:
+    proc = _without("confluent_kafka", "bus", "init", env={"VENDWATCH_BUS__BACKEND": "kafka",
+                                                          "VENDWATCH_DATA_DIR": str(data_dir)})
+    _assert_clear_failure(proc, SCALE_HINT, "confluent_kafka")
+
+
+def test_mqtt_bridge_without_paho_names_the_extra(data_dir: Path) -> None:
+    proc = _without("paho,paho.mqtt", "run", "mqtt-bridge", "--data-dir", str(data_dir), timeout=30)
+    _assert_clear_failure(proc, SCALE_HINT, "paho")
+
+
+def test_kafka_role_without_confluent_kafka_fails_fast_instead_of_restarting(data_dir: Path) -> None:
+    started = time.monotonic()
+    proc = _without("confluent_kafka", "run", "detector", "--data-dir", str(data_dir),
+                    env={"VENDWATCH_BUS__BACKEND": "kafka"}, timeout=30)
+    _assert_clear_failure(proc, SCALE_HINT)
+    assert "restarting" not in proc.stderr
+    assert time.monotonic() - started < 20
+
+
+# -- item 8: CLI details ------------------------------------------------------------
+
+
+def test_serve_on_a_busy_port_fails_before_claiming_to_serve(data_dir: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = _run(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)), timeout=30)
+    _assert_clear_failure(proc, f"127.0.0.1:{port}", "already in use")
+    assert "serving on" not in proc.stderr + proc.stdout
+
+
+def test_data_dir_with_missing_parents_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "typo" / "deeper" / "data"
+    proc = _run(vendwatch_cmd("devices", "list", "--data-dir", str(target)))
+    _assert_clear_failure(proc, "does not exist")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_data_dir_whose_parent_exists_is_created(tmp_path: Path) -> None:
+    proc = _run(vendwatch_cmd("devices", "list", "--data-dir", str(tmp_path / "fresh")))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_unknown_log_level_is_refused_naming_the_key(data_dir: Path) -> None:
+    proc = _run(vendwatch_cmd("devices", "list", "--data-dir", str(data_dir)), env={"VENDWATCH_LOG_LEVEL": "verbose"})
+    _assert_clear_failure(proc, "VENDWATCH_LOG_LEVEL", "verbose")
+    flag = _run(vendwatch_cmd("--log-level", "loud", "devices", "list", "--data-dir", str(data_dir)))
+    _assert_clear_failure(flag, "--log-level", "loud")
+    ok = _run(vendwatch_cmd("--log-level", "DEBUG", "devices", "list", "--data-dir", str(data_dir)))
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_import_reports_every_bad_row(tmp_path: Path, data_dir: Path) -> None:
+    path = tmp_path / "fleet.csv"
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["device_id", "site_id", "heartbeat_interval_s"])
+        w.writerow(["VM-1", "S1", "60"])
+        w.writerow(["bad id!", "S1", "60"])  # line 3
+        w.writerow(["VM-2", "S1", "often"])  # line 4
+        w.writerow(["VM-1", "S1", "60"])  # line 5: duplicate
+    proc = _run(vendwatch_cmd("devices", "import", str(path), "--data-dir", str(data_dir)))
+    _assert_clear_failure(proc, "line 3", "line 4", "line 5", "nothing was imported")
+
+
+def test_show_commands_print_iso_times(data_dir: Path) -> None:
+    from vendwatch.cli.common import iso_times
+
+    doc = {"last_seen_at": 1764437479.25, "timeline": [{"at": 1764437479, "kind": "opened"}],
+           "count": 3, "opened_at": None}
+    out = iso_times(doc)
+    assert out["last_seen_at"] == "2025-11-29T17:31:19.250Z"
+    assert out["timeline"][0]["at"] == "2025-11-29T17:31:19.000Z"
+    assert out["count"] == 3 and out["opened_at"] is None
+    # and the command really prints them, for a machine the pipeline has seen
+    with running(data_dir) as h:
+        h.add_device("VM-1", "SITE-1")
+        assert h.post("VM-1", [event("VM-1", "heartbeat", {"uptime_s": 5}, occurred_at=ago(minutes=1))]).status_code == 200
+    _run_projector(data_dir, 1)
+    proc = _run(vendwatch_cmd("devices", "show", "VM-1", "--data-dir", str(data_dir)))
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    stamps = [v for k, v in _walk(shown) if k.endswith("_at") and v is not None]
+    assert stamps, shown
+    assert all(isinstance(v, str) and v.endswith("Z") and "T" in v for v in stamps), shown
+
+
+def _walk(doc: object) -> list[tuple[str, object]]:
+    out: list[tuple[str, object]] = []
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            out.append((k, v))
+            out += _walk(v)
+    elif isinstance(doc, list):
+        for v in doc:
+            out += _walk(v)
+    return out
+
+
+# -- item 7: simulator against an unreachable collector -------------------------------
+
+
+def test_simulator_against_a_closed_port_says_connection_refused(data_dir: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    proc = _run(vendwatch_cmd("simulate", "--url", f"http://127.0.0.1:{port}", "--data-dir", str(data_dir),
+                              "--devices", "3", "--speed", "600", "--duration", "2", "--drain-timeout", "1"),
+                timeout=60)
+    _assert_clear_failure(proc, "connection refused")
+    summary = json.loads(proc.stdout)
+    assert summary["events_acked"] == 0
+    assert summary["events_unsent"] > 0
+    # the give-up message counts what the summary counts
+    assert f"gave up on {summary['events_unsent']} unsent events" in proc.stderr, proc.stderr
+
+
+def test_readme_mentions_the_scale_extra() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert SCALE_HINT in readme
