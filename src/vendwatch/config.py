@@ -160,6 +160,10 @@ class LakeSettings(_Section):
     sql_memory_limit: str = "2GB"
     sql_threads: int = 2
     sql_max_concurrent: int = 2  # POST /v1/sql and reports beyond this wait (each may use sql_memory_limit)
+    sql_max_result_bytes: int = 64 * 1024 * 1024  # an answer is truncated past this (Arrow size)
+    # HTTP queries run in worker processes capped at this address space (RLIMIT_AS): a query
+    # that exhausts it ends its worker, never the server; 0 runs them in the server process
+    sql_worker_memory_mb: int = 4096
     stale_after_s: float = 900.0  # device-last-seen report: silent longer than this is stale
     # the lake-jobs role (part of serve and the demo): 0 turns a job off
     etl_interval_s: float = 300.0  # refresh the analytics tables (what reports read) this often
@@ -324,6 +328,7 @@ def _check(s: Settings) -> None:
         "lake.sql_timeout_s": s.lake.sql_timeout_s,
         "lake.sql_threads": s.lake.sql_threads,
         "lake.sql_max_concurrent": s.lake.sql_max_concurrent,
+        "lake.sql_max_result_bytes": s.lake.sql_max_result_bytes,
         "detect.tick_interval_s": s.detect.tick_interval_s,
         "detect.batch_size": s.detect.batch_size,
         "detect.recent_ids_per_device": s.detect.recent_ids_per_device,
@@ -341,6 +346,7 @@ def _check(s: Settings) -> None:
         "lake.etl_interval_s": s.lake.etl_interval_s,
         "lake.maintain_interval_s": s.lake.maintain_interval_s,
         "server.max_connections_per_client": s.server.max_connections_per_client,
+        "lake.sql_worker_memory_mb": s.lake.sql_worker_memory_mb,
         "server.auth_failures_per_min": s.server.auth_failures_per_min,
         "server.auth_failures_burst": s.server.auth_failures_burst,
     }

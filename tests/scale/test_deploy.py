@@ -3,6 +3,7 @@ settings, and alerts/dashboard only use metrics vendwatch actually exports."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,19 @@ def test_config_examples_are_valid_settings(name: str, tmp_path: Path) -> None:
 
 
 # dashboards and alert rules against the exported metrics: tests/observe/test_dashboards.py
+
+
+def test_liveness_is_separate_from_readiness() -> None:
+    for name in ("vendwatch-collector", "vendwatch-console"):
+        dep = next(d for d in _manifests() if d["kind"] == "Deployment" and d["metadata"]["name"] == name)
+        c = dep["spec"]["template"]["spec"]["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez", name
+        assert c["readinessProbe"]["httpGet"]["path"] == "/healthz", name
+
+
+def test_the_ingress_example_sets_timeouts_and_per_client_limits() -> None:
+    conf = (DEPLOY / "nginx" / "vendwatch.conf").read_text()
+    for directive in ("client_header_timeout", "client_body_timeout", "keepalive_timeout", "limit_conn ",
+                      "client_max_body_size", "large_client_header_buffers", "proxy_read_timeout"):
+        assert re.search(rf"^\s*{directive}", conf, re.M), directive
+    assert "location = /v1/events" in conf and "X-Forwarded-For $remote_addr" in conf

@@ -46,6 +46,9 @@ CASES = {
     "attribute access in template": (_doc(summary="{device_id.__class__.__mro__}"), "summary"),
     "dict as operator": (_doc(when={"type": "telemetry", "where": {"refrigeration_temp_c": {"gt": {"a": 1}}}}), "gt"),
     "unhashable where key": (HEAD + "- {id: a, type: match, severity: info, match: {type: fault, where: {[1]: 2}}}\n", "where"),
+    "null key in outside_visit": (yaml.safe_dump({"format": "vendwatch.rules/v1", "rules": [
+        {"id": "m", "type": "match", "severity": "info", "match": {"type": "fault"},
+         "outside_visit": {None: None}}]}), "outside_visit"),  # found by the fuzz below
     "huge threshold": (yaml.safe_dump({"format": "vendwatch.rules/v1", "rules": [
         {"id": "c", "type": "count", "severity": "info", "count": {"type": "fault"}, "threshold": 10**30,
          "window": "1h"}]}), "threshold"),

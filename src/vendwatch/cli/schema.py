@@ -16,7 +16,7 @@ def schema() -> None:
 @schema.command("export")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default="-", help="File to write [default: stdout].")
 @click.option("--openapi", "as_openapi", is_flag=True,
-              help="Write the OpenAPI 3.1 document of the device endpoint instead (also served at GET /openapi.json).")
+              help="Write the OpenAPI 3.1 document of every HTTP endpoint instead (also served at GET /openapi.json).")
 def export(output: str, as_openapi: bool) -> None:
     """Write the JSON Schema (2020-12) of POST /v1/events bodies and every payload type."""
     if as_openapi:

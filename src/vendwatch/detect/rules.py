@@ -340,7 +340,7 @@ def _compile_params(r: dict[str, Any], ctx: str) -> dict[str, Any]:
             ovd = ov if isinstance(ov, dict) else {}
             bad = set(ovd) - {"grace", "max_duration"}
             if bad:
-                raise RuleError(f"{ctx}: field 'outside_visit': unknown key(s) {', '.join(sorted(bad))}")
+                raise RuleError(f"{ctx}: field 'outside_visit': unknown key(s) {', '.join(sorted(map(str, bad)))}")
             p["visit_grace"] = parse_duration(ovd.get("grace", "5m"), f"{ctx}: field 'outside_visit.grace'")
             p["visit_max"] = parse_duration(ovd.get("max_duration", "4h"), f"{ctx}: field 'outside_visit.max_duration'")
         if not p["clear"] and p["resolve_after"] is None and r.get("kind", "incident") == "incident":

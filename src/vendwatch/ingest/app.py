@@ -375,10 +375,12 @@ def _observe_commit(events: int, requests: int, seconds: float) -> None:
 def routes(ctx: Context) -> list[Route]:
     collector = Collector(ctx)
     ctx.extras["collector"] = collector
-    spec = _enc.encode(openapi())
+    spec: list[bytes] = []
 
     async def openapi_json(request: Request) -> Response:
-        return Response(spec, media_type="application/json")
+        if not spec:  # built on first use: it imports the operator API's modules
+            spec.append(_enc.encode(openapi()))
+        return Response(spec[0], media_type="application/json")
 
     # an ASGI app as the endpoint (not a function): Starlette routes to it without wrapping;
     # api/server.py also dispatches POST /v1/events to it before Starlette's middleware

@@ -1,4 +1,4 @@
-"""OpenAPI 3.1 document of the device endpoint (``GET /openapi.json``, ``vendwatch schema export --openapi``).
+"""OpenAPI 3.1 document of every HTTP endpoint (``GET /openapi.json``, ``vendwatch schema export --openapi``).
 
 Built from the same msgspec definitions the collector validates with, so it cannot
 drift from the code. OpenAPI 3.1 schemas are JSON Schema 2020-12, so the per-type
@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from vendwatch import __version__, events
+from vendwatch.api import spec
 
 _REF = "#/components/schemas/"
 
@@ -69,6 +70,28 @@ _ERRORS = {
 }
 
 
+def _as_one_of(event: dict[str, Any]) -> dict[str, Any]:
+    """The event schema's ``if type == X then data is X`` binding as one variant per type.
+
+    Both say the same; fuzzers and code generators handle ``oneOf`` of closed objects
+    (each with its ``type`` constant), while ``allOf`` of ``if``/``then`` defeats them.
+    """
+    base = {k: v for k, v in event.items() if k not in ("allOf", "title", "description")}
+    props = base.get("properties", {})
+    if props.get("occurred_at", {}).get("type") == "string":  # RFC 3339, as the collector parses it
+        base["properties"] = {**props, "occurred_at": {**props["occurred_at"], "format": "date-time"}}
+    variants = []
+    for rule in event.get("allOf", []):
+        etype = rule["if"]["properties"]["type"]["const"]
+        variant = {**base, "title": f"DeviceEvent ({etype})",
+                   "properties": {**base["properties"], "type": {"const": etype},
+                                  "data": rule["then"]["properties"]["data"]}}
+        variants.append(variant)
+    if not variants:
+        return event
+    return {"title": event.get("title", "DeviceEvent"), "description": event.get("description", ""), "oneOf": variants}
+
+
 def openapi() -> dict[str, Any]:
     """The OpenAPI 3.1 document as a dict."""
     body_schema = msgspec.json.decode(msgspec.json.encode(events.json_schema()).replace(b"#/$defs/", _REF.encode()))
@@ -76,8 +99,10 @@ def openapi() -> dict[str, Any]:
     for k in ("$schema", "$id"):
         body_schema.pop(k, None)
     schemas["EventBatch"] = body_schema
+    schemas["DeviceEvent"] = _as_one_of(schemas["DeviceEvent"])
     _, more = msgspec.json.schema_components([IngestResult, DexResult, ErrorBody], ref_template=_REF + "{name}")
     schemas.update(more)
+    schemas.update(spec.schemas())
     retry_after = {"Retry-After": {"description": "Seconds to wait before retrying.",
                                    "schema": {"type": "integer", "minimum": 1}}}
     responses: dict[str, Any] = {
@@ -92,16 +117,20 @@ def openapi() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {
-            "title": "vendwatch device protocol",
+            "title": "vendwatch HTTP API (device protocol and operator API)",
             "version": f"v{events.SCHEMA_VERSION} (vendwatch {__version__})",
-            "description": "How vending machines send telemetry to the vendwatch collector."
-                           " See docs/device-protocol.md for the full guide.",
+            "description": "How vending machines send telemetry to the vendwatch collector (POST /v1/events;"
+                           " docs/device-protocol.md), and the operator API behind the console"
+                           " (docs/console.md, docs/security.md for roles).",
         },
         "servers": [{"url": "http://127.0.0.1:8080"}],
         "components": {
             "schemas": schemas,
             "securitySchemes": {"deviceToken": {"type": "http", "scheme": "bearer",
-                                                "description": "The device token from `vendwatch devices add`."}},
+                                                "description": "The device token from `vendwatch devices add`."},
+                                "operatorToken": {"type": "http", "scheme": "bearer",
+                                                  "description": "An operator token from `vendwatch tokens add`"
+                                                                 " (role viewer, operator or admin)."}},
         },
         "paths": {
             "/v1/events": {
@@ -141,10 +170,6 @@ def openapi() -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {
-                "get": {"operationId": "health", "summary": "Liveness and readiness",
-                        "responses": {"200": {"description": "Serving"},
-                                      "503": {"description": "The log or state store is unavailable"}}}
-            },
+            **spec.paths(),
         },
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, date
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from starlette.concurrency import run_in_threadpool
@@ -14,9 +14,13 @@ from starlette.routing import Route
 
 from vendwatch.api.auth import error_response, json_response, require
 from vendwatch.api.params import int_param
+from vendwatch.config import Settings
 from vendwatch.lake import formats
-from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout
+from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge
 from vendwatch.runtime import Context
+
+if TYPE_CHECKING:
+    from vendwatch.lake.sandbox import QueryPool
 
 
 class SqlRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -48,7 +52,36 @@ def _query_error(e: QueryError) -> Response:
         return error_response(403, "refused", str(e))
     if isinstance(e, QueryTimeout):
         return error_response(408, "timeout", str(e))
+    if isinstance(e, QueryTooLarge):
+        return error_response(413, "too_large", str(e))
     return error_response(400, "query_error", str(e))
+
+
+class _Runner:
+    """Where queries run: memory-capped worker processes (``lake.sql_worker_memory_mb`` > 0)
+    or, when that is 0, this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.pool: QueryPool | None = None
+        if settings.lake.sql_worker_memory_mb > 0:
+            from vendwatch.lake.sandbox import QueryPool
+
+            self.pool = QueryPool(settings, settings.lake.sql_max_concurrent)
+
+    def sql(self, sql: str, *, limit: int | None, timeout_s: float, as_of: Any) -> QueryResult:
+        if self.pool is not None:
+            return self.pool.sql(sql, limit=limit, timeout_s=timeout_s, as_of=as_of)
+        from vendwatch.lake.query import LakeSQL
+
+        return LakeSQL(self.settings).run(sql, limit=limit, timeout_s=timeout_s, as_of=as_of)
+
+    def report(self, name: str, **kwargs: Any) -> QueryResult:
+        if self.pool is not None:
+            return self.pool.report(name, **kwargs)
+        from vendwatch.lake.reports import run_report
+
+        return run_report(self.settings, name, **kwargs)
 
 
 def _as_of(v: str | int | None) -> Any:
@@ -74,6 +107,8 @@ def routes(ctx: Context) -> list[Route]:
     """Routes of the lake API (mounted by the console role)."""
     # each query may take lake.sql_memory_limit: bound how many run at once
     slots = asyncio.Semaphore(ctx.settings.lake.sql_max_concurrent)
+    runner = _Runner(ctx.settings)
+    ctx.extras["sql_runner"] = runner
 
     @require(ctx, "operator")
     async def post_sql(request: Request) -> Response:
@@ -91,15 +126,11 @@ def routes(ctx: Context) -> list[Route]:
             as_of = _as_of(req.as_of)
         except ValueError:
             return error_response(400, "bad_request", f"as_of: not a snapshot id or ISO 8601 timestamp: {req.as_of!r}")
-        from vendwatch.lake.query import LakeSQL
-
         cfg = ctx.settings.lake
         timeout = min(req.timeout_s or cfg.sql_timeout_s, cfg.sql_timeout_s)  # a client may only shorten it
         try:
             async with slots:
-                res = await run_in_threadpool(
-                    LakeSQL(ctx.settings).run, req.sql, limit=limit, timeout_s=timeout, as_of=as_of
-                )
+                res = await run_in_threadpool(runner.sql, req.sql, limit=limit, timeout_s=timeout, as_of=as_of)
         except QueryError as e:
             return _query_error(e)
         return _respond(res, req.format, "query")
@@ -107,7 +138,7 @@ def routes(ctx: Context) -> list[Route]:
     @require(ctx, "viewer")
     async def get_report(request: Request) -> Response:
         from vendwatch.lake.dex_reports import DEX_REPORTS
-        from vendwatch.lake.reports import REPORTS, run_report
+        from vendwatch.lake.reports import REPORTS
 
         name = request.path_params["name"]
         if name in DEX_REPORTS:
@@ -127,7 +158,7 @@ def routes(ctx: Context) -> list[Route]:
             return error_response(400, "bad_request", f"query parameters: {e} (dates are YYYY-MM-DD)")
         try:
             async with slots:
-                res = await run_in_threadpool(run_report, ctx.settings, name, since=since, until=until, limit=limit)
+                res = await run_in_threadpool(runner.report, name, since=since, until=until, limit=limit)
         except QueryError as e:
             return _query_error(e)
         return _respond(res, fmt, name)

@@ -6,14 +6,20 @@ natively, with projection and row-group pruning). We do not use DuckDB's iceberg
 extension: its Python package is pinned to another DuckDB release, and it cannot
 read a SQL catalog, only a metadata file (see docs/lake.md).
 
-Read-only is enforced three ways: only a single SELECT / EXPLAIN statement is
-accepted; after the views are made, DuckDB's external access is switched off except
-for the warehouse directory, extension installing and loading is off, and the
-configuration is locked so the query cannot switch any of it back on.
+Read-only is enforced three ways: only a single query is accepted (its parse tree
+is checked: a SELECT, or EXPLAIN [ANALYZE] of one, with no INSERT/UPDATE/DELETE
+hidden in a CTE); after the views are made, DuckDB's file access is switched off
+except for exactly the data files of the planned snapshots (``allowed_paths``; no
+directory, so no other snapshot, no metadata and no file removed by retention can
+be read), spilling to a temp directory is off (DuckDB would allow reading it),
+extension installing and loading is off, and the configuration is locked so the
+query cannot switch any of it back on. Answers are bounded in rows and bytes; the
+HTTP API runs queries in memory-capped worker processes (``lake/sandbox.py``).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 from collections.abc import Iterable
@@ -46,7 +52,10 @@ from vendwatch.lake.formats import normalize
 
 _TABLE_REF = re.compile(r'"?\b(' + "|".join(NAMESPACES) + r')"?\s*\.\s*"?([A-Za-z_][A-Za-z0-9_]*)"?', re.I)
 _ALLOWED = {duckdb.StatementType.SELECT, duckdb.StatementType.EXPLAIN}
-_EXPLAIN_SELECT = re.compile(r"\s*explain\s+(analy[sz]e\s+)?[(\s]*(select|with|from|values)\b", re.I)
+# query-node types of a read-only parse tree (json_serialize_sql); anything else, such as
+# DELETE_QUERY_NODE inside a CTE, is refused
+_READ_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
+_BATCH_ROWS = 1024  # rows per Arrow batch read from DuckDB: bounds one batch's memory
 _DUCK_TYPES: dict[type[IcebergType], str] = {
     StringType: "VARCHAR",
     LongType: "BIGINT",
@@ -70,6 +79,10 @@ class QueryRefused(QueryError):
 
 class QueryTimeout(QueryError):
     """The query ran longer than its timeout and was interrupted."""
+
+
+class QueryTooLarge(QueryError):
+    """The query needed more memory than it may use, or its answer cannot be represented."""
 
 
 @dataclass
@@ -102,6 +115,8 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         stmts = con.extract_statements(sql)
     except duckdb.Error as e:
         raise QueryError(f"SQL syntax error: {e}") from None
+    if not stmts:
+        raise QueryError("the query is empty")
     if len(stmts) != 1:
         raise QueryRefused(f"exactly one statement is allowed, got {len(stmts)}")
     kind = stmts[0].type
@@ -109,9 +124,47 @@ def check_statement(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryRefused(
             f"read-only: {kind.name} statements are not allowed; the lake is queried with SELECT only"
         )
-    if kind == duckdb.StatementType.EXPLAIN and not _EXPLAIN_SELECT.match(stmts[0].query):
-        # EXPLAIN ANALYZE runs its statement: only a query may follow
-        raise QueryRefused("read-only: EXPLAIN is allowed for SELECT queries only")
+    query = stmts[0].query
+    if kind == duckdb.StatementType.EXPLAIN:
+        # EXPLAIN ANALYZE runs its statement: what follows must itself pass as a query
+        query = _explained(query)
+        inner = con.extract_statements(query)
+        if len(inner) != 1 or inner[0].type != duckdb.StatementType.SELECT:
+            raise QueryRefused("read-only: EXPLAIN is allowed for SELECT queries only")
+    _check_tree(con, query)
+
+
+def _explained(sql: str) -> str:
+    """The statement after ``EXPLAIN [ANALYZE]`` (comments skipped by DuckDB's own tokenizer)."""
+    tokens = duckdb.tokenize(sql)
+    words = [(pos, sql[pos:tokens[i + 1][0] if i + 1 < len(tokens) else len(sql)].strip().lower())
+             for i, (pos, kind) in enumerate(tokens) if kind != duckdb.token_type.comment]
+    i = 1  # words[0] is EXPLAIN
+    if i < len(words) and words[i][1] in ("analyze", "analyse"):
+        i += 1
+    if i >= len(words) or words[i][1].startswith("("):
+        raise QueryRefused("read-only: EXPLAIN is allowed for SELECT queries only (EXPLAIN or EXPLAIN ANALYZE,"
+                           " without options)")
+    return sql[words[i][0]:]
+
+
+def _check_tree(con: duckdb.DuckDBPyConnection, query: str) -> None:
+    row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
+    doc = json.loads(row[0]) if row else {"error": True}
+    if doc.get("error"):
+        raise QueryRefused("read-only: only SELECT queries are allowed"
+                           f" ({doc.get('error_message', 'not a query')})")
+    stack: list[Any] = [doc["statements"]]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            t = node.get("type")
+            if isinstance(t, str) and t.endswith("_NODE") and t not in _READ_NODES:
+                verb = t.removesuffix("_QUERY_NODE").removesuffix("_NODE")
+                raise QueryRefused(f"read-only: {verb} is not allowed, not even inside a query")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 class LakeSQL:
@@ -151,8 +204,9 @@ class LakeSQL:
         raise QueryError(f"snapshot {as_of} belongs to none of the queried tables")
 
     # -- views -----------------------------------------------------------------
-    def _view_sql(self, table: Table, snapshot_id: int | None) -> tuple[str, Any]:
-        """SQL (or an Arrow object to register) that reads the table at ``snapshot_id``."""
+    def _view_sql(self, table: Table, snapshot_id: int | None, paths_out: list[str] | None = None) -> tuple[str, Any]:
+        """SQL (or an Arrow object to register) that reads the table at ``snapshot_id``;
+        the data files it reads are appended to ``paths_out``."""
         # read with the table's current schema: columns added later read as NULL
         cur = table.schema()
         cols = [(f.field_id, f.name, _duck_type(f.field_type)) for f in cur.fields]
@@ -169,6 +223,8 @@ class LakeSQL:
             present.update((t.file.value_counts or {}).keys())
             present.update((t.file.column_sizes or {}).keys())
         paths = [_local_path(t.file.file_path) for t in tasks]
+        if paths_out is not None:
+            paths_out.extend(paths)
         files = "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
         select = ", ".join(
             f'CAST("{n}" AS {ty}) AS "{n}"' if fid in present else f'CAST(NULL AS {ty}) AS "{n}"'
@@ -202,12 +258,13 @@ class LakeSQL:
         })
         con.execute("SET TimeZone='UTC'")
         snapshots: dict[str, int | None] = {}
+        files: list[str] = []
         for ns in NAMESPACES:
             con.execute(f"CREATE SCHEMA IF NOT EXISTS {ns}")
         for name, table in loaded.items():
             sid = pins[name] if name in pins else self._snapshot_for(table, as_of, as_of_ms)
             snapshots[name] = sid
-            sql, arrow = self._view_sql(table, sid)
+            sql, arrow = self._view_sql(table, sid, files)
             ns, tname = name.split(".", 1)
             if arrow is not None:
                 reg = f"__arrow_{ns}_{tname}"
@@ -219,7 +276,7 @@ class LakeSQL:
             con.execute(f'CREATE VIEW {ns}."{tname}" AS {_empty_select(schemas.TABLES[name].schema.fields)}')
             snapshots[name] = None
         if lock:
-            _lock_down(con, self.warehouse)
+            _lock_down(con, files)
         return con, snapshots
 
     def run(self, sql: str, *, limit: int | None = None, timeout_s: float | None = None, as_of: AsOf = None) -> QueryResult:
@@ -236,22 +293,42 @@ class LakeSQL:
         timer = threading.Timer(timeout_s, con.interrupt)
         timer.start()
         try:
-            reader = con.sql(sql).to_arrow_reader(min(max(limit, 1) + 1, 100_000))
-            batches, n = [], 0
+            reader = con.sql(sql).to_arrow_reader(min(max(limit, 1) + 1, _BATCH_ROWS))
+            batches, n, size, cut = [], 0, 0, False
             for b in reader:
+                if size + b.nbytes > cfg.sql_max_result_bytes:
+                    # keep the rows that fit (an estimate from the batch's average row size)
+                    room = cfg.sql_max_result_bytes - size
+                    keep = int(b.num_rows * room / b.nbytes) if b.nbytes else b.num_rows
+                    batches.append(b.slice(0, keep))
+                    n += keep
+                    cut = True
+                    break
                 batches.append(b)
                 n += b.num_rows
+                size += b.nbytes
                 if n > limit:
                     break
             out = normalize(pa.Table.from_batches(batches, schema=reader.schema).slice(0, limit))
             metrics.SQL_QUERIES.labels("ok").inc()
-            return QueryResult(out, n > limit, snaps)
+            return QueryResult(out, cut or n > limit, snaps)
         except duckdb.InterruptException:
             metrics.SQL_QUERIES.labels("timeout").inc()
             raise QueryTimeout(f"query interrupted after the {timeout_s:g}s timeout") from None
         except duckdb.PermissionException as e:
             metrics.SQL_QUERIES.labels("refused").inc()
             raise QueryRefused(f"refused: {_first_line(e)} (only lake tables can be read)") from None
+        except (duckdb.OutOfMemoryException, MemoryError, pa.ArrowCapacityError, pa.ArrowMemoryError) as e:
+            metrics.SQL_QUERIES.labels("too_large").inc()
+            raise QueryTooLarge(f"the query needs more memory than it may use ({_first_line(e)});"
+                                " aggregate, filter or select fewer columns") from None
+        except (pa.ArrowException, OSError) as e:  # DuckDB's Arrow export reports OOM as OSError
+            if "memory" in str(e).lower():
+                metrics.SQL_QUERIES.labels("too_large").inc()
+                raise QueryTooLarge(f"the answer needs more memory than a query may use ({_first_line(e)});"
+                                    " select fewer or smaller columns") from None
+            metrics.SQL_QUERIES.labels("error").inc()
+            raise QueryError(f"the answer cannot be returned: {_first_line(e)}") from None
         except duckdb.Error as e:
             metrics.SQL_QUERIES.labels("error").inc()
             raise QueryError(_first_line(e)) from None
@@ -277,10 +354,13 @@ def _local_path(uri: str) -> str:
     return uri[len("file://"):] if uri.startswith("file://") else uri
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, warehouse: Any) -> None:
-    """No file, network or extension access beyond the warehouse; settings frozen."""
-    if warehouse is not None:
-        con.execute("SET allowed_directories=[?]", [str(warehouse).rstrip("/") + "/"])
+def _lock_down(con: duckdb.DuckDBPyConnection, files: list[str]) -> None:
+    """No file, network or extension access beyond the planned data files; settings frozen."""
+    if files:
+        con.execute("SET allowed_paths=?", [sorted(set(files))])
+    # DuckDB allows reading its temp directory (default <cwd>/.tmp) even with external
+    # access off: no spilling, so no such directory (the memory limit holds instead)
+    con.execute("SET temp_directory=''")
     con.execute("SET enable_external_access=false")
     con.execute("SET allow_community_extensions=false")
     con.execute("SET lock_configuration=true")
