@@ -83,6 +83,8 @@ def client_config(s: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
+_LEADER_MOVING = frozenset({ck.KafkaError.NOT_LEADER_FOR_PARTITION, ck.KafkaError.LEADER_NOT_AVAILABLE})
+
 class _Batch:
     """Collects the delivery reports of one ``append`` call."""
 
@@ -265,12 +267,20 @@ class KafkaLog(Log):
         return c
 
     def _watermarks(self, topic: str, partition: int) -> tuple[int, int]:
-        try:
-            return self._reader().get_watermark_offsets(
-                ck.TopicPartition(self.kafka_topic(topic), partition), timeout=10, cached=False
-            )
-        except ck.KafkaException as e:
-            raise LogUnavailable(f"cannot read offsets of {topic}/{partition}: {e}") from e
+        # a partition whose leader is being elected (a topic just created, a broker
+        # restarting) answers NOT_LEADER / LEADER_NOT_AVAILABLE for a moment: retry those
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                return self._reader().get_watermark_offsets(
+                    ck.TopicPartition(self.kafka_topic(topic), partition), timeout=10, cached=False
+                )
+            except ck.KafkaException as e:
+                err = e.args[0] if e.args and isinstance(e.args[0], ck.KafkaError) else None
+                if err is not None and err.code() in _LEADER_MOVING and time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    continue
+                raise LogUnavailable(f"cannot read offsets of {topic}/{partition}: {e}") from e
 
     def read(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> list[Record]:
         n = self.partitions(topic)
