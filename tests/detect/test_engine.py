@@ -62,6 +62,27 @@ def test_out_of_order_events_count_in_their_window() -> None:
     assert transitions(run(evs, 30), "repeated_transaction_failures") == [("firing", 6), ("resolved", 10)]
 
 
+def test_late_event_after_a_count_resolve_never_repeats_a_signal_id() -> None:
+    # five failures in 10 minutes fire at minute 4 and resolve at 10; a failure of
+    # minute 2.5 that arrives at minute 12 fills the window again
+    evs = [Ev(m, "transaction", FAIL) for m in range(5)] + [Ev(2.5, "transaction", FAIL, arrive=12)]
+    out = run(evs, 30)
+    ids = [o.signal.signal_id for o in out]
+    assert len(ids) == len(set(ids)), "a signal id was emitted twice"
+    # the window held 5 failures until minute 11: the resolve at 10 was early, the rule
+    # fires again from then on (not from minute 4, the first firing's instant and id)
+    assert transitions(out, "repeated_transaction_failures") == [
+        ("firing", 4), ("resolved", 10), ("firing", 10), ("resolved", 11)]
+    # a late failure whose window had closed before the resolve belongs to the episode
+    # already reported: nothing new
+    evs[-1] = Ev(-5.5, "transaction", FAIL, arrive=12)
+    assert transitions(run(evs, 30), "repeated_transaction_failures") == [("firing", 4), ("resolved", 10)]
+    # a second failure at the firing's own instant, after the resolve: no repeat either
+    evs[-1] = Ev(4, "transaction", FAIL, id="tx-again", arrive=12)
+    out = run(evs, 30)
+    assert len({o.signal.signal_id for o in out}) == len(out)
+
+
 def test_timer_rules_fire_at_their_own_deadline_whatever_the_lateness() -> None:
     hot = [Ev(0, "telemetry", {"cpu_pct": 99}), Ev(9.5, "telemetry", {"cpu_pct": 10}, arrive=11)]
     # the cooling reading took 1.5 minutes to arrive: the timer did not wait for it, the

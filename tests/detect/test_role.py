@@ -312,6 +312,46 @@ def test_timers_due_after_replay_are_not_repeated(tmp_path: Path, clock: str) ->
     assert [s.signal_id for s in after] == [s.signal_id for s in before], "a signal was emitted twice"
 
 
+def _refunds(base: float, minutes: list[float], device: str = "VM-1") -> list[tuple[str, bytes]]:
+    from datetime import UTC, datetime
+
+    from vendwatch import events as ev
+
+    out = []
+    for m in minutes:
+        t = datetime.fromtimestamp(base + m * 60, UTC)
+        se = ev.StoredEvent(event_id=f"{device}-refund-{m}", device_id=device, type="refund", occurred_at=t,
+                            received_at=t, data=msgspec.Raw(b'{"amount_minor": 200}'), site_id="S1")
+        out.append((device, ev.encode(se)))
+    return out
+
+
+def test_late_refund_after_a_resolve_does_not_repeat_the_firing_across_a_crash(tmp_path: Path) -> None:
+    # refunds_above_normal: 6 refunds within 1 h. Six refunds of three hours ago fire, and
+    # the wall clock resolves them at once (the window closed long ago). A refund sent
+    # late (a device resending what it buffered while the collector was being killed)
+    # fills the window again: the firing it makes must not carry the first firing's id.
+    base = time.time() - 3 * 3600
+    seed(tmp_path, _refunds(base, [0, 1, 2, 3, 4, 5]))
+    more = {"detect.clock": "wall", "detect.batch_size": 5000}
+    ctx = make_ctx(tmp_path, **more)
+    det = Detector(ctx)
+    det.step()
+    rule = "refunds_above_normal"
+    assert [s.status for s in on_topic(ctx) if s.rule_id == rule] == ["firing", "resolved"]
+    ctx.log.append(EVENTS, _refunds(base, [3.5]))
+    det.step()
+    # SIGKILL: the role object is gone; a new process resumes over the same data directory
+    ctx2 = make_ctx(tmp_path, **more)
+    run_to_end(Detector(ctx2))
+    got = [s for s in on_topic(ctx2) if s.rule_id == rule]
+    ids = Counter(s.signal_id for s in got)
+    assert [sid for sid, n in ids.items() if n > 1] == [], "a signal was emitted twice"
+    # the late refund shows the first resolve was early: the rule fires again from then on
+    assert [(s.status, round((s.occurred_at.timestamp() - base) / 60, 3)) for s in got] == [
+        ("firing", 5.0), ("resolved", 60.0), ("firing", 60.0), ("resolved", 61.0)]
+
+
 def test_failed_checkpoint_on_revoke_still_releases_the_partitions(
         fleet: list[tuple[str, bytes]], reference: list[Signal], tmp_path: Path) -> None:
     from prometheus_client import REGISTRY

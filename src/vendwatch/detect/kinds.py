@@ -465,7 +465,15 @@ class ActiveAbsenceKind(AbsenceKind):
 class CountKind(Kind):
     """At least ``threshold`` matching events within a sliding event-time ``window``.
 
-    inst: [sorted event times (bounded), firing_since | None, last event ids (<= threshold)]
+    inst: [sorted event times (bounded), firing_since | None, last event ids (<= threshold),
+    time of the last resolve | None]
+
+    A late event can make the window full again after the episode it belongs to was
+    resolved. The condition then held from the resolve on (the resolve was early), so
+    the new firing happens at the resolve's instant, never before it: firing at the
+    newest event time instead would repeat the earlier firing's signal id (ids are
+    deterministic). A late event whose window closed before the resolve belongs to an
+    episode already reported and fires nothing.
     """
 
     def __init__(self, idx: int, rule: Rule, eng: Engine) -> None:
@@ -484,7 +492,7 @@ class CountKind(Kind):
             return
         inst = dev.rules.get(self.idx)
         if inst is None:
-            inst = dev.rules[self.idx] = [[], None, []]
+            inst = dev.rules[self.idx] = [[], None, [], None]
         times = inst[0]
         if times and t <= times[-1] - self.window:
             return  # outside the window already
@@ -499,9 +507,14 @@ class CountKind(Kind):
         if len(ids) > self.thr:
             del ids[0]
         if inst[1] is None and len(times) >= self.thr:
-            inst[1] = times[-1]
-            self.eng.emit(self.rule, dev, "firing", times[-1], self.key(dev),
-                          {"count": len(times), "threshold": self.thr, "window": self.window}, ids)
+            at = times[-1]
+            resolved = inst[3]
+            if resolved is not None and at <= resolved:
+                at = resolved
+            if times[-self.thr] + self.window > at:  # the window is still full at `at`
+                inst[1] = at
+                self.eng.emit(self.rule, dev, "firing", at, self.key(dev),
+                              {"count": len(times), "threshold": self.thr, "window": self.window}, ids)
         if inst[1] is not None:
             self.eng.schedule(dev, self.deadline(dev, inst))
 
@@ -517,10 +530,16 @@ class CountKind(Kind):
             return
         del times[: len(times) - self.thr + 1]
         inst[1] = None
+        inst[3] = d
         self.eng.emit(self.rule, dev, "resolved", d, self.key(dev),
                       {"count": len(times), "threshold": self.thr, "window": self.window})
         if not times:
             del dev.rules[self.idx]
+
+    def restore(self, inst: list[Any]) -> list[Any]:
+        if len(inst) == 3:  # saved before the last resolve's time was kept
+            inst.append(None)
+        return inst
 
 
 class RatioKind(Kind):

@@ -79,6 +79,9 @@ class Detector:
 
     def __init__(self, ctx: Context, engine: Engine | None = None) -> None:
         self.ctx = ctx
+        # the detector's tables (registered by detect.store) exist even when the state
+        # store was opened before this module was imported (`vendwatch run detector`)
+        ctx.state.migrate()
         self.s = ctx.settings.detect
         self.engine = engine or build_engine(ctx)
         self.group = "vendwatch-detector"
