@@ -135,5 +135,5 @@ def test_replay_republishes_in_order_and_lake_does_not_grow(filled):
 
 def test_summary(filled):
     out = summary(filled)
-    # one writer commit; raw.rejected exists but never got a row
-    assert out["raw_events_rows"] == 18 and out["lake_snapshots"] == 1 and out["lake_tables"] == 2
+    # one writer commit; raw.rejected and raw.system_logs exist but never got a row
+    assert out["raw_events_rows"] == 18 and out["lake_snapshots"] == 1 and out["lake_tables"] == 3
