@@ -149,8 +149,9 @@ def _explained(sql: str) -> str:
 
 
 def _check_tree(con: duckdb.DuckDBPyConnection, query: str) -> None:
-    row = con.execute("SELECT json_serialize_sql(?)", [query]).fetchone()
-    doc = json.loads(row[0]) if row else {"error": True}
+    # fetchall, not fetchone: an unfinished result blocks the connection's next query
+    rows = con.execute("SELECT json_serialize_sql(?)", [query]).fetchall()
+    doc = json.loads(rows[0][0]) if rows else {"error": True}
     if doc.get("error"):
         raise QueryRefused("read-only: only SELECT queries are allowed"
                            f" ({doc.get('error_message', 'not a query')})")
