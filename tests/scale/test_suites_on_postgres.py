@@ -13,7 +13,9 @@ import pytest
 from tests.contract.pg_backend import postgres_dsn
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+# the incident suite grew (acceptance runs of two virtual minutes, SIGKILL tests): on
+# PostgreSQL it takes ~10-15 min on 2 cores
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 SUITES = ["tests/incidents", "tests/test_stage_dead_letters.py"]
 
@@ -24,7 +26,7 @@ def test_suite_passes_with_state_on_postgres(suite: str) -> None:
     assert (ROOT / suite).exists(), f"{suite} is missing"
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "tests.scale.pg_state_plugin", "-p", "no:cacheprovider", suite],
-        cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=580,
+        cwd=ROOT, env={**os.environ}, capture_output=True, text=True, timeout=1750,
     )
     tail = "\n".join(r.stdout.splitlines()[-40:])
     assert r.returncode == 0, f"{suite} on PostgreSQL:\n{tail}\n{r.stderr[-2000:]}"
