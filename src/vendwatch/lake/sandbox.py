@@ -70,7 +70,9 @@ def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int)
             return
         except Exception as e:  # the message reaches the analyst; the traceback stays here
             log.exception("query failed in the worker")
-            conn.send(("error", "QueryError", f"the query failed: {type(e).__name__}", True))
+            # often the process, not the query (e.g. no address space left for a thread
+            # after an earlier query ran out of memory): the pool retries once elsewhere
+            conn.send(("error", "WorkerFault", f"the query failed: {type(e).__name__}", True))
             return
 
 
@@ -144,6 +146,15 @@ class QueryPool:
         return self._run("report", {"name": name, **kwargs}, self.settings.lake.sql_timeout_s)
 
     def _run(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> QueryResult:
+        answer = self._once(op, kwargs, timeout_s)
+        if answer[0] == "error" and answer[1] == "WorkerFault":
+            answer = self._once(op, kwargs, timeout_s)  # the faulty worker retired: a fresh one
+        if answer[0] == "error":
+            raise _ERRORS.get(answer[1], QueryError)(answer[2])
+        _, ipc, truncated, snapshots, _ = answer
+        return QueryResult(pa.ipc.open_stream(ipc).read_all(), truncated, snapshots)
+
+    def _once(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> tuple[Any, ...]:
         with self._slots:
             try:
                 w = self._idle.get_nowait()
@@ -161,10 +172,7 @@ class QueryPool:
                 else:
                     with self._lock:
                         self._all.remove(w)
-        if answer[0] == "error":
-            raise _ERRORS.get(answer[1], QueryError)(answer[2])
-        _, ipc, truncated, snapshots, _ = answer
-        return QueryResult(pa.ipc.open_stream(ipc).read_all(), truncated, snapshots)
+        return answer
 
     def close(self) -> None:
         with self._lock:
