@@ -10,6 +10,7 @@ multiply the series count.
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -76,7 +77,11 @@ class FleetCollector(Collector):
         with self._lock:
             now = self.clock()
             if now - self._at >= self.ttl_s:
-                self._cached = self._compute(now)
+                try:
+                    self._cached = self._compute(now)
+                except Exception as e:  # noqa: BLE001 - a scrape must never fail for the fleet gauges
+                    # (a closed pool, a store not migrated yet): keep the last figures
+                    logging.getLogger("vendwatch.observe").debug("fleet gauges not refreshed: %s", e)
                 self._at = now
             yield from self._cached
 
