@@ -133,7 +133,8 @@ def test_a_query_that_exhausts_memory_is_a_4xx_and_the_server_survives(
     assert "Traceback" not in r.text and r.json()["error"]["message"]
     assert _rss_mb() - before < 200
     ok = c.post("/v1/sql", headers=auth, json={"sql": "SELECT count(*) AS n FROM raw.events"})
-    assert ok.status_code == 200 and ok.json()["rows"] == [{"n": 13}]
+    assert ok.status_code == 200, ok.text[:500]
+    assert ok.json()["rows"] == [{"n": 13}]
 
 
 def test_a_gigabyte_answer_is_truncated_without_growing_the_server(api: tuple[TestClient, dict[str, str]]) -> None:
@@ -153,3 +154,25 @@ def test_sql_api_still_refuses_writes_and_files(api: tuple[TestClient, dict[str,
     assert r.status_code == 400
     r = c.get("/v1/reports/device-last-seen", headers=auth)
     assert r.status_code == 200, r.text[:300]
+
+
+_PROBE = """
+import resource, sys
+from vendwatch.lake.sandbox import _vm_size_kb, healthy
+assert healthy()
+room = (_vm_size_kb() + 64 * 1024) * 1024  # 64 MB above what it holds now: too little for a query
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+print("broken-looks-healthy" if healthy() else "broken-detected")
+"""
+
+
+def test_a_worker_left_without_room_is_found_broken_and_not_kept() -> None:
+    """After a query fails, the worker checks it can still allocate and run DuckDB threads;
+    one that cannot (what an earlier out-of-memory query can leave) reports itself broken
+    and the pool re-runs the query in a fresh worker instead of answering 400."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "broken-detected"

@@ -16,7 +16,7 @@ from vendwatch.api.auth import error_response, json_response, require
 from vendwatch.api.params import int_param
 from vendwatch.config import Settings
 from vendwatch.lake import formats
-from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge
+from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge, QueryUnavailable
 from vendwatch.runtime import Context
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ def _query_error(e: QueryError) -> Response:
         return error_response(408, "timeout", str(e))
     if isinstance(e, QueryTooLarge):
         return error_response(413, "too_large", str(e))
+    if isinstance(e, QueryUnavailable):
+        return error_response(503, "unavailable", str(e), headers={"retry-after": "5"})
     return error_response(400, "query_error", str(e))
 
 

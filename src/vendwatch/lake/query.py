@@ -85,6 +85,10 @@ class QueryTooLarge(QueryError):
     """The query needed more memory than it may use, or its answer cannot be represented."""
 
 
+class QueryUnavailable(QueryError):
+    """The server could not run the query now (no worker process); not the query's fault."""
+
+
 @dataclass
 class QueryResult:
     table: pa.Table

@@ -23,7 +23,7 @@ import msgspec
 import pyarrow as pa
 
 from vendwatch.config import Settings
-from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge
+from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge, QueryUnavailable
 
 log = logging.getLogger("vendwatch.lake.sandbox")
 _ERRORS: dict[str, type[QueryError]] = {c.__name__: c for c in (QueryError, QueryRefused, QueryTimeout, QueryTooLarge)}
@@ -63,7 +63,14 @@ def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int)
         except QueryTooLarge as e:
             conn.send(("error", "QueryTooLarge", str(e), True))
             return  # a process that ran out of memory may be left unable to start threads: retire
+        except QueryRefused as e:
+            conn.send(("error", type(e).__name__, str(e), _worn_out(memory_mb, baseline_kb)))
         except QueryError as e:
+            if not healthy():
+                # the error may be the process's, not the query's (an earlier query that ran
+                # out of memory can leave no room for a thread): the pool retries elsewhere
+                conn.send(("error", "WorkerFault", str(e), True))
+                return
             conn.send(("error", type(e).__name__, str(e), _worn_out(memory_mb, baseline_kb)))
         except MemoryError:
             conn.send(("error", "QueryTooLarge", "the query needs more memory than a query may use", True))
@@ -74,6 +81,30 @@ def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int)
             # after an earlier query ran out of memory): the pool retries once elsewhere
             conn.send(("error", "WorkerFault", f"the query failed: {type(e).__name__}", True))
             return
+
+
+def healthy(min_room_mb: int = 128) -> bool:
+    """Can this process still do what any query needs: have address space left under its
+    cap for thread stacks and buffers, and run DuckDB on its threads? Checked after a query
+    fails, so a broken worker is not kept. (A Python thread started with no room left hangs
+    instead of failing, so the room is measured, not tried.)"""
+    import resource
+
+    import duckdb
+
+    cap, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if cap != resource.RLIM_INFINITY and cap - _vm_size_kb() * 1024 < min_room_mb * 1024 * 1024:
+        return False
+    try:
+        con = duckdb.connect(":memory:")
+        try:
+            con.execute("SET threads = 2")
+            con.execute("SELECT sum(range) FROM range(1000000)").fetchall()
+        finally:
+            con.close()
+        return True
+    except Exception:  # any failure means "do not keep this worker"
+        return False
 
 
 def _vm_size_kb() -> int:
@@ -101,10 +132,13 @@ class _Worker:
                                 args=(child, msgspec.to_builtins(settings), settings.lake.sql_worker_memory_mb))
         self.proc.start()
         child.close()
-        if not self.conn.poll(_START_TIMEOUT_S):
+        try:
+            if not self.conn.poll(_START_TIMEOUT_S):
+                raise EOFError
+            self.conn.recv()
+        except (EOFError, OSError):
             self.kill()
-            raise QueryError("the query worker did not start")
-        self.conn.recv()
+            raise QueryUnavailable("no query worker could be started; try again shortly") from None
 
     def call(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> tuple[Any, ...]:
         self.conn.send((op, kwargs))
