@@ -16,7 +16,14 @@ from vendwatch.api.auth import error_response, json_response, require
 from vendwatch.api.params import int_param
 from vendwatch.config import Settings
 from vendwatch.lake import formats
-from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge, QueryUnavailable
+from vendwatch.lake.query import (
+    QueryError,
+    QueryRefused,
+    QueryResult,
+    QueryTimeout,
+    QueryTooLarge,
+    QueryUnavailable,
+)
 from vendwatch.runtime import Context
 
 if TYPE_CHECKING:

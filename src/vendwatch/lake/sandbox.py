@@ -23,7 +23,14 @@ import msgspec
 import pyarrow as pa
 
 from vendwatch.config import Settings
-from vendwatch.lake.query import QueryError, QueryRefused, QueryResult, QueryTimeout, QueryTooLarge, QueryUnavailable
+from vendwatch.lake.query import (
+    QueryError,
+    QueryRefused,
+    QueryResult,
+    QueryTimeout,
+    QueryTooLarge,
+    QueryUnavailable,
+)
 
 log = logging.getLogger("vendwatch.lake.sandbox")
 _ERRORS: dict[str, type[QueryError]] = {c.__name__: c for c in (QueryError, QueryRefused, QueryTimeout, QueryTooLarge)}
