@@ -8,6 +8,7 @@ crash, text for a technician, reference fields and OAuth expiry.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections.abc import Iterator
@@ -159,6 +160,7 @@ def test_query_syntax_in_a_dedupe_key_adopts_no_other_ticket(tmp_path: Path, clo
 
 
 _device_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+_example = itertools.count(1)  # a device of its own per example: the PostgreSQL re-run shares one schema
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -172,10 +174,11 @@ def test_device_text_never_reaches_a_query_as_syntax(tmp_path_factory: pytest.Te
     srv = emu.serve()
     ctx = context(tmp_path_factory.mktemp("prop"), **sn(srv.url))
     try:
-        ctx.state.add_device("VM-0001", "SITE-1", serial=serial, model=model, location=location)
+        device = f"VM-P{next(_example):04d}"
+        ctx.state.add_device(device, "SITE-1", serial=serial, model=model, location=location)
         orch = Orchestrator(ctx, clock=clock)
-        key = f"sensor_malfunction/VM-0001/{component}"
-        sig = make_signal(clock, key=key, rule_id="sensor_malfunction", summary=summary)
+        key = f"sensor_malfunction/{device}/{component}"
+        sig = make_signal(clock, key=key, rule_id="sensor_malfunction", summary=summary, device_id=device)
         sig.labels["component"] = label
         publish(ctx, sig)
         run_for(orch, clock, 3)
