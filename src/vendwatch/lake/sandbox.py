@@ -37,10 +37,28 @@ _ERRORS: dict[str, type[QueryError]] = {c.__name__: c for c in (QueryError, Quer
 _START_TIMEOUT_S = 120.0  # a worker imports DuckDB, pyarrow and pyiceberg once
 
 
+def _fewer_reservations() -> None:
+    """The cap counts address space, not memory used: keep what threads reserve small.
+    glibc gives each new thread a 64 MB malloc arena (up to 8 per core) and pyiceberg plans
+    scans on a pool of cpu + 4 threads; a dozen threads reserved ~1 GB of a 2 GB cap and
+    left no room to start the query's timer thread. Two arenas, two planning threads."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    os.environ["PYICEBERG_MAX_WORKERS"] = "2"
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-8, 2)  # M_ARENA_MAX (malloc.h); a no-op where the C library is not glibc
+    except (OSError, AttributeError):
+        pass
+
+
 def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int) -> None:
     """The worker's loop: one request at a time, answers Arrow IPC bytes or an error."""
     import resource
 
+    _fewer_reservations()
     if memory_mb > 0:
         cap = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
