@@ -40,6 +40,7 @@ from vendwatch import events as ev
 from vendwatch.bus.base import EVENTS, SIGNALS
 from vendwatch.config import load_settings
 from vendwatch.emulators.servicenow import ServiceNowEmulator
+from vendwatch.incidents.servicenow.mapping import correlation_id
 from vendwatch.runtime import Context, Supervisor, build_components
 from vendwatch.signals import decode_signal
 
@@ -75,7 +76,8 @@ class Load:
         for d in self.warm:
             self.site[d] = "S-FS"
         self.silent = rnd.sample(self.devices, args.silent)
-        self.jam_pool = [d for d in self.devices if d not in set(self.silent)]
+        self.talkers = [d for d in self.devices if d not in set(self.silent)]  # filler keeps the rate
+        self.jam_pool = list(self.talkers)
         rnd.shuffle(self.jam_pool)
 
     def schedule(self, start: float) -> None:
@@ -117,9 +119,7 @@ class Load:
             out.append((d, _event(eid, d, self.site[d], "fault", now, {"code": "motor_jam", "state": "raised"})))
             self.jams[eid] = (d, now)
         for _ in range(max(0, int(a.rate * SLICE_S) - len(out))):
-            d = self.devices[self.rnd.randrange(len(self.devices))]
-            if not self.alive(d, now):
-                continue
+            d = self.talkers[self.rnd.randrange(len(self.talkers))]
             out.append((d, _event(f"{d}-x-{self.n}", d, self.site[d], "telemetry", now,
                                   {"cabinet_temp_c": 24.0, "refrigeration_temp_c": 4.0, "door_open": False,
                                    "voltage_v": 230.0, "cpu_pct": 20.0})))
@@ -191,6 +191,13 @@ def main() -> None:
             off = recs[-1].offset + 1
     opened = {k: float(t) for k, t in ctx.state.db.query("SELECT dedupe_key, MIN(opened_at) FROM incidents"
                                                          " GROUP BY dedupe_key")}
+    # a ticket carries its incident's correlation id, not the dedupe key: map it back
+    by_correlation = {correlation_id(i): k for i, k in ctx.state.db.query("SELECT incident_id, dedupe_key FROM incidents")}
+    ticketed: dict[str, float] = {}
+    for cid, t in tickets.items():
+        if cid in by_correlation:
+            ticketed[by_correlation[cid]] = min(t, ticketed.get(by_correlation[cid], t))
+    tickets = ticketed
     fired = {s.dedupe_key: s for s in sigs if s.status == "firing"}
     off_sig, off_inc, off_tic, missed = [], [], [], 0
     for d, at in load.silence_at.items():
