@@ -69,3 +69,21 @@ def test_function_api_for_other_front_doors() -> None:
     rec = msgspec.json.decode(quarantine_record("VM-1", _now(), "bad topic", b"\xff not json"))
     assert rec["reason"] == "bad topic" and isinstance(rec["raw"], str)
     assert msgspec.json.decode(quarantine_record(None, _now(), "x", b'{"a": 1}'))["raw"] == {"a": 1}
+
+
+def test_a_nul_character_in_device_text_is_refused_with_its_field() -> None:
+    """PostgreSQL text (incident keys, state documents, dead letters) cannot hold U+0000: a
+    device that sends one must get a clear rejection at the door, not dead letters or a
+    stuck stage downstream on the scale-out backend."""
+    bad = [
+        event("VM-1", "fault", {"code": "sensor_malfunction", "component": "coin\u0000sensor"}),
+        event("VM-1", "log", {"kind": "application", "message": "a\u0000b"}),
+        event("VM-1", event_id="e-\u0000-1"),
+    ]
+    good = event("VM-1", "fault", {"code": "sensor_malfunction", "component": "coin sensor\t(left)"})
+    body = msgspec.json.encode({"events": [*bad, good]})
+    fast, slow = _both(body)
+    assert fast == slow
+    assert len(fast.accepted) == 1
+    assert [r["index"] for r in fast.rejected] == [0, 1, 2]
+    assert all("NUL (U+0000)" in r["reason"] for r in fast.rejected), fast.rejected

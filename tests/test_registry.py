@@ -39,6 +39,12 @@ def test_add_refuses_bad_and_duplicate_ids(data_dir: Path) -> None:
     assert code != 0 and "already exists" in err
     code, _, err = vw(data_dir, "devices", "add", "bad id")
     assert code != 0 and "DEVICE_ID" in err
+    store = open_state(settings(data_dir))
+    try:
+        with pytest.raises(RegistryError, match="model contains a NUL"):
+            store.add_device("VM-2", "S1", model="X\x00")
+    finally:
+        store.close()
 
 
 def test_list_show_disable(data_dir: Path) -> None:
@@ -80,6 +86,7 @@ def test_import_csv(data_dir: Path, tmp_path: Path) -> None:
         ("device_id\nVM-1\nVM-1\n", "appears twice"),
         ("device_id,heartbeat_interval_s\nVM-1,soon\n", "heartbeat_interval_s"),
         ("device_id\nVM-NEW\nVM-OLD\n", "already exists"),
+        ("device_id,serial\nVM-NEW,SN\x001\n", "NUL (U+0000)"),  # PostgreSQL text cannot hold it
     ],
 )
 def test_import_is_validated_and_atomic(data_dir: Path, tmp_path: Path, text: str, needle: str) -> None:

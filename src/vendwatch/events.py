@@ -18,9 +18,12 @@ SCHEMA_VERSION = 1
 
 # --- constrained scalar types -------------------------------------------------
 Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
-EventId = Annotated[str, Meta(min_length=1, max_length=128)]
-ShortText = Annotated[str, Meta(max_length=256)]
-Text = Annotated[str, Meta(max_length=8192)]
+# No U+0000 in device text: PostgreSQL text and jsonb (the scale-out state store) cannot
+# hold it, and no firmware means it; refused at the door with the field's name.
+_NO_NUL = r"^[^\x00]*$"
+EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=_NO_NUL)]
+ShortText = Annotated[str, Meta(max_length=256, pattern=_NO_NUL)]
+Text = Annotated[str, Meta(max_length=8192, pattern=_NO_NUL)]
 Celsius = Annotated[float, Meta(ge=-60, le=150)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Volts = Annotated[float, Meta(ge=0, le=1000)]
@@ -171,7 +174,7 @@ class Log(_Payload, kw_only=True):
     kind: Literal["application", "system", "crash", "startup", "shutdown"]
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     message: Text = ""
-    crash_dump: Annotated[str, Meta(max_length=65_536)] | None = None
+    crash_dump: Annotated[str, Meta(max_length=65_536, pattern=_NO_NUL)] | None = None
 
 
 # --- 9. EVA-DTS (DEX) audit reads (written by the collector from ``POST /v1/dex``) ---

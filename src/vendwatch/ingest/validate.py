@@ -134,7 +134,7 @@ class Validator:
         try:
             ev.decode_payload(e.type, e.data)
         except msgspec.ValidationError as err:
-            return "schema", f"{err} (in `data` of a `{e.type}` event)"
+            return "schema", f"{_readable(err)} (in `data` of a `{e.type}` event)"
         except _DECODE_ERRORS as err:
             return "schema", f"`data` is not valid JSON: {err}"
         return None
@@ -184,7 +184,7 @@ class Validator:
             try:
                 e = _device_event.decode(raw)
             except msgspec.ValidationError as err:
-                reason = str(err)
+                reason = _readable(err)
                 if reason.startswith("Object contains unknown field"):
                     reason += " (the envelope is fixed in protocol v1; put extra fields inside `data`)"
                 reject(i, raw, "schema", reason, _peek_event_id(raw))
@@ -216,6 +216,11 @@ def validate_batch(raws: Sequence[msgspec.Raw], device: Device, s: IngestSetting
     for r in out.rejected:
         m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
     return out
+
+
+def _readable(err: msgspec.ValidationError) -> str:
+    """msgspec's message, with the no-NUL rule said in words rather than as its regex."""
+    return str(err).replace("`str` matching regex '^[^\\\\x00]*$'", "text without NUL (U+0000) characters")
 
 
 def quarantine_record(device_id: str | None, now: datetime, reason: str, raw: bytes | None,

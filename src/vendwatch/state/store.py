@@ -139,6 +139,11 @@ class StateStore:
         """Register a device and return its token (shown once, stored only as a hash)."""
         token = token or new_token(DEVICE_TOKEN_PREFIX)
         now = self.clock()
+        for name, text in (("device_id", device_id), ("site_id", site_id), ("serial", serial), ("model", model),
+                           ("location", location)):
+            if text is not None and "\x00" in text:
+                # PostgreSQL text cannot hold it; the same refusal on every backend
+                raise RegistryError(f"{name} contains a NUL (U+0000) character")
 
         def run(t: Tx) -> None:
             if t.one("SELECT 1 FROM devices WHERE device_id=?", (device_id,)):
