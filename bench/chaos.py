@@ -18,6 +18,15 @@ pipeline drains, and the harness checks:
 * device state: each machine's event count equals its events in the log;
 * no stage dead letters (the simulated fleet sends nothing hostile).
 
+With ``--kafka BOOTSTRAP --postgres DSN`` the same storm runs on the scale-out
+backends: one process per role (``vendwatch run ROLE``: two collectors, two
+device-state, two detector replicas, router, orchestrator, lake writer) on Kafka and
+PostgreSQL, and each kill SIGKILLs one of them at random and starts it again; the fleet
+fails over between the two collectors. The checks are the same.
+
+    PYTHONPATH=src python bench/chaos.py --kills 50 --kafka 127.0.0.1:9092 \
+        --postgres postgresql://vendwatch:vendwatch@127.0.0.1:5432/vendwatch
+
 Exit status 0 when every check holds, 1 otherwise; ``--json`` writes the figures.
 """
 
@@ -68,11 +77,14 @@ class Options:
     batch_max: int = 100
     drain_timeout_s: float = 300.0
     data_dir: Path | None = None
+    kafka: str | None = None  # with postgres: the scale-out backends, one process per role
+    postgres: str | None = None
 
 
 @dataclass
 class Report:
     kills: int = 0
+    kills_by_role: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     events_acked: int = 0
     events_rejected: int = 0
@@ -124,37 +136,69 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+_SCALEOUT: dict[str, str] = {}  # environment selecting Kafka + PostgreSQL (scale-out runs)
+
+
 def _env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "VENDWATCH_DATA_DIR": str(data_dir), "VENDWATCH_LAKE__BATCH_MAX_WAIT_S": "2",
-            "VENDWATCH_LOG_LEVEL": "warning"}
+            "VENDWATCH_LOG_LEVEL": "warning", **_SCALEOUT}
 
 
 def _settings(data_dir: Path) -> Settings:
-    return load_settings(overrides={"data_dir": str(data_dir), "lake.batch_max_wait_s": 2.0}, environ={})
+    return load_settings(overrides={"data_dir": str(data_dir), "lake.batch_max_wait_s": 2.0}, environ=_SCALEOUT)
+
+
+def _scaleout_env(opts: Options, data_dir: Path) -> dict[str, str]:
+    """Kafka topics and a PostgreSQL schema of this run's own, an Iceberg catalog on PostgreSQL."""
+    import psycopg
+
+    run = f"chaos_{int(time.time())}_{os.getpid()}"
+    assert opts.postgres is not None and opts.kafka is not None
+    with psycopg.connect(opts.postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {run}")
+    sep = "&" if "?" in opts.postgres else "?"
+    dsn = f"{opts.postgres}{sep}options=-csearch_path%3D{run}"
+    return {
+        "VENDWATCH_BUS__BACKEND": "kafka",
+        "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": opts.kafka,
+        "VENDWATCH_BUS__KAFKA__TOPIC_PREFIX": f"{run}.",
+        "VENDWATCH_BUS__KAFKA__PARTITIONS": "4",
+        "VENDWATCH_BUS__KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "VENDWATCH_STATE__BACKEND": "postgres",
+        "VENDWATCH_STATE__POSTGRES_DSN": dsn,
+        "VENDWATCH_LAKE__CATALOG__URI": "postgresql+psycopg://" + dsn.split("://", 1)[1],
+        "VENDWATCH_LAKE__CATALOG__NAME": run,
+        "VENDWATCH_LAKE__CATALOG__WAREHOUSE": f"file://{data_dir / 'warehouse'}",
+        "VENDWATCH_LAKE__BATCH_MAX_WAIT_S": "2",
+    }
 
 
 class Server:
-    """``vendwatch serve`` as a child process that can be killed and started again."""
+    """A ``vendwatch serve`` (or ``vendwatch run ROLE``) child process that can be killed and
+    started again."""
 
-    def __init__(self, data_dir: Path, port: int, log_path: Path) -> None:
-        self.data_dir, self.port, self.log_path = data_dir, port, log_path
+    def __init__(self, data_dir: Path, port: int | None, log_path: Path, role: str = "serve") -> None:
+        self.data_dir, self.port, self.log_path, self.role = data_dir, port, log_path, role
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
+        args = ["serve"] if self.role == "serve" else ["run", self.role]
+        args += ["--data-dir", str(self.data_dir)] + (["--port", str(self.port)] if self.port else [])
         with self.log_path.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "vendwatch", "serve", "--data-dir", str(self.data_dir), "--port", str(self.port)],
-                env=_env(self.data_dir), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([sys.executable, "-m", "vendwatch", *args], env=_env(self.data_dir),
+                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if self.port is None:
+            return  # a stage process: nothing to wait for, it joins its consumer group
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"vendwatch serve exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(f"vendwatch {self.role} exited with {self.proc.returncode}; see {self.log_path}")
             try:
                 httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=2)  # any answer: it is up
                 return
             except httpx.HTTPError:
                 time.sleep(0.05)
-        raise RuntimeError("vendwatch serve did not start within 60 s")
+        raise RuntimeError(f"vendwatch {self.role} did not start within 60 s")
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -171,11 +215,16 @@ class Server:
                 self.proc.wait()
 
 
+# the scale-out run: one process per role, stages with two replicas where they scale out
+SCALEOUT_ROLES = ("collector", "collector", "device-state", "device-state", "detector", "detector", "router",
+                  "orchestrator", "lake-writer")
+
+
 class Load:
     """The fleet, posting in simulated time; records which event ids were acknowledged."""
 
-    def __init__(self, url: str, tokens: dict[str, str], fleet: Fleet, clock: SimClock, opts: Options) -> None:
-        self.url, self.tokens, self.fleet, self.clock, self.opts = url, tokens, fleet, clock, opts
+    def __init__(self, urls: list[str], tokens: dict[str, str], fleet: Fleet, clock: SimClock, opts: Options) -> None:
+        self.urls, self.tokens, self.fleet, self.clock, self.opts = urls, tokens, fleet, clock, opts
         self.acked: set[str] = set()
         self.rejected: set[str] = set()
         self.statuses: Counter[int] = Counter()
@@ -208,8 +257,9 @@ class Load:
         headers = {"authorization": f"Bearer {self.tokens[device]}", "content-type": "application/json"}
         attempt = 0
         while True:
+            url = self.urls[(hash(device) + attempt) % len(self.urls)]  # a retry may go to another collector
             try:
-                r = self._client.post(f"{self.url}/v1/events", content=body, headers=headers)
+                r = self._client.post(f"{url}/v1/events", content=body, headers=headers)
                 status = r.status_code
             except httpx.HTTPError:
                 status = 0  # connection refused or reset: the server is being killed
@@ -337,34 +387,50 @@ def verify(data_dir: Path, load: Load, report: Report, drain_timeout_s: float) -
 def run(opts: Options) -> Report:
     data_dir = opts.data_dir or Path(tempfile.mkdtemp(prefix="vendwatch-chaos-"))
     data_dir.mkdir(parents=True, exist_ok=True)
+    if opts.kafka:
+        _SCALEOUT.update(_scaleout_env(opts, data_dir))
+        init = subprocess.run([sys.executable, "-m", "vendwatch", "bus", "init"], env=_env(data_dir),
+                              capture_output=True, text=True, timeout=120)
+        if init.returncode != 0:
+            raise RuntimeError(f"vendwatch bus init failed: {init.stderr[-2000:]}")
     ctx = Context(_settings(data_dir))
     devices, tokens, _ = provision_fleet(ctx.state, data_dir, opts.devices, None, opts.seed)
     ctx.close()
-    port = _free_port()
-    server = Server(data_dir, port, data_dir / "serve.log")
+    if opts.kafka:
+        procs = [Server(data_dir, _free_port() if role == "collector" else None, data_dir / f"{role}-{i}.log", role)
+                 for i, role in enumerate(SCALEOUT_ROLES)]
+    else:
+        procs = [Server(data_dir, _free_port(), data_dir / "serve.log")]
     report = Report()
     started = time.monotonic()
-    server.start()
+    for p in procs:
+        p.start()
     # the simulated clock never passes the wall clock (the collector refuses future events):
     # starting in the past is what lets the fleet send faster than real time
     clock = SimClock(opts.speed, opts.kills * (opts.max_gap_s + 5), max_backlog_s=opts.backlog_s)
     fleet = Fleet(opts.seed, devices=devices, start=clock.sim_start, faults=FaultPlan.all(scale=20.0),
                   run_id=str(int(clock.sim_start)))
-    load = Load(f"http://127.0.0.1:{port}", tokens, fleet, clock, opts)
+    load = Load([f"http://127.0.0.1:{p.port}" for p in procs if p.port], tokens, fleet, clock, opts)
     load.start()
     rnd = random.Random(opts.seed)
+    killed: Counter[str] = Counter()
     try:
         for k in range(opts.kills):
             time.sleep(rnd.uniform(opts.min_gap_s, opts.max_gap_s))
-            server.kill()
+            victim = rnd.choice(procs)
+            victim.kill()
             report.kills += 1
-            print(f"kill {k + 1}/{opts.kills}: {len(load.acked):,} events acked", file=sys.stderr, flush=True)
-            server.start()
+            killed[victim.role] += 1
+            print(f"kill {k + 1}/{opts.kills} ({victim.role}): {len(load.acked):,} events acked", file=sys.stderr,
+                  flush=True)
+            victim.start()
         time.sleep(opts.min_gap_s)
         load.stop()
         verify(data_dir, load, report, opts.drain_timeout_s)
     finally:
-        server.stop()
+        for p in procs:
+            p.stop()
+    report.kills_by_role = dict(killed.most_common())
     report.wall_s = round(time.monotonic() - started, 1)
     report.events_acked = len(load.acked)
     report.events_rejected = len(load.rejected)
@@ -386,9 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=Options.seed)
     ap.add_argument("--data-dir", type=Path, default=None, help="default: a new temporary directory")
     ap.add_argument("--json", type=Path, default=None, help="write the report here")
+    ap.add_argument("--kafka", default=None, help="Kafka bootstrap servers: run the scale-out backends (with --postgres)")
+    ap.add_argument("--postgres", default=None, help="PostgreSQL DSN for the state store and the Iceberg catalog")
     a = ap.parse_args(argv)
+    if bool(a.kafka) != bool(a.postgres):
+        ap.error("--kafka and --postgres go together")
     opts = Options(kills=a.kills, devices=a.devices, speed=a.speed, backlog_s=a.backlog, min_gap_s=a.min_gap,
-                   max_gap_s=a.max_gap, seed=a.seed, data_dir=a.data_dir)
+                   max_gap_s=a.max_gap, seed=a.seed, data_dir=a.data_dir, kafka=a.kafka, postgres=a.postgres)
     report = run(opts)
     doc = {"machine": f"{platform.machine()}, {os.cpu_count()} cpu, {platform.system()} {platform.release()}",
            "load_avg": os.getloadavg(), "options": {k: str(v) for k, v in asdict(opts).items()}, **asdict(report)}
