@@ -162,7 +162,11 @@ def test_query_syntax_in_a_dedupe_key_adopts_no_other_ticket(tmp_path: Path, clo
 # no NUL: the collector and the registry refuse it (test_ingest_validate, test_registry)
 _device_text = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",), exclude_characters="\x00"),
                        min_size=1, max_size=40)
-_example = itertools.count(1)  # a device of its own per example: the PostgreSQL re-run shares one schema
+# The examples share one data directory and a device of their own each: the PostgreSQL
+# re-run keeps one schema per test, so the log and the orchestrator's checkpoints must
+# carry on from one example to the next as the state does.
+_example = itertools.count(1)
+_shared: dict[str, Path] = {}
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -174,7 +178,9 @@ def test_device_text_never_reaches_a_query_as_syntax(tmp_path_factory: pytest.Te
     clock = VirtualClock()
     emu = ServiceNowEmulator(clock=clock.now)
     srv = emu.serve()
-    ctx = context(tmp_path_factory.mktemp("prop"), **sn(srv.url))
+    if "data" not in _shared:
+        _shared["data"] = tmp_path_factory.mktemp("prop")
+    ctx = context(_shared["data"], **sn(srv.url))
     try:
         device = f"VM-P{next(_example):04d}"
         ctx.state.add_device(device, "SITE-1", serial=serial, model=model, location=location)
