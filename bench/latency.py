@@ -1,6 +1,7 @@
 """Timeliness benchmark: how soon after the fact each hop acts, embedded, under load.
 
     PYTHONPATH=src python bench/latency.py [--devices 5000] [--rate 10000] [--silent 1000] [--json FILE]
+        [--kafka 127.0.0.1:9092 --postgres postgresql://...]
 
 One process, as ``vendwatch serve`` runs them: the detector and the incident
 orchestrator on a SQLite log and state store, and the ServiceNow emulator over real
@@ -20,6 +21,9 @@ offline = 3 missed heartbeats; filler telemetry makes up the rate) with
   ``--jam-every`` seconds; from the append of the event to the signal's emission, the
   incident's opening and the ServiceNow ticket's creation (the emulator's clock).
 
+With ``--kafka`` and ``--postgres`` the same process runs on the scale-out backends
+(the log on Kafka, the state store on PostgreSQL, one detector and one orchestrator).
+
 The machine may be shared: report ``uptime`` with the figures.
 """
 
@@ -37,7 +41,7 @@ from typing import Any
 import msgspec
 
 from vendwatch import events as ev
-from vendwatch.bus.base import EVENTS, SIGNALS
+from vendwatch.bus.base import BUSINESS, EVENTS, SIGNALS
 from vendwatch.config import load_settings
 from vendwatch.emulators.servicenow import ServiceNowEmulator
 from vendwatch.incidents.servicenow.mapping import correlation_id
@@ -128,6 +132,19 @@ class Load:
         return out
 
 
+def _scaleout(kafka: str, postgres: str) -> dict[str, Any]:
+    """Kafka topics and a PostgreSQL schema of this run's own."""
+    import psycopg
+
+    run = f"latency_{int(time.time())}_{os.getpid()}"
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {run}")
+    sep = "&" if "?" in postgres else "?"
+    return {"bus.backend": "kafka", "bus.kafka.bootstrap_servers": kafka, "bus.kafka.topic_prefix": f"{run}.",
+            "bus.kafka.partitions": 4, "state.backend": "postgres",
+            "state.postgres_dsn": f"{postgres}{sep}options=-csearch_path%3D{run}"}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=5000)
@@ -141,7 +158,11 @@ def main() -> None:
     p.add_argument("--sn-per-minute", type=float, default=600.0, help="ServiceNow rate limit (calls a minute)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="write the results here too")
+    p.add_argument("--kafka", help="Kafka bootstrap servers: the log on Kafka and the state on --postgres")
+    p.add_argument("--postgres", help="PostgreSQL DSN (with --kafka)")
     a = p.parse_args()
+    if bool(a.kafka) != bool(a.postgres):
+        p.error("--kafka and --postgres go together")
 
     tmp = tempfile.mkdtemp(prefix="vw-latency-")
     tickets: dict[str, float] = {}
@@ -154,8 +175,10 @@ def main() -> None:
         # two calls per new ticket (look-up by correlation_id, create): the default 120 calls
         # a minute would cap the chain at one ticket a second
         "incidents.servicenow.rate_limit.per_minute": a.sn_per_minute, "incidents.servicenow.rate_limit.burst": 20,
+        **(_scaleout(a.kafka, a.postgres) if a.kafka else {}),
     }, environ={}))
-    ctx.log.create_topic(EVENTS)
+    for topic in (EVENTS, SIGNALS, BUSINESS):
+        ctx.log.create_topic(topic)
     load = Load(a)
     with ctx.state.db.transaction() as tx:
         for d in [*load.devices, *load.warm]:
