@@ -28,11 +28,13 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
+from vendwatch.bus.batch import RecordBatch, first_ms, last_ms
 from vendwatch.observe.lag import LagMeter
 from vendwatch.observe.metrics import STAGE_DEAD_LETTERS, STAGE_FAILURES
 from vendwatch.runtime import Context
@@ -141,6 +143,9 @@ class CheckpointedStage(ABC):
     max_attempts: int = 3  # a record failing alone this often (unclassified error) is set aside
     redrive_every_s: float = 5.0
     hop: str | None = None  # the pipeline point this stage's work reaches (observe.metrics.POINTS)
+    # read each poll in bulk (``Consumer.poll_joined``): ``apply`` then gets a
+    # ``RecordBatch``, which it may decode in one call per partition (``RecordBatch.decode``)
+    bulk_read: bool = False
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -213,8 +218,11 @@ class CheckpointedStage(ABC):
         """Hook: drop per-partition state."""
 
     @abstractmethod
-    def apply(self, tx: Tx, records: list[Record]) -> None:
-        """Apply records' effects inside ``tx`` (committed together with the positions)."""
+    def apply(self, tx: Tx, records: Sequence[Record]) -> None:
+        """Apply records' effects inside ``tx`` (committed together with the positions).
+
+        ``records`` is a list, or with ``bulk_read`` a ``RecordBatch`` of a whole poll
+        (the per-record paths, failure isolation and redrive, always pass lists)."""
 
     def dead_letter(self, tx: Tx, record: Record, reason: str) -> None:
         """Set ``record`` aside (inside ``apply``'s transaction, so with the checkpoint)."""
@@ -224,7 +232,7 @@ class CheckpointedStage(ABC):
         log.error("%s: record %s/%s@%s set aside as a dead letter: %s", self.name, record.topic, record.partition,
                   record.offset, reason)
 
-    def process(self, records: list[Record]) -> None:
+    def process(self, records: Sequence[Record]) -> None:
         """Apply ``records`` and advance the checkpoints; a record that cannot be processed
         is set aside, the others are applied (see the module docstring)."""
         try:
@@ -235,7 +243,7 @@ class CheckpointedStage(ABC):
             except Exception as e:
                 if _is_infra(e):
                     raise
-                self._isolate(records, e)
+                self._isolate(list(records), e)  # record by record from here
         except StaleAssignment:
             raise  # a rebalance, not a failure
         except BaseException as e:
@@ -243,10 +251,13 @@ class CheckpointedStage(ABC):
             raise
         self._progressed(records)
 
-    def _commit(self, records: list[Record], dead: tuple[Record, str] | None = None) -> None:
+    def _commit(self, records: Sequence[Record], dead: tuple[Record, str] | None = None) -> None:
         touched: dict[TopicPartition, int] = {}
-        for r in records:
-            touched[(r.topic, r.partition)] = r.offset + 1
+        if isinstance(records, RecordBatch):
+            touched = records.next_offsets()
+        else:
+            for r in records:
+                touched[(r.topic, r.partition)] = r.offset + 1
         self._new_dead = 0
         self._aside = []
         try:
@@ -265,8 +276,10 @@ class CheckpointedStage(ABC):
         if self._new_dead:
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
         if self._attempts:  # records that failed before and went through now
-            for r in records:
-                self._attempts.pop((r.topic, r.partition, r.offset), None)
+            done = ([(j.topic, j.partition, o) for j in records.runs for o in j.offsets]
+                    if isinstance(records, RecordBatch) else [(r.topic, r.partition, r.offset) for r in records])
+            for key in done:
+                self._attempts.pop(key, None)
         self.positions.update(touched)
         self._saved.update(touched)
         self.lag.processed(records, self.hop)
@@ -294,22 +307,22 @@ class CheckpointedStage(ABC):
                     raise
                 self._isolate(half, e)
 
-    def _failed(self, e: BaseException, records: list[Record]) -> None:
+    def _failed(self, e: BaseException, records: Sequence[Record]) -> None:
         h = self.health
         h.consecutive_failures += 1
         h.last_error = _reason(e)
         STAGE_FAILURES.labels(stage=self.name).set(h.consecutive_failures)
         if records:
-            self._set_lag_s(time.time() - records[0].timestamp_ms / 1000)
+            self._set_lag_s(time.time() - first_ms(records) / 1000)
 
-    def _progressed(self, records: list[Record]) -> None:
+    def _progressed(self, records: Sequence[Record]) -> None:
         h = self.health
         h.consecutive_failures = 0
         h.last_error = None
         h.last_progress_at = time.time()
         STAGE_FAILURES.labels(stage=self.name).set(0)
         if records:
-            self._set_lag_s(h.last_progress_at - records[-1].timestamp_ms / 1000)
+            self._set_lag_s(h.last_progress_at - last_ms(records) / 1000)
 
     def _set_lag_s(self, lag_s: float) -> None:
         # health only: the vendwatch_stage_lag_* gauges are the LagMeter's (one writer)
@@ -388,13 +401,20 @@ class CheckpointedStage(ABC):
     def idle(self) -> None:  # noqa: B027 - optional hook
         """Hook called when a poll returns nothing (timers)."""
 
+    def poll(self, c: Consumer, timeout_s: float) -> Sequence[Record]:
+        """The next records to process (a ``RecordBatch`` with ``bulk_read``)."""
+        if self.bulk_read:
+            runs = c.poll_joined(self.batch_size, timeout_s)
+            return RecordBatch(self.ctx.log, runs) if runs else []
+        return c.poll(self.batch_size, timeout_s)
+
     def run(self, stop: threading.Event) -> None:
         self._consumer = c = self.ctx.log.consumer(
             self.group, self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         try:
             while not stop.is_set():
-                recs = c.poll(self.batch_size, self.poll_timeout_s)
+                recs = self.poll(c, self.poll_timeout_s)
                 if recs:
                     try:
                         self.process(recs)

@@ -28,7 +28,7 @@ class DeliveringStage(CheckpointedStage):
         if self._consumer is None:
             self.open()
         assert self._consumer is not None
-        recs = self._consumer.poll(self.batch_size, poll_timeout_s)
+        recs = self.poll(self._consumer, poll_timeout_s)
         if recs:
             self.process(recs)
             self._consumer.commit()

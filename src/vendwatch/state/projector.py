@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,11 +11,13 @@ import msgspec
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.bus.base import Record
+from vendwatch.bus.batch import RecordBatch
 from vendwatch.observe.metrics import REFUNDS, REVENUE, VENDS
 from vendwatch.runtime import Context
 from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
 
+_events = msgspec.json.Decoder(list[ev.StoredEvent])  # a whole run of a partition at once
 _ROW = "SELECT device_id, site_id, first_seen_at, last_seen_at, last_event_at, last_seq, events, doc FROM device_state WHERE device_id IN ({})"
 
 
@@ -146,14 +149,20 @@ class DeviceStateProjector(CheckpointedStage):
     name = "device-state"
     hop = "state"
     topics = (EVENTS,)
+    bulk_read = True
 
-    def process(self, records: list[Record]) -> None:
+    def process(self, records: Sequence[Record]) -> None:
         self._decoded: list[ev.StoredEvent] = []
         super().process(records)
         count_business(self._decoded)  # after the commit: a rolled-back batch is not counted
 
-    def apply(self, tx: Tx, records: list[Record]) -> None:
-        evs = self._decoded = [ev.decode_stored(r.value) for r in records]
+    def apply(self, tx: Tx, records: Sequence[Record]) -> None:
+        # one decoder call per partition run; if a value does not decode, record by record
+        # (the failing record is then isolated and set aside by the stage)
+        evs = records.decode(_events) if isinstance(records, RecordBatch) else None
+        if evs is None:
+            evs = [ev.decode_stored(r.value) for r in records]
+        self._decoded = evs
         ids = sorted({e.device_id for e in evs})
         rows: dict[str, list[Any]] = {}
         for i in range(0, len(ids), 500):
