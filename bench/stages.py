@@ -16,7 +16,8 @@ within each round; the table shows the median of the rounds (best in brackets):
   ``Record`` and a decode per record) against bulk (``poll_joined``: one string per
   partition, one decode per run);
 * detector: the same two reads (clock = event time, checkpoints every 5 s);
-* orchestrator: per signal, over the signals the detector emitted.
+* orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``
+  signals per poll.
 
 ``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead.
 """
@@ -121,7 +122,7 @@ def drain_device_state(ctx: Context, bulk: bool, batch_size: int) -> int:
     c = proj._consumer = ctx.log.consumer(proj.group, proj.topics, on_assign=proj._on_assign,
                                           on_revoke=proj._on_revoke)
     n = 0
-    while recs := proj.poll(c, 0.0):  # what CheckpointedStage.run does per poll
+    while recs := (proj.poll(c, 0.0) if bulk else c.poll(batch_size, 0.0)):  # CheckpointedStage.run's loop
         proj.process(recs)
         c.commit()
         n += len(recs)
@@ -140,10 +141,11 @@ def drain_detector(ctx: Context, bulk: bool, _batch: int) -> int:
     return n
 
 
-def drain_orchestrator(ctx: Context, _bulk: bool, _batch: int) -> int:
+def drain_orchestrator(ctx: Context, _bulk: bool, batch: int) -> int:
     from vendwatch.incidents.role import Orchestrator
 
     orch = Orchestrator(ctx)
+    orch.batch_size = batch
     n = 0
     while k := orch.step(0.0):
         n += k
@@ -173,7 +175,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="Rounds; variants alternate within each [3].")
     ap.add_argument("--batch-size", default="2000,250",
                     help="device-state records per poll, comma-separated [2000,250: a backlog, and what arrives in a live poll].")
+    ap.add_argument("--signal-batch", default="500,10",
+                    help="orchestrator signals per poll [500,10: a backlog, and a live poll's few].")
     ap.add_argument("--stages", default="device-state,detector,orchestrator", help="Which stages [all].")
+    ap.add_argument("--variants", default="record,bulk",
+                    help="Reads to compare, comma-separated [record,bulk]; 'record' alone runs on code without bulk reads.")
     ap.add_argument("--profile", metavar="STAGE", help="cProfile one bulk drain of STAGE instead.")
     args = ap.parse_args()
     print(f"{platform.python_implementation()} {platform.python_version()}, SQLite {sqlite3.sqlite_version},"
@@ -192,7 +198,7 @@ def main() -> None:
         ctx.close()
         with_signals = work / "with-signals"
         ctx = fresh(template, with_signals)
-        drain_detector(ctx, True, 0)  # the orchestrator's input: what the detector emits
+        drain_detector(ctx, "bulk" in args.variants, 0)  # the orchestrator's input: what the detector emits
         n_signals = sum(ctx.log.end_offsets(SIGNALS).values()) - len(ctx.log.end_offsets(SIGNALS))
         ctx.close()
         seal(template)
@@ -208,22 +214,23 @@ def main() -> None:
             ctx = fresh(src, work / "profile")
             prof = cProfile.Profile()
             prof.enable()
-            DRAINS[args.profile](ctx, True, int(args.batch_size.split(",")[0]))
+            sizes = args.signal_batch if args.profile == "orchestrator" else args.batch_size
+            DRAINS[args.profile](ctx, True, int(sizes.split(",")[-1]))
             prof.disable()
             ctx.close()
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
             return
+        variants = args.variants.split(",")
         cases: list[tuple[str, str, bool, int]] = []
         for stage in stages:
             if stage == "device-state":
                 for b in (int(x) for x in args.batch_size.split(",")):
-                    cases += [(stage, f"record by record, polls of {b}", False, b),
-                              (stage, f"bulk, polls of {b}", True, b)]
+                    cases += [(stage, f"{v}, polls of {b}", v == "bulk", b) for v in variants]
             elif stage == "detector":
-                cases += [(stage, "record by record", False, 0), (stage, "bulk", True, 0)]
+                cases += [(stage, v, v == "bulk", 0) for v in variants]
             else:
-                cases += [(stage, "as is", True, 0)]
+                cases += [(stage, f"polls of {b}", False, b) for b in (int(x) for x in args.signal_batch.split(","))]
         results: dict[tuple[str, str], list[tuple[float, int]]] = {}
         for rnd in range(args.rounds):
             for i, (stage, label, bulk, batch) in enumerate(cases):
