@@ -290,3 +290,10 @@ def test_the_projector_reads_in_bulk_and_folds_what_record_by_record_folds(
     assert len(states) == 7 and sum(s[6] for s in states) == len(items) - 1
     assert bulk == per
     assert len(dead) == 1 and "out of range" in dead[0][2].lower()
+
+
+def test_the_stage_reads_the_stored_event_fields_so_it_refuses_the_same_records() -> None:
+    from vendwatch.state.projector import StateEvent
+
+    assert StateEvent.__struct_fields__ == ev.StoredEvent.__struct_fields__
+    assert StateEvent.__struct_defaults__ == ev.StoredEvent.__struct_defaults__
