@@ -124,7 +124,11 @@ def drain_device_state(ctx: Context, bulk: bool, batch_size: int) -> int:
     n = 0
     while recs := (proj.poll(c, 0.0) if bulk else c.poll(batch_size, 0.0)):  # CheckpointedStage.run's loop
         proj.process(recs)
-        c.commit()
+        if hasattr(proj, "commit_group"):
+            proj._group_behind = True
+            proj.commit_group(c)
+        else:
+            c.commit()
         n += len(recs)
     c.close()
     return n

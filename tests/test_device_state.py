@@ -297,3 +297,35 @@ def test_the_stage_reads_the_stored_event_fields_so_it_refuses_the_same_records(
 
     assert StateEvent.__struct_fields__ == ev.StoredEvent.__struct_fields__
     assert StateEvent.__struct_defaults__ == ev.StoredEvent.__struct_defaults__
+
+
+def test_the_group_position_is_written_at_most_once_a_second_and_catches_up_when_idle(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vendwatch.bus.sqlite import SqliteLog
+
+    commits: list[float] = []
+    real = SqliteLog._commit_group
+
+    def counting(self: SqliteLog, group: str, offsets: Any) -> None:
+        commits.append(time.monotonic())
+        real(self, group, offsets)
+
+    monkeypatch.setattr(SqliteLog, "_commit_group", counting)
+    ctx = Context(settings(data_dir))
+    ctx.log.create_topic(EVENTS)
+    ctx.log.append(EVENTS, _mixed(n=600))
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 50  # a dozen transactions
+    stop = threading.Event()
+    t = threading.Thread(target=proj.run, args=(stop,))
+    t.start()
+    try:
+        total = lambda: (ctx.state.db.one("SELECT coalesce(sum(events), 0) FROM device_state") or (0,))[0]  # noqa: E731
+        _wait(lambda: total() == 600)
+        ends = ctx.log.end_offsets(EVENTS)
+        _wait(lambda: ctx.log.committed_offsets(proj.group, EVENTS) == ends)  # written once idle
+    finally:
+        stop.set()
+        t.join(10)
+        ctx.close()
+    assert 1 <= len(commits) <= 3, commits

@@ -146,6 +146,10 @@ class CheckpointedStage(ABC):
     # read each poll in bulk (``Consumer.poll_joined``): ``apply`` then gets a
     # ``RecordBatch``, which it may decode in one call per partition (``RecordBatch.decode``)
     bulk_read: bool = False
+    # the consumer group's position is informational (lag views; the truth is the
+    # checkpoint), so it is written at most this often: each write is a durable
+    # transaction on the log, the log's writer lock and an fsync
+    group_commit_every_s: float = 1.0
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -154,6 +158,8 @@ class CheckpointedStage(ABC):
         self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
         self._lag_due = 0.0
         self._redrive_due = 0.0
+        self._group_due = 0.0
+        self._group_behind = False  # records processed since the last group commit
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._new_dead = 0  # dead letters written by the open transaction
         self._aside: list[str] = []  # reasons of records set aside by the open transaction
@@ -408,6 +414,19 @@ class CheckpointedStage(ABC):
             return RecordBatch(self.ctx.log, runs) if runs else []
         return c.poll(self.batch_size, timeout_s)
 
+    def commit_group(self, c: Consumer) -> None:
+        """Commit the consumer group's positions when records were processed since the last
+        commit, at most every ``group_commit_every_s`` (call it every round, idle or not)."""
+        now = time.monotonic()
+        if not self._group_behind or now < self._group_due:
+            return
+        self._group_due = now + self.group_commit_every_s
+        self._group_behind = False
+        try:
+            c.commit()
+        except LogError as e:
+            log.info("%s: group commit skipped (%s)", self.name, e)
+
     def run(self, stop: threading.Event) -> None:
         self._consumer = c = self.ctx.log.consumer(
             self.group, self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
@@ -424,14 +443,11 @@ class CheckpointedStage(ABC):
                         self._on_revoke([e.tp])
                         self._on_assign([e.tp])
                         continue
-                    # the group position is informational (lag); the truth is the checkpoint
-                    try:
-                        c.commit()
-                    except LogError as e:
-                        log.info("%s: group commit skipped (%s)", self.name, e)
+                    self._group_behind = True
                 else:
                     self.idle()
                     self._maybe_redrive()
+                self.commit_group(c)
                 self._report_lag()
         except BaseException:
             self._lag_due = 0.0  # a stuck stage's lag must show at once, not after the throttle

@@ -31,7 +31,8 @@ class DeliveringStage(CheckpointedStage):
         recs = self.poll(self._consumer, poll_timeout_s)
         if recs:
             self.process(recs)
-            self._consumer.commit()
+            self._group_behind = True
+        self.commit_group(self._consumer)
         self._report_lag()
         done = len(recs) + self.timers()
         while True:
