@@ -209,3 +209,123 @@ def test_state_keeps_known_fields_only_and_stays_bounded() -> None:
     assert doc["last_transaction"]["transaction_id"] == "t49"
     size = len(msgspec.json.encode(doc))
     assert size < 200_000, size  # 2,000 slots and 50 fault codes seen: the newest few hundred are kept
+
+
+# --- bulk reads: one decode per partition run, the same state as record by record ----------
+
+def _mixed(n: int = 600, devices: int = 7) -> list[tuple[str, bytes]]:
+    from datetime import UTC, timedelta
+
+    t0 = datetime(2026, 3, 1, tzinfo=UTC)
+    payloads: list[tuple[str, dict[str, Any]]] = [
+        ("telemetry", {"cabinet_temp_c": 4.5, "door_open": False, "voltage_v": 229.0}),
+        ("heartbeat", {"uptime_s": 100, "firmware_version": "1.2"}),
+        ("transaction", {"transaction_id": "t", "product_id": "p", "slot": "A1", "price_minor": 150, "currency": "EUR",
+                         "payment_method": "card", "payment_status": "success", "vend_status": "success"}),
+        ("inventory", {"slots": [{"slot": "A1", "count": 3, "capacity": 10}, {"slot": "B2", "count": 0}]}),
+        ("fault", {"code": "motor_jam", "state": "raised"}),
+        ("fault", {"code": "motor_jam", "state": "cleared"}),
+        ("connectivity", {"network": "4g", "signal_dbm": -80}),
+        ("stock_alert", {"slot": "B2", "level": "out", "count": 0}),
+        ("refund", {"refund_id": "r", "transaction_id": "t", "amount_minor": 150, "currency": "EUR"}),
+        ("log", {"kind": "crash", "message": "boom"}),
+    ]
+    out = []
+    for i in range(n):
+        dev = f"VM-{i % devices}"
+        type_, data = payloads[(i * 7 + i // devices) % len(payloads)]
+        # arrival order is not event-time order: newest-wins must not depend on batching
+        at = t0 + timedelta(seconds=(i * 37) % n)
+        e = ev.StoredEvent(event_id=f"e-{i}", device_id=dev, type=type_, occurred_at=at, received_at=at,
+                           data=msgspec.Raw(msgspec.json.encode(data)), seq=i, site_id="S1")
+        out.append((dev, ev.encode(e)))
+    return out
+
+
+def _project(data_dir: Path, items: list[tuple[str, bytes]], bulk: bool) -> tuple[Any, ...]:
+    from vendwatch.state.deadletters import DeadLetters
+
+    ctx = Context(settings(data_dir))
+    ctx.log.create_topic(EVENTS)
+    for i in range(0, len(items), 90):
+        ctx.log.append(EVENTS, items[i : i + 90])
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 128
+    c = proj._consumer = ctx.log.consumer(proj.group, proj.topics, on_assign=proj._on_assign)
+    try:
+        while recs := (proj.poll(c, 0.2) if bulk else c.poll(proj.batch_size, 0.2)):
+            proj.process(recs)
+    finally:
+        c.close()
+    states = ctx.state.db.query("SELECT * FROM device_state ORDER BY device_id")
+    cps = ctx.state.db.query("SELECT name, data FROM checkpoints ORDER BY name")
+    dead = [(d.partition, d.offset, d.reason) for d in DeadLetters(ctx.state.db).list(stage="device-state")]
+    ctx.close()
+    return states, [(n, bytes(d)) for n, d in cps], dead
+
+
+def test_the_projector_reads_in_bulk_and_folds_what_record_by_record_folds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vendwatch.bus.sqlite import SqliteLog
+
+    items = _mixed()
+    poison = items[301][1].replace(b'"data":{', b'"data":{"x":1e400,', 1)  # does not decode
+    items = [*items[:301], ("VM-1", poison), *items[301:]]
+    reads: list[int] = []
+    real_read = SqliteLog.read
+
+    def counting_read(self: SqliteLog, topic: str, partition: int, *a: Any, **kw: Any) -> Any:
+        if topic == EVENTS:
+            reads.append(partition)
+        return real_read(self, topic, partition, *a, **kw)
+
+    monkeypatch.setattr(SqliteLog, "read", counting_read)
+    (tmp_path / "bulk").mkdir()
+    (tmp_path / "per-record").mkdir()
+    bulk = _project(tmp_path / "bulk", items, bulk=True)
+    # records were made only for the run that held the undecodable value (to set it aside)
+    assert len(set(reads)) == 1 and len(reads) <= 2, reads
+    per = _project(tmp_path / "per-record", items, bulk=False)
+    states, cps, dead = bulk
+    assert len(states) == 7 and sum(s[6] for s in states) == len(items) - 1
+    assert bulk == per
+    assert len(dead) == 1 and "out of range" in dead[0][2].lower()
+
+
+def test_the_stage_reads_the_stored_event_fields_so_it_refuses_the_same_records() -> None:
+    from vendwatch.state.projector import StateEvent
+
+    assert StateEvent.__struct_fields__ == ev.StoredEvent.__struct_fields__
+    assert StateEvent.__struct_defaults__ == ev.StoredEvent.__struct_defaults__
+
+
+def test_the_group_position_is_written_at_most_once_a_second_and_catches_up_when_idle(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from vendwatch.bus.sqlite import SqliteLog
+
+    commits: list[float] = []
+    real = SqliteLog._commit_group
+
+    def counting(self: SqliteLog, group: str, offsets: Any) -> None:
+        commits.append(time.monotonic())
+        real(self, group, offsets)
+
+    monkeypatch.setattr(SqliteLog, "_commit_group", counting)
+    ctx = Context(settings(data_dir))
+    ctx.log.create_topic(EVENTS)
+    ctx.log.append(EVENTS, _mixed(n=600))
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 50  # a dozen transactions
+    stop = threading.Event()
+    t = threading.Thread(target=proj.run, args=(stop,))
+    t.start()
+    try:
+        total = lambda: (ctx.state.db.one("SELECT coalesce(sum(events), 0) FROM device_state") or (0,))[0]  # noqa: E731
+        _wait(lambda: total() == 600)
+        ends = ctx.log.end_offsets(EVENTS)
+        _wait(lambda: ctx.log.committed_offsets(proj.group, EVENTS) == ends)  # written once idle
+    finally:
+        stop.set()
+        t.join(10)
+        ctx.close()
+    assert 1 <= len(commits) <= 3, commits

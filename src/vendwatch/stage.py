@@ -28,11 +28,13 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
+from vendwatch.bus.batch import RecordBatch, first_ms, last_ms
 from vendwatch.observe.lag import LagMeter
 from vendwatch.observe.metrics import STAGE_DEAD_LETTERS, STAGE_FAILURES
 from vendwatch.runtime import Context
@@ -141,6 +143,13 @@ class CheckpointedStage(ABC):
     max_attempts: int = 3  # a record failing alone this often (unclassified error) is set aside
     redrive_every_s: float = 5.0
     hop: str | None = None  # the pipeline point this stage's work reaches (observe.metrics.POINTS)
+    # read each poll in bulk (``Consumer.poll_joined``): ``apply`` then gets a
+    # ``RecordBatch``, which it may decode in one call per partition (``RecordBatch.decode``)
+    bulk_read: bool = False
+    # the consumer group's position is informational (lag views; the truth is the
+    # checkpoint), so it is written at most this often: each write is a durable
+    # transaction on the log, the log's writer lock and an fsync
+    group_commit_every_s: float = 1.0
 
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -149,6 +158,8 @@ class CheckpointedStage(ABC):
         self._saved: dict[TopicPartition, int] = {}  # checkpoint values as last read or written
         self._lag_due = 0.0
         self._redrive_due = 0.0
+        self._group_due = 0.0
+        self._group_behind = False  # records processed since the last group commit
         self._attempts: dict[tuple[str, int, int], int] = {}
         self._new_dead = 0  # dead letters written by the open transaction
         self._aside: list[str] = []  # reasons of records set aside by the open transaction
@@ -213,8 +224,11 @@ class CheckpointedStage(ABC):
         """Hook: drop per-partition state."""
 
     @abstractmethod
-    def apply(self, tx: Tx, records: list[Record]) -> None:
-        """Apply records' effects inside ``tx`` (committed together with the positions)."""
+    def apply(self, tx: Tx, records: Sequence[Record]) -> None:
+        """Apply records' effects inside ``tx`` (committed together with the positions).
+
+        ``records`` is a list, or with ``bulk_read`` a ``RecordBatch`` of a whole poll
+        (the per-record paths, failure isolation and redrive, always pass lists)."""
 
     def dead_letter(self, tx: Tx, record: Record, reason: str) -> None:
         """Set ``record`` aside (inside ``apply``'s transaction, so with the checkpoint)."""
@@ -224,7 +238,7 @@ class CheckpointedStage(ABC):
         log.error("%s: record %s/%s@%s set aside as a dead letter: %s", self.name, record.topic, record.partition,
                   record.offset, reason)
 
-    def process(self, records: list[Record]) -> None:
+    def process(self, records: Sequence[Record]) -> None:
         """Apply ``records`` and advance the checkpoints; a record that cannot be processed
         is set aside, the others are applied (see the module docstring)."""
         try:
@@ -235,7 +249,7 @@ class CheckpointedStage(ABC):
             except Exception as e:
                 if _is_infra(e):
                     raise
-                self._isolate(records, e)
+                self._isolate(list(records), e)  # record by record from here
         except StaleAssignment:
             raise  # a rebalance, not a failure
         except BaseException as e:
@@ -243,10 +257,13 @@ class CheckpointedStage(ABC):
             raise
         self._progressed(records)
 
-    def _commit(self, records: list[Record], dead: tuple[Record, str] | None = None) -> None:
+    def _commit(self, records: Sequence[Record], dead: tuple[Record, str] | None = None) -> None:
         touched: dict[TopicPartition, int] = {}
-        for r in records:
-            touched[(r.topic, r.partition)] = r.offset + 1
+        if isinstance(records, RecordBatch):
+            touched = records.next_offsets()
+        else:
+            for r in records:
+                touched[(r.topic, r.partition)] = r.offset + 1
         self._new_dead = 0
         self._aside = []
         try:
@@ -265,8 +282,10 @@ class CheckpointedStage(ABC):
         if self._new_dead:
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
         if self._attempts:  # records that failed before and went through now
-            for r in records:
-                self._attempts.pop((r.topic, r.partition, r.offset), None)
+            done = ([(j.topic, j.partition, o) for j in records.runs for o in j.offsets]
+                    if isinstance(records, RecordBatch) else [(r.topic, r.partition, r.offset) for r in records])
+            for key in done:
+                self._attempts.pop(key, None)
         self.positions.update(touched)
         self._saved.update(touched)
         self.lag.processed(records, self.hop)
@@ -294,22 +313,22 @@ class CheckpointedStage(ABC):
                     raise
                 self._isolate(half, e)
 
-    def _failed(self, e: BaseException, records: list[Record]) -> None:
+    def _failed(self, e: BaseException, records: Sequence[Record]) -> None:
         h = self.health
         h.consecutive_failures += 1
         h.last_error = _reason(e)
         STAGE_FAILURES.labels(stage=self.name).set(h.consecutive_failures)
         if records:
-            self._set_lag_s(time.time() - records[0].timestamp_ms / 1000)
+            self._set_lag_s(time.time() - first_ms(records) / 1000)
 
-    def _progressed(self, records: list[Record]) -> None:
+    def _progressed(self, records: Sequence[Record]) -> None:
         h = self.health
         h.consecutive_failures = 0
         h.last_error = None
         h.last_progress_at = time.time()
         STAGE_FAILURES.labels(stage=self.name).set(0)
         if records:
-            self._set_lag_s(h.last_progress_at - records[-1].timestamp_ms / 1000)
+            self._set_lag_s(h.last_progress_at - last_ms(records) / 1000)
 
     def _set_lag_s(self, lag_s: float) -> None:
         # health only: the vendwatch_stage_lag_* gauges are the LagMeter's (one writer)
@@ -388,13 +407,33 @@ class CheckpointedStage(ABC):
     def idle(self) -> None:  # noqa: B027 - optional hook
         """Hook called when a poll returns nothing (timers)."""
 
+    def poll(self, c: Consumer, timeout_s: float) -> Sequence[Record]:
+        """The next records to process (a ``RecordBatch`` with ``bulk_read``)."""
+        if self.bulk_read:
+            runs = c.poll_joined(self.batch_size, timeout_s)
+            return RecordBatch(self.ctx.log, runs) if runs else []
+        return c.poll(self.batch_size, timeout_s)
+
+    def commit_group(self, c: Consumer) -> None:
+        """Commit the consumer group's positions when records were processed since the last
+        commit, at most every ``group_commit_every_s`` (call it every round, idle or not)."""
+        now = time.monotonic()
+        if not self._group_behind or now < self._group_due:
+            return
+        self._group_due = now + self.group_commit_every_s
+        self._group_behind = False
+        try:
+            c.commit()
+        except LogError as e:
+            log.info("%s: group commit skipped (%s)", self.name, e)
+
     def run(self, stop: threading.Event) -> None:
         self._consumer = c = self.ctx.log.consumer(
             self.group, self.topics, on_assign=self._on_assign, on_revoke=self._on_revoke
         )
         try:
             while not stop.is_set():
-                recs = c.poll(self.batch_size, self.poll_timeout_s)
+                recs = self.poll(c, self.poll_timeout_s)
                 if recs:
                     try:
                         self.process(recs)
@@ -404,14 +443,11 @@ class CheckpointedStage(ABC):
                         self._on_revoke([e.tp])
                         self._on_assign([e.tp])
                         continue
-                    # the group position is informational (lag); the truth is the checkpoint
-                    try:
-                        c.commit()
-                    except LogError as e:
-                        log.info("%s: group commit skipped (%s)", self.name, e)
+                    self._group_behind = True
                 else:
                     self.idle()
                     self._maybe_redrive()
+                self.commit_group(c)
                 self._report_lag()
         except BaseException:
             self._lag_due = 0.0  # a stuck stage's lag must show at once, not after the throttle

@@ -9,10 +9,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 from tests.contract.kafka_backend import kafka_log
 
 from vendwatch.bus.base import Log
+from vendwatch.bus.batch import RecordBatch
 from vendwatch.bus.sqlite import SqliteLog
 
 
@@ -166,6 +168,62 @@ def test_append_to_a_new_topic_creates_it(log: Log, topic: str) -> None:
     pos = log.append(topic, [("k", b"v")])
     assert len(pos) == 1
     assert log.read(topic, pos[0][0], pos[0][1], 1)[0].value == b"v"
+
+
+def _drain_joined(consumer, want: int, rounds: int = 40) -> list:
+    got: list = []
+    for _ in range(rounds):
+        got.extend(consumer.poll_joined(1000, timeout_s=0.5))
+        if sum(len(j.offsets) for j in got) >= want:
+            break
+    return got
+
+
+def test_poll_joined_gives_what_poll_gives(log: Log, topic: str) -> None:
+    log.create_topic(topic, 3)
+    log.append(topic, [(f"k{i % 5}", b'{"i":%d,"s":"a,b"}' % i) for i in range(40)])
+    c = log.consumer("g-" + topic, [topic])
+    runs = _drain_joined(c, 40)
+    values = []
+    for j in runs:
+        recs = log.read(topic, j.partition, j.offsets[0], len(j.offsets))
+        assert j.topic == topic and j.offsets == [r.offset for r in recs]
+        assert j.values == b",".join(r.value for r in recs)
+        assert (j.oldest_ms, j.newest_ms) == (min(r.timestamp_ms for r in recs), max(r.timestamp_ms for r in recs))
+        values += msgspec.json.decode(b"[" + j.values + b"]")
+    assert sorted(v["i"] for v in values) == list(range(40))
+    for k in range(5):  # per-key order, as poll
+        mine = [v["i"] for v in values if v["i"] % 5 == k]
+        assert mine == sorted(mine)
+    ends = log.end_offsets(topic)
+    read_from = {j.partition for j in runs}
+    assert {p: o for (_t, p), o in c.position().items() if p in read_from} == {p: ends[p] for p in read_from}
+    c.commit()
+    committed = log.committed_offsets("g-" + topic, topic)
+    assert {p: committed[p] for p in read_from} == {p: ends[p] for p in read_from}
+    c.close()
+
+
+def test_a_record_batch_is_the_records_it_was_read_as(log: Log, topic: str) -> None:
+    log.create_topic(topic, 2)
+    # k0 and k4 land on different partitions (``partition_for``)
+    log.append(topic, [(f"k{i % 2 * 4}", b'{"i":%d}' % i) for i in range(20)] + [("k0", b"not json"), ("k0", b"[1,2]")])
+    c = log.consumer("g-" + topic, [topic])
+    batch = RecordBatch(log, _drain_joined(c, 22))
+    recs = [r for p in range(2) for r in log.read(topic, p, 0, 100)]
+    assert len(batch) == 22
+    assert sorted((r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in batch) == sorted(
+        (r.partition, r.offset, r.key, r.value, r.timestamp_ms) for r in recs)
+    assert batch.next_offsets() == {(topic, p): max(r.offset for r in recs if r.partition == p) + 1 for p in range(2)}
+    # a value that is not one JSON document: no bulk decode, the caller goes record by record
+    assert batch.decode(msgspec.json.Decoder(list[dict])) is None
+    [dirty] = {r.partition for r in recs if r.value == b"not json"}
+    clean = [j for j in batch.runs if j.partition != dirty]
+    assert clean
+    got = RecordBatch(log, clean).decode(msgspec.json.Decoder(list[dict]))
+    assert got is not None and sorted(v["i"] for v in got) == sorted(
+        msgspec.json.decode(r.value)["i"] for r in recs if r.partition != dirty)
+    c.close()
 
 
 def test_every_backend_runs_the_contract() -> None:

@@ -190,3 +190,15 @@ def test_site_incident_absorbs_children_that_arrived_first(env: tuple[IncidentSe
     # the device's own resolved signal later changes nothing
     fire(svc, clock, key="offline/VM-0001", device_id="VM-0001", status="resolved", caused_by=site_key)
     assert svc.store.list(dedupe_key="offline/VM-0001")[0].status == "absorbed"
+
+
+def test_pruning_the_replay_guard_does_not_scan_every_signal_id(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from vendwatch.config import Settings
+    from vendwatch.incidents.store import IncidentStore
+    from vendwatch.state import open_state
+
+    st = open_state(Settings(data_dir=str(tmp_path)))
+    IncidentStore(st)
+    plan = " ".join(str(r) for r in st.db.query("EXPLAIN QUERY PLAN DELETE FROM incident_seen_signals WHERE at<?", (0.0,)))
+    assert "incident_seen_signals_at" in plan, plan
+    st.close()

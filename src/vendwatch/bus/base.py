@@ -46,6 +46,46 @@ class Record:
     timestamp_ms: int
 
 
+@dataclass(frozen=True, slots=True)
+class JoinedRecords:
+    """Consecutive records of one partition read in bulk: their values joined by commas
+    (the body of a JSON array, so one decoder call reads them all) and their offsets in
+    the same order, without a ``Record`` object per record.
+
+    ``records`` holds the records themselves when the backend had them anyway (the
+    generic ``Consumer.poll_joined``); otherwise ``Log.read(topic, partition, offset,
+    len(offsets))`` gives them again (see ``vendwatch.bus.batch``)."""
+
+    topic: str
+    partition: int
+    offset: int  # where the read started
+    offsets: list[int]
+    values: bytes
+    oldest_ms: int = 0  # append times (``Record.timestamp_ms``) of the oldest and newest record
+    newest_ms: int = 0
+    records: list[Record] | None = None
+
+
+def join_records(records: Iterable[Record]) -> list[JoinedRecords]:
+    """Records as runs of consecutive records of the same partition, in their order."""
+    out: list[JoinedRecords] = []
+    run: list[Record] = []
+    for r in records:
+        if run and (r.partition != run[0].partition or r.topic != run[0].topic):
+            out.append(_joined(run))
+            run = []
+        run.append(r)
+    if run:
+        out.append(_joined(run))
+    return out
+
+
+def _joined(run: list[Record]) -> JoinedRecords:
+    ts = [r.timestamp_ms for r in run]
+    return JoinedRecords(run[0].topic, run[0].partition, run[0].offset, [r.offset for r in run],
+                         b",".join([r.value for r in run]), min(ts), max(ts), run)
+
+
 def partition_for(key: str, partitions: int) -> int:
     """Stable key -> partition mapping used by backends that choose partitions themselves."""
     return zlib.crc32(key.encode()) % partitions
@@ -73,6 +113,12 @@ class Consumer(ABC):
     @abstractmethod
     def assignment(self) -> list[TopicPartition]:
         """Partitions currently assigned to this member."""
+
+    def poll_joined(self, max_records: int = 1000, timeout_s: float = 0.5) -> list[JoinedRecords]:
+        """``poll``, with each partition's records joined (``JoinedRecords``), so a stage can
+        decode them in one call. Backends that can read that way without building a
+        ``Record`` per record (the embedded log) override this; it is the generic form."""
+        return join_records(self.poll(max_records, timeout_s))
 
     def position(self) -> dict[TopicPartition, int]:
         """Next offsets this member will read (after the last polled record)."""

@@ -15,13 +15,13 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 from vendwatch.bus.base import (
     AssignCallback,
     Consumer,
+    JoinedRecords,
     Log,
     LogError,
     LogUnavailable,
@@ -49,18 +49,6 @@ def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> No
         chunk = params[k : k + step]
         db.execute(f"INSERT INTO {table}(offset, ts, key, value) VALUES "
                    + ",".join(["(?,?,?,?)"] * (len(chunk) // 4)), chunk)
-
-
-@dataclass(frozen=True, slots=True)
-class JoinedRecords:
-    """Records of one partition read in bulk: their values joined by commas, as SQLite
-    concatenated them, and their offsets in the same order (the body of a JSON array)."""
-
-    topic: str
-    partition: int
-    offset: int  # where the read started; ``read(topic, partition, offset, len(offsets))`` gives the same records
-    offsets: list[int]
-    values: bytes
 
 
 class SqliteLog(Log):
@@ -217,15 +205,17 @@ class SqliteLog(Log):
 
     def read_joined(self, topic: str, partition: int, offset: int, max_records: int = 1000) -> JoinedRecords | None:
         """The records ``read`` returns, without a Python object per record: one string of
-        comma-joined values and the list of their offsets (None when there are none)."""
+        comma-joined values, the list of their offsets and their oldest and newest append
+        times (None when there are none)."""
         n = self._parts(topic)
         if not 0 <= partition < n:
             raise LogError(f"topic {topic} has no partition {partition}")
         # both aggregates see the rows in the same order, so values and offsets pair up
         try:
             row = self._conn().execute(
-                "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ',') FROM"
-                f" (SELECT offset, value FROM {_table(topic, partition)} WHERE offset >= ? ORDER BY offset LIMIT ?)",
+                "SELECT count(*), CAST(group_concat(value, ',') AS BLOB), group_concat(offset, ','), min(ts), max(ts)"
+                f" FROM (SELECT offset, ts, value FROM {_table(topic, partition)} WHERE offset >= ?"
+                " ORDER BY offset LIMIT ?)",
                 (offset, max_records),
             ).fetchone()
         except sqlite3.DataError:
@@ -235,7 +225,7 @@ class SqliteLog(Log):
             return self.read_joined(topic, partition, offset, max_records // 2)
         if not row[0]:
             return None
-        return JoinedRecords(topic, partition, offset, [int(o) for o in row[2].split(",")], row[1])
+        return JoinedRecords(topic, partition, offset, list(map(int, row[2].split(","))), row[1], row[3], row[4])
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         db = self._conn()

@@ -28,10 +28,11 @@ class DeliveringStage(CheckpointedStage):
         if self._consumer is None:
             self.open()
         assert self._consumer is not None
-        recs = self._consumer.poll(self.batch_size, poll_timeout_s)
+        recs = self.poll(self._consumer, poll_timeout_s)
         if recs:
             self.process(recs)
-            self._consumer.commit()
+            self._group_behind = True
+        self.commit_group(self._consumer)
         self._report_lag()
         done = len(recs) + self.timers()
         while True:

@@ -9,9 +9,10 @@ was appended after it, so this bounds its wait from above. Caught up: 0.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from vendwatch.bus.base import Log, LogError, Record
+from vendwatch.bus.base import JoinedRecords, Log, LogError, Record
+from vendwatch.bus.batch import RecordBatch
 from vendwatch.observe.metrics import STAGE_LAG, STAGE_LAG_SECONDS, STAGE_RECORDS, observe_hop
 
 Partition = tuple[str, int]
@@ -28,20 +29,36 @@ class LagMeter:
         self.records = 0
         self.seconds = 0.0
 
-    def processed(self, records: list[Record], hop: str | None = None) -> None:
+    def processed(self, records: Sequence[Record], hop: str | None = None) -> None:
         """Count a processed batch; ``hop`` observes the durable->here latency (first and last record)."""
+        if isinstance(records, RecordBatch):
+            self.processed_runs(records.runs, hop)
+            return
         if not records:
             return
-        STAGE_RECORDS.labels(self.stage).inc(len(records))
         for r in records:
             self._last_ts[(r.topic, r.partition)] = r.timestamp_ms / 1000.0
+        self._count(len(records), records[0].timestamp_ms, records[-1].timestamp_ms, hop)
+
+    def processed_runs(self, runs: list[JoinedRecords], hop: str | None = None) -> None:
+        """``processed`` for records read in bulk (``Consumer.poll_joined``): first and last
+        are the oldest and newest of the runs."""
+        if not runs:
+            return
+        for j in runs:
+            self._last_ts[(j.topic, j.partition)] = j.newest_ms / 1000.0
+        self._count(sum(len(j.offsets) for j in runs), min(j.oldest_ms for j in runs),
+                    max(j.newest_ms for j in runs), hop)
+
+    def _count(self, n: int, first_ms: int, last_ms: int, hop: str | None) -> None:
+        STAGE_RECORDS.labels(self.stage).inc(n)
         if hop is not None:
             now = self.clock()
             # one observation per batch end, not per record: a histogram per record costs
             # more than some stages' whole per-record work
-            observe_hop(hop, now - records[0].timestamp_ms / 1000.0)
-            if len(records) > 1:
-                observe_hop(hop, now - records[-1].timestamp_ms / 1000.0)
+            observe_hop(hop, now - first_ms / 1000.0)
+            if n > 1:
+                observe_hop(hop, now - last_ms / 1000.0)
 
     def measure(self, ends: Mapping[str, Mapping[int, int]], positions: Iterable[tuple[Partition, int]]) -> None:
         """Set both gauges from the log's end offsets per topic and this replica's positions."""

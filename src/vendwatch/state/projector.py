@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -10,11 +11,31 @@ import msgspec
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
 from vendwatch.bus.base import Record
+from vendwatch.bus.batch import RecordBatch
 from vendwatch.observe.metrics import REFUNDS, REVENUE, VENDS
 from vendwatch.runtime import Context
 from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
 
+
+class StateEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A stored event as this stage reads it: ``ev.StoredEvent`` with the payload decoded
+    in the same call (same fields, so the same records are refused)."""
+
+    event_id: str
+    device_id: str
+    type: str
+    occurred_at: datetime
+    received_at: datetime
+    data: Any
+    seq: int | None = None
+    site_id: str | None = None
+    schema_version: int = ev.SCHEMA_VERSION
+    late: bool = False
+
+
+_event = msgspec.json.Decoder(StateEvent)
+_events = msgspec.json.Decoder(list[StateEvent])  # a whole run of a partition at once
 _ROW = "SELECT device_id, site_id, first_seen_at, last_seen_at, last_event_at, last_seq, events, doc FROM device_state WHERE device_id IN ({})"
 
 
@@ -52,27 +73,29 @@ def _trim(m: dict[str, Any], limit: int, rank: Any) -> None:
 
 def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
     """Merge one event into a device's state document (newest event time wins per field)."""
-    at = _ts(e.occurred_at)
-    data: dict[str, Any] = msgspec.json.decode(e.data)
+    _fold(doc, e.type, _ts(e.occurred_at), msgspec.json.decode(e.data))
 
-    def newer(section: str) -> bool:
-        prev = doc.get(section, {}).get("at")
-        return prev is None or at >= prev
 
-    t = e.type
-    if t in ("heartbeat", "telemetry") and newer("health"):
+def _newer(doc: dict[str, Any], section: str, at: float) -> bool:
+    prev = doc.get(section)
+    return prev is None or prev.get("at") is None or at >= prev["at"]
+
+
+def _fold(doc: dict[str, Any], t: str, at: float, data: Any) -> None:
+    """``fold`` of an event of type ``t`` at ``at`` (epoch seconds) with its decoded payload."""
+    if t in ("heartbeat", "telemetry") and _newer(doc, "health", at):
         health = doc.setdefault("health", {})
         health.update(_known(data, _HEALTH))
         health["at"] = at
-    if t == "heartbeat" and data.get("firmware_version") and newer("firmware"):
+    if t == "heartbeat" and data.get("firmware_version") and _newer(doc, "firmware", at):
         fw = doc.setdefault("firmware", {})
         fw["firmware_version"] = data["firmware_version"]
         fw["at"] = at
-    elif t == "config" and newer("firmware"):
+    elif t == "config" and _newer(doc, "firmware", at):
         fw = doc.setdefault("firmware", {})
         fw.update(_known(data, _CONFIG))
         fw["at"] = at
-    elif t == "connectivity" and newer("connectivity"):
+    elif t == "connectivity" and _newer(doc, "connectivity", at):
         conn = doc.setdefault("connectivity", {})
         conn.update(_known(data, _CONNECTIVITY))
         conn["at"] = at
@@ -99,7 +122,7 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
             stock[data["slot"]] = {**prev, "slot": data["slot"], "level": data["level"], "at": at,
                                    **({"count": data["count"]} if data.get("count") is not None else {})}
         _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
-    elif t == "transaction" and newer("last_transaction"):
+    elif t == "transaction" and _newer(doc, "last_transaction", at):
         doc["last_transaction"] = {**_known(data, _TRANSACTION), "at": at}
     elif t == "fault":
         # raised/cleared per code, newest change wins (an old "raised" arriving late must
@@ -117,7 +140,7 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
             _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
             for gone in [c for c in faults if c not in changed]:
                 del faults[gone]
-    elif t == "security" and newer("last_security"):
+    elif t == "security" and _newer(doc, "last_security", at):
         doc["last_security"] = {**_known(data, _SECURITY), "at": at}
     elif t == "log" and data.get("kind") == "crash":
         doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)
@@ -125,35 +148,56 @@ def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
 
 def count_business(evs: list[ev.StoredEvent]) -> None:
     """Vends, revenue and refunds as counters (the lake has the exact figures; these are live rates)."""
-    for e in evs:
-        if e.type == "transaction":
-            d = msgspec.json.decode(e.data)
+    _count_business([(e.type, msgspec.json.decode(e.data)) for e in evs if e.type in ("transaction", "refund")])
+
+
+def _count_business(items: list[tuple[str, Any]]) -> None:
+    """``count_business`` of (type, decoded payload) pairs: summed first, one counter
+    update per label (a labelled counter update costs more than folding the event)."""
+    vends: dict[str, int] = {}
+    revenue: dict[str, int] = {}
+    refunds: dict[str, int] = {}
+    for t, d in items:
+        if t == "transaction":
             if d.get("payment_status") == "failure":
-                VENDS.labels("payment_failure").inc()
+                outcome = "payment_failure"
             elif d.get("vend_status") == "success":
-                VENDS.labels("success").inc()
+                outcome = "success"
                 if isinstance(d.get("price_minor"), int) and isinstance(d.get("currency"), str):
-                    REVENUE.labels(d["currency"][:3]).inc(d["price_minor"])
+                    cur = d["currency"][:3]
+                    revenue[cur] = revenue.get(cur, 0) + d["price_minor"]
             else:
-                VENDS.labels("vend_failure" if d.get("vend_status") == "failure" else "not_attempted").inc()
-        elif e.type == "refund":
-            d = msgspec.json.decode(e.data)
-            if isinstance(d.get("amount_minor"), int) and isinstance(d.get("currency"), str):
-                REFUNDS.labels(d["currency"][:3]).inc(d["amount_minor"])
+                outcome = "vend_failure" if d.get("vend_status") == "failure" else "not_attempted"
+            vends[outcome] = vends.get(outcome, 0) + 1
+        elif t == "refund" and isinstance(d.get("amount_minor"), int) and isinstance(d.get("currency"), str):
+            cur = d["currency"][:3]
+            refunds[cur] = refunds.get(cur, 0) + d["amount_minor"]
+    for outcome, n in vends.items():
+        VENDS.labels(outcome).inc(n)
+    for cur, n in revenue.items():
+        REVENUE.labels(cur).inc(n)
+    for cur, n in refunds.items():
+        REFUNDS.labels(cur).inc(n)
 
 
 class DeviceStateProjector(CheckpointedStage):
     name = "device-state"
     hop = "state"
     topics = (EVENTS,)
+    bulk_read = True
 
-    def process(self, records: list[Record]) -> None:
-        self._decoded: list[ev.StoredEvent] = []
+    def process(self, records: Sequence[Record]) -> None:
+        self._business: list[tuple[str, Any]] = []
         super().process(records)
-        count_business(self._decoded)  # after the commit: a rolled-back batch is not counted
+        _count_business(self._business)  # after the commit: a rolled-back batch is not counted
 
-    def apply(self, tx: Tx, records: list[Record]) -> None:
-        evs = self._decoded = [ev.decode_stored(r.value) for r in records]
+    def apply(self, tx: Tx, records: Sequence[Record]) -> None:
+        # one decoder call per partition run; if a value does not decode, record by record
+        # (the failing record is then isolated and set aside by the stage)
+        evs = records.decode(_events) if isinstance(records, RecordBatch) else None
+        if evs is None:
+            evs = [_event.decode(r.value) for r in records]
+        self._business = [(e.type, e.data) for e in evs if e.type in ("transaction", "refund")]
         ids = sorted({e.device_id for e in evs})
         rows: dict[str, list[Any]] = {}
         for i in range(0, len(ids), 500):
@@ -164,15 +208,19 @@ class DeviceStateProjector(CheckpointedStage):
             row = rows.get(e.device_id)
             if row is None:
                 row = rows[e.device_id] = [e.device_id, e.site_id, None, None, None, None, 0, {}]
-            recv, occ = _ts(e.received_at), _ts(e.occurred_at)
-            row[1] = e.site_id or row[1]
-            row[2] = recv if row[2] is None else min(row[2], recv)
-            row[3] = recv if row[3] is None else max(row[3], recv)
-            row[4] = occ if row[4] is None else max(row[4], occ)
-            if e.seq is not None:
-                row[5] = e.seq if row[5] is None else max(row[5], e.seq)
+            recv, occ = e.received_at.timestamp(), e.occurred_at.timestamp()
+            if e.site_id:
+                row[1] = e.site_id
+            if row[2] is None or recv < row[2]:
+                row[2] = recv
+            if row[3] is None or recv > row[3]:
+                row[3] = recv
+            if row[4] is None or occ > row[4]:
+                row[4] = occ
+            if e.seq is not None and (row[5] is None or e.seq > row[5]):
+                row[5] = e.seq
             row[6] += 1
-            fold(row[7], e)
+            _fold(row[7], e.type, occ, e.data)
         tx.executemany(
             "INSERT INTO device_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET"
             " site_id=excluded.site_id, first_seen_at=excluded.first_seen_at, last_seen_at=excluded.last_seen_at,"
