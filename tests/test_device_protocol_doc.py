@@ -48,7 +48,7 @@ def test_curl_examples_answer_what_the_doc_shows(data_dir: Path) -> None:
         env = {**os.environ, "VW": str(h.client.base_url).rstrip("/"), "TOKEN": token}
         for script, expected in pairs:
             r = subprocess.run(["bash", "-euo", "pipefail", "-c", script], env=env, capture_output=True,
-                               text=True, timeout=60)
+                               text=True, timeout=60, cwd=data_dir)  # files the doc writes stay out of the checkout
             assert r.returncode == 0, f"{script}\n{r.stderr}"
             assert json.loads(r.stdout) == json.loads(expected), script
         stored = h.stored_events()
