@@ -150,14 +150,11 @@ def _settings(data_dir: Path) -> Settings:
 
 def _scaleout_env(opts: Options, data_dir: Path) -> dict[str, str]:
     """Kafka topics and a PostgreSQL schema of this run's own, an Iceberg catalog on PostgreSQL."""
-    import psycopg
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded by path
+    from scaleout import run_schema
 
-    run = f"chaos_{int(time.time())}_{os.getpid()}"
     assert opts.postgres is not None and opts.kafka is not None
-    with psycopg.connect(opts.postgres, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {run}")
-    sep = "&" if "?" in opts.postgres else "?"
-    dsn = f"{opts.postgres}{sep}options=-csearch_path%3D{run}"
+    run, dsn = run_schema(opts.postgres, "chaos")
     return {
         "VENDWATCH_BUS__BACKEND": "kafka",
         "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": opts.kafka,

@@ -33,9 +33,11 @@ import argparse
 import json
 import os
 import random
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -134,15 +136,13 @@ class Load:
 
 def _scaleout(kafka: str, postgres: str) -> dict[str, Any]:
     """Kafka topics and a PostgreSQL schema of this run's own."""
-    import psycopg
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded by path
+    from scaleout import run_schema
 
-    run = f"latency_{int(time.time())}_{os.getpid()}"
-    with psycopg.connect(postgres, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {run}")
-    sep = "&" if "?" in postgres else "?"
+    run, dsn = run_schema(postgres, "latency")
     return {"bus.backend": "kafka", "bus.kafka.bootstrap_servers": kafka, "bus.kafka.topic_prefix": f"{run}.",
             "bus.kafka.partitions": 4, "state.backend": "postgres",
-            "state.postgres_dsn": f"{postgres}{sep}options=-csearch_path%3D{run}"}
+            "state.postgres_dsn": dsn}
 
 
 def main() -> None:

@@ -295,8 +295,9 @@ def test_the_projector_reads_in_bulk_and_folds_what_record_by_record_folds(
 def test_the_stage_reads_the_stored_event_fields_so_it_refuses_the_same_records() -> None:
     from vendwatch.state.projector import StateEvent
 
-    assert StateEvent.__struct_fields__ == ev.StoredEvent.__struct_fields__
-    assert StateEvent.__struct_defaults__ == ev.StoredEvent.__struct_defaults__
+    assert issubclass(StateEvent, ev.StoredEvent)
+    assert set(StateEvent.__struct_fields__) == set(ev.StoredEvent.__struct_fields__)
+    assert StateEvent.__struct_config__.forbid_unknown_fields == ev.StoredEvent.__struct_config__.forbid_unknown_fields
 
 
 def test_the_group_position_is_written_at_most_once_a_second_and_catches_up_when_idle(

@@ -18,20 +18,11 @@ from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
 
 
-class StateEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+class StateEvent(ev.StoredEvent):
     """A stored event as this stage reads it: ``ev.StoredEvent`` with the payload decoded
-    in the same call (same fields, so the same records are refused)."""
+    in the same call (its fields, so the same records are refused)."""
 
-    event_id: str
-    device_id: str
-    type: str
-    occurred_at: datetime
-    received_at: datetime
     data: Any
-    seq: int | None = None
-    site_id: str | None = None
-    schema_version: int = ev.SCHEMA_VERSION
-    late: bool = False
 
 
 _event = msgspec.json.Decoder(StateEvent)
