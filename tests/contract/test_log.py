@@ -81,6 +81,23 @@ def test_end_offsets_advance(log: Log, topic: str) -> None:
     assert set(after) == {0, 1}
 
 
+def test_offset_for_time_finds_the_first_record_at_or_after_a_time(log: Log, topic: str) -> None:
+    import time
+
+    log.create_topic(topic, 1)
+    before = int(time.time() * 1000) - 1
+    [(p, first)] = log.append(topic, [("dev-a", b"1")])
+    time.sleep(0.05)
+    between = int(time.time() * 1000)
+    time.sleep(0.05)
+    [(_, second)] = log.append(topic, [("dev-a", b"2")])
+    assert log.offset_for_time(topic, p, 0) == first
+    assert log.offset_for_time(topic, p, before) == first
+    assert log.offset_for_time(topic, p, between) == second
+    assert log.offset_for_time(topic, p, int(time.time() * 1000) + 60_000) == log.end_offsets(topic)[p], (
+        "nothing that late: the end")
+
+
 def test_group_resumes_after_commit(log: Log, topic: str) -> None:
     log.create_topic(topic, 2)
     log.append(topic, [(f"k{i}", str(i).encode()) for i in range(10)])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -11,7 +13,7 @@ from tests.contract.pg_backend import fresh_schema
 
 from vendwatch import bus
 from vendwatch.config import BusSettings, KafkaSettings, Settings, StateSettings
-from vendwatch.ingest.sink import LogIngestSink, Pending, dedupe_key, open_sink
+from vendwatch.ingest.sink import Abandoned, LogIngestSink, Pending, dedupe_key, open_sink
 
 
 @pytest.fixture
@@ -33,7 +35,8 @@ def test_claim_confirm_and_duplicates(settings: Settings) -> None:
     d.confirm([b"a", b"b"])
     assert d.claim([b"b", b"c"]) == [False, True]
     d.release([b"c"])
-    assert d.claim([b"c"]) == [True], "a released claim can be claimed again"
+    [again] = d.claim([b"c"])
+    assert isinstance(again, Abandoned), "a released claim is claimed again, and the log is searched first"
     d.confirm([b"c"])
     d.release([b"c"])  # release never forgets a stored event
     assert d.claim([b"c"]) == [False]
@@ -46,8 +49,11 @@ def test_abandoned_claim_expires_after_the_lease(settings: Settings) -> None:
     crashed, other = _dedupe(settings, clock=lambda: now[0]), _dedupe(settings, clock=lambda: now[0])
     assert crashed.claim([b"k"]) == [True]
     assert other.claim([b"k"]) == [None]
+    claimed_at = now[0]
     now[0] += other.lease_s + 1
-    assert other.claim([b"k"]) == [True], "the retry stores the event instead of calling it a duplicate"
+    assert other.claim([b"k"]) == [Abandoned(claimed_at, claimed_at + other.lease_s)], (
+        "the retry is not called a duplicate: it gets the claim, with the span to search the log over")
+    assert crashed.claim([b"k"]) == [None], "taken over: a new lease"
     crashed.close()
     other.close()
 
@@ -126,5 +132,125 @@ def test_failed_append_releases_claims(settings: Settings) -> None:
     sink = LogIngestSink(dead, dedupe)
     with pytest.raises(bus.LogUnavailable):
         sink.commit([_pending("d1", "e1")], [])
-    assert dedupe.claim([dedupe_key("d1", "e1")]) == [True], "the retry must not be taken for a duplicate"
+    [again] = dedupe.claim([dedupe_key("d1", "e1")])
+    assert isinstance(again, Abandoned), "the retry must not be taken for a duplicate; it looks in the log first"
     dedupe.close()
+
+
+class _Killed(BaseException):
+    """SIGKILL, as far as the process that gets it is concerned: nothing after it runs."""
+
+
+def _shifted_clock(shift: list[float]):  # type: ignore[no-untyped-def]
+    return lambda: time.time() + shift[0]
+
+
+def _kafka_sink(settings: Settings, clock):  # type: ignore[no-untyped-def]
+    from vendwatch.bus.kafka import KafkaLog
+    from vendwatch.ingest.dedupe_pg import PostgresDedupe
+
+    ks = kafka_settings()
+    log = KafkaLog(ks)
+    log.create_topic(bus.EVENTS)
+    log.create_topic(bus.REJECTED)
+    return log, ks, lambda lg: LogIngestSink(lg, PostgresDedupe(settings, clock=clock))
+
+
+def _stored(log, device: str) -> list[str]:  # type: ignore[no-untyped-def]
+    from vendwatch.bus.base import partition_for
+
+    p = partition_for(device, log.partitions(bus.EVENTS))
+    return [json.loads(r.value)["event_id"] for r in log.read(bus.EVENTS, p, 0, 1000) if r.key == device]
+
+
+def test_a_collector_killed_between_append_and_confirm_does_not_make_the_retry_a_second_copy(settings: Settings) -> None:
+    shift = [0.0]
+    log, ks, make = _kafka_sink(settings, _shifted_clock(shift))
+    dying = make(log)
+
+    def killed(keys):  # type: ignore[no-untyped-def]
+        raise _Killed
+
+    dying.dedupe.confirm = killed  # type: ignore[method-assign]
+    with pytest.raises(_Killed):  # appended to Kafka; the process dies before confirming
+        dying.commit([_pending("d1", "e1"), _pending("d1", "e2")], [])
+    assert sorted(_stored(log, "d1")) == ["e1", "e2"]
+
+    survivor = make(log)  # another replica (same broker, same PostgreSQL)
+    assert survivor.commit([_pending("d1", "e1")], []) == [None], "within the lease: in flight, retry later"
+    shift[0] += survivor.dedupe.lease_s + 1  # the lease is over: the device retries the batch
+    assert survivor.commit([_pending("d1", "e1"), _pending("d1", "e2"), _pending("d1", "e3")], []) == [False, False, True]
+    assert sorted(_stored(log, "d1")) == ["e1", "e2", "e3"], "each event once in the log"
+    assert survivor.commit([_pending("d1", "e1")], []) == [False], "found in the log, the claim is confirmed"
+    log.close()
+
+
+def test_an_append_that_failed_after_kafka_stored_it_is_not_stored_again(settings: Settings) -> None:
+    # the broker stored the records, but the answer never reached the collector (a delivery
+    # report lost to a timeout, a connection cut after the write): the append raises
+    log, ks, make = _kafka_sink(settings, time.time)
+    sink = make(log)
+    real = log.append_many
+
+    def stored_then_failed(batches):  # type: ignore[no-untyped-def]
+        real(batches)
+        raise bus.LogUnavailable("no delivery report from Kafka within 30000 ms")
+
+    log.append_many = stored_then_failed  # type: ignore[method-assign]
+    with pytest.raises(bus.LogUnavailable):
+        sink.commit([_pending("d1", "e1")], [])
+    log.append_many = real  # type: ignore[method-assign]
+    assert sink.commit([_pending("d1", "e1")], []) == [False], "the device's retry is a duplicate"
+    assert _stored(log, "d1") == ["e1"]
+    log.close()
+
+
+def test_a_claim_taken_over_twice_still_searches_from_the_first_attempt(settings: Settings) -> None:
+    # collector A appends and dies; B takes the expired claim over and dies before it has
+    # looked; C must still look from A's attempt on, not from B's
+    shift = [0.0]
+    log, ks, make = _kafka_sink(settings, _shifted_clock(shift))
+    a = make(log)
+    a.dedupe.confirm = lambda keys: (_ for _ in ()).throw(_Killed())  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        a.commit([_pending("d1", "e1")], [])
+    b = make(log)
+    shift[0] += b.dedupe.lease_s + 1
+    assert b.dedupe.claim([dedupe_key("d1", "e1")])[0], "B takes over (and dies at once)"
+    shift[0] += b.dedupe.lease_s + 1
+    c = make(log)
+    assert c.commit([_pending("d1", "e1")], []) == [False]
+    assert _stored(log, "d1") == ["e1"]
+    log.close()
+
+
+def test_a_claim_abandoned_before_midnight_is_searched_for_after_it(settings: Settings) -> None:
+    now = [10_000 * 86_400.0 - 5]  # five seconds before midnight UTC
+    crashed, other = _dedupe(settings, clock=lambda: now[0]), _dedupe(settings, clock=lambda: now[0])
+    claimed_at = now[0]
+    assert crashed.claim([b"k"]) == [True]
+    now[0] += other.lease_s + 1  # the next day: the claim lives in yesterday's table
+    assert other.claim([b"k"]) == [Abandoned(claimed_at, claimed_at + other.lease_s)]
+    assert crashed.claim([b"k"]) == [None], "taken over (in today's table): a new lease"
+    now[0] += other.lease_s + 1
+    [third] = crashed.claim([b"k"])
+    assert isinstance(third, Abandoned) and third.since == claimed_at, "still searched from the first attempt on"
+    other.confirm([b"k"])
+    assert crashed.claim([b"k"]) == [False]
+    crashed.close()
+    other.close()
+
+
+def test_day_tables_of_an_older_release_gain_the_first_attempt_column(settings: Settings) -> None:
+    from vendwatch.state.postgres import PostgresDatabase
+
+    now = [10_000 * 86_400.0 + 60]
+    db = PostgresDatabase(settings.state.postgres_dsn)
+    db.execute("CREATE TABLE ingest_seen_10000(k BYTEA PRIMARY KEY, claimed_at DOUBLE PRECISION NOT NULL,"
+               " confirmed BOOLEAN NOT NULL DEFAULT FALSE)")
+    db.execute("INSERT INTO ingest_seen_10000(k, claimed_at, confirmed) VALUES (?, ?, TRUE), (?, ?, FALSE)",
+               (b"stored", now[0] - 30, b"lost", now[0] - 3600))
+    db.close()
+    d = _dedupe(settings, clock=lambda: now[0])
+    assert d.claim([b"stored", b"lost", b"new"]) == [False, Abandoned(now[0] - 3600, now[0] - 3600 + d.lease_s), True]
+    d.close()

@@ -161,6 +161,11 @@ class Log(ABC):
         """Next offset to be written, per partition."""
 
     @abstractmethod
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        """The first offset of a partition whose record timestamp is at or after
+        ``timestamp_ms``; the end offset if there is none."""
+
+    @abstractmethod
     def begin_offsets(self, topic: str) -> dict[int, int]:
         """Oldest offset still retained, per partition."""
 

@@ -308,6 +308,17 @@ class KafkaLog(Log):
     def end_offsets(self, topic: str) -> dict[int, int]:
         return {p: self._watermarks(topic, p)[1] for p in range(self.partitions(topic))}
 
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        tp = ck.TopicPartition(self.kafka_topic(topic), partition, max(0, timestamp_ms))
+        try:
+            [got] = self._reader().offsets_for_times([tp], timeout=10)
+        except ck.KafkaException as e:
+            raise LogUnavailable(f"cannot look up offsets of {topic}/{partition} by time: {e}") from e
+        if got.error is not None:
+            raise LogUnavailable(f"cannot look up offsets of {topic}/{partition} by time: {got.error}")
+        # -1: no record at or after that time
+        return got.offset if got.offset >= 0 else self._watermarks(topic, partition)[1]
+
     def begin_offsets(self, topic: str) -> dict[int, int]:
         return {p: self._watermarks(topic, p)[0] for p in range(self.partitions(topic))}
 

@@ -238,6 +238,12 @@ class SqliteLog(Log):
             out[p] = last + 1
         return out
 
+    def offset_for_time(self, topic: str, partition: int, timestamp_ms: int) -> int:
+        (first,) = self._conn().execute(
+            f"SELECT min(offset) FROM {_table(topic, partition)} WHERE ts >= ?", (timestamp_ms,)
+        ).fetchone()
+        return self.end_offsets(topic)[partition] if first is None else int(first)
+
     def begin_offsets(self, topic: str) -> dict[int, int]:
         db = self._conn()
         ends = self.end_offsets(topic)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 _SIZES = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 20_000)
 
@@ -13,4 +13,14 @@ GROUP_COMMIT_EVENTS = Histogram(
 )
 GROUP_COMMIT_REQUESTS = Histogram(
     "vendwatch_ingest_group_commit_requests", "Requests sharing one durable group commit", buckets=_SIZES
+)
+
+ABANDONED_CLAIMS = Counter(
+    "vendwatch_ingest_abandoned_claims_total",
+    "Events whose earlier claim was abandoned (collector died, append failed) and were looked for in the log,"
+    " by outcome (found: already stored, answered as a duplicate; not_found: appended now)",
+    ["outcome"],
+)
+ABANDONED_RECORDS_READ = Counter(
+    "vendwatch_ingest_abandoned_records_read_total", "Log records read while looking for the events of abandoned claims"
 )

@@ -27,14 +27,15 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from vendwatch.bus import EVENTS, REJECTED
-from vendwatch.bus.base import Log
+from vendwatch.bus.base import Log, partition_for
 from vendwatch.bus.sqlite import SqliteLog, _table
+from vendwatch.ingest import metrics as m
 from vendwatch.ingest.dedupe import SeenIndex, dedupe_key
 
 if TYPE_CHECKING:
     from vendwatch.config import Settings
 
-__all__ = ["IngestSink", "LogIngestSink", "Pending", "SqliteIngestSink", "dedupe_key", "open_sink"]
+__all__ = ["Abandoned", "ClaimState", "DedupeStore", "IngestSink", "LogIngestSink", "Pending", "SqliteIngestSink", "dedupe_key", "open_sink"]
 
 log = logging.getLogger("vendwatch.ingest")
 
@@ -149,26 +150,53 @@ class SqliteIngestSink(IngestSink):
         return fresh
 
 
+@dataclass(frozen=True, slots=True)
+class Abandoned:
+    """A claim taken over from an attempt that never confirmed (its collector died, or
+    its append failed): the attempt's records may be in the log, appended between
+    ``since`` (the first attempt's claim) and ``until`` (the last attempt's lease end)."""
+
+    since: float
+    until: float
+
+
+#: per key: True (claimed, new), False (already stored), None (being stored elsewhere), or
+#: Abandoned (claimed, but look in the log first)
+ClaimState = bool | None | Abandoned
+
+
 class DedupeStore(ABC):
     """A shared 'seen event ids' index for scale-out collectors (e.g. PostgreSQL)."""
 
     @abstractmethod
-    def claim(self, keys: Sequence[bytes]) -> list[bool | None]:
+    def claim(self, keys: Sequence[bytes]) -> list[ClaimState]:
         """Claim keys before appending them: True for a key not seen before (now claimed by
         this caller), False for one already stored, None for one another request is storing
-        right now (answer "retry later": if that request fails, the retry must store it)."""
+        right now (answer "retry later"), ``Abandoned`` for one now claimed by this caller
+        whose earlier attempt may or may not have reached the log."""
 
     def confirm(self, keys: Sequence[bytes]) -> None:  # noqa: B027 - optional
         """The claimed keys' events are durable in the log."""
 
     def release(self, keys: Sequence[bytes]) -> None:  # noqa: B027 - optional
-        """The claimed keys' events could not be appended: forget the claims."""
+        """The append of the claimed keys failed (some may be stored all the same): end the
+        claims so a retry can take them over."""
 
 
 class LogIngestSink(IngestSink):
-    """Any log plus a separate dedupe index: claim, append, confirm. If the append fails
-    the claims are released; if the process dies before confirming, the claims expire,
-    so a retry of the batch is never taken for a duplicate of an event that was lost."""
+    """Any log plus a separate dedupe index: claim, append, confirm.
+
+    If the append fails, the claims are released; if the process dies before confirming,
+    they expire. Either way the events may or may not be in the log, so the next claim
+    of such a key is ``Abandoned`` and the sink reads the device's partition over the
+    abandoned attempt's time span (``find_stored``) before appending: the retry is
+    neither lost nor stored twice. That read is the price of a crash or a failed append
+    only; the normal path is claim, append, confirm.
+    """
+
+    #: how far record timestamps may be from the claiming collector's clock (a broker
+    #: using LogAppendTime, clocks of different hosts)
+    clock_slack_s = 30.0
 
     def __init__(self, log: Log, dedupe: DedupeStore) -> None:
         self.log = log
@@ -176,7 +204,14 @@ class LogIngestSink(IngestSink):
 
     def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool | None]:  # type: ignore[override]
         keys = [dedupe_key(p.device_id, p.event_id) for p in accepted]
-        fresh = self.dedupe.claim(keys)
+        claims = self.dedupe.claim(keys)
+        maybe = {i: c for i, c in enumerate(claims) if isinstance(c, Abandoned)}
+        found = self.find_stored([(accepted[i], c) for i, c in maybe.items()]) if maybe else set()
+        fresh: list[bool | None] = []
+        for p, c in zip(accepted, claims, strict=True):
+            fresh.append((p.device_id, p.event_id) not in found if isinstance(c, Abandoned) else c)
+        if found:
+            self.dedupe.confirm([keys[i] for i in maybe if not fresh[i]])
         mine = [k for k, f in zip(keys, fresh, strict=True) if f]
         items = [(p.device_id, p.value) for p, f in zip(accepted, fresh, strict=True) if f]
         try:
@@ -186,6 +221,44 @@ class LogIngestSink(IngestSink):
             raise
         self.dedupe.confirm(mine)
         return fresh
+
+    def find_stored(self, wanted: Sequence[tuple[Pending, Abandoned]]) -> set[tuple[str, str]]:
+        """Which of these (device, event id) pairs an abandoned attempt did append: reads
+        each device's partition of the events topic over the attempts' time span."""
+        n = self.log.partitions(EVENTS)
+        spans: dict[int, tuple[float, float, set[tuple[str, str]]]] = {}
+        for p, a in wanted:
+            part = partition_for(p.device_id, n)
+            lo, hi, want = spans.get(part, (a.since, a.until, set()))
+            want.add((p.device_id, p.event_id))
+            spans[part] = (min(lo, a.since), max(hi, a.until), want)
+        found: set[tuple[str, str]] = set()
+        read = 0
+        for part, (lo, hi, want) in spans.items():
+            off = self.log.offset_for_time(EVENTS, part, int((lo - self.clock_slack_s) * 1000))
+            end = self.log.offset_for_time(EVENTS, part, int((hi + self.clock_slack_s) * 1000))
+            while off < end and want:
+                recs = self.log.read(EVENTS, part, off, min(5000, end - off))
+                if not recs:
+                    break
+                for r in recs:
+                    if r.offset >= end:
+                        break
+                    read += 1
+                    try:
+                        pair = (r.key, _event_id_decoder.decode(r.value).event_id)
+                    except (msgspec.DecodeError, UnicodeDecodeError):
+                        continue  # not written by a collector
+                    if pair in want:
+                        want.discard(pair)
+                        found.add(pair)
+                off = recs[-1].offset + 1
+        m.ABANDONED_CLAIMS.labels("found").inc(len(found))
+        m.ABANDONED_CLAIMS.labels("not_found").inc(len(wanted) - len(found))
+        m.ABANDONED_RECORDS_READ.inc(read)
+        log.info("abandoned claims of %d events taken over: %d were in the log (%d records read), the rest is appended",
+                 len(wanted), len(found), read)
+        return found
 
 
 def open_sink(log: Log, settings: Settings) -> IngestSink:
