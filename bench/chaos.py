@@ -105,6 +105,9 @@ class Report:
     keys_with_several_open_incidents: int = 0
     device_state_mismatches: int = 0
     stage_dead_letters: int = 0
+    # scale-out: events whose collector died (or whose append failed) before confirming
+    # the claim, taken over by the retry (each must still be in the log once)
+    claims_taken_over: int = 0
     drained: bool = False
     failures: list[str] = field(default_factory=list)
 
@@ -377,6 +380,11 @@ def verify(data_dir: Path, load: Load, report: Report, drain_timeout_s: float) -
         report.device_state_mismatches = sum(1 for d in per_device.keys() | state.keys()
                                              if per_device.get(d, 0) != state.get(d, 0))
         report.stage_dead_letters = int((db.one("SELECT count(*) FROM stage_dead_letters") or (0,))[0])
+        if ctx.settings.bus.backend == "kafka":
+            for (table,) in db.query("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                                     " AND tablename LIKE 'ingest\\_seen\\_%'"):
+                report.claims_taken_over += int(
+                    (db.one(f"SELECT count(*) FROM {table} WHERE first_at IS NOT NULL") or (0,))[0])
     finally:
         ctx.close()
 
