@@ -254,3 +254,22 @@ def test_day_tables_of_an_older_release_gain_the_first_attempt_column(settings: 
     d = _dedupe(settings, clock=lambda: now[0])
     assert d.claim([b"stored", b"lost", b"new"]) == [False, Abandoned(now[0] - 3600, now[0] - 3600 + d.lease_s), True]
     d.close()
+
+
+def test_a_log_that_cannot_be_read_makes_the_retry_wait_instead_of_storing_twice(settings: Settings) -> None:
+    shift = [0.0]
+    log, ks, make = _kafka_sink(settings, _shifted_clock(shift))
+    dying = make(log)
+    dying.dedupe.confirm = lambda keys: (_ for _ in ()).throw(_Killed())  # type: ignore[method-assign]
+    with pytest.raises(_Killed):
+        dying.commit([_pending("d1", "e1")], [])
+    retry = make(log)
+    shift[0] += retry.dedupe.lease_s + 1
+    real_read = log.read
+    log.read = lambda *a, **k: []  # type: ignore[method-assign]  # every fetch times out
+    with pytest.raises(bus.LogUnavailable, match="abandoned claim"):
+        retry.commit([_pending("d1", "e1")], [])
+    log.read = real_read  # type: ignore[method-assign]
+    assert retry.commit([_pending("d1", "e1")], []) == [False], "at once, not a lease later: the claim was released"
+    assert _stored(log, "d1") == ["e1"]
+    log.close()

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from vendwatch.bus import EVENTS, REJECTED
-from vendwatch.bus.base import Log, partition_for
+from vendwatch.bus.base import Log, LogUnavailable, partition_for
 from vendwatch.bus.sqlite import SqliteLog, _table
 from vendwatch.ingest import metrics as m
 from vendwatch.ingest.dedupe import SeenIndex, dedupe_key
@@ -205,19 +205,21 @@ class LogIngestSink(IngestSink):
     def commit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool | None]:  # type: ignore[override]
         keys = [dedupe_key(p.device_id, p.event_id) for p in accepted]
         claims = self.dedupe.claim(keys)
-        maybe = {i: c for i, c in enumerate(claims) if isinstance(c, Abandoned)}
-        found = self.find_stored([(accepted[i], c) for i, c in maybe.items()]) if maybe else set()
-        fresh: list[bool | None] = []
-        for p, c in zip(accepted, claims, strict=True):
-            fresh.append((p.device_id, p.event_id) not in found if isinstance(c, Abandoned) else c)
-        if found:
-            self.dedupe.confirm([keys[i] for i in maybe if not fresh[i]])
-        mine = [k for k, f in zip(keys, fresh, strict=True) if f]
-        items = [(p.device_id, p.value) for p, f in zip(accepted, fresh, strict=True) if f]
+        mine = [k for k, c in zip(keys, claims, strict=True) if c]  # True or Abandoned
         try:
+            maybe = [(p, c) for p, c in zip(accepted, claims, strict=True) if isinstance(c, Abandoned)]
+            found = self.find_stored(maybe) if maybe else set()
+            fresh: list[bool | None] = []
+            for p, c in zip(accepted, claims, strict=True):
+                fresh.append((p.device_id, p.event_id) not in found if isinstance(c, Abandoned) else c)
+            if found:  # already in the log: confirm those claims, append the rest
+                taken = set(mine)
+                self.dedupe.confirm([k for k, f in zip(keys, fresh, strict=True) if f is False and k in taken])
+                mine = [k for k, f in zip(keys, fresh, strict=True) if f]
+            items = [(p.device_id, p.value) for p, f in zip(accepted, fresh, strict=True) if f]
             self.log.append_many({EVENTS: items, REJECTED: list(rejected)})
         except Exception:
-            self.dedupe.release(mine)
+            self.dedupe.release(mine)  # the retry takes them over and looks again
             raise
         self.dedupe.confirm(mine)
         return fresh
@@ -240,7 +242,11 @@ class LogIngestSink(IngestSink):
             while off < end and want:
                 recs = self.log.read(EVENTS, part, off, min(5000, end - off))
                 if not recs:
-                    break
+                    if self.log.begin_offsets(EVENTS).get(part, 0) >= end:
+                        break  # the span is past the log's retention: nothing of it is left
+                    # an event not read is not an event not stored: answer "retry later"
+                    raise LogUnavailable(f"could not read {EVENTS}/{part} from offset {off} to look for"
+                                         " the events of an abandoned claim")
                 for r in recs:
                     if r.offset >= end:
                         break
