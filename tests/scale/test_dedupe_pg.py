@@ -273,3 +273,30 @@ def test_a_log_that_cannot_be_read_makes_the_retry_wait_instead_of_storing_twice
     assert retry.commit([_pending("d1", "e1")], []) == [False], "at once, not a lease later: the claim was released"
     assert _stored(log, "d1") == ["e1"]
     log.close()
+
+
+def test_concurrent_replicas_take_an_abandoned_claim_over_exactly_once(settings: Settings) -> None:
+    now = [time.time()]
+    crashed = _dedupe(settings, clock=lambda: now[0])
+    keys = [i.to_bytes(4, "big") for i in range(300)]
+    assert crashed.claim(keys) == [True] * len(keys)  # ... and the collector dies
+    now[0] += crashed.lease_s + 1
+    replicas = [_dedupe(settings, clock=lambda: now[0]) for _ in range(3)]
+    got: list[list[object]] = [[] for _ in replicas]
+    barrier = threading.Barrier(len(replicas))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        for j in range(0, len(keys), 50):
+            got[i].extend(replicas[i].claim(keys[j : j + 50]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(replicas))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    per_key = [[g[k] for g in got] for k in range(len(keys))]
+    assert all(sum(isinstance(s, Abandoned) for s in states) == 1 for states in per_key), "one replica takes it over"
+    assert all(s is None for states in per_key for s in states if not isinstance(s, Abandoned)), "the others wait"
+    for r in [crashed, *replicas]:
+        r.close()
