@@ -176,3 +176,21 @@ def test_a_worker_left_without_room_is_found_broken_and_not_kept() -> None:
     out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "broken-detected"
+
+
+def test_no_report_runs_in_the_server_process_when_queries_have_a_memory_cap(lake: tuple[Context, int]) -> None:
+    """With ``lake.sql_worker_memory_mb`` set, every lake query, the DEX reports included, runs
+    in a capped worker: here the cap is too small for a worker to start, so every report is
+    a 503, never an answer computed in the server (whose memory the cap does not bound)."""
+    ctx0, _ = lake
+    ctx = Context(make_settings(ctx0.settings.data_path, **{"lake.sql_worker_memory_mb": 64}))
+    token = ctx.state.add_operator_token(f"capped-{os.getpid()}", "operator")
+    auth = {"authorization": f"Bearer {token}"}
+    try:
+        with TestClient(build_app(ctx, ["console"]), raise_server_exceptions=False) as c:
+            for name in ("device-last-seen", "dex-reconciliation", "cash-accountability", "dex-files"):
+                r = c.get(f"/v1/reports/{name}", headers=auth)
+                assert r.status_code == 503, (name, r.status_code, r.text[:300])
+                assert r.json()["error"]["code"] == "unavailable" and "Traceback" not in r.text
+    finally:
+        ctx.close()

@@ -92,6 +92,13 @@ class _Runner:
 
         return run_report(self.settings, name, **kwargs)
 
+    def dex_report(self, name: str, **kwargs: Any) -> QueryResult:
+        if self.pool is not None:
+            return self.pool.dex_report(name, **kwargs)
+        from vendwatch.lake.dex_reports import run_dex_report
+
+        return run_dex_report(self.settings, name, **kwargs)
+
 
 def _as_of(v: str | int | None) -> Any:
     from datetime import datetime
@@ -173,7 +180,7 @@ def routes(ctx: Context) -> list[Route]:
         return _respond(res, fmt, name)
 
     async def _dex_report(request: Request, name: str) -> Response:
-        from vendwatch.lake.dex_reports import food_safety_limits, run_dex_report
+        from vendwatch.lake.dex_reports import food_safety_limits
 
         q = request.query_params
         fmt = q.get("format", "json")
@@ -186,8 +193,8 @@ def routes(ctx: Context) -> list[Route]:
         site = q.get("site") or None
 
         def run() -> QueryResult:
-            limits = food_safety_limits(ctx.state) if name == "food-safety" else None
-            return run_dex_report(ctx.settings, name, since=since, until=until, site=site, limits=limits, visit=visit)
+            limits = food_safety_limits(ctx.state) if name == "food-safety" else None  # the registry is here
+            return runner.dex_report(name, since=since, until=until, site=site, limits=limits, visit=visit)
 
         try:
             async with slots:

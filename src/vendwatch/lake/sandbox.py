@@ -62,6 +62,7 @@ def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int)
     if memory_mb > 0:
         cap = memory_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    from vendwatch.lake.dex_reports import run_dex_report
     from vendwatch.lake.query import LakeSQL
     from vendwatch.lake.reports import run_report
 
@@ -79,6 +80,8 @@ def _worker_main(conn: Connection, settings_doc: dict[str, Any], memory_mb: int)
         try:
             if op == "sql":
                 res = LakeSQL(settings).run(kwargs.pop("sql"), **kwargs)
+            elif op == "dex_report":
+                res = run_dex_report(settings, kwargs.pop("name"), **kwargs)
             else:
                 res = run_report(settings, kwargs.pop("name"), **kwargs)
             sink = pa.BufferOutputStream()
@@ -203,6 +206,10 @@ class QueryPool:
 
     def report(self, name: str, **kwargs: Any) -> QueryResult:
         return self._run("report", {"name": name, **kwargs}, self.settings.lake.sql_timeout_s)
+
+    def dex_report(self, name: str, **kwargs: Any) -> QueryResult:
+        """One of the DEX reports (``lake.dex_reports``): several queries, so several timeouts' worth."""
+        return self._run("dex_report", {"name": name, **kwargs}, 4 * self.settings.lake.sql_timeout_s)
 
     def _run(self, op: str, kwargs: dict[str, Any], timeout_s: float) -> QueryResult:
         answer = self._once(op, kwargs, timeout_s)
