@@ -117,8 +117,12 @@ class Validator:
         return _Limits(now, now + timedelta(seconds=s.max_future_skew_s), now - timedelta(seconds=s.late_after_s),
                        now - timedelta(days=s.max_age_days), s.max_event_bytes)
 
-    def _problem(self, e: ev.DeviceEvent, device_id: str, lim: _Limits) -> tuple[str, str] | None:
-        """(code, reason) if the decoded event must be refused."""
+    def _problem(self, e: ev.DeviceEvent, device_id: str, lim: _Limits, nul_possible: bool) -> tuple[str, str] | None:
+        """(code, reason) if the decoded event must be refused. ``nul_possible``: the bytes
+        the event came from may hold a NUL (``events.may_hold_nul``), so look for one in
+        device text."""
+        if nul_possible and "\x00" in e.event_id:
+            return "schema", f"{ev.NUL_REFUSED} - at `$.event_id`"
         if len(e.data) > lim.max_data:
             return "too_large", f"data is {len(e.data)} bytes; the limit is {lim.max_data}"
         if e.occurred_at.tzinfo is None:
@@ -132,9 +136,9 @@ class Validator:
         if e.occurred_at < lim.oldest:
             return "too_old", f"occurred_at {e.occurred_at.isoformat()} is older than {self.s.max_age_days:g} days"
         try:
-            ev.decode_payload(e.type, e.data)
+            ev.decode_payload(e.type, e.data, nul_possible=nul_possible)
         except msgspec.ValidationError as err:
-            return "schema", f"{_readable(err)} (in `data` of a `{e.type}` event)"
+            return "schema", f"{str(err)} (in `data` of a `{e.type}` event)"
         except _DECODE_ERRORS as err:
             return "schema", f"`data` is not valid JSON: {err}"
         return None
@@ -143,7 +147,7 @@ class Validator:
         """Split a parsed batch into accepted events (ready for the log) and refused ones."""
         lim = self._limits(now)
         if parsed.typed is not None:
-            out = self._fast(parsed.typed, device_id, site_id, lim)
+            out = self._fast(parsed.typed, device_id, site_id, lim, ev.may_hold_nul(parsed.body))
             if out is not None:
                 return out
         return self._slow(parsed.raw_events(), device_id, site_id, lim)
@@ -156,11 +160,11 @@ class Validator:
         return Pending(e.device_id, e.event_id, _enc.encode(stored))
 
     def _fast(self, events: list[ev.DeviceEvent], device_id: str, site_id: str | None,
-              lim: _Limits) -> Outcome | None:
+              lim: _Limits, nul_possible: bool) -> Outcome | None:
         out = Outcome()
         seen: set[str] = set()
         for i, e in enumerate(events):
-            if self._problem(e, device_id, lim) is not None:
+            if self._problem(e, device_id, lim, nul_possible) is not None:
                 return None
             if e.event_id in seen:
                 out.in_batch_duplicates += 1
@@ -184,7 +188,7 @@ class Validator:
             try:
                 e = _device_event.decode(raw)
             except msgspec.ValidationError as err:
-                reason = _readable(err)
+                reason = str(err)
                 if reason.startswith("Object contains unknown field"):
                     reason += " (the envelope is fixed in protocol v1; put extra fields inside `data`)"
                 reject(i, raw, "schema", reason, _peek_event_id(raw))
@@ -192,7 +196,7 @@ class Validator:
             except _DECODE_ERRORS as err:
                 reject(i, raw, "schema", f"not a valid JSON event: {err}", _peek_event_id(raw))
                 continue
-            problem = self._problem(e, device_id, lim)
+            problem = self._problem(e, device_id, lim, ev.may_hold_nul(bytes(raw)))
             if problem is not None:
                 reject(i, raw, problem[0], problem[1], e.event_id)
                 continue
@@ -216,11 +220,6 @@ def validate_batch(raws: Sequence[msgspec.Raw], device: Device, s: IngestSetting
     for r in out.rejected:
         m.INGEST_EVENTS.labels(outcome="rejected", reason=r["code"]).inc()
     return out
-
-
-def _readable(err: msgspec.ValidationError) -> str:
-    """msgspec's message, with the no-NUL rule said in words rather than as its regex."""
-    return str(err).replace("`str` matching regex '^[^\\\\x00]*$'", "text without NUL (U+0000) characters")
 
 
 def quarantine_record(device_id: str | None, now: datetime, reason: str, raw: bytes | None,
