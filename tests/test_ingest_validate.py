@@ -128,3 +128,15 @@ def test_a_nul_outside_device_text_is_kept_as_sent() -> None:
     fast, slow = _both(body)
     assert fast == slow and len(fast.accepted) == 2 and not fast.rejected
     assert ev.decode_stored(fast.accepted[1].value).data == msgspec.Raw(b'{"kind":"crash","message":"a\\\\u0000"}')
+
+
+@pytest.mark.parametrize("device_id", ["VM 1", "-VM", "x" * 129, "VM-1\u0000"])
+def test_events_of_a_device_whose_id_breaks_the_id_rule_are_refused_on_both_paths(device_id: str) -> None:
+    """The fast path checks the authenticated device's id once per request instead of a
+    pattern per event: the answer must stay the event-by-event path's (schema refusal)."""
+    body = msgspec.json.encode({"events": [event(device_id), event(device_id)]})
+    now = _now()
+    fast = _V.validate(parse(body), device_id, "S1", now)
+    slow = _V.validate(Parsed(body, None, None), device_id, "S1", now)
+    assert fast == slow and not fast.accepted
+    assert [r["code"] for r in fast.rejected] == ["schema", "schema"] and "device_id" in fast.rejected[0]["reason"]

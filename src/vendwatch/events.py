@@ -19,7 +19,8 @@ from msgspec import Meta, Raw, Struct
 SCHEMA_VERSION = 1
 
 # --- constrained scalar types -------------------------------------------------
-Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # No U+0000 in device text: PostgreSQL text and jsonb (the scale-out state store) cannot
 # hold it, and no firmware means it; refused at the door with the field's name. Not a
 # msgspec ``pattern``: a regex per text field made each one ~4x dearer to decode, for a
@@ -478,18 +479,28 @@ def check_no_nul(type_: str, payload: Any) -> None:
         raise msgspec.ValidationError(f"{NUL_REFUSED} - at {where}")
 
 
-def decode_payload(type_: str, data: bytes | Raw, *, nul_possible: bool | None = None) -> Any:
+def may_break_contract(data: bytes) -> bool:
+    """Whether JSON text ``data`` may hold a number ``check_contract`` refuses (cheap byte scan)."""
+    return _may_break_contract(data)
+
+
+def decode_payload(type_: str, data: bytes | Raw, *, nul_possible: bool | None = None,
+                   big_numbers_possible: bool | None = None) -> Any:
     """Typed payload of an event, checked against the decoding contract (``check_contract``)
-    and for NUL in device text (``check_no_nul``). ``nul_possible=False`` says the caller
-    has already scanned bytes holding ``data`` with ``may_hold_nul`` and found nothing.
+    and for NUL in device text (``check_no_nul``). ``nul_possible=False`` /
+    ``big_numbers_possible=False`` say the caller has already scanned bytes holding ``data``
+    with ``may_hold_nul`` / ``may_break_contract`` and found nothing (one scan of a whole
+    request body costs less than one per event).
 
     Raises ``msgspec.ValidationError`` (or ``msgspec.DecodeError``/``RecursionError`` for
     unreadable JSON)."""
     typed = _payload_decoders[type_].decode(data)
+    if nul_possible is False and big_numbers_possible is False:
+        return typed
     raw = bytes(data)
     if nul_possible is not False and may_hold_nul(raw):
         check_no_nul(type_, typed)
-    if _may_break_contract(raw):
+    if big_numbers_possible is not False and _may_break_contract(raw):
         check_contract(raw)
     return typed
 
