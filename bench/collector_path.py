@@ -33,8 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import msgspec  # noqa: E402
+from stages import mixed_payload  # noqa: E402
 
 from vendwatch import events as ev  # noqa: E402
 from vendwatch.bus.sqlite import SqliteLog  # noqa: E402
@@ -42,39 +44,6 @@ from vendwatch.config import load_settings  # noqa: E402
 from vendwatch.ingest.sink import SqliteIngestSink  # noqa: E402
 from vendwatch.ingest.validate import Validator, parse  # noqa: E402
 from vendwatch.state import open_state  # noqa: E402
-
-_METHODS = ["cash", "card", "qr", "mobile"]
-_NETWORKS = ["4g", "5g", "wifi", "ethernet"]
-_CODES = ["coin_jam", "bill_jam", "cooling_failure", "door_sensor"]
-
-
-def _data(rnd: random.Random, counter: int, k: int) -> tuple[str, dict]:
-    r = rnd.randint(1, 100)
-    if r <= 40:
-        hot = rnd.randint(1, 50) == 1
-        return "telemetry", {"cabinet_temp_c": round(48.5 if hot else 3 + rnd.random() * 2, 1),
-                             "refrigeration_temp_c": round(-1 - rnd.random(), 1), "door_open": rnd.randint(1, 20) == 1,
-                             "motor_status": "idle", "voltage_v": round(228 + rnd.random() * 4, 1),
-                             "cpu_pct": rnd.randint(5, 60)}
-    if r <= 60:
-        return "heartbeat", {"uptime_s": rnd.randint(1, 10_000_000), "firmware_version": f"4.2.{rnd.randint(0, 3)}",
-                             "interval_s": 60}
-    if r <= 80:
-        ok = rnd.randint(1, 25) != 1
-        d = {"transaction_id": f"t-{counter}-{k}", "product_id": f"p-{rnd.randint(1, 40)}",
-             "slot": f"A{rnd.randint(1, 12)}", "price_minor": rnd.randint(100, 400), "currency": "EUR",
-             "payment_method": rnd.choice(_METHODS), "payment_status": "success",
-             "vend_status": "success" if ok else "failure"}
-        if not ok:
-            d["failure_reason"] = "motor_jam"
-        return "transaction", d
-    if r <= 85:
-        return "inventory", {"slots": [{"slot": f"A{s}", "product_id": f"p-{s}", "count": rnd.randint(0, 10),
-                                        "capacity": 10, "low_threshold": 2} for s in range(1, 7)]}
-    if r <= 95:
-        return "connectivity", {"network": rnd.choice(_NETWORKS), "signal_dbm": round(-50 - rnd.random() * 60),
-                                "latency_ms": round(20 + rnd.random() * 300)}
-    return "fault", {"code": rnd.choice(_CODES), "state": rnd.choice(["raised", "cleared"]), "component": "vend"}
 
 
 def bodies(n: int, batch: int, devices: list[str], round_: int) -> list[tuple[str, bytes]]:
@@ -85,7 +54,7 @@ def bodies(n: int, batch: int, devices: list[str], round_: int) -> list[tuple[st
         dev = devices[(c * 7919) % len(devices)]
         events = []
         for k in range(batch):
-            t, d = _data(rnd, c, k)
+            t, d = mixed_payload(rnd, k, c)
             events.append({"event_id": f"r{round_}-{c}-{k}", "device_id": dev, "type": t, "occurred_at": now,
                            "seq": c * batch + k, "data": d})
         out.append((dev, msgspec.json.encode({"events": events})))
