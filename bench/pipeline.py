@@ -2,6 +2,7 @@
 
     python bench/pipeline.py                         # 30 s of load, then catch-up, both runs
     python bench/pipeline.py --duration 20 --mode processes
+    python bench/pipeline.py --duration 20 --collector-only   # the collector alone on the mixed load
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Two runs on loopback, same load:
 
@@ -377,9 +378,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
               f" {x.get('sustained_stream_per_s', x['sustained_per_s']):,.0f} / {x['sustained_per_s']:,.0f} |"
               f" {x['cpu_us_per_event']:.1f} |"
               f" {x['loadavg_before']:.2f} / {x['loadavg_after']:.2f} |")
-    for r in runs[0 if base is None else 1:]:
+    for r in runs[0 if base is None or len(runs) == 1 else 1:]:
         x = r.result
-        if base is not None:
+        if base is not None and r is not runs[0]:
             print(f"\n{x['label']}: sustained / collector-only ingest = {x['sustained_per_s'] / base['ingest_per_s']:.2f};"
                   f" CPU per event vs collector only = {x['cpu_us_per_event'] / base['cpu_us_per_event']:.1f}x")
         print(f"\n{x['events_total']:,} events; per-process CPU seconds (load / total) and µs per event: " + ", ".join(
@@ -416,9 +417,13 @@ def main() -> None:
                     help="Setting for the measured processes, e.g. lake.batch_max_wait_s=5 (repeatable).")
     ap.add_argument("--profile", metavar="DIR", help="Profile every measured process with py-spy; summaries printed.")
     ap.add_argument("--skip-baseline", action="store_true", help="Only the whole-platform run.")
+    ap.add_argument("--collector-only", action="store_true",
+                    help="Only the collector-only run (the collector's CPU per event on the mixed load).")
     ap.add_argument("--json", dest="json_out", help="Also write every run and sample here.")
     ap.add_argument("-q", "--quiet", action="store_true", help="No per-sample progress lines.")
     args = ap.parse_args()
+    if args.collector_only and args.skip_baseline:
+        raise SystemExit("--collector-only and --skip-baseline leave nothing to run")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
     all_roles = list(load_settings(environ={}).server.roles)
@@ -428,7 +433,8 @@ def main() -> None:
         register(work / "registry", args.devices, work / "tokens.txt")
         if not args.skip_baseline:
             runs.append(one_run("collector", ["collector"], args, work))
-        runs.append(one_run("platform", all_roles, args, work))
+        if not args.collector_only:
+            runs.append(one_run("platform", all_roles, args, work))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps([{"result": r.result, "samples": r.samples} for r in runs],
                                                       indent=1, default=str))

@@ -54,7 +54,7 @@ T0 = datetime(2026, 3, 1, 12, tzinfo=UTC)
 SETTINGS = {"detect.clock": "event", "detect.tick_interval_s": 0.01, "bus.partitions": 4}
 
 
-def _payload(rnd: random.Random, k: int, req: int) -> tuple[str, dict[str, Any]]:
+def mixed_payload(rnd: random.Random, k: int, req: int) -> tuple[str, dict[str, Any]]:
     """One event of bench/pipeline.lua's mix."""
     r = rnd.randrange(100)
     if r < 40:
@@ -91,7 +91,7 @@ def mixed_log(n_events: int, devices: int, seed: int = 42, batch: int = 100) -> 
         dev = f"VM-{(req * 7919) % devices:05d}"
         at = T0 + timedelta(seconds=req * 0.01)
         for k in range(batch):
-            typ, data = _payload(rnd, k, req)
+            typ, data = mixed_payload(rnd, k, req)
             e = ev.StoredEvent(event_id=f"r-{req}-{k}", device_id=dev, type=typ, occurred_at=at, received_at=at,
                                data=msgspec.Raw(enc.encode(data)), seq=req * batch + k, site_id=f"S{(req * 7919) % devices // 10:04d}")
             out.append((dev, ev.encode(e)))

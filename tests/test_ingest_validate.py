@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.ingest_support import ago, event
@@ -87,3 +88,55 @@ def test_a_nul_character_in_device_text_is_refused_with_its_field() -> None:
     assert len(fast.accepted) == 1
     assert [r["index"] for r in fast.rejected] == [0, 1, 2]
     assert all("NUL (U+0000)" in r["reason"] for r in fast.rejected), fast.rejected
+
+
+_NUL_IN_TEXT = [  # (type, data, where the reason points): the shapes device text takes in the payloads
+    ("fault", {"code": "motor_jam", "component": "a\u0000"}, "`$.component`"),
+    ("inventory", {"slots": [{"slot": "A1", "count": 1}, {"slot": "A\u00002", "count": 1}]}, "`$.slots[1].slot`"),
+    ("refill", {"slots": [{"slot": "A\u00001"}]}, "`$.slots[0].slot`"),
+    ("config", {"feature_flags": {"ok": True, "b\u0000": False}}, "`key` in `$.feature_flags`"),
+    ("log", {"kind": "crash", "crash_dump": "x\u0000"}, "`$.crash_dump`"),
+    ("dex_sales", {"read_id": "r\u0000", "slot": "A1", "period_start": "2026-01-01T00:00:00Z",
+                   "period_end": "2026-01-02T00:00:00Z", "units": 1, "value_minor": 1}, "`$.read_id`"),
+]
+
+
+@pytest.mark.parametrize(("type_", "data", "where"), _NUL_IN_TEXT, ids=[c[0] for c in _NUL_IN_TEXT])
+def test_a_nul_anywhere_in_device_text_is_refused_by_every_path(type_: str, data: dict, where: str) -> None:
+    """Nested slots, map keys and optional fields too; the whole-batch path, the event-by-event
+    path and the MQTT bridge's function API give the same reason, naming the field."""
+    from vendwatch.ingest.validate import validate_batch
+    from vendwatch.state.store import Device
+
+    e = event("VM-1", type_, data)
+    fast, slow = _both(msgspec.json.encode({"events": [e, event("VM-1")]}))
+    bridge = validate_batch([msgspec.Raw(msgspec.json.encode(x)) for x in (e, event("VM-1"))],
+                            Device("VM-1", "S1", "active"), load_settings(environ={}).ingest, _now())
+    for out in (fast, slow, bridge):
+        assert out.accepted_index == [1] and [r["index"] for r in out.rejected] == [0]
+        assert out.rejected[0]["reason"] == (f"Expected text without NUL (U+0000) characters - at {where}"
+                                             f" (in `data` of a `{type_}` event)")
+    with pytest.raises(msgspec.ValidationError, match="NUL"):
+        ev.decode_device_event(msgspec.json.encode(e))
+
+
+def test_a_nul_outside_device_text_is_kept_as_sent() -> None:
+    """Unknown fields are stored as sent (only typed device text is checked), and the six
+    characters of an escaped backslash followed by ``u0000`` are no NUL."""
+    body = msgspec.json.encode({"events": [event("VM-1", "telemetry", {"x_vendor": "a\u0000b", "k\u0000": 1}),
+                                           event("VM-1", "log", {"kind": "crash", "message": "a\\u0000"})]})
+    fast, slow = _both(body)
+    assert fast == slow and len(fast.accepted) == 2 and not fast.rejected
+    assert ev.decode_stored(fast.accepted[1].value).data == msgspec.Raw(b'{"kind":"crash","message":"a\\\\u0000"}')
+
+
+@pytest.mark.parametrize("device_id", ["VM 1", "-VM", "x" * 129, "VM-1\u0000"])
+def test_events_of_a_device_whose_id_breaks_the_id_rule_are_refused_on_both_paths(device_id: str) -> None:
+    """The fast path checks the authenticated device's id once per request instead of a
+    pattern per event: the answer must stay the event-by-event path's (schema refusal)."""
+    body = msgspec.json.encode({"events": [event(device_id), event(device_id)]})
+    now = _now()
+    fast = _V.validate(parse(body), device_id, "S1", now)
+    slow = _V.validate(Parsed(body, None, None), device_id, "S1", now)
+    assert fast == slow and not fast.accepted
+    assert [r["code"] for r in fast.rejected] == ["schema", "schema"] and "device_id" in fast.rejected[0]["reason"]

@@ -8,22 +8,35 @@ that this version does not know are preserved, never silently dropped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import msgspec
+import msgspec.inspect as mi
 from msgspec import Meta, Raw, Struct
 
 SCHEMA_VERSION = 1
 
 # --- constrained scalar types -------------------------------------------------
-Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$")]
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$"
+Id = Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
 # No U+0000 in device text: PostgreSQL text and jsonb (the scale-out state store) cannot
-# hold it, and no firmware means it; refused at the door with the field's name.
+# hold it, and no firmware means it; refused at the door with the field's name. Not a
+# msgspec ``pattern``: a regex per text field made each one ~4x dearer to decode, for a
+# character JSON can only carry as the escape ``\u0000``. The types are marked instead
+# (``no_nul``); ``nul_field`` walks a decoded payload for the marked fields, and only
+# when its bytes hold that escape (``may_hold_nul``). The JSON Schema keeps the pattern.
 _NO_NUL = r"^[^\x00]*$"
-EventId = Annotated[str, Meta(min_length=1, max_length=128, pattern=_NO_NUL)]
-ShortText = Annotated[str, Meta(max_length=256, pattern=_NO_NUL)]
-Text = Annotated[str, Meta(max_length=8192, pattern=_NO_NUL)]
+
+
+def _no_nul(**constraints: Any) -> Meta:
+    return Meta(**constraints, extra_json_schema={"pattern": _NO_NUL}, extra={"no_nul": True})
+
+
+EventId = Annotated[str, _no_nul(min_length=1, max_length=128)]
+ShortText = Annotated[str, _no_nul(max_length=256)]
+Text = Annotated[str, _no_nul(max_length=8192)]
 Celsius = Annotated[float, Meta(ge=-60, le=150)]
 Percent = Annotated[float, Meta(ge=0, le=100)]
 Volts = Annotated[float, Meta(ge=0, le=1000)]
@@ -174,7 +187,7 @@ class Log(_Payload, kw_only=True):
     kind: Literal["application", "system", "crash", "startup", "shutdown"]
     level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     message: Text = ""
-    crash_dump: Annotated[str, Meta(max_length=65_536, pattern=_NO_NUL)] | None = None
+    crash_dump: Annotated[str, _no_nul(max_length=65_536)] | None = None
 
 
 # --- 9. EVA-DTS (DEX) audit reads (written by the collector from ``POST /v1/dex``) ---
@@ -333,8 +346,10 @@ def decode_device_event(raw: bytes | Raw) -> DeviceEvent:
     ev = _device_event_decoder.decode(raw)
     if ev.occurred_at.tzinfo is None:
         raise msgspec.ValidationError("`occurred_at` must carry a UTC offset (RFC 3339) - at `$.occurred_at`")
+    if "\x00" in ev.event_id:
+        raise msgspec.ValidationError(f"{NUL_REFUSED} - at `$.event_id`")
     try:
-        _payload_decoders[ev.type].decode(ev.data)
+        check_no_nul(ev.type, _payload_decoders[ev.type].decode(ev.data))
     except msgspec.ValidationError as e:
         raise msgspec.ValidationError(f"{e} (in `data` of a `{ev.type}` event)") from None
     return ev
@@ -394,13 +409,99 @@ def check_contract(data: bytes | Raw) -> None:
         raise msgspec.ValidationError(f"Integer out of range (must fit a signed 64-bit integer) - at `{path}`")
 
 
-def decode_payload(type_: str, data: bytes | Raw) -> Any:
-    """Typed payload of an event, checked against the decoding contract (``check_contract``).
+# --- no NUL in device text (see ``_no_nul``) -------------------------------------
+NUL_REFUSED = "Expected text without NUL (U+0000) characters"
+_Check = Callable[[Any, str], "str | None"]
+
+
+def may_hold_nul(data: bytes) -> bool:
+    """Whether JSON text ``data`` may carry a U+0000 (its escape; a raw NUL byte is not JSON)."""
+    return b"\\u0000" in data or b"\x00" in data
+
+
+def _str_check(v: Any, path: str) -> str | None:
+    return f"`{path}`" if type(v) is str and "\x00" in v else None
+
+
+def _nul_check(t: Any) -> _Check | None:
+    """A function giving where (msgspec's ``at`` wording) a value of type ``t`` holds a
+    NUL in a text marked ``no_nul``, or None when ``t`` has no such text."""
+    if isinstance(t, mi.Metadata):
+        if (t.extra or {}).get("no_nul"):
+            return _str_check
+        return _nul_check(t.type)
+    if isinstance(t, mi.UnionType):  # `X | None`: each check ignores values not of its type
+        alts = [c for c in map(_nul_check, t.types) if c is not None]
+        if not alts:
+            return None
+        return lambda v, path: next((hit for c in alts if (hit := c(v, path)) is not None), None)
+    if isinstance(t, mi.ListType):
+        item = _nul_check(t.item_type)
+        if item is None:
+            return None
+        return lambda v, path: next((hit for i, x in enumerate(v) if (hit := item(x, f"{path}[{i}]")) is not None),
+                                    None) if type(v) is list else None
+    if isinstance(t, mi.DictType):
+        key, val = _nul_check(t.key_type), _nul_check(t.value_type)
+        if key is None and val is None:
+            return None
+
+        def in_dict(v: Any, path: str) -> str | None:
+            if type(v) is not dict:
+                return None
+            for k, x in v.items():
+                if key is not None and type(k) is str and "\x00" in k:
+                    return f"`key` in `{path}`"
+                if val is not None and (hit := val(x, f"{path}[...]")) is not None:
+                    return hit
+            return None
+
+        return in_dict
+    if isinstance(t, mi.StructType):
+        fields = [(f.name, f.encode_name, c) for f in t.fields if (c := _nul_check(f.type)) is not None]
+        if not fields:
+            return None
+        cls = t.cls
+        return lambda v, path: next((hit for name, enc, c in fields
+                                     if (hit := c(getattr(v, name), f"{path}.{enc}")) is not None),
+                                    None) if isinstance(v, cls) else None
+    return None
+
+
+_NUL_CHECKS = {t: _nul_check(mi.type_info(cls)) for t, cls in PAYLOADS.items()}
+
+
+def check_no_nul(type_: str, payload: Any) -> None:
+    """Raise ``msgspec.ValidationError`` naming the field when a decoded payload holds a NUL
+    in device text (the check the types do not make: see ``_no_nul``)."""
+    check = _NUL_CHECKS[type_]
+    if check is not None and (where := check(payload, "$")) is not None:
+        raise msgspec.ValidationError(f"{NUL_REFUSED} - at {where}")
+
+
+def may_break_contract(data: bytes) -> bool:
+    """Whether JSON text ``data`` may hold a number ``check_contract`` refuses (cheap byte scan)."""
+    return _may_break_contract(data)
+
+
+def decode_payload(type_: str, data: bytes | Raw, *, nul_possible: bool | None = None,
+                   big_numbers_possible: bool | None = None) -> Any:
+    """Typed payload of an event, checked against the decoding contract (``check_contract``)
+    and for NUL in device text (``check_no_nul``). ``nul_possible=False`` /
+    ``big_numbers_possible=False`` say the caller has already scanned bytes holding ``data``
+    with ``may_hold_nul`` / ``may_break_contract`` and found nothing (one scan of a whole
+    request body costs less than one per event).
 
     Raises ``msgspec.ValidationError`` (or ``msgspec.DecodeError``/``RecursionError`` for
     unreadable JSON)."""
     typed = _payload_decoders[type_].decode(data)
-    check_contract(data)
+    if nul_possible is False and big_numbers_possible is False:
+        return typed
+    raw = bytes(data)
+    if nul_possible is not False and may_hold_nul(raw):
+        check_no_nul(type_, typed)
+    if big_numbers_possible is not False and _may_break_contract(raw):
+        check_contract(raw)
     return typed
 
 

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from itertools import chain, repeat
 from pathlib import Path
 from typing import TypeVar
 
@@ -174,11 +175,11 @@ class SqliteLog(Log):
             for p, idxs in by_part.items():
                 t = _table(topic, p)
                 (last,) = db.execute(f"SELECT coalesce(max(offset), (SELECT seq FROM sqlite_sequence WHERE name=?), 0) FROM {t}", (t,)).fetchone()
-                params: list[object] = []
-                for j, i in enumerate(idxs):
-                    off = last + 1 + j
-                    key, value = items[i]
-                    params += (off, now, key, value)
+                offs = range(last + 1, last + 1 + len(idxs))
+                keys, values = zip(*[items[i] for i in idxs], strict=True)
+                # (offset, ts, key, value) per row, flattened in C (a loop per row cost ~1 µs per event)
+                params: list[object] = list(chain.from_iterable(zip(offs, repeat(now), keys, values)))
+                for i, off in zip(idxs, offs, strict=True):
                     result[i] = (p, off)
                 _insert_rows(db, t, params)
             out[topic] = result
