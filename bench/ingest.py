@@ -55,8 +55,9 @@ def env() -> dict[str, str]:
     return e
 
 
-def register(data_dir: Path, n: int, tokens_file: Path) -> None:
-    st = open_state(load_settings(overrides={"data_dir": str(data_dir)}, environ={}))
+def register(data_dir: Path, n: int, tokens_file: Path, environ: dict[str, str] | None = None) -> None:
+    """``n`` devices in the state store of ``data_dir`` (or of the settings ``environ`` gives)."""
+    st = open_state(load_settings(overrides={"data_dir": str(data_dir)}, environ=environ or {}))
     with st.db.transaction() as tx, tokens_file.open("w") as f:
         for i in range(n):
             did = f"VM-{i:06d}"

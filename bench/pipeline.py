@@ -24,6 +24,14 @@ load average (the benchmark shares its cores with whatever else runs). ``--json 
 keeps every sample. ``--profile DIR`` samples every measured process with py-spy during
 load and catch-up (``--mode processes`` gives one profile per stage) and prints where
 the time goes: the functions with the most samples, on CPU (self) and inclusive.
+
+``--kafka HOST:PORT --postgres DSN`` runs the same on the scale-out backends: the log on
+Kafka (topics of the run's own), state, dedupe index and Iceberg catalog in a PostgreSQL
+schema of the run's own; the broker's and PostgreSQL's CPU are reported beside the
+roles' (every process of the PostgreSQL server and of the Kafka broker on this machine).
+
+    python bench/pipeline.py --duration 20 --mode processes --kafka 127.0.0.1:9092 \
+        --postgres postgresql://vendwatch:vendwatch@127.0.0.1:5432/vendwatch
 """
 
 from __future__ import annotations
@@ -141,6 +149,121 @@ class Positions:
             topics, _ = STAGES[s]
             lag[s] = sum(max(0, e - pos[s].get(tp, 1)) for tp, e in ends.items() if tp[0] in topics)
         return ends, lag
+
+
+class ScaleoutPositions(Positions):
+    """``Positions`` of a run on Kafka + PostgreSQL, read through the platform's own ports."""
+
+    def __init__(self, settings: Any, stages: list[str]) -> None:
+        super().__init__(Path(settings.data_dir), stages)
+        from vendwatch.runtime import Context
+
+        self.settings = settings
+        self.ctx = Context(settings)
+
+    def ends(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        for topic in ("events", "rejected", "signals", "business"):
+            try:
+                out.update({(topic, p): e for p, e in self.ctx.log.end_offsets(topic).items()})
+            except Exception:  # noqa: BLE001 - not created yet
+                continue
+        return out
+
+    def _lake_offsets(self) -> dict[tuple[str, int], int]:
+        if time.monotonic() - self._lake_at < 2:
+            return self._lake_cache
+        from vendwatch.lake.catalog import open_catalog
+        from vendwatch.lake.writer import committed_offsets
+
+        self._lake_at = time.monotonic()
+        try:
+            cat = self._lake.setdefault("cat", open_catalog(self.settings))
+            out: dict[tuple[str, int], int] = {}
+            for t in ("raw.events", "raw.rejected"):
+                out.update(committed_offsets(cat.load_table(t)))
+            self._lake_cache = out
+        except Exception:  # noqa: BLE001 - the writer has not created its tables yet
+            self._lake_cache = {}
+        return self._lake_cache
+
+    def positions(self) -> dict[str, dict[tuple[str, int], int]]:
+        out: dict[str, dict[tuple[str, int], int]] = {s: {} for s in self.stages}
+        try:
+            rows = self.ctx.state.db.query(
+                "SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%' OR name LIKE 'detect:%'")
+        except Exception:  # noqa: BLE001 - tables not created yet
+            rows = []
+        for name, data in rows:
+            if name.startswith("offsets:vendwatch-"):
+                stage, _, tp = name[len("offsets:vendwatch-"):].partition(":")
+                if stage in out:
+                    t, _, p = tp.rpartition("/")
+                    out[stage][(t, int(p))] = int(bytes(data))
+            elif name.startswith("detect:vendwatch-detector:") and not name.endswith(":sites"):
+                t, _, p = name.rsplit(":", 1)[1].rpartition("/")
+                out["detector"][(t, int(p))] = msgspec.msgpack.decode(bytes(data), type=_DetectorCheckpoint).offset
+        if "lake-writer" in out:
+            out["lake-writer"] = self._lake_offsets()
+        return out
+
+
+def service_pids() -> dict[str, list[int]]:
+    """This machine's PostgreSQL server processes and Kafka broker (their CPU is part of a
+    scale-out run's cost)."""
+    out: dict[str, list[int]] = {"postgresql": [], "kafka-broker": []}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+            comm = (d / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in ("postgres", "postmaster"):
+            out["postgresql"].append(int(d.name))
+        elif cmd and cmd[0].endswith(b"java") and any(b"kafka.Kafka" in c for c in cmd):
+            out["kafka-broker"].append(int(d.name))
+    return out
+
+
+def service_cpu(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds of each service, summed over its processes alive now (a backend that
+    exited in between is not counted: the roles keep pooled connections, so few do)."""
+    out = {}
+    for name, ps in pids.items():
+        total = 0.0
+        for pid in ps:
+            try:
+                total += cpu_seconds(pid)
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+        out[name] = total
+    return out
+
+
+def scaleout_env(args: argparse.Namespace, label: str, data_dir: Path, tokens: Path) -> dict[str, str]:
+    """Settings of a run on Kafka + PostgreSQL (its own topics and schema), its devices registered there."""
+    from scaleout import run_schema
+
+    run, dsn = run_schema(args.postgres, f"pipeline_{label}")
+    e = {
+        "VENDWATCH_BUS__BACKEND": "kafka",
+        "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": args.kafka,
+        "VENDWATCH_BUS__KAFKA__TOPIC_PREFIX": f"{run}.",
+        "VENDWATCH_BUS__KAFKA__PARTITIONS": "4",
+        "VENDWATCH_STATE__BACKEND": "postgres",
+        "VENDWATCH_STATE__POSTGRES_DSN": dsn,
+        "VENDWATCH_LAKE__CATALOG__URI": "postgresql+psycopg://" + dsn.split("://", 1)[1],
+        "VENDWATCH_LAKE__CATALOG__NAME": run,
+        "VENDWATCH_LAKE__CATALOG__WAREHOUSE": f"file://{data_dir / 'warehouse'}",
+    }
+    init = subprocess.run([sys.executable, "-m", "vendwatch", "bus", "init", "--data-dir", str(data_dir)],
+                          cwd=ROOT, env={**env(), **e}, capture_output=True, text=True, timeout=120)
+    if init.returncode != 0:
+        raise SystemExit(f"vendwatch bus init failed: {init.stderr[-2000:]}")
+    register(data_dir, args.devices, tokens, environ=e)
+    return e
 
 
 @dataclass
@@ -261,10 +384,16 @@ def summarize_profile(path: Path, top: int = 14) -> str:
 def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) -> Run:
     run = Run(label)
     data_dir = work / label
-    shutil.copytree(work / "registry", data_dir)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     extra = {f"VENDWATCH_{k.upper().replace('.', '__')}": v for k, v in (s.split("=", 1) for s in args.set)}
+    tokens = work / "tokens.txt"
+    if args.kafka:
+        data_dir.mkdir()
+        tokens = work / f"tokens-{label}.txt"
+        extra = {**scaleout_env(args, label, data_dir, tokens), **extra}
+    else:
+        shutil.copytree(work / "registry", data_dir)
     stages = [r for r in roles if r in STAGES]
     if args.mode == "processes" and stages:
         run.procs["collector"] = start(["serve", "--port", str(port), "--roles", "collector"], data_dir,
@@ -277,7 +406,12 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
     try:
         wait_healthy(url, run.procs.get("serve") or run.procs["collector"])
         time.sleep(args.settle)  # roles open their consumers and tables before the load starts
-        pos = Positions(data_dir, stages)
+        if args.kafka:
+            pos: Positions = ScaleoutPositions(load_settings(overrides={"data_dir": str(data_dir)},
+                                                             environ=extra), stages)
+        else:
+            pos = Positions(data_dir, stages)
+        services = service_pids() if args.kafka else {}
         pos.lags()  # warm up (imports, catalog) outside the measured window
         ends0 = pos.ends()
         base_events = events_in_log(ends0)
@@ -285,10 +419,11 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         time.sleep(2)  # CPU the roles use while idle (polling), to tell it apart from work
         cpu0 = cpu_all(run.procs)
         idle = {k: (cpu0[k] - cpu_idle0[k]) / (time.monotonic() - idle_t0) for k in cpu0}
+        svc0 = service_cpu(services)
         load0 = os.getloadavg()
         spies = start_profiles(run.procs, Path(args.profile), label) if args.profile else []
         t0 = time.monotonic()
-        w = wrk(url, args, work / "tokens.txt", label, args.duration)
+        w = wrk(url, args, tokens, label, args.duration)
         load_end = None
         caught_up = None
         prev_events, prev_t = base_events, t0
@@ -324,6 +459,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         out, err = w.communicate()
         stats = parse_wrk(out)
         cpu1 = cpu_all(run.procs)
+        svc1 = service_cpu(services)
         peak_rss = rss_mb(run.procs, "VmHWM")
         catchup = (caught_up - load_end) if caught_up is not None else float("nan")
         total_cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
@@ -336,6 +472,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
             "cpu_s_during_load": {k: cpu_load[k] - cpu0[k] for k in cpu_load},
             "cpu_s_total": total_cpu,
             "cpu_us_per_event": sum(total_cpu.values()) / n * 1e6 if n else float("nan"),
+            "service_cpu_s": {k: svc1[k] - svc0[k] for k in svc1},
             "idle_cpu_s_per_s": idle, "peak_rss_mb": peak_rss, "signals": sum(e - 1 for (t, _), e in ends.items() if t == "signals"),
             "wrk": stats, "loadavg_before": load0[0], "loadavg_after": os.getloadavg()[0],
             "stream_catchup_s": max((v for s, v in _stage_catchup(run.samples, load_end - t0, stages).items()
@@ -386,6 +523,9 @@ def report(runs: list[Run], args: argparse.Namespace) -> None:
         print(f"\n{x['events_total']:,} events; per-process CPU seconds (load / total) and µs per event: " + ", ".join(
             f"{k} {x['cpu_s_during_load'][k]:.1f} / {x['cpu_s_total'][k]:.1f} ({x['cpu_s_total'][k] / x['events_total'] * 1e6:.1f})"
             for k in x["cpu_s_total"]))
+        if x.get("service_cpu_s"):
+            print("services' CPU seconds (total) and µs per event: " + ", ".join(
+                f"{k} {v:.1f} ({v / x['events_total'] * 1e6:.1f})" for k, v in x["service_cpu_s"].items()))
         print("idle CPU (s per s, polling): " + ", ".join(f"{k} {v:.2f}" for k, v in x["idle_cpu_s_per_s"].items()))
         print(f"signals emitted: {x['signals']:,}")
         print("peak RSS (MB): " + ", ".join(f"{k} {v:,.0f}" for k, v in x["peak_rss_mb"].items()))
@@ -421,7 +561,11 @@ def main() -> None:
                     help="Only the collector-only run (the collector's CPU per event on the mixed load).")
     ap.add_argument("--json", dest="json_out", help="Also write every run and sample here.")
     ap.add_argument("-q", "--quiet", action="store_true", help="No per-sample progress lines.")
+    ap.add_argument("--kafka", help="Kafka bootstrap servers: run on the scale-out backends (with --postgres).")
+    ap.add_argument("--postgres", help="PostgreSQL DSN for state, dedupe and the Iceberg catalog (with --kafka).")
     args = ap.parse_args()
+    if bool(args.kafka) != bool(args.postgres):
+        raise SystemExit("--kafka and --postgres go together")
     if args.collector_only and args.skip_baseline:
         raise SystemExit("--collector-only and --skip-baseline leave nothing to run")
     if shutil.which("wrk") is None:
@@ -430,7 +574,8 @@ def main() -> None:
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="vw-pipeline-") as tmp:
         work = Path(tmp)
-        register(work / "registry", args.devices, work / "tokens.txt")
+        if not args.kafka:
+            register(work / "registry", args.devices, work / "tokens.txt")
         if not args.skip_baseline:
             runs.append(one_run("collector", ["collector"], args, work))
         if not args.collector_only:
