@@ -100,17 +100,32 @@ class Positions:
             db.close()
         return out
 
+    def _catalog(self) -> Any:
+        from vendwatch.lake.catalog import open_catalog
+
+        return open_catalog(load_settings(overrides={"data_dir": str(self.data_dir)}, environ={}))
+
+    def _checkpoints(self) -> list[tuple[str, bytes]]:
+        """(name, data) of the stages' position checkpoints."""
+        db = self._db("state.db")
+        try:
+            return db.execute("SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%' OR name LIKE 'detect:%'"
+                              ).fetchall()
+        except sqlite3.OperationalError:  # tables not created yet
+            return []
+        finally:
+            db.close()
+
     def _lake_offsets(self) -> dict[tuple[str, int], int]:
         # a catalog load per sample is not free: at most every 2 s
         if time.monotonic() - self._lake_at < 2:
             return self._lake_cache
-        from vendwatch.lake.catalog import open_catalog
         from vendwatch.lake.writer import committed_offsets
 
         self._lake_at = time.monotonic()
         try:
             if "cat" not in self._lake:
-                self._lake["cat"] = open_catalog(load_settings(overrides={"data_dir": str(self.data_dir)}, environ={}))
+                self._lake["cat"] = self._catalog()
             out: dict[tuple[str, int], int] = {}
             for t in ("raw.events", "raw.rejected"):
                 out.update(committed_offsets(self._lake["cat"].load_table(t)))
@@ -121,22 +136,15 @@ class Positions:
 
     def positions(self) -> dict[str, dict[tuple[str, int], int]]:
         out: dict[str, dict[tuple[str, int], int]] = {s: {} for s in self.stages}
-        db = self._db("state.db")
-        try:
-            rows = db.execute("SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%' OR name LIKE 'detect:%'")
-            for name, data in rows:
-                if name.startswith("offsets:vendwatch-"):
-                    stage, _, tp = name[len("offsets:vendwatch-"):].partition(":")
-                    if stage in out:
-                        t, _, p = tp.rpartition("/")
-                        out[stage][(t, int(p))] = int(bytes(data))
-                elif name.startswith("detect:vendwatch-detector:") and not name.endswith(":sites"):
-                    t, _, p = name.rsplit(":", 1)[1].rpartition("/")
-                    out["detector"][(t, int(p))] = msgspec.msgpack.decode(bytes(data), type=_DetectorCheckpoint).offset
-        except sqlite3.OperationalError:  # tables not created yet
-            pass
-        finally:
-            db.close()
+        for name, data in self._checkpoints():
+            if name.startswith("offsets:vendwatch-"):
+                stage, _, tp = name[len("offsets:vendwatch-"):].partition(":")
+                if stage in out:
+                    t, _, p = tp.rpartition("/")
+                    out[stage][(t, int(p))] = int(bytes(data))
+            elif name.startswith("detect:vendwatch-detector:") and not name.endswith(":sites"):
+                t, _, p = name.rsplit(":", 1)[1].rpartition("/")
+                out["detector"][(t, int(p))] = msgspec.msgpack.decode(bytes(data), type=_DetectorCheckpoint).offset
         if "lake-writer" in out:
             out["lake-writer"] = self._lake_offsets()
         return out
@@ -170,42 +178,17 @@ class ScaleoutPositions(Positions):
                 continue
         return out
 
-    def _lake_offsets(self) -> dict[tuple[str, int], int]:
-        if time.monotonic() - self._lake_at < 2:
-            return self._lake_cache
+    def _catalog(self) -> Any:
         from vendwatch.lake.catalog import open_catalog
-        from vendwatch.lake.writer import committed_offsets
 
-        self._lake_at = time.monotonic()
-        try:
-            cat = self._lake.setdefault("cat", open_catalog(self.settings))
-            out: dict[tuple[str, int], int] = {}
-            for t in ("raw.events", "raw.rejected"):
-                out.update(committed_offsets(cat.load_table(t)))
-            self._lake_cache = out
-        except Exception:  # noqa: BLE001 - the writer has not created its tables yet
-            self._lake_cache = {}
-        return self._lake_cache
+        return open_catalog(self.settings)
 
-    def positions(self) -> dict[str, dict[tuple[str, int], int]]:
-        out: dict[str, dict[tuple[str, int], int]] = {s: {} for s in self.stages}
+    def _checkpoints(self) -> list[tuple[str, bytes]]:
         try:
-            rows = self.ctx.state.db.query(
+            return self.ctx.state.db.query(
                 "SELECT name, data FROM checkpoints WHERE name LIKE 'offsets:%' OR name LIKE 'detect:%'")
         except Exception:  # noqa: BLE001 - tables not created yet
-            rows = []
-        for name, data in rows:
-            if name.startswith("offsets:vendwatch-"):
-                stage, _, tp = name[len("offsets:vendwatch-"):].partition(":")
-                if stage in out:
-                    t, _, p = tp.rpartition("/")
-                    out[stage][(t, int(p))] = int(bytes(data))
-            elif name.startswith("detect:vendwatch-detector:") and not name.endswith(":sites"):
-                t, _, p = name.rsplit(":", 1)[1].rpartition("/")
-                out["detector"][(t, int(p))] = msgspec.msgpack.decode(bytes(data), type=_DetectorCheckpoint).offset
-        if "lake-writer" in out:
-            out["lake-writer"] = self._lake_offsets()
-        return out
+            return []
 
 
 def service_pids() -> dict[str, list[int]]:
