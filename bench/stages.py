@@ -1,5 +1,5 @@
-"""Stream stages one at a time: CPU per record of device-state, the detector and the
-orchestrator on the embedded log, each variant against its alternative in the same run.
+"""Stream stages one at a time: CPU per record of device-state, the detector, the
+orchestrator and the lake writer on the embedded log, each variant against its alternative in the same run.
 
     PYTHONPATH=src python bench/stages.py [--events 200000] [--devices 1000] [--rounds 3]
 
@@ -17,9 +17,14 @@ within each round; the table shows the median of the rounds (best in brackets):
   partition, one decode per run);
 * detector: the same two reads (clock = event time, checkpoints every 5 s);
 * orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``
-  signals per poll.
+  signals per poll;
+* lake-writer (only with ``--stages lake-writer``): the role's loop (polls of 10,000,
+  Arrow columns, Parquet files, Iceberg commits of ``lake.batch_max_events``) until the
+  log is drained and committed; its tables are created before the clock starts. Its
+  Parquet encoding runs in other threads, which the process CPU includes.
 
-``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead.
+``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead (the main
+thread only: for the lake writer, not its commits).
 """
 
 from __future__ import annotations
