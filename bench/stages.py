@@ -1,5 +1,5 @@
-"""Stream stages one at a time: CPU per record of device-state, the detector and the
-orchestrator on the embedded log, each variant against its alternative in the same run.
+"""Stream stages one at a time: CPU per record of device-state, the detector, the
+orchestrator and the lake writer on the embedded log, each variant against its alternative in the same run.
 
     PYTHONPATH=src python bench/stages.py [--events 200000] [--devices 1000] [--rounds 3]
 
@@ -17,9 +17,14 @@ within each round; the table shows the median of the rounds (best in brackets):
   partition, one decode per run);
 * detector: the same two reads (clock = event time, checkpoints every 5 s);
 * orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``
-  signals per poll.
+  signals per poll;
+* lake-writer (only with ``--stages lake-writer``): the role's loop (polls of 10,000,
+  Arrow columns, Parquet files, Iceberg commits of ``lake.batch_max_events``) until the
+  log is drained and committed; its tables are created before the clock starts. Its
+  Parquet encoding runs in other threads, which the process CPU includes.
 
-``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead.
+``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead (the main
+thread only: for the lake writer, not its commits).
 """
 
 from __future__ import annotations
@@ -157,13 +162,59 @@ def drain_orchestrator(ctx: Context, _bulk: bool, batch: int) -> int:
     return n
 
 
+_OPENED: dict[int, Any] = {}  # lake writers whose tables exist, by id of their Context
+
+
+def open_lake_writer(ctx: Context) -> None:
+    """Create the raw tables before the clock starts: a one-off cost, not a per-event one."""
+    from vendwatch.bus.base import REJECTED
+    from vendwatch.lake.role import LakeWriter
+    from vendwatch.lake.system_logs import SYSTEM_LOGS
+
+    lw = LakeWriter(ctx)
+    lw._open()
+    for t in (REJECTED, SYSTEM_LOGS):
+        ctx.log.create_topic(t)
+    _OPENED[id(ctx)] = lw
+
+
+def drain_lake_writer(ctx: Context, bulk: bool, _batch: int) -> int:
+    """``LakeWriter.run``'s loop until the log is drained, then its final commit: decoding,
+    Arrow columns, Parquet files and Iceberg commits (``lake.batch_max_events`` a commit)."""
+    import threading
+
+    from vendwatch.bus.base import REJECTED
+    from vendwatch.lake.system_logs import SYSTEM_LOGS
+
+    lw = _OPENED.pop(id(ctx))
+    c = lw._consumer = ctx.log.consumer("vendwatch-lake-writer", [EVENTS, REJECTED, SYSTEM_LOGS],
+                                        on_assign=lw._on_assign, on_revoke=lw._on_revoke)
+    lw._committer = threading.Thread(target=lw._commit_loop, daemon=True)
+    lw._committer.start()
+    n = 0
+    try:
+        while recs := (c.poll_joined(10_000, 0.0) if bulk else c.poll(10_000, 0.0)):  # type: ignore[attr-defined]
+            lw.add_joined(recs) if bulk else lw.add(recs)  # type: ignore[arg-type]
+            n += sum(len(j.offsets) for j in recs) if bulk else len(recs)  # type: ignore[union-attr]
+            lw.flush_all()
+        lw.flush_all(force=True)
+    finally:
+        lw._jobs.put(None)
+        lw._committer.join()
+        c.close()
+    return n
+
+
 DRAINS: dict[str, Callable[[Context, bool, int], int]] = {
-    "device-state": drain_device_state, "detector": drain_detector, "orchestrator": drain_orchestrator}
+    "device-state": drain_device_state, "detector": drain_detector, "orchestrator": drain_orchestrator,
+    "lake-writer": drain_lake_writer}
 
 
 def measure(stage: str, template: Path, work: Path, bulk: bool, batch: int, tag: str) -> tuple[float, int]:
     ctx = fresh(template, work / tag)
     try:
+        if stage == "lake-writer":
+            open_lake_writer(ctx)
         t0 = time.process_time()
         n = DRAINS[stage](ctx, bulk, batch)
         return time.process_time() - t0, n
@@ -181,7 +232,8 @@ def main() -> None:
                     help="device-state records per poll, comma-separated [2000,250: a backlog, and what arrives in a live poll].")
     ap.add_argument("--signal-batch", default="500,10",
                     help="orchestrator signals per poll [500,10: a backlog, and a live poll's few].")
-    ap.add_argument("--stages", default="device-state,detector,orchestrator", help="Which stages [all].")
+    ap.add_argument("--stages", default="device-state,detector,orchestrator",
+                    help="Which stages [device-state,detector,orchestrator]; lake-writer also exists.")
     ap.add_argument("--variants", default="record,bulk",
                     help="Reads to compare, comma-separated [record,bulk]; 'record' alone runs on code without bulk reads.")
     ap.add_argument("--profile", metavar="STAGE", help="cProfile one bulk drain of STAGE instead.")
@@ -216,6 +268,8 @@ def main() -> None:
 
             src = with_signals if args.profile == "orchestrator" else template
             ctx = fresh(src, work / "profile")
+            if args.profile == "lake-writer":
+                open_lake_writer(ctx)
             prof = cProfile.Profile(time.process_time)  # CPU, not waits (fsync)
             prof.enable()
             sizes = args.signal_batch if args.profile == "orchestrator" else args.batch_size
@@ -231,7 +285,7 @@ def main() -> None:
             if stage == "device-state":
                 for b in (int(x) for x in args.batch_size.split(",")):
                     cases += [(stage, f"{v}, polls of {b}", v == "bulk", b) for v in variants]
-            elif stage == "detector":
+            elif stage in ("detector", "lake-writer"):
                 cases += [(stage, v, v == "bulk", 0) for v in variants]
             else:
                 cases += [(stage, f"polls of {b}", False, b) for b in (int(x) for x in args.signal_batch.split(","))]

@@ -33,6 +33,22 @@ def test_read_joined_returns_what_read_returns(tmp_path):
             assert j.values == b",".join(r.value for r in recs)
 
 
+def test_read_joined_gives_the_offsets_of_a_run_with_a_gap(tmp_path):
+    from vendwatch.bus.sqlite import _table
+
+    log = SqliteLog(tmp_path / "bus.db", default_partitions=1)
+    log.append("t", [("k", b"%d" % i) for i in range(20)])
+    db = sqlite3.connect(tmp_path / "bus.db")
+    with db:
+        db.execute(f"DELETE FROM {_table('t', 0)} WHERE offset IN (5, 6, 12)")  # holes inside a run
+    db.close()
+    for start, n in ((0, 100), (3, 6), (7, 5), (13, 100)):
+        recs = log.read("t", 0, start, n)
+        j = log.read_joined("t", 0, start, n)
+        assert j is not None and j.offsets == [r.offset for r in recs], (start, n)
+        assert j.values == b",".join(r.value for r in recs)
+
+
 def test_bulk_poll_keeps_positions_like_poll(tmp_path):
     log = SqliteLog(tmp_path / "bus.db", default_partitions=2)
     log.append("t", [(f"k{i}", b"%d" % i) for i in range(50)])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,6 +52,11 @@ MAX_FAULT_CODES = 128
 
 
 def _known(data: dict[str, Any], fields: frozenset[str]) -> dict[str, Any]:
+    """The known, non-null fields of ``data``. The usual payload has nothing else, so it
+    is checked with two C-level tests and returned as it is (callers copy it); only a
+    payload with an unknown key or a null is filtered key by key."""
+    if fields.issuperset(data) and None not in data.values():
+        return data
     return {k: v for k, v in data.items() if k in fields and v is not None}
 
 
@@ -60,6 +65,10 @@ def _trim(m: dict[str, Any], limit: int, rank: Any) -> None:
     if len(m) > limit:
         for k in sorted(m, key=lambda k: rank(k, m[k]))[: len(m) - limit]:
             del m[k]
+
+
+def _slot_at(_k: str, v: dict[str, Any]) -> Any:
+    return v.get("at", 0)
 
 
 def fold(doc: dict[str, Any], e: ev.StoredEvent) -> None:
@@ -72,69 +81,125 @@ def _newer(doc: dict[str, Any], section: str, at: float) -> bool:
     return prev is None or prev.get("at") is None or at >= prev["at"]
 
 
-def _fold(doc: dict[str, Any], t: str, at: float, data: Any) -> None:
-    """``fold`` of an event of type ``t`` at ``at`` (epoch seconds) with its decoded payload."""
-    if t in ("heartbeat", "telemetry") and _newer(doc, "health", at):
-        health = doc.setdefault("health", {})
-        health.update(_known(data, _HEALTH))
-        health["at"] = at
-    if t == "heartbeat" and data.get("firmware_version") and _newer(doc, "firmware", at):
+# One function per event type, looked up by type (the stage's per-event cost: an if/elif
+# chain walked up to ten string comparisons for the most common type). Each merges an
+# event at ``at`` (epoch seconds) with its decoded payload ``data`` into ``doc``.
+def _fold_health(doc: dict[str, Any], at: float, data: Any) -> None:
+    health = doc.get("health")
+    if health is None:
+        health = doc["health"] = {}
+    elif (prev := health.get("at")) is not None and at < prev:
+        return
+    health.update(_known(data, _HEALTH))
+    health["at"] = at
+
+
+def _fold_heartbeat(doc: dict[str, Any], at: float, data: Any) -> None:
+    _fold_health(doc, at, data)
+    if data.get("firmware_version") and _newer(doc, "firmware", at):
         fw = doc.setdefault("firmware", {})
         fw["firmware_version"] = data["firmware_version"]
         fw["at"] = at
-    elif t == "config" and _newer(doc, "firmware", at):
+
+
+def _fold_config(doc: dict[str, Any], at: float, data: Any) -> None:
+    if _newer(doc, "firmware", at):
         fw = doc.setdefault("firmware", {})
         fw.update(_known(data, _CONFIG))
         fw["at"] = at
-    elif t == "connectivity" and _newer(doc, "connectivity", at):
+
+
+def _fold_connectivity(doc: dict[str, Any], at: float, data: Any) -> None:
+    if _newer(doc, "connectivity", at):
         conn = doc.setdefault("connectivity", {})
         conn.update(_known(data, _CONNECTIVITY))
         conn["at"] = at
-    elif t == "inventory":
-        stock = doc.setdefault("stock", {})
-        for s in data.get("slots", []):
-            prev = stock.get(s["slot"], {})
-            if prev.get("at", 0) <= at:
-                stock[s["slot"]] = {**prev, **_known(s, _SLOT), "at": at}
-        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
-    elif t == "refill":
-        stock = doc.setdefault("stock", {})
-        for s in data.get("slots", []):
-            prev = stock.get(s["slot"], {})
-            if prev.get("at", 0) <= at and s.get("count_after") is not None:
-                stock[s["slot"]] = {**prev, "slot": s["slot"], "count": s["count_after"], "at": at,
-                                    **({"product_id": s["product_id"]} if s.get("product_id") else {})}
-        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
-        doc["last_refill_at"] = max(doc.get("last_refill_at") or 0, at)
-    elif t == "stock_alert":
-        stock = doc.setdefault("stock", {})
-        prev = stock.get(data["slot"], {})
+
+
+def _fold_inventory(doc: dict[str, Any], at: float, data: Any) -> None:
+    stock = doc.setdefault("stock", {})
+    for s in data.get("slots", []):
+        prev = stock.get(s["slot"], {})
         if prev.get("at", 0) <= at:
-            stock[data["slot"]] = {**prev, "slot": data["slot"], "level": data["level"], "at": at,
-                                   **({"count": data["count"]} if data.get("count") is not None else {})}
-        _trim(stock, MAX_SLOTS, lambda _k, v: v.get("at", 0))
-    elif t == "transaction" and _newer(doc, "last_transaction", at):
+            stock[s["slot"]] = {**prev, **_known(s, _SLOT), "at": at}
+    _trim(stock, MAX_SLOTS, _slot_at)
+
+
+def _fold_refill(doc: dict[str, Any], at: float, data: Any) -> None:
+    stock = doc.setdefault("stock", {})
+    for s in data.get("slots", []):
+        prev = stock.get(s["slot"], {})
+        if prev.get("at", 0) <= at and s.get("count_after") is not None:
+            stock[s["slot"]] = {**prev, "slot": s["slot"], "count": s["count_after"], "at": at,
+                                **({"product_id": s["product_id"]} if s.get("product_id") else {})}
+    _trim(stock, MAX_SLOTS, _slot_at)
+    doc["last_refill_at"] = max(doc.get("last_refill_at") or 0, at)
+
+
+def _fold_stock_alert(doc: dict[str, Any], at: float, data: Any) -> None:
+    stock = doc.setdefault("stock", {})
+    prev = stock.get(data["slot"], {})
+    if prev.get("at", 0) <= at:
+        stock[data["slot"]] = {**prev, "slot": data["slot"], "level": data["level"], "at": at,
+                               **({"count": data["count"]} if data.get("count") is not None else {})}
+    _trim(stock, MAX_SLOTS, _slot_at)
+
+
+def _fold_transaction(doc: dict[str, Any], at: float, data: Any) -> None:
+    if _newer(doc, "last_transaction", at):
         doc["last_transaction"] = {**_known(data, _TRANSACTION), "at": at}
-    elif t == "fault":
-        # raised/cleared per code, newest change wins (an old "raised" arriving late must
-        # not re-open a fault that was cleared since)
-        changed = doc.setdefault("fault_changed_at", {})
-        code = data["code"]
-        if at >= changed.get(code, float("-inf")):
-            changed[code] = at
-            faults = doc.setdefault("active_faults", {})
-            if data.get("state") == "cleared":
-                faults.pop(code, None)
-            else:
-                faults[code] = at
-            # cleared codes go first, then the oldest
-            _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
-            for gone in [c for c in faults if c not in changed]:
-                del faults[gone]
-    elif t == "security" and _newer(doc, "last_security", at):
+
+
+def _fold_fault(doc: dict[str, Any], at: float, data: Any) -> None:
+    # raised/cleared per code, newest change wins (an old "raised" arriving late must
+    # not re-open a fault that was cleared since)
+    changed = doc.setdefault("fault_changed_at", {})
+    code = data["code"]
+    if at >= changed.get(code, float("-inf")):
+        changed[code] = at
+        faults = doc.setdefault("active_faults", {})
+        if data.get("state") == "cleared":
+            faults.pop(code, None)
+        else:
+            faults[code] = at
+        # cleared codes go first, then the oldest
+        _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
+        for gone in [c for c in faults if c not in changed]:
+            del faults[gone]
+
+
+def _fold_security(doc: dict[str, Any], at: float, data: Any) -> None:
+    if _newer(doc, "last_security", at):
         doc["last_security"] = {**_known(data, _SECURITY), "at": at}
-    elif t == "log" and data.get("kind") == "crash":
+
+
+def _fold_log(doc: dict[str, Any], at: float, data: Any) -> None:
+    if data.get("kind") == "crash":
         doc["last_crash_at"] = max(doc.get("last_crash_at") or 0, at)
+
+
+def _fold_nothing(doc: dict[str, Any], at: float, data: Any) -> None:
+    """Types that do not change the document (refunds, DEX reads): counted, not folded."""
+
+
+_FOLD: dict[str, Callable[[dict[str, Any], float, Any], None]] = {
+    "heartbeat": _fold_heartbeat,
+    "telemetry": _fold_health,
+    "config": _fold_config,
+    "connectivity": _fold_connectivity,
+    "inventory": _fold_inventory,
+    "refill": _fold_refill,
+    "stock_alert": _fold_stock_alert,
+    "transaction": _fold_transaction,
+    "fault": _fold_fault,
+    "security": _fold_security,
+    "log": _fold_log,
+}
+
+
+def _fold(doc: dict[str, Any], t: str, at: float, data: Any) -> None:
+    """``fold`` of an event of type ``t`` at ``at`` (epoch seconds) with its decoded payload."""
+    _FOLD.get(t, _fold_nothing)(doc, at, data)
 
 
 def count_business(evs: list[ev.StoredEvent]) -> None:
@@ -195,6 +260,7 @@ class DeviceStateProjector(CheckpointedStage):
             chunk = ids[i : i + 500]
             for r in tx.query(_ROW.format(",".join("?" * len(chunk))), chunk):
                 rows[r[0]] = [r[0], r[1], r[2], r[3], r[4], r[5], r[6], msgspec.json.decode(r[7] or "{}")]
+        folders, nothing = _FOLD, _fold_nothing
         for e in evs:
             row = rows.get(e.device_id)
             if row is None:
@@ -208,10 +274,10 @@ class DeviceStateProjector(CheckpointedStage):
                 row[3] = recv
             if row[4] is None or occ > row[4]:
                 row[4] = occ
-            if e.seq is not None and (row[5] is None or e.seq > row[5]):
-                row[5] = e.seq
+            if (seq := e.seq) is not None and (row[5] is None or seq > row[5]):
+                row[5] = seq
             row[6] += 1
-            _fold(row[7], e.type, occ, e.data)
+            folders.get(e.type, nothing)(row[7], occ, e.data)
         tx.executemany(
             "INSERT INTO device_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET"
             " site_id=excluded.site_id, first_seen_at=excluded.first_seen_at, last_seen_at=excluded.last_seen_at,"
