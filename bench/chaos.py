@@ -105,8 +105,9 @@ class Report:
     keys_with_several_open_incidents: int = 0
     device_state_mismatches: int = 0
     stage_dead_letters: int = 0
-    # scale-out: events whose collector died (or whose append failed) before confirming
-    # the claim, taken over by the retry (each must still be in the log once)
+    # scale-out: dedupe claims an attempt left unconfirmed (its collector died, or its
+    # append failed and released them), for the retry to take over (each event must
+    # still be in the log once)
     claims_taken_over: int = 0
     drained: bool = False
     failures: list[str] = field(default_factory=list)

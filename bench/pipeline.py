@@ -88,6 +88,9 @@ class Positions:
     def _db(self, name: str) -> sqlite3.Connection:
         return sqlite3.connect(f"file:{self.data_dir / name}?mode=ro", uri=True, timeout=5)
 
+    def close(self) -> None:
+        """Nothing held between samples (each one opens the files read-only)."""
+
     def ends(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
         db = self._db("bus.db")
@@ -177,6 +180,9 @@ class ScaleoutPositions(Positions):
             except Exception:  # noqa: BLE001 - not created yet
                 continue
         return out
+
+    def close(self) -> None:
+        self.ctx.close()  # its Kafka clients and PostgreSQL pool
 
     def _catalog(self) -> Any:
         from vendwatch.lake.catalog import open_catalog
@@ -386,11 +392,12 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
     else:
         run.procs["serve"] = start(["serve", "--port", str(port), "--roles", ",".join(roles)], data_dir,
                                    work / f"{label}-serve.log", extra)
+    pos: Positions | None = None
     try:
         wait_healthy(url, run.procs.get("serve") or run.procs["collector"])
         time.sleep(args.settle)  # roles open their consumers and tables before the load starts
         if args.kafka:
-            pos: Positions = ScaleoutPositions(load_settings(overrides={"data_dir": str(data_dir)},
+            pos = ScaleoutPositions(load_settings(overrides={"data_dir": str(data_dir)},
                                                              environ=extra), stages)
         else:
             pos = Positions(data_dir, stages)
@@ -467,6 +474,8 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
             run.result["non_2xx"] = stats["non_2xx"]
         return run
     finally:
+        if pos is not None:
+            pos.close()
         stop_all(run.procs)
 
 
