@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 import threading
 import time
 import uuid
@@ -144,3 +145,12 @@ def running(data_dir: Path, roles: tuple[str, ...] = ("collector", "console"), s
             yield Harness(ctx, client)
     finally:
         ctx.close()
+
+
+def inject_into_role_processes(monkeypatch: Any, where: Path, code: str) -> None:
+    """Run ``code`` at the start of every Python process started from now on (the role
+    processes of ``serve``): a ``sitecustomize`` module first on their PYTHONPATH. The
+    child-process counterpart of ``monkeypatch.setattr`` for fault injection."""
+    where.mkdir(parents=True, exist_ok=True)
+    (where / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", str(where) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from datetime import datetime
@@ -177,7 +178,7 @@ def test_a_stuck_stage_shows_in_healthz_and_its_lag_gauge(data_dir: Path, monkey
         raise sqlite3.OperationalError("disk I/O error")  # the machinery, not a record: never set aside
 
     monkeypatch.setattr(DeviceStateProjector, "apply", broken)
-    with running(data_dir, roles=("collector", "console", "device-state")) as h:
+    with running(data_dir, roles=("collector", "console", "device-state"), **{"server.role_processes": False}) as h:
         h.add_device("VM-1", "SITE-1")
         assert h.post("VM-1", [event("VM-1") for _ in range(5)]).json()["accepted"] == 5
         _wait(lambda: h.client.get("/healthz").status_code == 503, timeout=30)
@@ -185,6 +186,41 @@ def test_a_stuck_stage_shows_in_healthz_and_its_lag_gauge(data_dir: Path, monkey
         assert "device-state" in body["stages"] and "disk I/O error" in body["stages"]["device-state"]
         assert REGISTRY.get_sample_value("vendwatch_stage_lag_records", {"stage": "device-state"}) == 5
         assert REGISTRY.get_sample_value("vendwatch_stage_consecutive_failures", {"stage": "device-state"}) >= 3
+        from vendwatch.state.deadletters import DeadLetters
+
+        assert DeadLetters(h.ctx.state.db).count() == 0
+
+
+def _metric(h: Any, name: str, **labels: str) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(h.client.get("/metrics").text):
+        for s in fam.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def test_a_stuck_stage_in_its_own_process_shows_in_the_parents_healthz_and_metrics(
+        data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.ingest_support import inject_into_role_processes
+
+    inject_into_role_processes(monkeypatch, tmp_path / "inject", (
+        "import sqlite3\n"
+        "from vendwatch.state.projector import DeviceStateProjector\n"
+        "def broken(self, tx, records):\n"
+        "    raise sqlite3.OperationalError('disk I/O error')\n"
+        "DeviceStateProjector.apply = broken\n"))
+    with running(data_dir, roles=("collector", "console", "device-state"), **{"server.role_processes": True}) as h:
+        procs = h.ctx.extras["role_processes"]
+        h.add_device("VM-1", "SITE-1")
+        assert h.post("VM-1", [event("VM-1") for _ in range(5)]).json()["accepted"] == 5
+        _wait(lambda: h.client.get("/healthz").status_code == 503, timeout=60)
+        body = h.client.get("/healthz").json()
+        assert "device-state" in body["stages"] and "disk I/O error" in body["stages"]["device-state"]
+        assert procs.pids()["device-state"] != os.getpid()  # the stage ran in a process of its own
+        _wait(lambda: _metric(h, "vendwatch_stage_lag_records", stage="device-state") == 5, timeout=30)
+        assert (_metric(h, "vendwatch_stage_consecutive_failures", stage="device-state") or 0) >= 3
         from vendwatch.state.deadletters import DeadLetters
 
         assert DeadLetters(h.ctx.state.db).count() == 0

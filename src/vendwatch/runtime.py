@@ -13,7 +13,7 @@ import importlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -102,8 +102,9 @@ def load(ref: str) -> Callable[..., Any] | None:
     return getattr(mod, attr)  # type: ignore[no-any-return]
 
 
-def build_components(ctx: Context, roles: list[str]) -> list[Component]:
-    unknown = [r for r in roles if r not in ROLES]
+def build_components(ctx: Context, roles: list[str], also_known: Sequence[str] = ()) -> list[Component]:
+    """The components of ``roles``; ``also_known`` are roles checked by name only (they run elsewhere)."""
+    unknown = [r for r in [*roles, *also_known] if r not in ROLES]
     if unknown:
         raise ValueError(f"unknown role(s): {', '.join(unknown)}; known: {', '.join(ROLES)}")
     out = []

@@ -108,10 +108,15 @@ def health(ctx: Context, stage: str) -> StageHealth:
 
 
 def stage_problems(ctx: Context, max_failures: int = 3, max_lag_s: float = 300.0) -> dict[str, str]:
-    """Stages of this process that are stuck (failing again and again) or far behind."""
+    """Stages of this process and of its role processes that are stuck (failing again and
+    again, crashing) or far behind."""
     with _HEALTH_LOCK:
         items = list(ctx.extras.get("stage_health", {}).values())
-    return {h.stage: p for h in items if (p := h.problem(max_failures, max_lag_s)) is not None}
+    out = {h.stage: p for h in items if (p := h.problem(max_failures, max_lag_s)) is not None}
+    procs = ctx.extras.get("role_processes")  # stages in child processes (vendwatch.procs)
+    if procs is not None:
+        out.update(procs.problems(max_failures, max_lag_s))
+    return out
 
 
 def set_aside(ctx: Context, stage: str, record: Record, reason: str) -> None:

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -15,6 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vendwatch import __version__
 from vendwatch.api.auth import json_response
+from vendwatch.procs import MergedRegistry, RoleProcesses, child_roles
 from vendwatch.runtime import Context, Supervisor, build_components, build_routes
 from vendwatch.stage import stage_problems
 
@@ -23,8 +25,13 @@ log = logging.getLogger("vendwatch.server")
 
 def build_app(ctx: Context, roles: list[str]) -> Starlette:
     routes = build_routes(ctx, roles)
-    components = build_components(ctx, roles)
+    # server.role_processes: the stages run in child processes of their own (vendwatch.procs)
+    in_children = child_roles(roles) if ctx.settings.server.role_processes else []
+    components = build_components(ctx, [r for r in roles if r not in in_children], also_known=in_children)
     sup = Supervisor(ctx, components)
+    procs = RoleProcesses(ctx.settings, in_children) if in_children else None
+    if procs is not None:
+        ctx.extras["role_processes"] = procs
 
     async def livez(request: Request) -> Response:
         # liveness: the process and its event loop answer; no dependency is checked, so a
@@ -49,7 +56,9 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
         return json_response({"status": "ok", "version": __version__, "roles": roles})
 
     async def metrics(request: Request) -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+        # with role processes: their samples merged in (counters summed, gauges by maximum)
+        body = await run_in_threadpool(generate_latest, MergedRegistry(ctx))  # type: ignore[arg-type]
+        return Response(body, media_type=CONTENT_TYPE_LATEST)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -59,12 +68,16 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
         if collector is not None:
             collector.start()
         sup.start()
+        if procs is not None:
+            procs.start()
         log.info("vendwatch %s serving roles %s", __version__, ", ".join(roles))
         try:
             yield
         finally:
             if collector is not None:
                 collector.stop()
+            if procs is not None:
+                procs.stop()
             sup.stop()
 
     all_routes = [Route("/livez", livez), Route("/healthz", healthz), Route("/readyz", healthz),

@@ -14,10 +14,9 @@ import time
 from collections import deque
 from typing import Any
 
-from prometheus_client import REGISTRY
-
 from vendwatch.observe.logs import _identity, recent_errors
 from vendwatch.observe.metrics import POINTS
+from vendwatch.procs import metric_families
 
 WINDOW_S = 300.0
 _STAGES = ("device-state", "detector", "router", "orchestrator", "lake-writer")
@@ -28,9 +27,9 @@ _lock = threading.Lock()
 _history: deque[tuple[float, dict[tuple[str, tuple[tuple[str, str], ...]], float]]] = deque(maxlen=64)
 
 
-def _snapshot() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def _snapshot(ctx: Any = None) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     out = {}
-    for fam in REGISTRY.collect():
+    for fam in metric_families(ctx):  # the role processes' samples merged in
         if not fam.name.startswith("vendwatch_") or fam.name.startswith("vendwatch_fleet"):
             continue
         for s in fam.samples:
@@ -38,9 +37,9 @@ def _snapshot() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
-def _window(now: float) -> tuple[dict[Any, float], dict[Any, float], float]:
+def _window(now: float, ctx: Any = None) -> tuple[dict[Any, float], dict[Any, float], float]:
     """(current samples, samples about WINDOW_S ago or the oldest kept, seconds between them)."""
-    cur = _snapshot()
+    cur = _snapshot(ctx)
     with _lock:
         # until a sample WINDOW_S old exists, the window starts with the process (all zero)
         base_t, base = _STARTED, {}
@@ -89,10 +88,10 @@ def _quantile(cur: dict[Any, float], base: dict[Any, float], name: str, q: float
     return prev_b
 
 
-def pipeline_view(_ctx: Any = None, now: float | None = None) -> dict[str, Any]:
+def pipeline_view(ctx: Any = None, now: float | None = None) -> dict[str, Any]:
     """Per role: rate, lag, errors, restarts; per hop: p50/p99; per target: outbox, DLQ, circuit."""
     now = time.time() if now is None else now
-    cur, base, span = _window(now)
+    cur, base, span = _window(now, ctx)
     per_s = 1.0 / span if span > 0 else 0.0
 
     def rate(name: str, **labels: str) -> float | None:
@@ -143,5 +142,12 @@ def pipeline_view(_ctx: Any = None, now: float | None = None) -> dict[str, Any]:
         "targets": sorted(targets.values(), key=lambda t: t["target"]),
         "ingest": {"unavailable_503": _sum(cur, "vendwatch_ingest_unavailable_total"),
                    "rate_limited_429": _sum(cur, "vendwatch_ingest_rate_limited_total")},
-        "last_errors": list(reversed(recent_errors()))[:20],
+        "last_errors": _last_errors(ctx),
     }
+
+
+def _last_errors(ctx: Any, n: int = 20) -> list[dict[str, Any]]:
+    """The newest error lines first, of this process and its role processes."""
+    procs = ctx.extras.get("role_processes") if ctx is not None else None
+    lines = recent_errors() + (procs.recent_errors() if procs is not None else [])
+    return sorted(lines, key=lambda e: str(e.get("ts", "")), reverse=True)[:n]
