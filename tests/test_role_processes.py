@@ -1,0 +1,123 @@
+"""``vendwatch serve`` runs its pipeline roles in child processes (``server.role_processes``):
+a role process killed in the middle of its work is started again and nothing is lost or
+counted twice; a SIGKILLed ``serve`` leaves no role process running behind it; the
+parent's ``/metrics`` keeps counting across a child's restart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+from tests.conftest import vendwatch_cmd
+from tests.ingest_support import event, running
+from tests.test_ingest_sigkill import _free_port
+
+
+def _wait(what: str, cond: Any, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached within {timeout:.0f}s: {what}")
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _metric(client: httpx.Client, name: str, **labels: str) -> float | None:
+    for fam in text_string_to_metric_families(client.get("/metrics").text):
+        for s in fam.samples:
+            if s.name == name and s.labels == labels:
+                return float(s.value)
+    return None
+
+
+def test_a_role_process_killed_mid_stream_is_started_again_and_folds_every_event_once(data_dir: Path) -> None:
+    roles = ("collector", "console", "device-state")
+    with running(data_dir, roles=roles, **{"server.role_processes": True}) as h:
+        procs = h.ctx.extras["role_processes"]
+        h.add_device("VM-1", "SITE-1")
+        _wait("device-state process started", lambda: "device-state" in procs.pids())
+        first = procs.pids()["device-state"]
+        assert first != os.getpid()
+        sent = 0
+        for i in range(40):
+            assert h.post("VM-1", [event("VM-1") for _ in range(50)]).status_code == 200
+            sent += 50
+            if i == 10:
+                os.kill(first, signal.SIGKILL)  # in the middle of its work
+        _wait("a new device-state process", lambda: procs.pids().get("device-state") not in (None, first))
+        _wait("every event folded", lambda: (h.ctx.state.get_device_state("VM-1") or {}).get("events") == sent)
+        time.sleep(1.5)  # another poll and report: still exactly once
+        assert h.ctx.state.get_device_state("VM-1")["events"] == sent
+        assert _metric(h.client, "vendwatch_role_restarts_total", role="device-state") == 1
+        # the stage's record counter goes on from where the killed process left it
+        _wait("records counted", lambda: (_metric(h.client, "vendwatch_stage_records_total", stage="device-state")
+                                          or 0) >= sent)
+        assert h.client.get("/healthz").status_code == 200
+
+
+def test_a_sigkilled_serve_leaves_no_role_process_behind(data_dir: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait("serve healthy", lambda: _healthy(port), timeout=90)
+        _wait("every role process started", lambda: len(_children(proc.pid)) >= 6, timeout=60)
+        kids = _children(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        _wait("role processes gone", lambda: not any(_alive(k) for k in kids), timeout=10)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_serve_stopped_with_sigterm_stops_its_role_processes(data_dir: Path) -> None:
+    port = _free_port()
+    proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _wait("serve healthy", lambda: _healthy(port), timeout=90)
+        _wait("every role process started", lambda: len(_children(proc.pid)) >= 6, timeout=60)
+        kids = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it handled
+        assert not any(_alive(k) for k in kids)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        assert "Traceback" not in err and "stopped (" not in err, err  # stopped on purpose, not a crash
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
