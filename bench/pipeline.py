@@ -1,15 +1,18 @@
 """Whole-platform benchmark: does `vendwatch serve` keep up with its own collector?
 
     python bench/pipeline.py                         # 30 s of load, then catch-up, both runs
-    python bench/pipeline.py --duration 20 --mode processes
+    python bench/pipeline.py --duration 20 --mode embedded,threads
     python bench/pipeline.py --duration 20 --collector-only   # the collector alone on the mixed load
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). Two runs on loopback, same load:
 
 1. *collector only*: ``vendwatch serve --roles collector`` (the ceiling: what is accepted);
-2. *whole platform*: ``vendwatch serve`` with every role in one process (``--mode
-   embedded``, the default), or the collector plus one ``vendwatch run ROLE`` process per
-   stage over the same data directory (``--mode processes``).
+2. *whole platform*, one run per ``--mode`` (comma-separated, run one after the other):
+   ``embedded`` (the default) is ``vendwatch serve`` as users run it, the collector and
+   console in the server process and each stage in a child process of its own
+   (``server.role_processes``); ``threads`` is ``serve`` with every role in its one
+   process (``server.role_processes=false``); ``processes`` is the collector plus one
+   ``vendwatch run ROLE`` process per stage over the same data directory.
 
 wrk (one thread, ``--connections`` 16) posts batches of ``--batch`` 100 events from
 ``--devices`` 1,000 registered devices: a fixed-seed mix of telemetry, heartbeats, sales,
@@ -19,10 +22,10 @@ load stops and the benchmark waits until every stage has caught up (``--catchup-
 Printed: events accepted per second during load (counted in the log), catch-up time,
 sustained end-to-end rate (events / (load + catch-up)), each stage's lag in records over
 time (from the positions stages commit: checkpoints in the state store, the offsets in
-the lake's newest snapshot), CPU seconds per process and per event, and the machine's
+the lake's newest snapshot), CPU seconds per process (``serve:ROLE`` for a role process of ``serve``) and per event, and the machine's
 load average (the benchmark shares its cores with whatever else runs). ``--json FILE``
 keeps every sample. ``--profile DIR`` samples every measured process with py-spy during
-load and catch-up (``--mode processes`` gives one profile per stage) and prints where
+load and catch-up (one profile per process, a role process of ``serve`` included) and prints where
 the time goes: the functions with the most samples, on CPU (self) and inclusive.
 
 ``--kafka HOST:PORT --postgres DSN`` runs the same on the scale-out backends: the log on
@@ -295,11 +298,36 @@ def stop_all(procs: dict[str, subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def cpu_all(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+def role_processes(pid: int) -> dict[str, int]:
+    """The role processes ``serve`` started (``python -m vendwatch.procs ROLE ...``), by role."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid and b"vendwatch.procs" in argv:
+            out[argv[argv.index(b"vendwatch.procs") + 1].decode()] = int(entry.name)
+    return out
+
+
+def _tree(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, int]:
     out = {}
     for name, p in procs.items():
+        out[name] = p.pid
+        for role, pid in role_processes(p.pid).items():
+            out[f"{name}:{role}"] = pid
+    return out
+
+
+def cpu_all(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
+    out = {}
+    for name, pid in _tree(procs).items():
         try:
-            out[name] = cpu_seconds(p.pid)
+            out[name] = cpu_seconds(pid)
         except (FileNotFoundError, ProcessLookupError):
             out[name] = float("nan")
     return out
@@ -308,9 +336,9 @@ def cpu_all(procs: dict[str, subprocess.Popen[bytes]]) -> dict[str, float]:
 def rss_mb(procs: dict[str, subprocess.Popen[bytes]], field: str = "VmRSS") -> dict[str, float]:
     """Resident memory of each process (``VmHWM``: its peak so far)."""
     out = {}
-    for name, p in procs.items():
+    for name, pid in _tree(procs).items():
         try:
-            for line in Path(f"/proc/{p.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith(field + ":"):
                     out[name] = int(line.split()[1]) / 1024
         except (FileNotFoundError, ProcessLookupError):
@@ -333,10 +361,10 @@ def wrk(url: str, args: argparse.Namespace, tokens: Path, tag: str, duration: fl
 def start_profiles(procs: dict[str, subprocess.Popen[bytes]], out: Path, label: str) -> list[subprocess.Popen[bytes]]:
     out.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    return [subprocess.Popen([spy, "record", "--pid", str(p.pid), "--rate", "200", "--format", "raw", "--nonblocking",
-                              "--output", str(out / f"{label}-{name}.txt")],
+    return [subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "--nonblocking",
+                              "--output", str(out / f"{label}-{name.replace(':', '-')}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for name, p in procs.items()]
+            for name, pid in _tree(procs).items()]
 
 
 def summarize_profile(path: Path, top: int = 14) -> str:
@@ -370,7 +398,7 @@ def summarize_profile(path: Path, top: int = 14) -> str:
     return "\n".join(lines) + "\n"
 
 
-def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) -> Run:
+def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path, mode: str = "embedded") -> Run:
     run = Run(label)
     data_dir = work / label
     port = free_port()
@@ -383,8 +411,10 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         extra = {**scaleout_env(args, label, data_dir, tokens), **extra}
     else:
         shutil.copytree(work / "registry", data_dir)
+    if mode == "threads":
+        extra["VENDWATCH_SERVER__ROLE_PROCESSES"] = "false"
     stages = [r for r in roles if r in STAGES]
-    if args.mode == "processes" and stages:
+    if mode == "processes" and stages:
         run.procs["collector"] = start(["serve", "--port", str(port), "--roles", "collector"], data_dir,
                                        work / f"{label}-collector.log", extra)
         for r in stages:
@@ -408,7 +438,7 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         cpu_idle0, idle_t0 = cpu_all(run.procs), time.monotonic()
         time.sleep(2)  # CPU the roles use while idle (polling), to tell it apart from work
         cpu0 = cpu_all(run.procs)
-        idle = {k: (cpu0[k] - cpu_idle0[k]) / (time.monotonic() - idle_t0) for k in cpu0}
+        idle = {k: (cpu0[k] - cpu_idle0.get(k, 0.0)) / (time.monotonic() - idle_t0) for k in cpu0}
         svc0 = service_cpu(services)
         load0 = os.getloadavg()
         spies = start_profiles(run.procs, Path(args.profile), label) if args.profile else []
@@ -452,14 +482,14 @@ def one_run(label: str, roles: list[str], args: argparse.Namespace, work: Path) 
         svc1 = service_cpu(services)
         peak_rss = rss_mb(run.procs, "VmHWM")
         catchup = (caught_up - load_end) if caught_up is not None else float("nan")
-        total_cpu = {k: cpu1[k] - cpu0[k] for k in cpu1}
+        total_cpu = {k: cpu1[k] - cpu0.get(k, 0.0) for k in cpu1}
         run.result = {
-            "label": label, "mode": args.mode if stages else "collector", "roles": roles,
+            "label": label, "mode": mode if stages else "collector", "roles": roles,
             "load_s": load_end - t0, "events": events_loaded, "events_total": n,
             "ingest_per_s": events_loaded / (load_end - t0),
             "catchup_s": catchup,
             "sustained_per_s": n / (caught_up - t0) if caught_up else float("nan"),
-            "cpu_s_during_load": {k: cpu_load[k] - cpu0[k] for k in cpu_load},
+            "cpu_s_during_load": {k: cpu_load[k] - cpu0.get(k, 0.0) for k in cpu_load},
             "cpu_s_total": total_cpu,
             "cpu_us_per_event": sum(total_cpu.values()) / n * 1e6 if n else float("nan"),
             "service_cpu_s": {k: svc1[k] - svc0[k] for k in svc1},
@@ -540,8 +570,9 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000, help="Registered devices the load rotates over [1000].")
     ap.add_argument("--connections", type=int, default=16, help="wrk connections [16].")
     ap.add_argument("--seed", type=int, default=42, help="Seed of the event mix [42].")
-    ap.add_argument("--mode", choices=("embedded", "processes"), default="embedded",
-                    help="Every role in one `serve` process, or one process per role [embedded].")
+    ap.add_argument("--mode", default="embedded",
+                    help="Comma-separated whole-platform runs: embedded (`serve` as users run it: a process per "
+                         "stage), threads (`serve` in one process), processes (`vendwatch run` per role) [embedded].")
     ap.add_argument("--catchup-timeout", type=float, default=300, help="Give up waiting for catch-up after [300] s.")
     ap.add_argument("--sample-s", type=float, default=1.0, help="Sampling period [1] s.")
     ap.add_argument("--settle", type=float, default=3.0, help="Seconds between start and load [3].")
@@ -562,6 +593,9 @@ def main() -> None:
         raise SystemExit("--collector-only and --skip-baseline leave nothing to run")
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is needed: apt-get install -y wrk")
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    if not modes or set(modes) - {"embedded", "threads", "processes"}:
+        raise SystemExit(f"--mode: comma-separated embedded, threads, processes; got {args.mode!r}")
     all_roles = list(load_settings(environ={}).server.roles)
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="vw-pipeline-") as tmp:
@@ -571,7 +605,8 @@ def main() -> None:
         if not args.skip_baseline:
             runs.append(one_run("collector", ["collector"], args, work))
         if not args.collector_only:
-            runs.append(one_run("platform", all_roles, args, work))
+            for mode in modes:
+                runs.append(one_run("platform" if len(modes) == 1 else f"platform-{mode}", all_roles, args, work, mode))
         if args.json_out:
             Path(args.json_out).write_text(json.dumps([{"result": r.result, "samples": r.samples} for r in runs],
                                                       indent=1, default=str))

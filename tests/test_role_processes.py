@@ -121,3 +121,63 @@ def _healthy(port: int) -> bool:
         return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_frozen_role_process_is_reported_by_healthz_until_it_answers_again(
+        data_dir: Path, monkeypatch: Any) -> None:
+    import vendwatch.procs
+
+    monkeypatch.setattr(vendwatch.procs, "SILENT_AFTER_S", 3.0)
+    with running(data_dir, roles=("collector", "console", "detector"), **{"server.role_processes": True}) as h:
+        procs = h.ctx.extras["role_processes"]
+        _wait("detector process reporting", lambda: h.client.get("/healthz").status_code == 200
+              and "detector" in procs.pids())
+        pid = procs.pids()["detector"]
+        os.kill(pid, signal.SIGSTOP)  # frozen: neither working nor reporting, but not dead
+        try:
+            _wait("healthz 503", lambda: h.client.get("/healthz").status_code == 503, timeout=30)
+            body = h.client.get("/healthz").json()
+            assert "has not reported" in body["stages"]["detector"], body
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        _wait("healthy again", lambda: h.client.get("/healthz").status_code == 200, timeout=30)
+        assert procs.pids()["detector"] == pid  # not restarted: it was never dead
+
+
+def test_merged_metrics_sum_counters_keep_gauges_by_maximum_and_carry_a_dead_process_counts() -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.metrics_core import GaugeMetricFamily
+
+    from vendwatch.config import load_settings
+    from vendwatch.procs import RoleProcesses
+
+    procs = RoleProcesses(load_settings(environ={}), ["detector", "router"])
+    det, rou = procs.children["detector"], procs.children["router"]
+    det.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 5.0)]),
+                   ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 7.0)]),
+                   ("process_cpu_seconds", "counter", "cpu", [("process_cpu_seconds_total", {}, 2.0)])]
+    rou.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 3.0)]),
+                   ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 0.0)])]
+    own = GaugeMetricFamily("vendwatch_detect_devices", "devices", value=1.0)
+
+    def sample(name: str, **labels: str) -> float | None:
+        for fam in text_string_to_metric_families(generate_latest(_Reg(procs, [own])).decode()):
+            for s in fam.samples:
+                if s.name == name and s.labels == labels:
+                    return float(s.value)
+        return None
+
+    assert sample("vendwatch_stage_records_total", stage="x") == 8.0
+    assert sample("vendwatch_detect_devices") == 7.0  # a gauge: the process that has the devices
+    assert sample("process_cpu_seconds_total", role="detector") == 2.0
+    procs._carry(det)  # the detector process died; its successor starts from zero
+    det.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 1.0)])]
+    assert sample("vendwatch_stage_records_total", stage="x") == 9.0  # 5 + 1 + 3: never goes back
+
+
+class _Reg:
+    def __init__(self, procs: Any, own: list[Any]) -> None:
+        self.procs, self.own = procs, own
+
+    def collect(self) -> Any:
+        return self.procs.collect(self.own)

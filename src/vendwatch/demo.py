@@ -1,4 +1,4 @@
-"""``vendwatch demo``: the whole platform and a simulated fleet in one process.
+"""``vendwatch demo``: the whole platform and a simulated fleet, with one command.
 
 Provision the fleet in the data directory (idempotent), serve every role with uvicorn
 in a background thread, drive the simulator from the main thread, show a live summary,

@@ -2,7 +2,8 @@
 
 A *role* is one part of the pipeline (collector, device-state, detector, router,
 orchestrator, lake-writer, mqtt-bridge, console). ``vendwatch serve`` runs the roles
-named in ``server.roles`` in one process; ``vendwatch run ROLE`` runs one. Each role
+named in ``server.roles`` (the stages in child processes of their own, ``vendwatch.procs``);
+``vendwatch run ROLE`` runs one. Each role
 module exposes ``build(ctx) -> Component``; modules that serve HTTP also expose
 ``routes(ctx) -> list[starlette.routing.BaseRoute]``.
 """

@@ -38,7 +38,7 @@ from vendwatch.cli.common import Env, data_dir_option, pass_env
 def demo(env: Env, devices: int, sites: int, duration: float | None, speed: float, seed: int, host: str, port: int,
          summary_json: str | None, as_json: bool, no_faults: bool, servicenow_emulator: bool, max_backlog: float | None,
          drain_timeout: float) -> None:
-    """Run vendwatch end to end on a simulated fleet, in one process.
+    """Run vendwatch end to end on a simulated fleet, with one command.
 
     Registers the demo machines in the data directory (reused on later runs; their
     tokens are kept in DATA_DIR/fleet/tokens.csv, mode 0600), serves every role,

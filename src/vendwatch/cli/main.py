@@ -48,7 +48,7 @@ def cli(ctx: click.Context, config: str | None, log_level: str | None, log_forma
     """vendwatch: telemetry, incident detection and analytics for vending-machine fleets.
 
     Start with `vendwatch demo`: it provisions a simulated fleet and runs the whole
-    platform on embedded defaults (SQLite, local Iceberg lake) in one process.
+    platform on embedded defaults (SQLite, local Iceberg lake) with one command.
     """
     level = _log_level(log_level)
     os.umask(PRIVATE_UMASK)  # every file vendwatch creates (databases, lake, exports) is private

@@ -82,7 +82,11 @@ def open_backends(ctx: Context) -> None:
 @click.option("--roles", default=None, help="Comma-separated roles to run [default: all].")
 @pass_env
 def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> None:
-    """Run the platform in one process: collector, operator API and every pipeline stage."""
+    """Run the platform: collector, operator API and every pipeline stage.
+
+    The collector and the console serve HTTP from this process; each pipeline stage runs
+    in a child process of its own (server.role_processes), restarted when it dies and
+    stopped with this process."""
     s = env.settings(**{"server.host": host, "server.port": port})
     role_list = roles.split(",") if roles else list(s.server.roles)
     if "console" not in role_list:

@@ -1,8 +1,9 @@
 """The Pipeline page's figures, read from this process's Prometheus registry.
 
-``vendwatch serve`` runs every role in one process, so its registry holds the whole
-pipeline; the figures are the ones the Grafana pipeline dashboard computes from the
-same metrics (rates and quantiles over the last ``WINDOW_S`` seconds). In a scale-out
+``vendwatch serve`` answers for every role: its registry, merged with the samples its
+role processes report (``vendwatch.procs``), holds the whole pipeline; the figures are
+the ones the Grafana pipeline dashboard computes from the same metrics (rates and
+quantiles over the last ``WINDOW_S`` seconds). In a scale-out
 deployment each pod exports its own role's metrics and the dashboard aggregates
 them; the console's page shows the console process.
 """
