@@ -181,3 +181,17 @@ class _Reg:
 
     def collect(self) -> Any:
         return self.procs.collect(self.own)
+
+
+def test_every_shipped_configuration_reaches_a_role_process_unchanged() -> None:
+    """A role process gets the server's settings as JSON on its standard input."""
+    import msgspec
+
+    from vendwatch.config import Settings, load_settings
+
+    root = Path(__file__).resolve().parents[1]
+    files = sorted((root / "deploy" / "config").glob("*.toml"))
+    assert files
+    for f in files:
+        s = load_settings(f, environ={})
+        assert msgspec.json.decode(msgspec.json.encode(s), type=Settings) == s, f.name
