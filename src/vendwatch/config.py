@@ -37,8 +37,9 @@ class ServerSettings(_Section):
     port: int = 8080
     # roles run by `vendwatch serve` (all of them by default)
     roles: list[str] = msgspec.field(default_factory=lambda: list(DEFAULT_ROLES))
-    # each role without HTTP endpoints (every stage) runs in a child process of its own, so the
-    # stages use every core; false: all roles are threads of the one process (one core, less memory)
+    # `vendwatch serve` and `vendwatch demo` run each role without HTTP endpoints (every stage) in a
+    # child process of its own, supervised and restarted by the server process, so the stages use
+    # every core; false: all roles are threads of the one process (one core, less memory)
     role_processes: bool = True
     # connection guards (docs/security.md): a public listener must shed idle and oversized clients
     header_timeout_s: float = 10.0  # request line + headers must arrive within this; else closed
