@@ -93,6 +93,10 @@ migrations.register(
 # the replay guard is pruned by age on every timer tick: without an index each prune
 # scanned every signal id of the last 7 days (version 2 of "incidents" is the outbox)
 migrations.register("incidents", 3, "CREATE INDEX incident_seen_signals_at ON incident_seen_signals(at)")
+# the reopen lookup (the latest resolved incident of a key) read every resolved incident
+# through the status index: resolved incidents only, by key and time
+migrations.register(
+    "incidents", 4, "CREATE INDEX incidents_closed ON incidents(dedupe_key, resolved_at) WHERE status='resolved'")
 
 _FIELDS = [f.name for f in fields(Incident)]
 _COLS = ", ".join(_FIELDS)
@@ -164,8 +168,10 @@ class IncidentStore:
 
     def due_resolves(self, tx: Tx, now: float, limit: int = 500) -> list[Incident]:
         """Active incidents whose flap-damping delay has passed (locked on PostgreSQL, so one replica resolves each)."""
+        # "NOT IN" the closed statuses (the same rows: there are four statuses) so that SQLite
+        # walks the due-time index instead of reading every active incident and sorting them
         sql = (f"SELECT {_COLS} FROM incidents WHERE resolve_due_at IS NOT NULL AND resolve_due_at<=?"
-               " AND status IN ('open','acknowledged') ORDER BY resolve_due_at LIMIT ?")
+               " AND status NOT IN ('resolved','absorbed') ORDER BY resolve_due_at LIMIT ?")
         if self.db.dialect == "postgres":
             sql += " FOR UPDATE SKIP LOCKED"
         rows = tx.query(sql, (now, limit))
