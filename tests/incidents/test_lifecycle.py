@@ -218,14 +218,15 @@ def _plans_of(st, run) -> list[str]:  # type: ignore[no-untyped-def]
         conn.set_trace_callback(None)
     plans = []
     for sql in seen:
-        if sql.lstrip().upper().startswith("SELECT") and "FROM incidents" in sql:
+        if sql.lstrip().upper().startswith("SELECT") and ("FROM incidents" in sql or "FROM incident_timeline" in sql):
             plans.append(" ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql)))
     return plans
 
 
 def test_timer_and_reopen_lookups_do_not_scan_every_closed_incident(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The flap-damping timer (every tick) and the reopen lookup (every opening signal) used the
-    status index, so each read every resolved incident ever kept; they use their own indexes."""
+    status index, so each read every resolved incident ever kept; they use their own indexes,
+    and so do a batch's bulk reads (active incidents of its keys, their last timeline entries)."""
     from vendwatch.config import Settings
     from vendwatch.incidents.store import IncidentStore
     from vendwatch.state import open_state
@@ -237,8 +238,10 @@ def test_timer_and_reopen_lookups_do_not_scan_every_closed_incident(tmp_path) ->
         with st.db.transaction() as tx:
             store.due_resolves(tx, 0.0)
             store.last_closed_for(tx, "offline/VM-0001")
+            store.active_for_keys(tx, ["offline/VM-0001", "offline/VM-0002"])
+            store.last_entries(tx, ["inc_1", "inc_2"])
 
     plans = _plans_of(st, run)
-    assert len(plans) == 2, plans
+    assert len(plans) == 4, plans
     assert all("incidents_status" not in p and "TEMP B-TREE" not in p for p in plans), plans
     st.close()
