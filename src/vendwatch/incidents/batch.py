@@ -60,6 +60,17 @@ class IncidentBatch:
         for inc_id, last in self.store.last_entries(self.tx, ids).items():
             self._last[inc_id] = list(last)
 
+    def load_closed(self, keys: Iterable[str]) -> None:
+        """Read the latest resolved incident of each of ``keys`` in bulk."""
+        todo = sorted({k for k in keys if k not in self._closed})
+        if not todo:
+            return
+        if self._dirty_keys.intersection(todo):
+            self.flush()
+        found = self.store.last_closed_for_keys(self.tx, todo)
+        for k in todo:
+            self._closed[k] = found.get(k)
+
     def active_for(self, key: str) -> Incident | None:
         if key not in self._active:
             self.load_active([key])

@@ -101,6 +101,9 @@ class IncidentService:
                 if pk:
                     keys.append(pk)
         batch.load_active(keys)
+        # an incident-less key's latest closed incident decides whether a firing reopens it
+        batch.load_closed(s.dedupe_key for s in sigs
+                          if s.signal_id in fresh and s.kind == "incident" and batch.active_for(s.dedupe_key) is None)
         out = []
         for sig in sigs:
             if sig.signal_id not in fresh:
@@ -112,6 +115,8 @@ class IncidentService:
         return out
 
     def _on_signal(self, batch: IncidentBatch, sig: Signal, now: float) -> lc.Decision:
+        if sig.kind != "incident":  # decided without any state: read none
+            return lc.on_signal(sig, now, self.policy, active=None, last_closed=None, parent=None, silence_id=None)
         active = batch.active_for(sig.dedupe_key)
         parent_key = lc.parent_key(sig)
         parent = batch.active_for(parent_key) if parent_key else None
