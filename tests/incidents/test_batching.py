@@ -47,6 +47,8 @@ def _state(ctx: Context) -> dict[str, Any]:
 
 
 _DEVICES = ("VM-1", "VM-2", "VM-3")
+_TABLES = ("incidents", "incident_timeline", "incident_severity", "incident_refs", "outbox", "silences",
+           "incident_seen_signals")
 
 
 @st.composite
@@ -107,6 +109,9 @@ def test_a_batch_gives_the_same_state_as_one_signal_at_a_time(
         clock = VirtualClock()
         ctx = context(tmp_path_factory.mktemp("batched" if batched else "single"), **settings_)
         svc = IncidentService(ctx.state, ctx.settings.incidents, clock)
+        with ctx.state.db.transaction() as tx:  # (with the state on PostgreSQL, every example shares one schema)
+            for table in _TABLES:
+                tx.execute(f"DELETE FROM {table}")
         # a silence on one machine (suppressed creations are counted on it)
         svc.store.add_silence(device_id="VM-3", site_id=None, rule_id=None, expires_at=clock.now() + 300,
                               created_by="test", reason="maintenance", now=clock.now())
@@ -134,7 +139,8 @@ class _Crash(BaseException):
     """Stands in for SIGKILL: nothing after it runs, nothing of its transaction commits."""
 
 
-def _fail_on(monkeypatch: pytest.MonkeyPatch, signal_ids: set[str], error: BaseException) -> None:
+def _fail_on(monkeypatch: pytest.MonkeyPatch, signal_ids: set[str], error: BaseException) -> set[str]:
+    """Make deciding on these signals raise ``error``; returns the set (empty it to stop)."""
     real = lifecycle.on_signal
 
     def on_signal(sig: Signal, *a: Any, **kw: Any) -> lifecycle.Decision:
@@ -143,6 +149,7 @@ def _fail_on(monkeypatch: pytest.MonkeyPatch, signal_ids: set[str], error: BaseE
         return real(sig, *a, **kw)
 
     monkeypatch.setattr(lifecycle, "on_signal", on_signal)
+    return signal_ids
 
 
 def test_a_signal_that_fails_in_a_batch_is_set_aside_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,10 +226,10 @@ def test_a_crash_in_the_middle_of_a_batch_replays_without_a_second_ticket(
               make_signal(clock, "offline/VM-6", device_id="VM-6"),
               make_signal(clock, "offline/VM-5", device_id="VM-5", severity="critical", seq=3)]
     publish(ctx, *second)
-    _fail_on(monkeypatch, {second[3].signal_id}, _Crash())
+    failing = _fail_on(monkeypatch, {second[3].signal_id}, _Crash())
     with pytest.raises(_Crash):
         orch.step(0.0)
-    monkeypatch.undo()
+    failing.clear()
     # the process is gone; a new one starts from what was committed
     orch2 = Orchestrator(context(tmp_path, **{"incidents.servicenow.url": url, **SN}), clock=clock)
     _drain(orch2, clock)
