@@ -166,6 +166,11 @@ class IncidentStore:
                      + self._lock_rows, (dedupe_key,))
         return _row_to_incident(row) if row else None
 
+    def _indexed_by(self, index: str) -> str:
+        # SQLite's planner (no statistics) takes the status index for a list of more than a
+        # few keys, reading every open or every resolved incident: name the key index
+        return f" INDEXED BY {index}" if self.db.dialect == "sqlite" else ""
+
     def _in(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
         """``column`` is one of ``values``: on PostgreSQL one array parameter (one statement
         text whatever the length, prepared once); on SQLite a list of placeholders, with
@@ -179,8 +184,8 @@ class IncidentStore:
         out: dict[str, Incident] = {}
         for i in range(0, len(keys), _CHUNK):
             cond, params = self._in("dedupe_key", keys[i:i + _CHUNK])
-            rows = tx.query(f"SELECT {_COLS} FROM incidents WHERE {cond} AND status IN ('open','acknowledged')"
-                            + self._lock_rows, params)
+            rows = tx.query(f"SELECT {_COLS} FROM incidents{self._indexed_by('incidents_one_active')}"
+                            f" WHERE {cond} AND status IN ('open','acknowledged')" + self._lock_rows, params)
             for r in rows:
                 inc = _row_to_incident(r)
                 out[inc.dedupe_key] = inc
@@ -219,14 +224,12 @@ class IncidentStore:
 
     def last_closed_for_keys(self, tx: Tx, keys: Sequence[str]) -> dict[str, Incident]:
         """``last_closed_for`` of each of ``keys`` that has a resolved incident, one query per 500 keys."""
-        # SQLite's planner would take the status index (every resolved incident) for the key list
-        index = " INDEXED BY incidents_closed" if self.db.dialect == "sqlite" else ""
         out: dict[str, Incident] = {}
         for i in range(0, len(keys), _CHUNK):
             cond, params = self._in("dedupe_key", keys[i:i + _CHUNK])
             rows = tx.query(
                 f"SELECT {_COLS} FROM (SELECT {_COLS}, row_number() OVER (PARTITION BY dedupe_key"
-                f" ORDER BY resolved_at DESC) AS newest FROM incidents{index} WHERE {cond} AND status='resolved')"
+                f" ORDER BY resolved_at DESC) AS newest FROM incidents{self._indexed_by('incidents_closed')} WHERE {cond} AND status='resolved')"
                 " AS closed WHERE newest=1", params)
             for r in rows:
                 inc = _row_to_incident(r)
