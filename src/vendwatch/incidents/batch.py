@@ -15,7 +15,7 @@ the database after a flush of what is pending (so the database is up to date).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from vendwatch.delivery.outbox import Outbox
@@ -46,30 +46,29 @@ class IncidentBatch:
         self._dirty_keys: set[str] = set()  # keys whose incidents have pending writes
 
     # -- reads ----------------------------------------------------------------------
+    def _load(self, cache: dict[str, Incident | None], keys: Iterable[str],
+              fetch: Callable[[Tx, Sequence[str]], dict[str, Incident]]) -> dict[str, Incident]:
+        """Fill ``cache`` for the ``keys`` it lacks with one ``fetch``; returns what was found."""
+        todo = sorted({k for k in keys if k not in cache})
+        if not todo:
+            return {}
+        if self._dirty_keys.intersection(todo):
+            self.flush()  # the database must hold what this batch changed of these keys
+        found = fetch(self.tx, todo)
+        for k in todo:
+            cache[k] = found.get(k)
+        return found
+
     def load_active(self, keys: Iterable[str]) -> None:
         """Read the active incidents of ``keys`` (and their last timeline entries) in bulk."""
-        todo = sorted({k for k in keys if k not in self._active})
-        if not todo:
-            return
-        if self._dirty_keys.intersection(todo):
-            self.flush()
-        found = self.store.active_for_keys(self.tx, todo)
-        for k in todo:
-            self._active[k] = found.get(k)
+        found = self._load(self._active, keys, self.store.active_for_keys)
         ids = [inc.incident_id for inc in found.values() if inc.incident_id not in self._last]
         for inc_id, last in self.store.last_entries(self.tx, ids).items():
             self._last[inc_id] = list(last)
 
     def load_closed(self, keys: Iterable[str]) -> None:
         """Read the latest resolved incident of each of ``keys`` in bulk."""
-        todo = sorted({k for k in keys if k not in self._closed})
-        if not todo:
-            return
-        if self._dirty_keys.intersection(todo):
-            self.flush()
-        found = self.store.last_closed_for_keys(self.tx, todo)
-        for k in todo:
-            self._closed[k] = found.get(k)
+        self._load(self._closed, keys, self.store.last_closed_for_keys)
 
     def active_for(self, key: str) -> Incident | None:
         if key not in self._active:
@@ -78,9 +77,7 @@ class IncidentBatch:
 
     def last_closed_for(self, key: str) -> Incident | None:
         if key not in self._closed:
-            if key in self._dirty_keys:
-                self.flush()
-            self._closed[key] = self.store.last_closed_for(self.tx, key)
+            self.load_closed([key])
         return self._closed[key]
 
     def matching_silence(self, now: float, *, device_id: str | None, site_id: str | None, rule_id: str) -> str | None:
