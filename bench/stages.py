@@ -17,7 +17,7 @@ within each round; the table shows the median of the rounds (best in brackets):
   partition, one decode per run);
 * detector: the same two reads (clock = event time, checkpoints every 5 s);
 * orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``
-  signals per poll;
+  signals per poll (the role is built before the clock starts);
 * lake-writer (only with ``--stages lake-writer``): the role's loop (polls of 10,000,
   Arrow columns, Parquet files, Iceberg commits of ``lake.batch_max_events``) until the
   log is drained and committed; its tables are created before the clock starts. Its
@@ -25,6 +25,13 @@ within each round; the table shows the median of the rounds (best in brackets):
 
 ``--profile STAGE`` prints a cProfile of one bulk drain of that stage instead (the main
 thread only: for the lake writer, not its commits).
+
+``--count-sql`` adds, per orchestrator case, one more drain (untimed) that counts the
+SQL statements (``execute``, ``query``, ``executemany`` calls: one round trip each on
+PostgreSQL) and the transactions the stage ran, per signal. ``--postgres DSN`` puts the
+orchestrator's state store on PostgreSQL (a schema of its own per drain, dropped after;
+the log stays embedded), so its figure includes the client side of each round trip but
+not the server's CPU.
 """
 
 from __future__ import annotations
@@ -103,11 +110,86 @@ def mixed_log(n_events: int, devices: int, seed: int = 42, batch: int = 100) -> 
     return out
 
 
-def fresh(template: Path, into: Path) -> Context:
-    """A data directory holding a copy of ``template``'s log and an empty state store."""
+def fresh(template: Path, into: Path, postgres: str | None = None) -> Context:
+    """A data directory holding a copy of ``template``'s log and an empty state store
+    (on PostgreSQL in a new schema of its own when ``postgres`` is a DSN)."""
     into.mkdir()
     shutil.copy(template / "bus.db", into / "bus.db")
-    return Context(load_settings(overrides={"data_dir": str(into), **SETTINGS}, environ={}))
+    state: dict[str, Any] = {}
+    if postgres:
+        import psycopg
+
+        schema = f"bench_stages_{os.getpid()}_{into.name.replace('-', '_')}"
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in postgres else "?"
+        state = {"state.backend": "postgres", "state.postgres_dsn": f"{postgres}{sep}options=-csearch_path%3D{schema}"}
+        _SCHEMAS[str(into)] = schema
+    return Context(load_settings(overrides={"data_dir": str(into), **SETTINGS, **state}, environ={}))
+
+
+_SCHEMAS: dict[str, str] = {}  # PostgreSQL schemas of the drains, by data directory
+
+
+def drop_schema(postgres: str | None, into: Path) -> None:
+    schema = _SCHEMAS.pop(str(into), None)
+    if postgres and schema:
+        import psycopg
+
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+class SqlCounter:
+    """Counts the statements and transactions run through a ``Database`` (bench only)."""
+
+    def __init__(self, db: Any) -> None:
+        self.statements = self.transactions = 0
+        self._depth = 0
+        outer, plain_query = db.transaction, db.query
+        counter = self
+
+        class _Counted:
+            def __init__(self, tx: Any) -> None:
+                self.tx = tx
+
+            def execute(self, sql: str, params: Any = ()) -> int:
+                counter.statements += 1
+                return int(self.tx.execute(sql, params))
+
+            def executemany(self, sql: str, rows: Any) -> None:
+                counter.statements += 1
+                self.tx.executemany(sql, rows)
+
+            def query(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+                counter.statements += 1
+                return list(self.tx.query(sql, params))
+
+            def one(self, sql: str, params: Any = ()) -> tuple[Any, ...] | None:
+                rows = self.query(sql, params)
+                return rows[0] if rows else None
+
+        from contextlib import contextmanager
+
+        @contextmanager
+        def transaction() -> Any:
+            if self._depth == 0:
+                self.transactions += 1
+            self._depth += 1
+            try:
+                with outer() as tx:
+                    yield _Counted(tx)
+            finally:
+                self._depth -= 1
+
+        def query(sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+            self.statements += 1  # SQLite reads outside a transaction
+            return list(plain_query(sql, params))
+
+        db.transaction = transaction
+        if db.dialect == "sqlite":  # elsewhere ``query`` opens a (counted) transaction
+            db.query = query
 
 
 def seal(data_dir: Path) -> None:
@@ -118,6 +200,9 @@ def seal(data_dir: Path) -> None:
 
 
 # -- the stages ----------------------------------------------------------------------------
+
+_OPENED: dict[int, Any] = {}  # stages built before the clock starts, by id of their Context
+
 
 def drain_device_state(ctx: Context, bulk: bool, batch_size: int) -> int:
     from vendwatch.state.projector import DeviceStateProjector
@@ -150,10 +235,15 @@ def drain_detector(ctx: Context, bulk: bool, _batch: int) -> int:
     return n
 
 
-def drain_orchestrator(ctx: Context, _bulk: bool, batch: int) -> int:
+def open_orchestrator(ctx: Context) -> None:
+    """Build the role before the clock starts (imports, its HTTP client): a one-off cost."""
     from vendwatch.incidents.role import Orchestrator
 
-    orch = Orchestrator(ctx)
+    _OPENED[id(ctx)] = Orchestrator(ctx)
+
+
+def drain_orchestrator(ctx: Context, _bulk: bool, batch: int) -> int:
+    orch = _OPENED.pop(id(ctx))
     orch.batch_size = batch
     n = 0
     while k := orch.step(0.0):
@@ -162,7 +252,6 @@ def drain_orchestrator(ctx: Context, _bulk: bool, batch: int) -> int:
     return n
 
 
-_OPENED: dict[int, Any] = {}  # lake writers whose tables exist, by id of their Context
 
 
 def open_lake_writer(ctx: Context) -> None:
@@ -210,16 +299,21 @@ DRAINS: dict[str, Callable[[Context, bool, int], int]] = {
     "lake-writer": drain_lake_writer}
 
 
-def measure(stage: str, template: Path, work: Path, bulk: bool, batch: int, tag: str) -> tuple[float, int]:
-    ctx = fresh(template, work / tag)
+def measure(stage: str, template: Path, work: Path, bulk: bool, batch: int, tag: str,
+            postgres: str | None = None, count: bool = False) -> tuple[float, int, SqlCounter | None]:
+    ctx = fresh(template, work / tag, postgres if stage == "orchestrator" else None)
     try:
         if stage == "lake-writer":
             open_lake_writer(ctx)
+        elif stage == "orchestrator":
+            open_orchestrator(ctx)
+        counter = SqlCounter(ctx.state.db) if count else None
         t0 = time.process_time()
         n = DRAINS[stage](ctx, bulk, batch)
-        return time.process_time() - t0, n
+        return time.process_time() - t0, n, counter
     finally:
         ctx.close()
+        drop_schema(postgres, work / tag)
         shutil.rmtree(work / tag, ignore_errors=True)
 
 
@@ -237,6 +331,10 @@ def main() -> None:
     ap.add_argument("--variants", default="record,bulk",
                     help="Reads to compare, comma-separated [record,bulk]; 'record' alone runs on code without bulk reads.")
     ap.add_argument("--profile", metavar="STAGE", help="cProfile one bulk drain of STAGE instead.")
+    ap.add_argument("--count-sql", action="store_true",
+                    help="Also count the orchestrator's SQL statements and transactions per signal (one untimed drain per case).")
+    ap.add_argument("--postgres", metavar="DSN",
+                    help="Run the orchestrator's state store on PostgreSQL (a schema per drain, dropped after).")
     args = ap.parse_args()
     print(f"{platform.python_implementation()} {platform.python_version()}, SQLite {sqlite3.sqlite_version},"
           f" {os.cpu_count()} CPUs, load average {' / '.join(f'{x:.1f}' for x in os.getloadavg())},"
@@ -267,15 +365,18 @@ def main() -> None:
             import pstats
 
             src = with_signals if args.profile == "orchestrator" else template
-            ctx = fresh(src, work / "profile")
+            ctx = fresh(src, work / "profile", args.postgres if args.profile == "orchestrator" else None)
             if args.profile == "lake-writer":
                 open_lake_writer(ctx)
+            elif args.profile == "orchestrator":
+                open_orchestrator(ctx)
             prof = cProfile.Profile(time.process_time)  # CPU, not waits (fsync)
             prof.enable()
             sizes = args.signal_batch if args.profile == "orchestrator" else args.batch_size
             DRAINS[args.profile](ctx, True, int(sizes.split(",")[-1]))
             prof.disable()
             ctx.close()
+            drop_schema(args.postgres, work / "profile")
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
             return
@@ -293,13 +394,26 @@ def main() -> None:
         for rnd in range(args.rounds):
             for i, (stage, label, bulk, batch) in enumerate(cases):
                 src = with_signals if stage == "orchestrator" else template
-                results.setdefault((stage, label), []).append(measure(stage, src, work, bulk, batch, f"r{rnd}-{i}"))
+                cpu, n, _ = measure(stage, src, work, bulk, batch, f"r{rnd}-{i}", args.postgres)
+                results.setdefault((stage, label), []).append((cpu, n))
+        if args.postgres:
+            print("\norchestrator state store: PostgreSQL (client CPU only)")
         print("\n| stage | variant | records | µs CPU per record, median (best) | records per CPU-second |")
         print("|---|---|---:|---:|---:|")
         for (stage, label), runs in results.items():
             per = [cpu / max(n, 1) * 1e6 for cpu, n in runs]
             med = statistics.median(per)
             print(f"| {stage} | {label} | {runs[0][1]:,} | {med:.1f} ({min(per):.1f}) | {1e6 / med:,.0f} |")
+        if args.count_sql:
+            print("\n| orchestrator | SQL statements per signal | transactions per signal |")
+            print("|---|---:|---:|")
+            for i, (stage, label, bulk, batch) in enumerate(cases):
+                if stage != "orchestrator":
+                    continue
+                _, _, counter = measure(stage, with_signals, work, bulk, batch, f"count-{i}", args.postgres, count=True)
+                assert counter is not None
+                print(f"| {label} | {counter.statements / max(n_signals, 1):.2f}"
+                      f" | {counter.transactions / max(n_signals, 1):.3f} |")
         print(f"\nload average after: {' / '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 

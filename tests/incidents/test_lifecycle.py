@@ -202,3 +202,49 @@ def test_pruning_the_replay_guard_does_not_scan_every_signal_id(tmp_path) -> Non
     plan = " ".join(str(r) for r in st.db.query("EXPLAIN QUERY PLAN DELETE FROM incident_seen_signals WHERE at<?", (0.0,)))
     assert "incident_seen_signals_at" in plan, plan
     st.close()
+
+
+def _plans_of(st, run) -> list[str]:  # type: ignore[no-untyped-def]
+    """The query plans of the SELECTs ``run`` sends to the state store (SQLite)."""
+    from vendwatch.state.db import SqliteDatabase
+
+    assert isinstance(st.db, SqliteDatabase)
+    seen: list[str] = []
+    conn = st.db._conn()
+    conn.set_trace_callback(seen.append)
+    try:
+        run()
+    finally:
+        conn.set_trace_callback(None)
+    plans = []
+    for sql in seen:
+        if sql.lstrip().upper().startswith("SELECT") and ("FROM incidents" in sql or "FROM incident_timeline" in sql):
+            plans.append(" ".join(str(r[3]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql)))
+    return plans
+
+
+def test_timer_and_reopen_lookups_do_not_scan_every_closed_incident(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The flap-damping timer (every tick) and the reopen lookup (every opening signal) used the
+    status index, so each read every resolved incident ever kept; they use their own indexes,
+    and so do a batch's bulk reads (active incidents of its keys, their last timeline entries)."""
+    from vendwatch.config import Settings
+    from vendwatch.incidents.store import IncidentStore
+    from vendwatch.state import open_state
+
+    st = open_state(Settings(data_dir=str(tmp_path)))
+    store = IncidentStore(st)
+
+    def run() -> None:
+        with st.db.transaction() as tx:
+            store.due_resolves(tx, 0.0)
+            store.last_closed_for(tx, "offline/VM-0001")
+            for n in (2, 50):  # the planner's choice changed with the length of the list
+                keys = [f"offline/VM-{i:04d}" for i in range(n)]
+                store.active_for_keys(tx, keys)
+                store.last_entries(tx, [f"inc_{i}" for i in range(n)])
+                store.last_closed_for_keys(tx, keys)
+
+    plans = _plans_of(st, run)
+    assert len(plans) == 8, plans
+    assert all("incidents_status" not in p and "TEMP B-TREE FOR ORDER BY" not in p for p in plans), plans
+    st.close()

@@ -11,6 +11,7 @@ round instead of deleting it (so a storm of updates becomes a few calls).
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,10 +105,17 @@ class Outbox:
 
         ``not_before``: a new row is not delivered before then (a pending row keeps its time).
         """
-        tx.execute(
+        self.coalesce_many(tx, [(target, op, key, payload, idem_key, now, not_before)])
+
+    def coalesce_many(self, tx: Tx,
+                      rows: Sequence[tuple[str, str, str, dict[str, Any], str, float, float | None]]) -> None:
+        """``coalesce`` for each (target, op, key, payload, idem_key, now, not_before), in order, in one statement."""
+        enc = msgspec.json.encode
+        tx.executemany(
             "INSERT INTO outbox(target, op, key, idem_key, payload, created_at, next_attempt_at)"
             " VALUES (?,?,?,?,?,?,?) ON CONFLICT(idem_key) DO UPDATE SET dirty=1, payload=excluded.payload",
-            (target, op, key, idem_key, msgspec.json.encode(payload).decode(), now, max(now, not_before or now)))
+            [(target, op, key, idem, enc(payload).decode(), now, max(now, not_before or now))
+             for target, op, key, payload, idem, now, not_before in rows])
 
     def cancel(self, tx: Tx, idem_key: str) -> bool:
         """Drop the pending row with ``idem_key`` unless a worker holds it; True if dropped."""

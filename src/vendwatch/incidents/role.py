@@ -21,7 +21,7 @@ from vendwatch.incidents.service import IncidentService
 from vendwatch.route.envelope import from_signal
 from vendwatch.route.rules import RuleSet, load_rules
 from vendwatch.runtime import Context
-from vendwatch.signals import decode_signal
+from vendwatch.signals import Signal, decode_signal
 from vendwatch.state.db import Tx
 
 log = logging.getLogger("vendwatch.incidents")
@@ -54,6 +54,7 @@ class Orchestrator(DeliveringStage):
         self.ctx.log.create_topic(SIGNALS)
 
     def apply(self, tx: Tx, records: list[Record]) -> None:
+        sigs: list[Signal] = []
         for r in records:
             try:
                 sig = decode_signal(r.value)
@@ -61,9 +62,11 @@ class Orchestrator(DeliveringStage):
                 # a malformed signal cannot become valid by retrying: set it aside and move on
                 self.dead_letter(tx, r, f"undecodable signal: {e}")
                 continue
-            if not self.rules.to_orchestrator(from_signal(sig)):
-                continue
-            self.service.handle_signal(tx, sig)
+            if self.rules.to_orchestrator(from_signal(sig)):
+                sigs.append(sig)
+        # the poll's signals in order, read and written in bulk (one by one in effect); a
+        # signal that fails fails the batch, which the stage then splits to set it aside
+        self.service.handle_signals(tx, sigs)
 
     def timers(self) -> int:
         n = self.service.tick()

@@ -4,12 +4,14 @@ references and silences. Migrations are registered under component ``incidents``
 from __future__ import annotations
 
 import secrets
-from dataclasses import fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
-from vendwatch.incidents.lifecycle import ACTIVE, Decision, Entry, Incident
+from vendwatch.incidents.lifecycle import Incident
 from vendwatch.state import migrations
 from vendwatch.state.db import Database, Tx
 from vendwatch.state.store import StateStore
@@ -93,29 +95,55 @@ migrations.register(
 # the replay guard is pruned by age on every timer tick: without an index each prune
 # scanned every signal id of the last 7 days (version 2 of "incidents" is the outbox)
 migrations.register("incidents", 3, "CREATE INDEX incident_seen_signals_at ON incident_seen_signals(at)")
+# the reopen lookup (the latest resolved incident of a key) read every resolved incident
+# through the status index: resolved incidents only, by key and time
+migrations.register(
+    "incidents", 4, "CREATE INDEX incidents_closed ON incidents(dedupe_key, resolved_at) WHERE status='resolved'")
 
 _FIELDS = [f.name for f in fields(Incident)]
 _COLS = ", ".join(_FIELDS)
+_LABELS = _FIELDS.index("labels")
 
 
 def _row_to_incident(row: tuple[Any, ...]) -> Incident:
-    data = dict(zip(_FIELDS, row, strict=True))
-    data["labels"] = msgspec.json.decode(data["labels"] or "{}")
-    return Incident(**data)
+    values = list(row)
+    values[_LABELS] = msgspec.json.decode(values[_LABELS] or "{}")
+    return Incident(*values)
 
 
-_LABELS = _FIELDS.index("labels")
 _UPSERT = (f"INSERT INTO incidents({_COLS}) VALUES ({','.join('?' * len(_FIELDS))})"
            " ON CONFLICT(incident_id) DO UPDATE SET "
            + ", ".join(f"{f}=excluded.{f}" for f in _FIELDS if f != "incident_id"))
 
 
+_GET_FIELDS = attrgetter(*_FIELDS)
+
+
 def _incident_params(inc: Incident) -> tuple[Any, ...]:
     # the fields as they are (all scalars but the labels, stored as JSON): dataclasses.asdict
     # deep-copies every value and was a third of the orchestrator's CPU per signal
-    values = [getattr(inc, f) for f in _FIELDS]
+    values = list(_GET_FIELDS(inc))
     values[_LABELS] = msgspec.json.encode(values[_LABELS]).decode()
     return tuple(values)
+
+
+@dataclass(frozen=True)
+class Silence:
+    """A silence in force: each matcher given must equal the signal's."""
+
+    silence_id: str
+    device_id: str | None
+    site_id: str | None
+    rule_id: str | None
+
+    def matches(self, *, device_id: str | None, site_id: str | None, rule_id: str) -> bool:
+        # a signal without a device (site) matches no device (site) matcher
+        return ((self.device_id is None or self.device_id == (device_id or ""))
+                and (self.site_id is None or self.site_id == (site_id or ""))
+                and (self.rule_id is None or self.rule_id == rule_id))
+
+
+_CHUNK = 500  # values per bulk statement
 
 
 class IncidentStore:
@@ -138,6 +166,43 @@ class IncidentStore:
                      + self._lock_rows, (dedupe_key,))
         return _row_to_incident(row) if row else None
 
+    def _indexed_by(self, index: str) -> str:
+        # SQLite's planner (no statistics) takes the status index for a list of more than a
+        # few keys, reading every open or every resolved incident: name the key index
+        return f" INDEXED BY {index}" if self.db.dialect == "sqlite" else ""
+
+    def _in(self, column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+        """``column`` is one of ``values``: on PostgreSQL one array parameter (one statement
+        text whatever the length, prepared once); on SQLite a list of placeholders, with
+        which its planner picks the index on ``column`` (with ``json_each`` it did not)."""
+        if self.db.dialect == "postgres":
+            return f"{column} = ANY(?)", (list(values),)
+        return f"{column} IN ({','.join('?' * len(values))})", tuple(values)
+
+    def active_for_keys(self, tx: Tx, keys: Sequence[str]) -> dict[str, Incident]:
+        """The active incident of each of ``keys`` that has one, in one query per 500 keys."""
+        out: dict[str, Incident] = {}
+        for i in range(0, len(keys), _CHUNK):
+            cond, params = self._in("dedupe_key", keys[i:i + _CHUNK])
+            rows = tx.query(f"SELECT {_COLS} FROM incidents{self._indexed_by('incidents_one_active')}"
+                            f" WHERE {cond} AND status IN ('open','acknowledged')" + self._lock_rows, params)
+            for r in rows:
+                inc = _row_to_incident(r)
+                out[inc.dedupe_key] = inc
+        return out
+
+    def last_entries(self, tx: Tx, incident_ids: Sequence[str]) -> dict[str, tuple[int, str, str, dict[str, Any]]]:
+        """The last timeline entry of each incident: (entry_id, kind, actor, detail)."""
+        out: dict[str, tuple[int, str, str, dict[str, Any]]] = {}
+        for i in range(0, len(incident_ids), _CHUNK):
+            cond, params = self._in("incident_id", incident_ids[i:i + _CHUNK])
+            rows = tx.query(
+                "SELECT incident_id, entry_id, kind, actor, detail FROM incident_timeline WHERE entry_id IN"
+                f" (SELECT max(entry_id) FROM incident_timeline WHERE {cond} GROUP BY incident_id)", params)
+            for inc_id, entry_id, kind, actor, detail in rows:
+                out[inc_id] = (int(entry_id), kind, actor, msgspec.json.decode(detail))
+        return out
+
     def active_caused_by(self, tx: Tx, cause_key: str) -> list[Incident]:
         """Active incidents whose signals blamed the condition ``cause_key`` (absorption candidates)."""
         rows = tx.query(f"SELECT {_COLS} FROM incidents WHERE caused_by=? AND status IN ('open','acknowledged')"
@@ -157,6 +222,20 @@ class IncidentStore:
             " ORDER BY resolved_at DESC LIMIT 1", (dedupe_key,))
         return _row_to_incident(row) if row else None
 
+    def last_closed_for_keys(self, tx: Tx, keys: Sequence[str]) -> dict[str, Incident]:
+        """``last_closed_for`` of each of ``keys`` that has a resolved incident, one query per 500 keys."""
+        out: dict[str, Incident] = {}
+        for i in range(0, len(keys), _CHUNK):
+            cond, params = self._in("dedupe_key", keys[i:i + _CHUNK])
+            rows = tx.query(
+                f"SELECT {_COLS} FROM (SELECT {_COLS}, row_number() OVER (PARTITION BY dedupe_key"
+                f" ORDER BY resolved_at DESC) AS newest FROM incidents{self._indexed_by('incidents_closed')} WHERE {cond} AND status='resolved')"
+                " AS closed WHERE newest=1", params)
+            for r in rows:
+                inc = _row_to_incident(r)
+                out[inc.dedupe_key] = inc
+        return out
+
     def get(self, incident_id: str, tx: Tx | None = None) -> Incident | None:
         sql = f"SELECT {_COLS} FROM incidents WHERE incident_id=?"
         row = tx.one(sql + self._lock_rows, (incident_id,)) if tx else self.db.one(sql, (incident_id,))
@@ -164,8 +243,10 @@ class IncidentStore:
 
     def due_resolves(self, tx: Tx, now: float, limit: int = 500) -> list[Incident]:
         """Active incidents whose flap-damping delay has passed (locked on PostgreSQL, so one replica resolves each)."""
+        # "NOT IN" the closed statuses (the same rows: there are four statuses) so that SQLite
+        # walks the due-time index instead of reading every active incident and sorting them
         sql = (f"SELECT {_COLS} FROM incidents WHERE resolve_due_at IS NOT NULL AND resolve_due_at<=?"
-               " AND status IN ('open','acknowledged') ORDER BY resolve_due_at LIMIT ?")
+               " AND status NOT IN ('resolved','absorbed') ORDER BY resolve_due_at LIMIT ?")
         if self.db.dialect == "postgres":
             sql += " FOR UPDATE SKIP LOCKED"
         rows = tx.query(sql, (now, limit))
@@ -194,33 +275,29 @@ class IncidentStore:
     def counts_by_status(self) -> dict[str, int]:
         return {s: int(n) for s, n in self.db.query("SELECT status, count(*) FROM incidents GROUP BY status")}
 
-    def apply(self, tx: Tx, d: Decision) -> None:
-        """Write a lifecycle decision."""
-        # absorbed/resolved rows first so the unique "one active per key" index never trips
-        for inc in sorted(d.incidents, key=lambda i: i.status in ACTIVE):
-            tx.execute(_UPSERT, _incident_params(inc))
-        for e in d.entries:
-            if e.kind == "updated" and self._fold_update(tx, e):
-                continue
-            tx.execute(
-                "INSERT INTO incident_timeline(incident_id, at, kind, actor, detail, note) VALUES (?,?,?,?,?,?)",
-                (e.incident_id, e.at, e.kind, e.actor, msgspec.json.encode(e.detail).decode(), e.note))
-        for inc_id, at, frm, to, actor in d.severity_changes:
-            tx.execute(
-                "INSERT INTO incident_severity(incident_id, at, from_severity, to_severity, actor) VALUES (?,?,?,?,?)",
-                (inc_id, at, frm, to, actor))
+    # -- bulk writes (``IncidentBatch.flush``) ---------------------------------------------
+    def upsert_incidents(self, tx: Tx, incidents: Sequence[Incident]) -> None:
+        tx.executemany(_UPSERT, [_incident_params(inc) for inc in incidents])
 
-    def _fold_update(self, tx: Tx, e: Entry) -> bool:
-        """A run of plain re-fires is one timeline entry (count and last time), not one per signal."""
-        row = tx.one("SELECT entry_id, kind, actor, detail FROM incident_timeline WHERE incident_id=?"
-                     " ORDER BY entry_id DESC LIMIT 1", (e.incident_id,))
-        if row is None or row[1] != "updated" or row[2] != e.actor:
-            return False
-        detail = msgspec.json.decode(row[3])
-        detail.update(e.detail, repeats=int(detail.get("repeats", 1)) + 1, last_at=e.at)
-        tx.execute("UPDATE incident_timeline SET detail=? WHERE entry_id=?",
-                   (msgspec.json.encode(detail).decode(), row[0]))
-        return True
+    def add_entries(self, tx: Tx, entries: Sequence[Sequence[Any]]) -> None:
+        """Timeline entries, (incident_id, at, kind, actor, detail, note) each, in this order."""
+        enc = msgspec.json.encode
+        tx.executemany(
+            "INSERT INTO incident_timeline(incident_id, at, kind, actor, detail, note) VALUES (?,?,?,?,?,?)",
+            [(i, at, kind, actor, enc(detail).decode(), note) for i, at, kind, actor, detail, note in entries])
+
+    def set_entry_details(self, tx: Tx, details: dict[int, dict[str, Any]]) -> None:
+        tx.executemany("UPDATE incident_timeline SET detail=? WHERE entry_id=?",
+                       [(msgspec.json.encode(d).decode(), entry_id) for entry_id, d in details.items()])
+
+    def add_severity_changes(self, tx: Tx, changes: Sequence[tuple[str, float, str, str, str]]) -> None:
+        tx.executemany(
+            "INSERT INTO incident_severity(incident_id, at, from_severity, to_severity, actor) VALUES (?,?,?,?,?)",
+            list(changes))
+
+    def count_suppressed(self, tx: Tx, counts: dict[str, int]) -> None:
+        tx.executemany("UPDATE silences SET suppressed=suppressed+? WHERE silence_id=?",
+                       [(n, sid) for sid, n in counts.items()])
 
     def timeline(self, incident_id: str) -> list[dict[str, Any]]:
         rows = self.db.query(
@@ -243,10 +320,19 @@ class IncidentStore:
     def mark_notes_sent(self, tx: Tx, entry_ids: list[int]) -> None:
         tx.executemany("UPDATE incident_timeline SET note_sent=1 WHERE entry_id=?", [(i,) for i in entry_ids])
 
-    def seen_signal(self, tx: Tx, signal_id: str, now: float) -> bool:
-        """Record a signal id; True if it was already processed (a detector replay)."""
-        return tx.execute("INSERT INTO incident_seen_signals VALUES (?,?) ON CONFLICT(signal_id) DO NOTHING",
-                          (signal_id, now)) == 0
+    def record_signals(self, tx: Tx, signal_ids: Sequence[str], now: float) -> set[str]:
+        """Record signal ids; returns those not processed before (the others are detector
+        replays). One statement per 500 ids."""
+        ids = list(dict.fromkeys(signal_ids))
+        new: set[str] = set()
+        for i in range(0, len(ids), _CHUNK):
+            part = ids[i:i + _CHUNK]
+            rows = tx.query(
+                f"INSERT INTO incident_seen_signals VALUES {','.join(['(?,?)'] * len(part))}"
+                " ON CONFLICT(signal_id) DO NOTHING RETURNING signal_id",
+                [v for sid in part for v in (sid, now)])
+            new.update(r[0] for r in rows)
+        return new
 
     def prune_seen(self, tx: Tx, older_than: float) -> None:
         tx.execute("DELETE FROM incident_seen_signals WHERE at<?", (older_than,))
@@ -311,15 +397,8 @@ class IncidentStore:
                 s["active"] = s["starts_at"] <= now < s["expires_at"]
         return out
 
-    def matching_silence(self, tx: Tx, now: float, *, device_id: str | None, site_id: str | None,
-                         rule_id: str) -> str | None:
-        """The id of an unexpired silence whose every given matcher equals the signal's, or None."""
-        row = tx.one(
-            "SELECT silence_id FROM silences WHERE starts_at<=? AND expires_at>?"
-            " AND (device_id IS NULL OR device_id=?) AND (site_id IS NULL OR site_id=?)"
-            " AND (rule_id IS NULL OR rule_id=?) ORDER BY created_at LIMIT 1",
-            (now, now, device_id or "", site_id or "", rule_id))
-        if row:
-            tx.execute("UPDATE silences SET suppressed=suppressed+1 WHERE silence_id=?", (row[0],))
-            return str(row[0])
-        return None
+    def silences_in_force(self, tx: Tx, now: float) -> list[Silence]:
+        """Unexpired silences that have started, oldest first (the first that matches applies)."""
+        rows = tx.query("SELECT silence_id, device_id, site_id, rule_id FROM silences"
+                        " WHERE starts_at<=? AND expires_at>? ORDER BY created_at, silence_id", (now, now))
+        return [Silence(*r) for r in rows]
