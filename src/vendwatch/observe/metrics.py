@@ -13,6 +13,8 @@ vendwatch_pipeline_event_age_seconds_bucket{point="ticket"}[5m])))``.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -73,10 +75,22 @@ ROLE_RESTARTS = Counter("vendwatch_role_restarts_total", "Components restarted b
 LOG_MESSAGES = Counter("vendwatch_log_messages_total", "Log lines at warning level and above", ["level", "role"])
 
 
+# the labelled children, looked up once: ``labels()`` takes a lock and builds a key on every
+# call, a measurable share of the orchestrator's time per signal
+_HOPS: dict[str, Any] = {}
+_AGES: dict[str, Any] = {}
+
+
 def observe_hop(point: str, seconds: float) -> None:
     """One hop into ``point``; negative spans (clock skew between device and platform) count as 0."""
-    HOP_SECONDS.labels(point).observe(max(0.0, seconds))
+    h = _HOPS.get(point)
+    if h is None:
+        h = _HOPS[point] = HOP_SECONDS.labels(point)
+    h.observe(seconds if seconds > 0.0 else 0.0)
 
 
 def observe_age(point: str, seconds: float) -> None:
-    EVENT_AGE.labels(point).observe(max(0.0, seconds))
+    h = _AGES.get(point)
+    if h is None:
+        h = _AGES[point] = EVENT_AGE.labels(point)
+    h.observe(seconds if seconds > 0.0 else 0.0)
