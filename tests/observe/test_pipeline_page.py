@@ -16,7 +16,13 @@ def test_pipeline_api_has_roles_hops_and_targets(fleet: Fleet) -> None:
     assert set(roles) == {"collector", "device-state", "detector", "router", "orchestrator", "lake-writer"}
     # the fleet fixture waited for device-state to fold the posted events: caught up
     _wait("device-state lag measured", lambda: fleet.get("/v1/pipeline").json()["roles"][1]["lag_records"] == 0)
-    hops = {x["hop"]: x for x in fleet.get("/v1/pipeline").json()["hops"]}
+
+    def hops_now() -> dict[str, Any]:
+        return {x["hop"]: x for x in fleet.get("/v1/pipeline").json()["hops"]}
+
+    # a stage's figures come from its role process's report, up to about a second old
+    _wait("the state hop counted", lambda: hops_now()["state"]["count"] >= 1)
+    hops = hops_now()
     assert list(hops) == ["received", "durable", "state", "evaluated", "signal", "incident", "ticket"]
     assert hops["durable"]["count"] >= 2 and hops["state"]["count"] >= 1  # two accepted requests, one batch
     assert hops["durable"]["p99_s"] is not None and hops["durable"]["p99_s"] < 60
