@@ -154,11 +154,13 @@ def test_merged_metrics_sum_counters_keep_gauges_by_maximum_and_carry_a_dead_pro
 
     procs = RoleProcesses(load_settings(environ={}), ["detector", "router"])
     det, rou = procs.children["detector"], procs.children["router"]
-    det.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 5.0)]),
-                   ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 7.0)]),
-                   ("process_cpu_seconds", "counter", "cpu", [("process_cpu_seconds_total", {}, 2.0)])]
-    rou.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 3.0)]),
-                   ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 0.0)])]
+    det.metrics = _raw([("vendwatch_stage_records", "counter", "records",
+                         [("vendwatch_stage_records_total", {"stage": "x"}, 5.0)]),
+                        ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 7.0)]),
+                        ("process_cpu_seconds", "counter", "cpu", [("process_cpu_seconds_total", {}, 2.0)])])
+    rou.metrics = _raw([("vendwatch_stage_records", "counter", "records",
+                         [("vendwatch_stage_records_total", {"stage": "x"}, 3.0)]),
+                        ("vendwatch_detect_devices", "gauge", "devices", [("vendwatch_detect_devices", {}, 0.0)])])
     own = GaugeMetricFamily("vendwatch_detect_devices", "devices", value=1.0)
 
     def sample(name: str, **labels: str) -> float | None:
@@ -172,8 +174,15 @@ def test_merged_metrics_sum_counters_keep_gauges_by_maximum_and_carry_a_dead_pro
     assert sample("vendwatch_detect_devices") == 7.0  # a gauge: the process that has the devices
     assert sample("process_cpu_seconds_total", role="detector") == 2.0
     procs._carry(det)  # the detector process died; its successor starts from zero
-    det.metrics = [("vendwatch_stage_records", "counter", "records", [("vendwatch_stage_records_total", {"stage": "x"}, 1.0)])]
+    det.metrics = _raw([("vendwatch_stage_records", "counter", "records",
+                         [("vendwatch_stage_records_total", {"stage": "x"}, 1.0)])])
     assert sample("vendwatch_stage_records_total", stage="x") == 9.0  # 5 + 1 + 3: never goes back
+
+
+def _raw(families: list[Any]) -> Any:
+    import msgspec
+
+    return msgspec.Raw(msgspec.json.encode(families))
 
 
 class _Reg:

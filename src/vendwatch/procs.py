@@ -54,8 +54,13 @@ _PER_PROCESS = ("process_", "python_")  # the client's process collectors: kept 
 class _Report(msgspec.Struct, omit_defaults=True):
     health: list[dict[str, Any]] = []
     errors: list[dict[str, Any]] = []
-    # (family, type, help, [(sample, labels, value)])
-    metrics: list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]] = []
+    # [(family, type, help, [(sample, labels, value)])], kept undecoded until a reader asks
+    # (/metrics, the Pipeline page): the server process does not parse what nobody reads
+    metrics: msgspec.Raw = msgspec.Raw(b"[]")
+
+
+_Families = list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]
+_decode_families = msgspec.json.Decoder(_Families).decode
 
 
 _decode_report = msgspec.json.Decoder(_Report).decode
@@ -74,7 +79,8 @@ class _Child:
     reported_at: float = 0.0  # monotonic; 0: not yet since the start
     health: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     errors: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    metrics: list[Any] = dataclasses.field(default_factory=list)
+    metrics: msgspec.Raw = dataclasses.field(default_factory=lambda: msgspec.Raw(b"[]"))
+    _decoded: tuple[msgspec.Raw, _Families] | None = None
     # counter, histogram and summary values of earlier incarnations, so a restart does not
     # make the merged counters go back
     carried: dict[str, tuple[str, str, dict[_Key, float]]] = dataclasses.field(default_factory=dict)
@@ -208,7 +214,7 @@ class RoleProcesses:
         code = c.proc.returncode
         with self._lock:
             self._carry(c)
-            c.proc, c.health, c.metrics, c.reported_at = None, [], [], 0.0
+            c.proc, c.health, c.metrics, c.reported_at = None, [], msgspec.Raw(b"[]"), 0.0
         if self._stop.is_set():
             return
         if code == EXIT_UNAVAILABLE:
@@ -231,7 +237,7 @@ class RoleProcesses:
         c.backoff_s = min(c.backoff_s * 2, 30.0)
 
     def _carry(self, c: _Child) -> None:
-        for fam, typ, doc, samples in c.metrics:
+        for fam, typ, doc, samples in _families(c):
             if typ not in _SUMMED:
                 continue
             _, _, acc = c.carried.setdefault(fam, (typ, doc, {}))
@@ -294,7 +300,7 @@ class RoleProcesses:
             for s in fam.samples:
                 _merge(acc, (s.name, tuple(sorted(s.labels.items()))), s.value, fam.type)
         with self._lock:
-            sources = [(c.role, c.metrics, c.carried) for c in self.children.values()]
+            sources = [(c.role, _families(c), c.carried) for c in self.children.values()]
         for role, metrics, carried in sources:
             for fam, typ, doc, samples in metrics:
                 acc = merged.setdefault(fam, (typ, doc, {}))[2]
@@ -309,6 +315,18 @@ class RoleProcesses:
             for (sname, labels), value in acc.items():
                 m.add_sample(sname, dict(labels), value)
             yield m
+
+
+def _families(c: _Child) -> _Families:
+    """The child's last reported samples, decoded once per report."""
+    raw = c.metrics  # a new object with every report
+    if c._decoded is None or c._decoded[0] is not raw:
+        try:
+            c._decoded = (raw, _decode_families(raw))
+        except msgspec.ValidationError:
+            log.warning("role %s reported unreadable metric samples; ignored", c.role)
+            c._decoded = (raw, [])
+    return c._decoded[1]
 
 
 def _keyed(role: str, fam: str, samples: list[tuple[str, dict[str, str], float]]) -> Iterator[tuple[_Key, float]]:
@@ -364,7 +382,7 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _samples() -> list[tuple[str, str, str, list[tuple[str, dict[str, str], float]]]]:
-    out = []
+    out: _Families = []
     for fam in REGISTRY.collect():
         samples = [(s.name, s.labels, s.value) for s in fam.samples
                    if not (fam.type in _SUMMED and s.name.endswith("_created"))]
@@ -401,7 +419,7 @@ def _child_main(role: str, parent: int, report_fd: int) -> int:
                 break
             health: dict[str, StageHealth] = dict(ctx.extras.get("stage_health", {}))
             rep = _Report(health=[dataclasses.asdict(h) for h in health.values()], errors=recent_errors()[-20:],
-                          metrics=_samples())
+                          metrics=msgspec.Raw(_encode(_samples())))
             try:
                 out.write(_encode(rep) + b"\n")
                 out.flush()
