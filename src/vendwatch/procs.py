@@ -408,7 +408,12 @@ def _child_main(role: str, parent: int, report_fd: int) -> int:
     set_identity(role=role)
     out = os.fdopen(report_fd, "wb")
     ctx = Context(settings)
-    components = build_components(ctx, [role])
+    try:
+        components = build_components(ctx, [role])
+    except Exception as e:  # a configuration the role cannot start with: one line, no traceback
+        log.error("role %s cannot start: %s: %s", role, type(e).__name__, e)
+        log.debug("role %s start failure", role, exc_info=True)
+        return 1
     if not components:
         return EXIT_UNAVAILABLE
     sup = Supervisor(ctx, components)
