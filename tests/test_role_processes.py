@@ -205,3 +205,31 @@ def test_every_shipped_configuration_reaches_a_role_process_unchanged() -> None:
     for f in files:
         s = load_settings(f, environ={})
         assert msgspec.json.decode(msgspec.json.encode(s), type=Settings) == s, f.name
+
+
+def test_a_role_that_cannot_start_says_why_in_one_line_and_healthz_names_it(data_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "VENDWATCH_DETECT__RULE_FILES": f'["{tmp_path / "missing.yaml"}"]'}
+    log = tmp_path / "serve.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
+                                stdout=subprocess.DEVNULL, stderr=err, env=env)
+        try:
+            def detector_named() -> bool:
+                try:
+                    r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+                except httpx.HTTPError:
+                    return False
+                return r.status_code == 503 and "detector" in r.json().get("stages", {})
+
+            _wait("healthz names the detector", detector_named, timeout=90)
+            body = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).json()
+            assert "times in a row (exit code 1)" in body["stages"]["detector"], body
+            # the other stages and the collector go on
+            assert set(body["stages"]) == {"detector"}
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    text = log.read_text()
+    assert "role detector cannot start: RuleError" in text and "missing.yaml" in text
+    assert "Traceback" not in text
