@@ -233,3 +233,17 @@ def test_a_role_that_cannot_start_says_why_in_one_line_and_healthz_names_it(data
     text = log.read_text()
     assert "role detector cannot start: RuleError" in text and "missing.yaml" in text
     assert "Traceback" not in text
+
+
+def test_a_role_process_logs_through_the_servers_stderr(data_dir: Path, monkeypatch: Any) -> None:
+    """`vendwatch demo`'s live view replaces sys.stderr to print log lines above itself: the
+    role processes' lines must take that way too, not write to the terminal underneath."""
+    import io
+    import sys
+
+    captured = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", captured)
+    with running(data_dir, roles=("collector", "console", "lake-writer"), **{"server.role_processes": True}) as h:
+        _wait("the lake writer's first line", lambda: "[lake-writer@" in captured.getvalue(), timeout=60)
+        assert "lake writer assigned events/0" in captured.getvalue()
+        assert h.client.get("/healthz").status_code == 200

@@ -73,8 +73,10 @@ _Key = tuple[str, tuple[tuple[str, str], ...]]
 class _Child:
     role: str
     proc: subprocess.Popen[bytes] | None = None
-    fd: int = -1
+    fd: int = -1  # its report pipe
     buf: bytearray = dataclasses.field(default_factory=bytearray)
+    err_fd: int = -1  # its standard error: log lines, passed on through this process's stderr
+    err_buf: bytearray = dataclasses.field(default_factory=bytearray)
     started_at: float = 0.0  # monotonic
     reported_at: float = 0.0  # monotonic; 0: not yet since the start
     health: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -134,7 +136,11 @@ class RoleProcesses:
                     if c.proc is None and now >= c.next_start:
                         self._spawn(c)
                 for key, _ in self._sel.select(timeout=0.5):
-                    self._read(key.data)
+                    c, kind = key.data
+                    if kind == "report":
+                        self._read(c)
+                    else:
+                        self._read_log(c)
                 for c in self.children.values():
                     if c.proc is not None and c.proc.poll() is not None:
                         self._drain_and_reap(c)
@@ -146,9 +152,10 @@ class RoleProcesses:
     def _spawn(self, c: _Child) -> None:
         r, w = os.pipe()
         try:
+            # stderr through this process: `vendwatch demo`'s live view prints log lines above itself
             proc = subprocess.Popen(
                 [sys.executable, "-m", "vendwatch.procs", c.role, str(os.getpid()), str(w)],
-                stdin=subprocess.PIPE, pass_fds=(w,), close_fds=True)
+                stdin=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(w,), close_fds=True)
         except OSError as e:
             os.close(r)
             os.close(w)
@@ -161,11 +168,16 @@ class RoleProcesses:
             proc.stdin.close()
         except OSError:
             pass  # the child died at once; the exit is handled like any other
+        assert proc.stderr is not None
+        err = proc.stderr.fileno()
         os.set_blocking(r, False)
+        os.set_blocking(err, False)
         with self._lock:
-            c.proc, c.fd, c.started_at, c.reported_at = proc, r, time.monotonic(), 0.0
+            c.proc, c.fd, c.err_fd, c.started_at, c.reported_at = proc, r, err, time.monotonic(), 0.0
             c.buf.clear()
-        self._sel.register(r, selectors.EVENT_READ, c)
+            c.err_buf.clear()
+        self._sel.register(r, selectors.EVENT_READ, (c, "report"))
+        self._sel.register(err, selectors.EVENT_READ, (c, "log"))
         log.info("role %s started in process %d", c.role, proc.pid)
 
     def _read(self, c: _Child) -> None:
@@ -186,6 +198,36 @@ class RoleProcesses:
             os.close(c.fd)
             c.fd = -1
 
+    def _read_log(self, c: _Child, last: bool = False) -> bool:
+        """Pass the child's complete log lines on; True when something was read. ``last``: the
+        child is gone, so an empty pipe is the end (a process it started may still hold its
+        stderr open, and the pipe's end would never come)."""
+        try:
+            chunk = os.read(c.err_fd, 1 << 16)
+        except BlockingIOError:
+            if not last:
+                return False
+            chunk = b""
+        except OSError:
+            chunk = b""
+        if chunk:
+            c.err_buf += chunk
+            end = c.err_buf.rfind(b"\n") + 1
+            lines, c.err_buf[:] = bytes(c.err_buf[:end]), c.err_buf[end:]
+        else:
+            lines, c.err_buf[:] = bytes(c.err_buf), b""  # a last line without its newline
+            self._sel.unregister(c.err_fd)
+            assert c.proc is not None and c.proc.stderr is not None
+            c.proc.stderr.close()
+            c.err_fd = -1
+        if lines:
+            try:
+                sys.stderr.write(lines.decode("utf-8", "replace"))
+                sys.stderr.flush()
+            except (OSError, ValueError):
+                pass  # no stderr to write to (closed): the lines are dropped, the role goes on
+        return bool(chunk)
+
     def _take(self, c: _Child, chunk: bytes) -> None:
         c.buf += chunk
         *lines, rest = bytes(c.buf).split(b"\n")
@@ -200,7 +242,9 @@ class RoleProcesses:
                 c.health, c.errors, c.metrics, c.reported_at = rep.health, rep.errors, rep.metrics, time.monotonic()
 
     def _drain_and_reap(self, c: _Child) -> None:
-        # the process is gone: what is left in the pipe (its last report) is read now
+        # the process is gone: what is left in its pipes (its last report and lines) is read now
+        while c.err_fd >= 0 and self._read_log(c, last=True):
+            pass
         while c.fd >= 0:
             try:
                 chunk = os.read(c.fd, 1 << 20)
@@ -260,6 +304,8 @@ class RoleProcesses:
                 c.proc.kill()
                 c.proc.wait()
         for c in self.children.values():
+            while c.err_fd >= 0 and self._read_log(c, last=True):
+                pass
             self._close_pipe(c)
         self._sel.close()
 
