@@ -8,8 +8,10 @@ import signal
 import sqlite3
 import subprocess
 import time
+import zlib
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -19,6 +21,7 @@ from tests.detect.harness import synthetic_fleet
 
 from vendwatch.bus.base import EVENTS, SIGNALS
 from vendwatch.config import load_settings
+from vendwatch.detect import engine as engine_mod
 from vendwatch.detect.role import Detector
 from vendwatch.detect.summary import summary
 from vendwatch.runtime import Context
@@ -543,28 +546,28 @@ def test_the_detector_reads_in_bulk_and_emits_what_record_by_record_emits(
 
 
 def test_a_failure_inside_a_bulk_run_checkpoints_exactly_the_records_taken_in(
-        fleet: list[tuple[str, bytes]], reference: list[Signal], tmp_path: Path) -> None:
+        fleet: list[tuple[str, bytes]], reference: list[Signal], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seed(tmp_path, fleet)
     ctx = make_ctx(tmp_path)
     det = Detector(ctx)
     for _ in range(10):
         det.step()
-    real = det.engine.process
     seen = [0]
 
-    def failing(event_id: str, *a: Any) -> None:
+    def failing_crc32(data: bytes) -> int:  # the engine's first step on each event
         seen[0] += 1
         if seen[0] == 120:  # in the middle of the next run
             raise RuntimeError("engine bug")
-        real(event_id, *a)
+        return zlib.crc32(data)
 
-    det.engine.process = failing  # type: ignore[method-assign]
+    monkeypatch.setattr(engine_mod, "zlib", SimpleNamespace(crc32=failing_crc32))
     before = dict(det.positions)
     with pytest.raises(RuntimeError):
         for _ in range(5):
             det.step()
     moved = {p: o for p, o in det.positions.items() if o != before.get(p)}
     assert moved, "the failing step had taken in records of its run"
+    monkeypatch.undo()
     det._consumer.close()  # type: ignore[union-attr]  # what the role's exit does: revoke = checkpoint
     ctx.close()
     ctx2 = make_ctx(tmp_path)

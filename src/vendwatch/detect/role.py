@@ -318,22 +318,16 @@ class Detector:
             if evs is None:
                 self.evaluate(run_records(self.ctx.log, j))
                 continue
-            p, process, dups = j.partition, eng.process, eng.duplicates
-            clock = self.clocks.get(p, -float("inf"))
-            n = 0
+            p, dups = j.partition, eng.duplicates
             try:
-                for e in evs:
-                    t = e.occurred_at.timestamp()
-                    process(e.event_id, e.device_id, e.site_id, e.type, t, e.data, p)
-                    n += 1
-                    if t > clock:
-                        clock = t
+                eng.process_run(evs, p)  # ``process`` per event, the loop inside the engine
             finally:
                 # what the engine has taken in, exactly as the per-record path records it
                 # (a checkpoint after a failure must neither skip nor repeat a record)
+                n = eng.run_taken
                 if n:
                     self.positions[p] = j.offsets[n - 1] + 1
-                    self.clocks[p] = clock
+                    self.clocks[p] = max(self.clocks.get(p, -float("inf")), eng.run_clock)
                 evaluated += n
                 dup += eng.duplicates - dups
         m.EVENTS.labels("evaluated").inc(evaluated - dup)
