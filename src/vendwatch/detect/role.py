@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -380,12 +381,16 @@ class Detector:
         if not self.pending:
             return
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
+        # one counter update per rule and status, not per signal (a labelled child costs a lookup)
+        for (rule_id, status), n in Counter((s.rule_id, s.status) for s in self.pending).items():
+            m.SIGNALS.labels(rule_id, status).inc(n)
+        # debug: a replay or a backlog emits thousands per second; incidents log at info
+        debug = log.isEnabledFor(logging.DEBUG)
         for s in self.pending:
-            m.SIGNALS.labels(s.rule_id, s.status).inc()
-            # debug: a replay or a backlog emits thousands per second; incidents log at info
-            log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
-                     extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
-                                   dedupe_key=s.dedupe_key, severity=s.severity))
+            if debug:
+                log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
+                          extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
+                                        dedupe_key=s.dedupe_key, severity=s.severity))
             if s.status == "firing":  # the transition's event time -> the signal is durable
                 age = s.emitted_at.timestamp() - s.occurred_at.timestamp()
                 observe_hop("signal", age)
