@@ -108,6 +108,11 @@ class Detector:
         self.clocks: dict[int, float] = {}
         self.assigned: list[int] = []
         self.pending: list[Signal] = []  # evaluated but not yet durable on the signals topic
+        self._pending_since = 0.0  # when the oldest of them was evaluated (monotonic)
+        # signals wait at most this long to be appended together with those of the next polls
+        # (always before a checkpoint): a durable append per poll was the role's largest cost
+        # per event under live load, where polls are small
+        self.signal_flush_s = self.s.signal_flush_s
         self.caught_up = False
         self._consumer: Consumer | None = None
         self._last_checkpoint = time.monotonic()
@@ -203,9 +208,8 @@ class Detector:
         try:
             # signals of records the engine took in before a failure cut a step short:
             # they go out with the state that produced them
-            self.pending.extend(self.engine.drain())
-            self.flush()
-            self.checkpoint()
+            self._take_signals()
+            self.checkpoint()  # appends them first
         finally:
             gone = {p for t, p in parts if t == self.topic}
             self.engine.drop_devices([d for d, dev in self.engine.devices.items() if dev.part in gone])
@@ -343,14 +347,17 @@ class Detector:
                 self.ctx.log.create_topic(topic)  # appending to a missing topic is not allowed
             self._consumer = self.ctx.log.consumer(self.group, [self.topic], on_assign=self.on_assign,
                                                    on_revoke=self.on_revoke)
-        self.flush()  # signals a failed append left behind go first
+        self._flush_if_due()  # signals a failed append left behind go first
+        wait = self.s.tick_interval_s
+        if self.pending:  # an idle log must not hold pending signals back
+            wait = max(0.0, min(wait, self._pending_since + self.signal_flush_s - time.monotonic()))
         if self.bulk_read:  # one string per partition, one decoder call per run
-            runs = self._consumer.poll_joined(self.s.batch_size, self.s.tick_interval_s)
+            runs = self._consumer.poll_joined(self.s.batch_size, wait)
             t0 = time.perf_counter()
             n = self.evaluate_runs(runs)
             self.lag.processed_runs(runs, "evaluated")
         else:
-            recs = self._consumer.poll(self.s.batch_size, self.s.tick_interval_s)
+            recs = self._consumer.poll(self.s.batch_size, wait)
             t0 = time.perf_counter()
             self.evaluate(recs)
             n = len(recs)
@@ -358,16 +365,16 @@ class Detector:
         self.caught_up = n < self.s.batch_size
         replayed = self.caught_up and bool(self.engine.suppress) and self._at_end()
         self.engine.advance(*self._clock())
-        self.pending.extend(self.engine.drain())
+        self._take_signals()
         if replayed:
             # everything is re-evaluated and the timers it made due have run (they emitted
             # before the crash too): ids left were not regenerated (another writer's)
             self.engine.suppress.clear()
             self._recovery_start = None
         m.EVAL_SECONDS.observe(time.perf_counter() - t0)
-        self.flush()
+        self._flush_if_due()
         if time.monotonic() - self._last_checkpoint >= self.s.checkpoint_interval_s:
-            self.checkpoint()
+            self.checkpoint()  # appends the pending signals first
         self._refresh_registry()
         self._observe()
         return n
@@ -375,6 +382,17 @@ class Detector:
     def _at_end(self) -> bool:
         ends = self.ctx.log.end_offsets(self.topic)
         return all(self.positions.get(p, 0) >= ends.get(p, 0) for p in self.assigned)
+
+    def _take_signals(self) -> None:
+        out = self.engine.drain()
+        if out:
+            if not self.pending:
+                self._pending_since = time.monotonic()
+            self.pending.extend(out)
+
+    def _flush_if_due(self) -> None:
+        if self.pending and time.monotonic() - self._pending_since >= self.signal_flush_s:
+            self.flush()
 
     def flush(self) -> None:
         """Append pending signals durably to the signals topic (key = dedupe key)."""
@@ -386,13 +404,14 @@ class Detector:
             m.SIGNALS.labels(rule_id, status).inc(n)
         # debug: a replay or a backlog emits thousands per second; incidents log at info
         debug = log.isEnabledFor(logging.DEBUG)
+        durable = time.time()
         for s in self.pending:
             if debug:
                 log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
                           extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
                                         dedupe_key=s.dedupe_key, severity=s.severity))
             if s.status == "firing":  # the transition's event time -> the signal is durable
-                age = s.emitted_at.timestamp() - s.occurred_at.timestamp()
+                age = durable - s.occurred_at.timestamp()  # appends wait up to signal_flush_s
                 observe_hop("signal", age)
                 observe_age("signal", age)
             if s.retracts:
@@ -400,7 +419,9 @@ class Detector:
         self.pending = []
 
     def checkpoint(self, only: list[int] | None = None) -> None:
-        """Save changed devices, positions, clocks and the signals end offsets in one transaction."""
+        """Append the pending signals, then save changed devices, positions, clocks and the
+        signals end offsets in one transaction."""
+        self.flush()
         if self.pending or self.engine.out:
             return  # state ahead of the signals topic must never be saved
         t0 = time.perf_counter()
