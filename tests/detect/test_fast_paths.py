@@ -4,26 +4,25 @@ with the default pack.
 The engine generates one handler per event type with every rule's guard inlined
 (``Kind.fast_src``), payload fields looked up once and the 'while' fields tracked
 inline, and the role feeds whole partition runs (``Engine.process_run``). The
-specification kept here: ``process`` per event, a handler that calls every applicable
-rule's ``on_event`` in rule order, and the signal assembly as it read before. Both must
-give the same signals (every field) and the same checkpointed state.
+specification kept here: ``process`` per event and a handler that calls every applicable
+rule's ``on_event`` in rule order. Both must give the same signals (every field) and the
+same checkpointed state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from vendwatch.detect import engine as engine_mod
-from vendwatch.detect.engine import DeviceState, Engine, SiteOptions, ts
-from vendwatch.detect.rules import Rule, load_ruleset, render
+from vendwatch.detect.engine import DeviceState, Engine, SiteOptions
+from vendwatch.detect.role import _LeanWithData
+from vendwatch.detect.rules import load_ruleset
 from vendwatch.events import PAYLOADS
-from vendwatch.signals import Signal, signal_id
+from vendwatch.signals import Signal
 
 RULES = load_ruleset([])
 T0 = datetime(2026, 3, 1, 12, tzinfo=UTC).timestamp()
@@ -63,41 +62,8 @@ class PlainEngine(Engine):
                 k.on_event(dev, et, t, d, eid)
         return handle
 
-    def emit(self, rule: Rule, dev: DeviceState, status: str, at: float, key: str,
-             evidence: dict[str, Any] | None = None, event_ids: Iterable[str] = (),
-             caused_by: str | None = None, event: dict[str, Any] | None = None,
-             retracts: str | None = None) -> None:
-        occurred = ts(at)
-        sid = signal_id(rule.id, key, status, occurred)
-        if sid in self.suppress:
-            self.suppress.discard(sid)
-            self.suppressed += 1
-            return
-        ev = {k: int(v) if isinstance(v, float) and v.is_integer() else v for k, v in (evidence or {}).items()}
-        values = {"rule_id": rule.id, "device_id": dev.device_id, "site_id": dev.site_id or "", **ev}
-        if event is not None:
-            values["event"] = engine_mod._SafeView(event)
-        self.out.append(Signal(
-            signal_id=sid, rule_id=rule.id, status=status, severity=rule.severity,  # type: ignore[arg-type]
-            dedupe_key=key, scope="device", kind=rule.kind, summary=render(rule.summary, values),
-            occurred_at=occurred, emitted_at=self.wall(), device_id=dev.device_id, site_id=dev.site_id,
-            rule_version=rule.version, labels=rule.labels, caused_by=caused_by,
-            evidence={k: v for k, v in ev.items() if v is not None}, event_ids=list(event_ids)[:10],
-            retracts=retracts,
-        ))
 
-
-@dataclass
-class Decoded:
-    """What the role's bulk decoder gives per record."""
-
-    event_id: str
-    device_id: str
-    type: str
-    occurred_at: datetime
-    data: dict[str, Any]
-    site_id: str | None = None
-
+Decoded = _LeanWithData  # what the role's bulk decoder gives per record
 
 # payload values around the default pack's thresholds and the values its rules name
 _NUM = [-120.0, -106.0, -105.0, -60.0, 0, 3.5, 5, 5.5, 30, 45, 45.5, 60, 91, 96, 150, 199.5, 200, 207, 230,
