@@ -15,7 +15,8 @@ within each round; the table shows the median of the rounds (best in brackets):
 * device-state, ``--batch-size`` records per poll: record by record (``poll``: a
   ``Record`` and a decode per record) against bulk (``poll_joined``: one string per
   partition, one decode per run);
-* detector: the same two reads (clock = event time, checkpoints every 5 s);
+* detector: the same two reads and poll sizes (clock = event time, checkpoints every 5 s;
+  polls of 250 are what a live detector reads under load, where its per-poll costs show);
 * orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``
   signals per poll (the role is built before the clock starts);
 * lake-writer (only with ``--stages lake-writer``): the role's loop (polls of 10,000,
@@ -224,9 +225,11 @@ def drain_device_state(ctx: Context, bulk: bool, batch_size: int) -> int:
     return n
 
 
-def drain_detector(ctx: Context, bulk: bool, _batch: int) -> int:
+def drain_detector(ctx: Context, bulk: bool, batch: int) -> int:
     det = Detector(ctx)
     det.bulk_read = bulk
+    if batch:  # records per poll (detect.batch_size); 0: the setting's default
+        det.s = msgspec.structs.replace(det.s, batch_size=batch)
     n = 0
     while k := det.step():
         n += k
@@ -323,7 +326,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000, help="Devices the requests rotate over [1000].")
     ap.add_argument("--rounds", type=int, default=3, help="Rounds; variants alternate within each [3].")
     ap.add_argument("--batch-size", default="2000,250",
-                    help="device-state records per poll, comma-separated [2000,250: a backlog, and what arrives in a live poll].")
+                    help="device-state and detector records per poll, comma-separated [2000,250: a backlog, and what arrives in a live poll].")
     ap.add_argument("--signal-batch", default="500,10",
                     help="orchestrator signals per poll [500,10: a backlog, and a live poll's few].")
     ap.add_argument("--stages", default="device-state,detector,orchestrator",
@@ -383,10 +386,10 @@ def main() -> None:
         variants = args.variants.split(",")
         cases: list[tuple[str, str, bool, int]] = []
         for stage in stages:
-            if stage == "device-state":
+            if stage in ("device-state", "detector"):
                 for b in (int(x) for x in args.batch_size.split(",")):
                     cases += [(stage, f"{v}, polls of {b}", v == "bulk", b) for v in variants]
-            elif stage in ("detector", "lake-writer"):
+            elif stage == "lake-writer":
                 cases += [(stage, v, v == "bulk", 0) for v in variants]
             else:
                 cases += [(stage, f"polls of {b}", False, b) for b in (int(x) for x in args.signal_batch.split(","))]

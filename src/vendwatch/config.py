@@ -188,6 +188,9 @@ class DetectSettings(_Section):
     clock: Literal["wall", "event"] = "wall"
     tick_interval_s: float = 1.0  # how often timers are checked when the log is quiet
     checkpoint_interval_s: float = 5.0  # state + offsets are saved at most this often
+    # signals of consecutive polls are appended to the `signals` topic together, waiting at
+    # most this long (and always before a checkpoint); 0: one append per poll
+    signal_flush_s: float = 0.05
     batch_size: int = 2000
     recent_ids_per_device: int = 32  # duplicate-event memory per device
     site_min_devices: int = 3  # site-level offline signal needs at least this many machines...
@@ -375,6 +378,7 @@ def _check(s: Settings) -> None:
     for key, value in {
         "detect.allowed_lateness_s": s.detect.allowed_lateness_s,
         "detect.checkpoint_interval_s": s.detect.checkpoint_interval_s,
+        "detect.signal_flush_s": s.detect.signal_flush_s,
         "detect.site_wait_s": s.detect.site_wait_s,
     }.items():
         if value < 0:

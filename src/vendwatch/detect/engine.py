@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import re
 import zlib
 from array import array
 from collections.abc import Callable, Iterable
@@ -126,6 +127,8 @@ class Engine:
         self.from_event = False
         self.events = 0
         self.suppressed = 0
+        self.run_taken = 0  # process_run: events of the last run taken in, and the newest time among them
+        self.run_clock = -INF
         self._info: dict[str, tuple[str | None, float | None, dict[str, Any] | None]] = {}
         # site correlation: (rule index, site) -> {device: [offline_since, back_at | None]}
         self.site_off: dict[tuple[int, str], dict[str, list[Any]]] = {}
@@ -138,31 +141,43 @@ class Engine:
         """One generated function per event type running every applicable rule in order.
 
         Each kind contributes source with a cheap guard (``Kind.fast_src``), so an event
-        that cannot change a rule's state costs an inlined predicate, not a call.
+        that cannot change a rule's state costs an inlined predicate, not a call. A payload
+        field several guards read is looked up once per event (the handlers never change
+        the payload, so every lookup would give the same value).
         """
         out: dict[str, Callable[..., None]] = {}
         for etype in [*PAYLOADS, None]:
             kinds = self._always + (self._by_type.get(etype, []) if etype else [])
             env: dict[str, Any] = {"ENGINE": self}
-            lines = ["def handle(dev, etype, t, d, eid):", "    R = dev.rules", "    C = dev.clears"]
+            lines: list[str] = []
             # device-level facts some rules read, kept before the rules run
             if etype == "refill":
-                lines.append("    ENGINE._visit(dev, t, d)")
+                lines.append("ENGINE._visit(dev, t, d)")
             elif etype == "heartbeat":
-                lines += ["    iv = d.get('interval_s')", "    if iv and iv != dev.hb_reported:",
-                          "        dev.hb_reported = float(iv)", "        if R:", "            ENGINE.reschedule(dev)"]
-            tracked = self._tracked.get(etype or "")
-            if tracked:
-                lines.append(f"    ENGINE._track(dev, t, d, {tracked!r})")
+                lines += ["iv = d.get('interval_s')", "if iv and iv != dev.hb_reported:",
+                          "    dev.hb_reported = float(iv)", "    if R:", "        ENGINE.reschedule(dev)"]
+            lines += self._track_src(self._tracked.get(etype or "", ()))
             for k in kinds:
                 name = f"K{k.idx}"
                 env[name] = k
                 src, kenv = k.fast_src(etype or "", name)
                 env.update(kenv)
-                lines += ["    " + line for line in src]
-            exec(compile("\n".join(lines), f"<detect handler {etype}>", "exec"), env)  # noqa: S102 - from validated rules
+                lines += src
+            body = _hoist_lookups(lines)
+            head = ["def handle(dev, etype, t, d, eid):", "    R = dev.rules", "    C = dev.clears"]
+            exec(compile("\n".join(head + ["    " + line for line in body]), f"<detect handler {etype}>", "exec"), env)  # noqa: S102 - from validated rules
             out[etype or ""] = env["handle"]
         return out
+
+    def _track_src(self, fields: tuple[str, ...]) -> list[str]:
+        """Keep the newest value of ``fields`` ('while' conditions read them), inlined."""
+        lines: list[str] = []
+        for f in fields:
+            i = self.field_slot[f]
+            lines += [f"fv = d.get({f!r})", "if fv is not None:", "    F = dev.fields", "    if F is None:",
+                      f"        F = dev.fields = [None] * {2 * len(self.field_slot)}",
+                      f"    if F[{i}] is None or F[{i}] <= t:", f"        F[{i}] = t", f"        F[{i + 1}] = fv"]
+        return lines
 
     def clear_slot(self, idx: int) -> int:
         """A slot in ``DeviceState.clears`` for match rule ``idx``."""
@@ -239,17 +254,63 @@ class Engine:
         if handle is not None:
             handle(dev, etype, t, data, event_id)
 
-    def _track(self, dev: DeviceState, t: float, data: dict[str, Any], fields: tuple[str, ...]) -> None:
-        for f in fields:
-            v = data.get(f)
-            if v is None:
-                continue
-            known = dev.fields
-            if known is None:
-                known = dev.fields = [None] * (2 * len(self.field_slot))
-            i = self.field_slot[f]
-            if known[i] is None or known[i] <= t:
-                known[i], known[i + 1] = t, v
+    def process_run(self, events: Iterable[Any], part: int = 0) -> None:
+        """``process`` for a run of decoded events of one partition, each with the attributes
+        ``event_id``, ``device_id``, ``site_id``, ``type``, ``occurred_at`` (a datetime) and
+        ``data``: the same outcome as calling ``process`` per event, with the loop's lookups
+        done once per run. Afterwards (also after an exception) ``run_taken`` is the number
+        of events taken in and ``run_clock`` the newest event time among them."""
+        devices = self.devices
+        handlers = self._handlers
+        other = handlers.get("")
+        crc32 = zlib.crc32
+        ring = self.recent_ids
+        mark_dirty = self.dirty.add
+        taken = fresh = dups = 0
+        clock = -INF
+        try:
+            for e in events:
+                t = e.occurred_at.timestamp()
+                device_id = e.device_id
+                dev = devices.get(device_id)
+                if dev is None:
+                    dev = self._device(device_id, e.site_id, part)
+                event_id = e.event_id
+                h = crc32(event_id.encode()).to_bytes(4, "little")
+                rec = dev.recent
+                pos = rec.find(h)
+                while pos >= 0:  # as in ``process``: only an aligned hit is a duplicate
+                    if pos % 4 == 0:
+                        break
+                    pos = rec.find(h, pos + 1)
+                if pos >= 0:
+                    dups += 1
+                else:
+                    if not rec:
+                        rec = dev.recent = bytearray(4 * ring)
+                    i = 4 * dev.rpos
+                    rec[i : i + 4] = h
+                    dev.rpos = (dev.rpos + 1) % ring
+                    fresh += 1
+                    mark_dirty(device_id)
+                    if dev.wake <= t:
+                        self._tick_device(dev, t, from_event=True)
+                    if t >= dev.last_t:
+                        self.in_order = True
+                        dev.last_t = t
+                    else:
+                        self.in_order = False
+                    handle = handlers.get(e.type) or other
+                    if handle is not None:
+                        handle(dev, e.type, t, e.data, event_id)
+                taken += 1
+                if t > clock:
+                    clock = t
+        finally:
+            self.events += fresh
+            self.duplicates += dups
+            self.run_taken = taken
+            self.run_clock = clock
 
     @staticmethod
     def _visit(dev: DeviceState, t: float, data: dict[str, Any]) -> None:
@@ -551,6 +612,26 @@ class Engine:
         if doc.get("watermark") is not None:
             self.watermark = max(self.watermark, doc["watermark"])
             self.now = max(self.now, self.watermark)
+
+
+_LOOKUP = re.compile(r"\bd\.get\(('[A-Za-z0-9_]+')\)")
+
+
+def _hoist_lookups(lines: list[str]) -> list[str]:
+    """``lines`` with each payload field read more than once looked up once, first.
+
+    ``d.get('f')`` appears in the guards of every rule that reads ``f``; the payload is
+    not changed while a handler runs, so one lookup into a local gives the same value.
+    """
+    seen: dict[str, int] = {}
+    for line in lines:
+        for f in _LOOKUP.findall(line):
+            seen[f] = seen.get(f, 0) + 1
+    names = {f: f"P{n}" for n, f in enumerate(sorted(f for f, c in seen.items() if c > 1))}
+    if not names:
+        return lines
+    head = [f"{var} = d.get({f})" for f, var in names.items()]
+    return head + [_LOOKUP.sub(lambda m: names.get(m.group(1), m.group(0)), line) for line in lines]
 
 
 class _SafeView(dict[str, Any]):

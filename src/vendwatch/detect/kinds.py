@@ -433,6 +433,11 @@ class ActiveAbsenceKind(AbsenceKind):
 
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
         own = self.of_types is None or etype in self.of_types
+        if own and (self.of is None or self.of.pred is None):
+            # its own event on a device that is not silent (the usual case) moves the deadline
+            return [f"i = R.get({self.idx})", "if i is not None and i[1] is None:", "    if t > i[0]:",
+                    "        i[0] = t", f"        i[5] = t + {name}.timeout(dev)",
+                    "else:", f"    {name}.on_event(dev, etype, t, d, eid)"], {}
         return [f"i = R.get({self.idx})", f"if {own} or (i is not None and (i[1] is not None or t >= i[5])):",
                 f"    {name}.on_event(dev, etype, t, d, eid)"], {}
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -107,6 +108,11 @@ class Detector:
         self.clocks: dict[int, float] = {}
         self.assigned: list[int] = []
         self.pending: list[Signal] = []  # evaluated but not yet durable on the signals topic
+        self._pending_since = 0.0  # when the oldest of them was evaluated (monotonic)
+        # signals wait at most this long to be appended together with those of the next polls
+        # (always before a checkpoint): a durable append per poll was the role's largest cost
+        # per event under live load, where polls are small
+        self.signal_flush_s = self.s.signal_flush_s
         self.caught_up = False
         self._consumer: Consumer | None = None
         self._last_checkpoint = time.monotonic()
@@ -202,9 +208,8 @@ class Detector:
         try:
             # signals of records the engine took in before a failure cut a step short:
             # they go out with the state that produced them
-            self.pending.extend(self.engine.drain())
-            self.flush()
-            self.checkpoint()
+            self._take_signals()
+            self.checkpoint()  # appends them first
         finally:
             gone = {p for t, p in parts if t == self.topic}
             self.engine.drop_devices([d for d, dev in self.engine.devices.items() if dev.part in gone])
@@ -318,22 +323,16 @@ class Detector:
             if evs is None:
                 self.evaluate(run_records(self.ctx.log, j))
                 continue
-            p, process, dups = j.partition, eng.process, eng.duplicates
-            clock = self.clocks.get(p, -float("inf"))
-            n = 0
+            p, dups = j.partition, eng.duplicates
             try:
-                for e in evs:
-                    t = e.occurred_at.timestamp()
-                    process(e.event_id, e.device_id, e.site_id, e.type, t, e.data, p)
-                    n += 1
-                    if t > clock:
-                        clock = t
+                eng.process_run(evs, p)  # ``process`` per event, the loop inside the engine
             finally:
                 # what the engine has taken in, exactly as the per-record path records it
                 # (a checkpoint after a failure must neither skip nor repeat a record)
+                n = eng.run_taken
                 if n:
                     self.positions[p] = j.offsets[n - 1] + 1
-                    self.clocks[p] = clock
+                    self.clocks[p] = max(self.clocks.get(p, -float("inf")), eng.run_clock)
                 evaluated += n
                 dup += eng.duplicates - dups
         m.EVENTS.labels("evaluated").inc(evaluated - dup)
@@ -348,14 +347,17 @@ class Detector:
                 self.ctx.log.create_topic(topic)  # appending to a missing topic is not allowed
             self._consumer = self.ctx.log.consumer(self.group, [self.topic], on_assign=self.on_assign,
                                                    on_revoke=self.on_revoke)
-        self.flush()  # signals a failed append left behind go first
+        self._flush_if_due()  # signals a failed append left behind go first
+        wait = self.s.tick_interval_s
+        if self.pending:  # an idle log must not hold pending signals back
+            wait = max(0.0, min(wait, self._pending_since + self.signal_flush_s - time.monotonic()))
         if self.bulk_read:  # one string per partition, one decoder call per run
-            runs = self._consumer.poll_joined(self.s.batch_size, self.s.tick_interval_s)
+            runs = self._consumer.poll_joined(self.s.batch_size, wait)
             t0 = time.perf_counter()
             n = self.evaluate_runs(runs)
             self.lag.processed_runs(runs, "evaluated")
         else:
-            recs = self._consumer.poll(self.s.batch_size, self.s.tick_interval_s)
+            recs = self._consumer.poll(self.s.batch_size, wait)
             t0 = time.perf_counter()
             self.evaluate(recs)
             n = len(recs)
@@ -363,16 +365,16 @@ class Detector:
         self.caught_up = n < self.s.batch_size
         replayed = self.caught_up and bool(self.engine.suppress) and self._at_end()
         self.engine.advance(*self._clock())
-        self.pending.extend(self.engine.drain())
+        self._take_signals()
         if replayed:
             # everything is re-evaluated and the timers it made due have run (they emitted
             # before the crash too): ids left were not regenerated (another writer's)
             self.engine.suppress.clear()
             self._recovery_start = None
         m.EVAL_SECONDS.observe(time.perf_counter() - t0)
-        self.flush()
+        self._flush_if_due()
         if time.monotonic() - self._last_checkpoint >= self.s.checkpoint_interval_s:
-            self.checkpoint()
+            self.checkpoint()  # appends the pending signals first
         self._refresh_registry()
         self._observe()
         return n
@@ -381,19 +383,35 @@ class Detector:
         ends = self.ctx.log.end_offsets(self.topic)
         return all(self.positions.get(p, 0) >= ends.get(p, 0) for p in self.assigned)
 
+    def _take_signals(self) -> None:
+        out = self.engine.drain()
+        if out:
+            if not self.pending:
+                self._pending_since = time.monotonic()
+            self.pending.extend(out)
+
+    def _flush_if_due(self) -> None:
+        if self.pending and time.monotonic() - self._pending_since >= self.signal_flush_s:
+            self.flush()
+
     def flush(self) -> None:
         """Append pending signals durably to the signals topic (key = dedupe key)."""
         if not self.pending:
             return
         self.ctx.log.append(SIGNALS, [(s.dedupe_key, encode_signal(s)) for s in self.pending])
+        # one counter update per rule and status, not per signal (a labelled child costs a lookup)
+        for (rule_id, status), n in Counter((s.rule_id, s.status) for s in self.pending).items():
+            m.SIGNALS.labels(rule_id, status).inc(n)
+        # debug: a replay or a backlog emits thousands per second; incidents log at info
+        debug = log.isEnabledFor(logging.DEBUG)
+        durable = time.time()
         for s in self.pending:
-            m.SIGNALS.labels(s.rule_id, s.status).inc()
-            # debug: a replay or a backlog emits thousands per second; incidents log at info
-            log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
-                     extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
-                                   dedupe_key=s.dedupe_key, severity=s.severity))
+            if debug:
+                log.debug("signal %s %s (%s)", s.status, s.dedupe_key, s.rule_id,
+                          extra=subject(signal_id=s.signal_id, device_id=s.device_id, site_id=s.site_id,
+                                        dedupe_key=s.dedupe_key, severity=s.severity))
             if s.status == "firing":  # the transition's event time -> the signal is durable
-                age = s.emitted_at.timestamp() - s.occurred_at.timestamp()
+                age = durable - s.occurred_at.timestamp()  # appends wait up to signal_flush_s
                 observe_hop("signal", age)
                 observe_age("signal", age)
             if s.retracts:
@@ -401,7 +419,9 @@ class Detector:
         self.pending = []
 
     def checkpoint(self, only: list[int] | None = None) -> None:
-        """Save changed devices, positions, clocks and the signals end offsets in one transaction."""
+        """Append the pending signals, then save changed devices, positions, clocks and the
+        signals end offsets in one transaction."""
+        self.flush()
         if self.pending or self.engine.out:
             return  # state ahead of the signals topic must never be saved
         t0 = time.perf_counter()
