@@ -82,14 +82,19 @@ def test_a_role_process_killed_mid_stream_is_started_again_and_folds_every_event
         assert h.client.get("/healthz").status_code == 200
 
 
-def test_a_sigkilled_serve_leaves_no_role_process_behind(data_dir: Path) -> None:
+def _serve_with_its_roles(data_dir: Path, stderr: Any) -> tuple[subprocess.Popen[bytes], list[int]]:
+    """`vendwatch serve` with the default roles, healthy, and the pids of its role processes."""
     port = _free_port()
     proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=stderr)
+    _wait("serve healthy", lambda: _healthy(port), timeout=90)
+    _wait("every role process started", lambda: len(_children(proc.pid)) >= 6, timeout=60)
+    return proc, _children(proc.pid)
+
+
+def test_a_sigkilled_serve_leaves_no_role_process_behind(data_dir: Path) -> None:
+    proc, kids = _serve_with_its_roles(data_dir, subprocess.DEVNULL)
     try:
-        _wait("serve healthy", lambda: _healthy(port), timeout=90)
-        _wait("every role process started", lambda: len(_children(proc.pid)) >= 6, timeout=60)
-        kids = _children(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         _wait("role processes gone", lambda: not any(_alive(k) for k in kids), timeout=10)
@@ -98,19 +103,14 @@ def test_a_sigkilled_serve_leaves_no_role_process_behind(data_dir: Path) -> None
         proc.wait()
 
 
-def test_serve_stopped_with_sigterm_stops_its_role_processes(data_dir: Path) -> None:
-    port = _free_port()
-    proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data_dir), "--port", str(port)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def test_serve_stopped_with_sigterm_stops_its_role_processes(data_dir: Path, tmp_path: Path) -> None:
+    with (tmp_path / "serve.log").open("wb") as log:
+        proc, kids = _serve_with_its_roles(data_dir, log)
     try:
-        _wait("serve healthy", lambda: _healthy(port), timeout=90)
-        _wait("every role process started", lambda: len(_children(proc.pid)) >= 6, timeout=60)
-        kids = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn ends by re-raising the signal it handled
         assert not any(_alive(k) for k in kids)
-        assert proc.stderr is not None
-        err = proc.stderr.read().decode()
+        err = (tmp_path / "serve.log").read_text()
         assert "Traceback" not in err and "stopped (" not in err, err  # stopped on purpose, not a crash
     finally:
         proc.kill()

@@ -180,17 +180,16 @@ class RoleProcesses:
         self._sel.register(err, selectors.EVENT_READ, (c, "log"))
         log.info("role %s started in process %d", c.role, proc.pid)
 
-    def _read(self, c: _Child) -> None:
-        try:
-            chunk = os.read(c.fd, 1 << 20)
-        except BlockingIOError:
-            return
-        except OSError:
-            chunk = b""
+    def _read(self, c: _Child, last: bool = False) -> bool:
+        """Take in the child's reports; True when something was read (``last``: as ``_read_log``)."""
+        chunk = _read_pipe(c.fd, 1 << 20, last)
+        if chunk is None:
+            return False
         if chunk:
             self._take(c, chunk)
         else:
             self._close_pipe(c)
+        return bool(chunk)
 
     def _close_pipe(self, c: _Child) -> None:
         if c.fd >= 0:
@@ -202,14 +201,9 @@ class RoleProcesses:
         """Pass the child's complete log lines on; True when something was read. ``last``: the
         child is gone, so an empty pipe is the end (a process it started may still hold its
         stderr open, and the pipe's end would never come)."""
-        try:
-            chunk = os.read(c.err_fd, 1 << 16)
-        except BlockingIOError:
-            if not last:
-                return False
-            chunk = b""
-        except OSError:
-            chunk = b""
+        chunk = _read_pipe(c.err_fd, 1 << 16, last)
+        if chunk is None:
+            return False
         if chunk:
             c.err_buf += chunk
             end = c.err_buf.rfind(b"\n") + 1
@@ -245,15 +239,8 @@ class RoleProcesses:
         # the process is gone: what is left in its pipes (its last report and lines) is read now
         while c.err_fd >= 0 and self._read_log(c, last=True):
             pass
-        while c.fd >= 0:
-            try:
-                chunk = os.read(c.fd, 1 << 20)
-            except OSError:
-                chunk = b""
-            if chunk:
-                self._take(c, chunk)
-            else:
-                self._close_pipe(c)
+        while c.fd >= 0 and self._read(c, last=True):
+            pass
         assert c.proc is not None
         code = c.proc.returncode
         with self._lock:
@@ -361,6 +348,17 @@ class RoleProcesses:
             for (sname, labels), value in acc.items():
                 m.add_sample(sname, dict(labels), value)
             yield m
+
+
+def _read_pipe(fd: int, size: int, last: bool) -> bytes | None:
+    """What the pipe holds; b"" at its end (or, with ``last``, when it is empty); None when
+    it is empty for now."""
+    try:
+        return os.read(fd, size)
+    except BlockingIOError:
+        return b"" if last else None
+    except OSError:
+        return b""
 
 
 def _families(c: _Child) -> _Families:
