@@ -181,3 +181,29 @@ def test_simulator_against_a_closed_port_says_connection_refused(data_dir: Path)
 def test_readme_mentions_the_scale_extra() -> None:
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert SCALE_HINT in readme
+
+
+def test_a_rule_file_that_does_not_load_stops_serve_run_and_demo_at_once(tmp_path: Path) -> None:
+    """Before: `serve` in one process printed a traceback; with role processes the detector
+    crash-looped while the rest served. Now every command stops before it serves."""
+    data = tmp_path / "data"
+    data.mkdir()
+    bad = tmp_path / "rules.yaml"
+    bad.write_text("rules:\n  - id: [unclosed\n")
+    env = {"VENDWATCH_DETECT__RULE_FILES": json.dumps([str(bad)])}
+    for processes in ("true", "false"):
+        r = _run(vendwatch_cmd("serve", "--data-dir", str(data), "--port", str(_free_port())),
+                 env={**env, "VENDWATCH_SERVER__ROLE_PROCESSES": processes}, timeout=60)
+        assert r.returncode == 1, (processes, r.stderr[-2000:])
+        assert "Error: detect.rule_files:" in r.stderr and "rules.yaml" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "serving on" not in r.stderr, r.stderr[-2000:]
+    r = _run(vendwatch_cmd("run", "detector", "--data-dir", str(data)), env=env, timeout=60)
+    assert r.returncode == 1 and "Error: detect.rule_files:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _run(vendwatch_cmd("demo", "--data-dir", str(data), "--duration", "5", "--devices", "2"), env=env, timeout=60)
+    assert r.returncode == 1 and "detect.rule_files:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

@@ -29,7 +29,7 @@ from vendwatch import runtime
 from vendwatch.bus import EVENTS
 from vendwatch.config import Settings
 from vendwatch.demo_display import DemoDisplay, Snapshot, now_text, phase
-from vendwatch.runtime import Context
+from vendwatch.runtime import Context, RoleConfigError, preflight
 from vendwatch.simulate import FaultPlan, Fleet, LiveRun, Sender, SimClock, showcase_plan
 from vendwatch.simulate.audit import showcase_dex
 from vendwatch.simulate.fleet import profiles_for
@@ -298,6 +298,10 @@ def demo_console_token(ctx: Context, data_dir: Path) -> str:
 
 
 def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
+    try:
+        preflight(settings, settings.server.roles)
+    except RoleConfigError as e:
+        raise DemoError(str(e)) from None
     ctx = Context(settings)
     data_dir = Path(settings.data_dir)
     devices, tokens, added = provision_fleet(ctx.state, data_dir, opts.devices, opts.sites, opts.seed)

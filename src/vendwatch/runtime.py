@@ -51,6 +51,23 @@ HTTP_ROUTES: dict[str, tuple[str, ...]] = {
 }
 
 
+class RoleConfigError(Exception):
+    """A role cannot start with these settings; the message names the setting."""
+
+
+def preflight(settings: Settings, roles: Sequence[str]) -> None:
+    """Check what a role would refuse at its start, before anything starts: ``serve`` and
+    ``run`` then stop at once with the reason instead of a role crash-looping (in a role
+    process of its own, or as a traceback of the whole server)."""
+    if "detector" in roles:
+        from vendwatch.detect.rules import RuleError, load_ruleset
+
+        try:
+            load_ruleset(settings.detect.rule_files, settings.detect.default_pack)
+        except RuleError as e:
+            raise RoleConfigError(f"detect.rule_files: {e}") from None
+
+
 class Component(Protocol):
     name: str
 

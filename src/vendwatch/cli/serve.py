@@ -14,7 +14,14 @@ import uvicorn
 from vendwatch.cli.common import Env, data_dir_option, pass_env
 from vendwatch.config import Settings
 from vendwatch.observe.logs import set_identity
-from vendwatch.runtime import ROLES, Context, Supervisor, build_components
+from vendwatch.runtime import (
+    ROLES,
+    Context,
+    RoleConfigError,
+    Supervisor,
+    build_components,
+    preflight,
+)
 
 log = logging.getLogger("vendwatch.cli")
 
@@ -69,9 +76,14 @@ def schedule_note(s: Settings) -> str:
             f"lake maintenance {every(s.lake.maintain_interval_s)} (lake.maintain_interval_s)")
 
 
-def open_backends(ctx: Context) -> None:
-    """Open the log and the state store now: a configuration error (a missing extra, a bad DSN)
-    stops the command with its message instead of making a role crash and restart forever."""
+def open_backends(ctx: Context, roles: list[str]) -> None:
+    """Open the log and the state store and check the roles' own settings now: a configuration
+    error (a missing extra, a bad DSN, a rule file that does not load) stops the command with
+    its message instead of making a role crash and restart forever."""
+    try:
+        preflight(ctx.settings, roles)
+    except RoleConfigError as e:
+        raise click.ClickException(str(e)) from None
     _ = ctx.log, ctx.state
 
 
@@ -92,7 +104,7 @@ def serve(env: Env, host: str | None, port: int | None, roles: str | None) -> No
     if "console" not in role_list:
         role_list.append("console")
     ctx = Context(s)
-    open_backends(ctx)
+    open_backends(ctx, role_list)
     sock = listen(s.server.host, s.server.port)
     click.echo(f"vendwatch serving on http://{s.server.host}:{s.server.port} (data in {s.data_dir})", err=True)
     if "lake-jobs" in role_list:
@@ -114,7 +126,7 @@ def run(env: Env, role: str, host: str | None, port: int | None, metrics_port: i
     s = env.settings(**{"server.host": host, "server.port": port})
     set_identity(role=role)
     ctx = Context(s)
-    open_backends(ctx)
+    open_backends(ctx, [role])
     if metrics_port is not None and ROLES[role] is not None:
         from prometheus_client import start_http_server
 
