@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 from vendwatch.delivery.clock import Clock, SystemClock
 from vendwatch.delivery.outbox import Outbox
@@ -16,7 +15,7 @@ from vendwatch.incidents.batch import IncidentBatch
 from vendwatch.incidents.config import IncidentsSettings
 from vendwatch.incidents.store import IncidentStore
 from vendwatch.observe.logs import subject
-from vendwatch.observe.metrics import TIME_TO_ACK, TIME_TO_RESOLVE, observe_age, observe_hop
+from vendwatch.observe.metrics import TIME_TO_ACK, TIME_TO_RESOLVE, child, observe_age, observe_hop
 from vendwatch.signals import Signal
 from vendwatch.state.db import Tx
 from vendwatch.state.store import StateStore
@@ -24,17 +23,6 @@ from vendwatch.state.store import StateStore
 log = logging.getLogger("vendwatch.incidents")
 # lifecycle changes worth a log line each (updates of a firing incident are counted, not logged)
 _LOGGED = frozenset({"opened", "reopened", "acknowledged", "resolved", "absorbed", "severity_changed"})
-
-
-_TRANSITIONS: dict[str, Any] = {}
-
-
-def _transition(kind: str) -> Any:
-    """The transition counter of ``kind`` (``labels()`` looked up once per kind, not per entry)."""
-    c = _TRANSITIONS.get(kind)
-    if c is None:
-        c = _TRANSITIONS[kind] = m.TRANSITIONS.labels(kind)
-    return c
 
 
 class IncidentNotFound(LookupError):
@@ -59,7 +47,7 @@ class IncidentService:
         batch.apply(d)
         by_id = {inc.incident_id: inc for inc in d.incidents}
         for e in d.entries:
-            _transition(e.kind).inc()
+            child(m.TRANSITIONS, e.kind).inc()
             inc = by_id.get(e.incident_id)
             if inc is not None and e.kind in _LOGGED:
                 log.info("incident %s %s (%s)", inc.incident_id, e.kind, inc.dedupe_key,
