@@ -207,3 +207,61 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_a_lake_catalog_that_cannot_exist_stops_serve_and_run_at_once(tmp_path: Path) -> None:
+    """Before: the lake writer and lake jobs crash-looped, printing a SQLAlchemy traceback
+    every restart, while `serve` claimed to serve. A local SQLite catalog in a directory
+    that does not exist is a setting to fix, not a fault to retry."""
+    data = tmp_path / "data"
+    data.mkdir()
+    env = {"VENDWATCH_LAKE__CATALOG__URI": f"sqlite:///{tmp_path}/missing/dir/catalog.db"}
+    for processes in ("true", "false"):
+        r = _run(vendwatch_cmd("serve", "--data-dir", str(data), "--port", str(_free_port())),
+                 env={**env, "VENDWATCH_SERVER__ROLE_PROCESSES": processes}, timeout=60)
+        assert r.returncode == 1, (processes, r.stderr[-2000:])
+        assert "Error: lake.catalog.uri:" in r.stderr and "missing/dir" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr and "serving on" not in r.stderr, r.stderr[-2000:]
+    for role in ("lake-writer", "lake-jobs"):
+        r = _run(vendwatch_cmd("run", role, "--data-dir", str(data)), env=env, timeout=60)
+        assert r.returncode == 1 and "Error: lake.catalog.uri:" in r.stderr, r.stderr[-2000:]
+        assert "Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+def test_an_unreachable_lake_catalog_is_one_line_per_retry_while_the_rest_serves(tmp_path: Path) -> None:
+    """A catalog on a server that does not answer (yet) may come back: the lake roles retry
+    with backoff and say why in one line each time, never with a traceback, and the
+    collector keeps accepting events meanwhile."""
+    data = tmp_path / "data"
+    data.mkdir()
+    port = _free_port()
+    closed = _free_port()  # nothing listens there
+    env = {**os.environ, "VENDWATCH_LAKE__CATALOG__URI": f"postgresql+psycopg://u:s3cret-pw@127.0.0.1:{closed}/lake",
+           "VENDWATCH_LAKE__ETL_INTERVAL_S": "1"}
+    for processes in ("true", "false"):
+        env["VENDWATCH_SERVER__ROLE_PROCESSES"] = processes
+        proc = subprocess.Popen(vendwatch_cmd("serve", "--data-dir", str(data), "--port", str(port)),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            deadline = time.monotonic() + 30
+            health = ""
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+                try:
+                    import httpx
+
+                    health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).text
+                except httpx.HTTPError:
+                    continue
+                if "lake-writer" in health and "catalog" in health:
+                    break
+            time.sleep(3)  # a few retries
+        finally:
+            proc.terminate()
+            out, err = proc.communicate(timeout=30)
+        assert "lake-writer" in health and "catalog" in health, (processes, health, err[-3000:])
+        assert "Traceback" not in err, (processes, err[-5000:])
+        assert "s3cret-pw" not in err + health, "the catalog password stays out of logs and /healthz"
+        lines = [ln for ln in err.splitlines() if "lake-writer" in ln and "catalog" in ln]
+        assert lines and all(f"127.0.0.1:{closed}" in ln or "lake.catalog" in ln for ln in lines), err[-3000:]
+        assert any("retrying in" in ln for ln in lines), err[-3000:]

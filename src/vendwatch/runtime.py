@@ -55,6 +55,15 @@ class RoleConfigError(Exception):
     """A role cannot start with these settings; the message names the setting."""
 
 
+class Unavailable(Exception):
+    """Something a role needs (a catalog, a server) does not answer now but may later.
+
+    The supervisor logs the message as one line (it names the setting and the reason)
+    and restarts the role with backoff; a traceback would only repeat the driver's
+    internals at every retry.
+    """
+
+
 def preflight(settings: Settings, roles: Sequence[str]) -> None:
     """Check what a role would refuse at its start, before anything starts: ``serve`` and
     ``run`` then stop at once with the reason instead of a role crash-looping (in a role
@@ -66,6 +75,12 @@ def preflight(settings: Settings, roles: Sequence[str]) -> None:
             load_ruleset(settings.detect.rule_files, settings.detect.default_pack)
         except RuleError as e:
             raise RoleConfigError(f"detect.rule_files: {e}") from None
+    if any(r in roles for r in ("lake-writer", "lake-jobs")):
+        from vendwatch.lake.catalog import local_problem
+
+        problem = local_problem(settings)
+        if problem:
+            raise RoleConfigError(problem)
 
 
 class Component(Protocol):
@@ -181,7 +196,10 @@ class Supervisor:
                 c.run(self.ctx.stop)
                 return
             except Exception as e:
-                log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
+                if isinstance(e, Unavailable):
+                    log.error("component %s cannot work: %s; retrying in %.1fs", c.name, e, backoff)
+                else:
+                    log.exception("component %s crashed; restarting in %.1fs", c.name, backoff)
                 ROLE_RESTARTS.labels(c.name).inc()
                 # /healthz reports a component that keeps crashing (stage_problems)
                 h.crashes_in_row = 1 if time.monotonic() - started > 60 else h.crashes_in_row + 1

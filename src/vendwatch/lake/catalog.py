@@ -24,6 +24,7 @@ from pyiceberg.table.snapshots import Snapshot
 
 from vendwatch.config import Settings
 from vendwatch.lake import schemas
+from vendwatch.runtime import Unavailable
 
 _log = logging.getLogger("vendwatch.lake.catalog")
 NAMESPACES = ("raw", "analytics")
@@ -33,6 +34,59 @@ _CATALOGS: dict[tuple[str, tuple[tuple[str, str], ...]], Catalog] = {}
 
 class LakeError(Exception):
     """A lake operation cannot be done; the message says why."""
+
+
+class CatalogUnavailable(LakeError, Unavailable):
+    """The catalog's server does not answer; roles retry (one line each time, no traceback)."""
+
+
+def _shown_uri(settings: Settings) -> str:
+    """The configured catalog URI without its password (it goes into log lines)."""
+    uri = settings.lake.catalog.uri or ""
+    if settings.lake.catalog.type == "sql" and uri:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(uri).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001 - an unparsable URL is shown without its userinfo
+            return uri.split("@")[-1]
+    return uri
+
+
+def _reason(e: BaseException) -> str:
+    """The driver's own first line (SQLAlchemy wraps it in several lines of help text)."""
+    inner = getattr(e, "orig", None) or e
+    text = str(inner).strip() or type(inner).__name__
+    return text.splitlines()[0].strip()
+
+
+def local_problem(settings: Settings) -> str | None:
+    """What makes a local catalog or warehouse impossible to open, naming the setting
+    (checked before the lake roles start); None when nothing local is wrong."""
+    c = settings.lake.catalog
+    if c.type == "sql" and c.uri:
+        try:
+            from sqlalchemy.engine import make_url
+
+            url = make_url(c.uri)
+        except Exception as e:  # noqa: BLE001 - any parse failure is a setting to fix
+            return f"lake.catalog.uri: not a database URL: {_reason(e)}"
+        if url.drivername.startswith("sqlite") and url.database not in (None, "", ":memory:"):
+            parent = Path(url.database).parent
+            if not parent.is_dir():
+                return f"lake.catalog.uri: the directory {parent} of the SQLite catalog does not exist"
+            try:
+                with sqlite3.connect(url.database) as db:
+                    db.execute("PRAGMA user_version")
+            except sqlite3.Error as e:
+                return f"lake.catalog.uri: cannot open the SQLite catalog {url.database}: {e}"
+    wh = local_warehouse(settings)
+    if wh is not None:
+        try:
+            wh.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"lake.catalog.warehouse: cannot create {wh}: {e.strerror or e}"
+    return None
 
 
 def lake_dir(settings: Settings) -> Path:
@@ -92,6 +146,24 @@ def open_catalog(settings: Settings) -> Catalog:
 
 
 def _open(settings: Settings, props: dict[str, str]) -> Catalog:
+    try:
+        return _open_once(settings, props)
+    except Exception as e:
+        if not _is_unreachable(e):
+            raise
+        # the catalog's server refused or did not answer: a state that may pass
+        raise CatalogUnavailable(
+            f"lake.catalog.uri: cannot reach the {settings.lake.catalog.type} catalog"
+            f" {_shown_uri(settings) or '(default)'}: {_reason(e)}") from e
+
+
+def _is_unreachable(e: BaseException) -> bool:
+    """A refused or lost connection, or a database file that cannot be opened now (DB-API
+    OperationalError, also as SQLAlchemy wraps it; socket and HTTP errors are OSErrors)."""
+    return isinstance(e, OSError) or type(e).__name__ in ("OperationalError", "InterfaceError")
+
+
+def _open_once(settings: Settings, props: dict[str, str]) -> Catalog:
     for attempt in range(3):
         try:
             with _INIT_LOCK:
@@ -101,6 +173,8 @@ def _open(settings: Settings, props: dict[str, str]) -> Catalog:
             # two processes creating the catalog's own tables at once: the loser retries and finds them
             if "already exists" in str(e) and attempt < 2:
                 continue
+            if _is_unreachable(e):
+                raise
             raise LakeError(f"lake.catalog: cannot open {settings.lake.catalog.type} catalog: {e}") from e
     engine = getattr(cat, "engine", None)
     if engine is not None and engine.dialect.name == "sqlite":
