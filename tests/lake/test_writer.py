@@ -162,3 +162,43 @@ def test_sigkill_mid_batch_then_restart_is_exactly_once(tmp_path):
         p2.wait(30)
     assert _count(settings) == {"n": total, "d": total}
     ctx.close()
+
+
+def test_a_batch_sealed_in_arrow_chunks_holds_the_rows_of_one_table(ctx):
+    """The buffer turns every ``chunk_rows`` events into Arrow as it goes (memory): rows,
+    their log positions and the skipping of replayed and undecodable records are the
+    same as building the table at once, wherever the chunk boundaries fall."""
+    from vendwatch.bus.base import Record
+    from vendwatch.bus.sqlite import JoinedRecords
+    from vendwatch.lake.writer import EventColumns
+
+    items = day_of_events(n=14)[:40]
+    values = [ev.encode(e) for e in items]
+    values[7] = values[7][:-1] + b',"replayed":true}'  # as `vendwatch replay` publishes it
+    values[23] = b"{not json"
+    recs = [Record(EVENTS, i % 2, 100 + i, items[i].device_id, v, 0) for i, v in enumerate(values)]
+    aside: list[int] = []
+
+    def fill(cols: EventColumns) -> None:
+        cols.add_many(recs[:5])
+        # a clean run read in bulk, then runs that fall back to the per-record path
+        run = recs[5:7]
+        cols.add_joined(JoinedRecords(EVENTS, 0, run[0].offset, [r.offset for r in run],
+                                      b",".join(r.value for r in run)), lambda: run)
+        for i in range(7, 40, 6):
+            part = recs[i:i + 6]
+            cols.add_joined(JoinedRecords(EVENTS, 1, part[0].offset, [r.offset for r in part],
+                                          b",".join(r.value for r in part)), lambda part=part: part)
+
+    whole = EventColumns(lambda r, why: aside.append(r.offset), chunk_rows=10_000)
+    fill(whole)
+    for n in (1, 3, 7, 16):
+        chunked = EventColumns(lambda r, why: None, chunk_rows=n)
+        fill(chunked)
+        assert len(chunked) == len(whole) == 38
+        assert len(chunked.chunks) >= 2  # sealed as it went
+        assert chunked.to_arrow().to_pylist() == whole.to_arrow().to_pylist(), n
+    got = whole.to_arrow()
+    assert 107 not in got.column("log_offset").to_pylist() and 123 not in got.column("log_offset").to_pylist()
+    assert aside == [123]
+    assert EventColumns().to_arrow().num_rows == 0
