@@ -145,6 +145,9 @@ class LakeSettings(_Section):
     batch_max_events: int = 200_000
     batch_max_bytes: int = 128 * 1024 * 1024
     batch_max_wait_s: float = 30.0
+    # a buffer at least this big is committed as soon as the log goes quiet (the end of a
+    # burst), without waiting for batch_max_wait_s; 0 always waits
+    batch_idle_min_events: int = 10_000
     # maintenance
     target_file_mb: int = 128  # compaction output size
     small_file_mb: int = 16  # files below this count as small
@@ -346,6 +349,7 @@ def _check(s: Settings) -> None:
         if not value > 0:  # NaN too
             raise ConfigError(f"invalid configuration: {key}: must be > 0, got {value}")
     non_negative = {
+        "lake.batch_idle_min_events": s.lake.batch_idle_min_events,
         "ingest.max_future_skew_s": s.ingest.max_future_skew_s,
         "ingest.late_after_s": s.ingest.late_after_s,
         "ingest.group_commit_max_wait_ms": s.ingest.group_commit_max_wait_ms,

@@ -151,6 +151,14 @@ class LakeWriter:
             or (sink.first_at is not None and time.monotonic() - sink.first_at >= self.cfg.batch_max_wait_s)
         )
 
+    def _flush_burst(self) -> None:
+        """The log is quiet: commit a buffer big enough to be worth a file now (the end of a
+        burst) instead of holding it for ``batch_max_wait_s``; a trickle keeps waiting."""
+        least = self.cfg.batch_idle_min_events
+        for sink in self.sinks.values():
+            if least > 0 and sink.pending() and len(sink.buf) >= least:
+                self.flush(sink)
+
     def flush_all(self, force: bool = False) -> None:
         for sink in self.sinks.values():
             if sink.pending() and (force or self._due(sink)):
@@ -228,6 +236,7 @@ class LakeWriter:
                 # behind = not yet handed to a lake commit (buffered records count as lag)
                 self.lag.report(self.ctx.log, self.sinks, {tp: o for s in self.sinks.values() for tp, o in s.start.items()})
                 if not recs:
+                    self._flush_burst()
                     self._jobs.join()
                     c.commit({tp: o for s in self.sinks.values() for tp, o in s.start.items()})
             self.flush_all(force=True)  # graceful stop: nothing left in memory
