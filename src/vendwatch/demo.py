@@ -336,6 +336,8 @@ def _run(settings: Settings, opts: DemoOptions, out: TextIO) -> dict[str, Any]:
         lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
         display.set_phase("reconciling: DEX audit reads against telemetry and cash collections")
         dex_findings = _reconcile(ctx, display)
+        if dex_findings:  # published as events: the summary counts them where they landed
+            lags, drained = _drain(ctx, roles, opts.drain_timeout_s)
         derived = [0]
         in_log, dup = count_log_events(ctx, since_offsets, derived)
         hooks, hook_errors = call_hooks(ctx)
