@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import msgspec
@@ -29,7 +30,7 @@ def _pending(device: str, event_id: str) -> Pending:
 
 
 def test_index_remembers_for_the_window_then_forgets() -> None:
-    idx = SeenIndex(window_s=3600, bucket_s=60)
+    idx = SeenIndex(window_s=3600, bucket_s=60, key_bytes=1)
     idx.add(b"a", 1_000_000.0)
     idx.add(b"b", 1_000_100.0)
     idx.add(b"a", 1_000_200.0)  # the first sighting counts
@@ -166,3 +167,35 @@ def test_a_foreign_record_in_the_events_topic_does_not_stop_ingest(tmp_path: Pat
     sink = SqliteIngestSink(lg)
     sink.warm()
     assert sink.commit([_pending("VM-1", "a")], []) == [True]
+
+
+def test_the_index_holds_nothing_the_garbage_collector_walks() -> None:
+    # a list per bucket made every full collection walk every key of the window (~60 ms
+    # per collection at half a million keys, once a second under load)
+    idx = SeenIndex(window_s=3600, bucket_s=60)
+    idx.add_many([dedupe_key("VM-1", f"e{i}") for i in range(1000)], 1_000_000.0)
+    idx.add(dedupe_key("VM-2", "x"), 1_000_100.0)
+    assert not gc.is_tracked(idx._bucket_of)
+    assert not gc.is_tracked(idx._buckets)
+    assert not any(gc.is_tracked(b) for b in idx._buckets.values())
+
+
+def test_keys_added_together_expire_together_and_count_once() -> None:
+    idx = SeenIndex(window_s=3600, bucket_s=60)
+    keys = [dedupe_key("VM-1", f"e{i}") for i in range(50)]
+    idx.add_many(keys[:30], 1_000_000.0)
+    idx.add_many([*keys, keys[0]], 1_000_100.0)  # 30 already seen, one twice in the call
+    assert len(idx) == 50
+    assert idx.expire(1_000_000.0 + 3600 + 61) == 30
+    assert keys[0] not in idx and keys[30] in idx
+    assert idx.expire(1_000_100.0 + 3600 + 61) == 20
+    assert len(idx) == 0
+
+
+def test_a_key_of_the_wrong_width_is_refused() -> None:
+    idx = SeenIndex(window_s=3600)
+    with pytest.raises(ValueError, match="16 bytes"):
+        idx.add(b"short", 1.0)
+    with pytest.raises(ValueError, match="16 bytes"):
+        idx.add_many([dedupe_key("VM-1", "a"), b"short"], 1.0)
+    assert len(idx) == 0

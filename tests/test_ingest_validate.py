@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from datetime import datetime
 
 import msgspec
@@ -140,3 +141,14 @@ def test_events_of_a_device_whose_id_breaks_the_id_rule_are_refused_on_both_path
     slow = _V.validate(Parsed(body, None, None), device_id, "S1", now)
     assert fast == slow and not fast.accepted
     assert [r["code"] for r in fast.rejected] == ["schema", "schema"] and "device_id" in fast.rejected[0]["reason"]
+
+
+def test_events_waiting_for_their_commit_are_not_tracked_by_the_garbage_collector() -> None:
+    # a request's events wait for the group commit; a tracked object per event made the
+    # server's full collections (~60 ms each) run about once a second under load
+    body = msgspec.json.encode({"events": [event("VM-1", seq=i) for i in range(5)]})
+    parsed = parse(body)
+    out = _V.validate(parsed, "VM-1", "S1", _now())
+    assert parsed.typed is not None and len(out.accepted) == 5
+    assert not any(gc.is_tracked(e) for e in parsed.typed)
+    assert not any(gc.is_tracked(p) for p in out.accepted)

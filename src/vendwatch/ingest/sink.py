@@ -40,8 +40,11 @@ __all__ = ["Abandoned", "ClaimState", "DedupeStore", "IngestSink", "LogIngestSin
 log = logging.getLogger("vendwatch.ingest")
 
 
-@dataclass(slots=True)
-class Pending:
+class Pending(msgspec.Struct, gc=False):
+    """An accepted event on its way to the log. Not tracked by the garbage collector
+    (it holds only strings and bytes): a request's events wait for their group commit,
+    and a tracked object per event made the collector's full collections frequent."""
+
     device_id: str
     event_id: str
     value: bytes  # StoredEvent JSON
