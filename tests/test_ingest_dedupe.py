@@ -199,3 +199,55 @@ def test_a_key_of_the_wrong_width_is_refused() -> None:
     with pytest.raises(ValueError, match="16 bytes"):
         idx.add_many([dedupe_key("VM-1", "a"), b"short"], 1.0)
     assert len(idx) == 0
+
+
+def test_a_group_commit_settles_its_requests_with_one_hand_off_to_their_event_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    from vendwatch.ingest.committer import GroupCommitter
+
+    sink = SqliteIngestSink(_log(tmp_path))
+    sink.warm()
+    committer = GroupCommitter(sink)
+
+    async def five_requests() -> tuple[list[list[bool]], int]:
+        loop = asyncio.get_running_loop()
+        hand_offs = 0
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args: object) -> object:
+            nonlocal hand_offs
+            hand_offs += 1
+            return plain(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        # queued before the writer starts: one group commit takes all five
+        futures = [committer.enqueue([_pending("VM-1", f"e{i}"), _pending("VM-1", "same")], []) for i in range(5)]
+        committer.start()
+        return list(await asyncio.gather(*futures)), hand_offs
+
+    try:
+        results, hand_offs = asyncio.run(five_requests())
+    finally:
+        committer.stop()
+    assert results == [[True, True], [True, False], [True, False], [True, False], [True, False]]
+    assert hand_offs == 1
+
+
+def test_catch_up_scans_the_log_only_after_another_connection_wrote(tmp_path: Path) -> None:
+    lg = _log(tmp_path)
+    sink = SqliteIngestSink(lg)
+    sink.warm()
+    scans: list[str] = []
+    lg._conn().set_trace_callback(lambda sql: scans.append(sql) if sql.startswith("SELECT offset, ts") else None)
+    assert sink.commit([_pending("VM-1", "a")], []) == [True]
+    assert sink.commit([_pending("VM-1", "b")], []) == [True]
+    assert sink.commit([_pending("VM-2", "c")], []) == [True]
+    assert scans == []  # warmed on this connection, and only its own commits since: nothing to read
+    other = SqliteIngestSink(_log(tmp_path))  # another process's collector
+    other.warm()
+    assert other.commit([_pending("VM-3", "d")], []) == [True]
+    assert sink.commit([_pending("VM-3", "d"), _pending("VM-3", "e")], []) == [False, True]
+    assert len(scans) == 4  # one read per partition, which found the other's event
+    assert sink.commit([_pending("VM-3", "f")], []) == [True]
+    assert len(scans) == 4
