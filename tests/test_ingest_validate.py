@@ -276,3 +276,20 @@ def test_the_byte_scan_sees_every_number_no_stage_can_hold(number: str) -> None:
     assert ev.may_break_contract(body)
     fast, slow = _both(body)
     assert fast == slow and not fast.accepted and "out of range" in fast.rejected[0]["reason"]
+
+
+def test_the_fast_path_stores_the_records_the_event_by_event_path_stores() -> None:
+    """The fast path builds records positionally (a twin of ``StoredEvent``): the bytes must
+    be the same, defaults omitted the same way (no seq, no site, a late event)."""
+    assert [f.name for f in msgspec.structs.fields(ev.StoredEvent)] == [
+        "event_id", "device_id", "type", "occurred_at", "received_at", "data", "seq", "site_id", "schema_version", "late"]
+    events = [event("VM-1", seq=7), event("VM-1", "telemetry", {"cpu_pct": 3}), event("VM-1", occurred_at=ago(hours=2))]
+    body = msgspec.json.encode({"events": events})
+    now = _now()
+    for site in ("S1", None):
+        fast = _V.validate(parse(body), "VM-1", site, now)
+        slow = _V.validate(Parsed(body, None, None), "VM-1", site, now)
+        assert [p.value for p in fast.accepted] == [p.value for p in slow.accepted]
+        stored = [ev.decode_stored(p.value) for p in fast.accepted]
+        assert [s.seq for s in stored] == [7, None, None] and [s.late for s in stored] == [False, False, True]
+        assert all(s.site_id == site for s in stored)

@@ -59,6 +59,13 @@ def _valid_id(device_id: str) -> bool:
 
 
 _typed_batch = msgspec.json.Decoder(_TypedBatch)
+
+# ``ev.StoredEvent`` field for field (same names, order and defaults, so the same JSON),
+# built positionally: keyword arguments cost ~0.1 µs per event on the fast path
+_StoredRow = msgspec.defstruct(
+    "StoredRow", [(f.name, f.type) if f.required else (f.name, f.type, f.default)
+                  for f in msgspec.structs.fields(ev.StoredEvent)],
+    omit_defaults=True, gc=False)
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
@@ -210,16 +217,16 @@ class Validator:
         out = Outcome()
         accepted, index = out.accepted, out.accepted_index
         seen: set[str] = set()
-        now, late, encode, stored = lim.now, lim.late, _enc.encode, ev.StoredEvent
+        now, late, encode, row, version = lim.now, lim.late, _enc.encode, _StoredRow, ev.SCHEMA_VERSION
         for i, e in enumerate(events):
             event_id = e.event_id
             if event_id in seen:
                 out.in_batch_duplicates += 1
                 continue
             seen.add(event_id)
-            accepted.append(Pending(e.device_id, event_id, encode(stored(
-                event_id=event_id, device_id=e.device_id, type=e.type, occurred_at=e.occurred_at, received_at=now,
-                data=e.data, seq=e.seq, site_id=site_id, late=e.occurred_at < late))))
+            accepted.append(Pending(e.device_id, event_id, encode(row(
+                event_id, e.device_id, e.type, e.occurred_at, now, e.data, e.seq, site_id, version,
+                e.occurred_at < late))))
             index.append(i)
         return out
 
