@@ -11,6 +11,7 @@ from tests.ingest_support import read_all
 
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS, REJECTED
+from vendwatch.bus.base import partition_for
 from vendwatch.bus.sqlite import SqliteLog
 from vendwatch.ingest.dedupe import SeenIndex, dedupe_key
 from vendwatch.ingest.sink import Pending, SqliteIngestSink
@@ -251,3 +252,20 @@ def test_catch_up_scans_the_log_only_after_another_connection_wrote(tmp_path: Pa
     assert len(scans) == 4  # one read per partition, which found the other's event
     assert sink.commit([_pending("VM-3", "f")], []) == [True]
     assert len(scans) == 4
+
+
+def test_an_append_of_interleaved_keys_keeps_item_order_within_each_partition(tmp_path: Path) -> None:
+    # the embedded log sorts runs of one key (not items) into partitions
+    lg = _log(tmp_path)
+    lg.append(EVENTS, [("VM-0", b"old")])
+    keys = ["VM-0", "VM-0", "VM-1", "VM-2", "VM-0", "VM-1", "VM-1", "VM-3", "VM-0"]
+    items = [(k, f"{k}#{i}".encode()) for i, k in enumerate(keys)]
+    positions = lg.append(EVENTS, items)
+    n = lg.partitions(EVENTS)
+    assert [p for p, _ in positions] == [partition_for(k, n) for k in keys]
+    for part in set(p for p, _ in positions):
+        mine = [(off, v) for (p, off), (_, v) in zip(positions, items, strict=True) if p == part]
+        offs = [off for off, _ in mine]
+        assert offs == list(range(offs[0], offs[0] + len(offs)))  # consecutive, in item order
+        stored = {r.offset: r.value for r in lg.read(EVENTS, part, offs[0], 100)}
+        assert [stored[off] for off in offs] == [v for _, v in mine]
