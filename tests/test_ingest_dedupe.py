@@ -171,8 +171,8 @@ def test_a_foreign_record_in_the_events_topic_does_not_stop_ingest(tmp_path: Pat
 
 
 def test_the_index_holds_nothing_the_garbage_collector_walks() -> None:
-    # a list per bucket made every full collection walk every key of the window (~60 ms
-    # per collection at half a million keys, once a second under load)
+    # a list per bucket made every full collection (about one a second under load) walk
+    # every key of the window, a cost growing with events/s x the window
     idx = SeenIndex(window_s=3600, bucket_s=60)
     idx.add_many([dedupe_key("VM-1", f"e{i}") for i in range(1000)], 1_000_000.0)
     idx.add(dedupe_key("VM-2", "x"), 1_000_100.0)

@@ -8,8 +8,9 @@ log itself (the log is the truth), so it never needs a write of its own.
 Nothing in the index is visible to Python's cyclic garbage collector: the key -> bucket
 dict holds only bytes and ints (CPython leaves such a dict untracked) and each bucket is
 one ``bytearray`` of fixed-width keys. A list per bucket, as before, made every full
-collection walk every key of the window: ~60 ms per collection at half a million keys,
-once a second under load, growing with the window (docs/benchmarks.md).
+collection (about one a second under load) walk every key of the window: ~15 ms per
+million keys on the reference machine, and a window holds events/s x window keys
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
