@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import msgspec
@@ -10,6 +11,7 @@ from tests.ingest_support import read_all
 
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS, REJECTED
+from vendwatch.bus.base import partition_for
 from vendwatch.bus.sqlite import SqliteLog
 from vendwatch.ingest.dedupe import SeenIndex, dedupe_key
 from vendwatch.ingest.sink import Pending, SqliteIngestSink
@@ -29,7 +31,7 @@ def _pending(device: str, event_id: str) -> Pending:
 
 
 def test_index_remembers_for_the_window_then_forgets() -> None:
-    idx = SeenIndex(window_s=3600, bucket_s=60)
+    idx = SeenIndex(window_s=3600, bucket_s=60, key_bytes=1)
     idx.add(b"a", 1_000_000.0)
     idx.add(b"b", 1_000_100.0)
     idx.add(b"a", 1_000_200.0)  # the first sighting counts
@@ -166,3 +168,104 @@ def test_a_foreign_record_in_the_events_topic_does_not_stop_ingest(tmp_path: Pat
     sink = SqliteIngestSink(lg)
     sink.warm()
     assert sink.commit([_pending("VM-1", "a")], []) == [True]
+
+
+def test_the_index_holds_nothing_the_garbage_collector_walks() -> None:
+    # a list per bucket made every full collection (about one a second under load) walk
+    # every key of the window, a cost growing with events/s x the window
+    idx = SeenIndex(window_s=3600, bucket_s=60)
+    idx.add_many([dedupe_key("VM-1", f"e{i}") for i in range(1000)], 1_000_000.0)
+    idx.add(dedupe_key("VM-2", "x"), 1_000_100.0)
+    assert not gc.is_tracked(idx._bucket_of)
+    assert not gc.is_tracked(idx._buckets)
+    assert not any(gc.is_tracked(b) for b in idx._buckets.values())
+
+
+def test_keys_added_together_expire_together_and_count_once() -> None:
+    idx = SeenIndex(window_s=3600, bucket_s=60)
+    keys = [dedupe_key("VM-1", f"e{i}") for i in range(50)]
+    idx.add_many(keys[:30], 1_000_000.0)
+    idx.add_many([*keys, keys[0]], 1_000_100.0)  # 30 already seen, one twice in the call
+    assert len(idx) == 50
+    assert idx.expire(1_000_000.0 + 3600 + 61) == 30
+    assert keys[0] not in idx and keys[30] in idx
+    assert idx.expire(1_000_100.0 + 3600 + 61) == 20
+    assert len(idx) == 0
+
+
+def test_a_key_of_the_wrong_width_is_refused() -> None:
+    idx = SeenIndex(window_s=3600)
+    with pytest.raises(ValueError, match="16 bytes"):
+        idx.add(b"short", 1.0)
+    with pytest.raises(ValueError, match="16 bytes"):
+        idx.add_many([dedupe_key("VM-1", "a"), b"short"], 1.0)
+    assert len(idx) == 0
+
+
+def test_a_group_commit_settles_its_requests_with_one_hand_off_to_their_event_loop(tmp_path: Path) -> None:
+    import asyncio
+
+    from vendwatch.ingest.committer import GroupCommitter
+
+    sink = SqliteIngestSink(_log(tmp_path))
+    sink.warm()
+    committer = GroupCommitter(sink)
+
+    async def five_requests() -> tuple[list[list[bool]], int]:
+        loop = asyncio.get_running_loop()
+        hand_offs = 0
+        plain = loop.call_soon_threadsafe
+
+        def counted(*args: object) -> object:
+            nonlocal hand_offs
+            hand_offs += 1
+            return plain(*args)  # type: ignore[arg-type]
+
+        loop.call_soon_threadsafe = counted  # type: ignore[method-assign]
+        # queued before the writer starts: one group commit takes all five
+        futures = [committer.enqueue([_pending("VM-1", f"e{i}"), _pending("VM-1", "same")], []) for i in range(5)]
+        committer.start()
+        return list(await asyncio.gather(*futures)), hand_offs
+
+    try:
+        results, hand_offs = asyncio.run(five_requests())
+    finally:
+        committer.stop()
+    assert results == [[True, True], [True, False], [True, False], [True, False], [True, False]]
+    assert hand_offs == 1
+
+
+def test_catch_up_scans_the_log_only_after_another_connection_wrote(tmp_path: Path) -> None:
+    lg = _log(tmp_path)
+    sink = SqliteIngestSink(lg)
+    sink.warm()
+    scans: list[str] = []
+    lg._conn().set_trace_callback(lambda sql: scans.append(sql) if sql.startswith("SELECT offset, ts") else None)
+    assert sink.commit([_pending("VM-1", "a")], []) == [True]
+    assert sink.commit([_pending("VM-1", "b")], []) == [True]
+    assert sink.commit([_pending("VM-2", "c")], []) == [True]
+    assert scans == []  # warmed on this connection, and only its own commits since: nothing to read
+    other = SqliteIngestSink(_log(tmp_path))  # another process's collector
+    other.warm()
+    assert other.commit([_pending("VM-3", "d")], []) == [True]
+    assert sink.commit([_pending("VM-3", "d"), _pending("VM-3", "e")], []) == [False, True]
+    assert len(scans) == 4  # one read per partition, which found the other's event
+    assert sink.commit([_pending("VM-3", "f")], []) == [True]
+    assert len(scans) == 4
+
+
+def test_an_append_of_interleaved_keys_keeps_item_order_within_each_partition(tmp_path: Path) -> None:
+    # the embedded log sorts runs of one key (not items) into partitions
+    lg = _log(tmp_path)
+    lg.append(EVENTS, [("VM-0", b"old")])
+    keys = ["VM-0", "VM-0", "VM-1", "VM-2", "VM-0", "VM-1", "VM-1", "VM-3", "VM-0"]
+    items = [(k, f"{k}#{i}".encode()) for i, k in enumerate(keys)]
+    positions = lg.append(EVENTS, items)
+    n = lg.partitions(EVENTS)
+    assert [p for p, _ in positions] == [partition_for(k, n) for k in keys]
+    for part in set(p for p, _ in positions):
+        mine = [(off, v) for (p, off), (_, v) in zip(positions, items, strict=True) if p == part]
+        offs = [off for off, _ in mine]
+        assert offs == list(range(offs[0], offs[0] + len(offs)))  # consecutive, in item order
+        stored = {r.offset: r.value for r in lg.read(EVENTS, part, offs[0], 100)}
+        assert [stored[off] for off in offs] == [v for _, v in mine]

@@ -15,7 +15,8 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from itertools import chain, repeat
+from itertools import chain, groupby, repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import TypeVar
 
@@ -50,6 +51,10 @@ def _insert_rows(db: sqlite3.Connection, table: str, params: list[object]) -> No
         chunk = params[k : k + step]
         db.execute(f"INSERT INTO {table}(offset, ts, key, value) VALUES "
                    + ",".join(["(?,?,?,?)"] * (len(chunk) // 4)), chunk)
+
+
+_key_of = itemgetter(0)
+_value_of = itemgetter(1)
 
 
 class SqliteLog(Log):
@@ -164,23 +169,30 @@ class SqliteLog(Log):
             if not items:
                 continue
             n = self._topics.get(topic) or self._create_in(db, topic)
-            by_part: dict[int, list[int]] = {}
-            part_of: dict[str, int] = {}  # batches repeat keys (one device per request)
-            for i, (key, _v) in enumerate(items):
+            # items come in runs of one key (a request is one device's batch): runs, not
+            # items, are sorted into partitions, and each run's rows and positions are
+            # built in C (a Python loop per item was ~0.15 µs per event more)
+            runs: dict[int, list[tuple[str, list[bytes], int]]] = {}  # partition -> (key, values, first index)
+            part_of: dict[str, int] = {}
+            first = 0
+            for key, run in groupby(items, key=_key_of):
+                values = list(map(_value_of, run))
                 p = part_of.get(key)
                 if p is None:
                     p = part_of[key] = partition_for(key, n)
-                by_part.setdefault(p, []).append(i)
+                runs.setdefault(p, []).append((key, values, first))
+                first += len(values)
             result: list[TopicPartition] = [(0, 0)] * len(items)
-            for p, idxs in by_part.items():
+            for p, part_runs in runs.items():
                 t = _table(topic, p)
                 (last,) = db.execute(f"SELECT coalesce(max(offset), (SELECT seq FROM sqlite_sequence WHERE name=?), 0) FROM {t}", (t,)).fetchone()
-                offs = range(last + 1, last + 1 + len(idxs))
-                keys, values = zip(*[items[i] for i in idxs], strict=True)
-                # (offset, ts, key, value) per row, flattened in C (a loop per row cost ~1 µs per event)
-                params: list[object] = list(chain.from_iterable(zip(offs, repeat(now), keys, values)))
-                for i, off in zip(idxs, offs, strict=True):
-                    result[i] = (p, off)
+                off = last + 1
+                params: list[object] = []  # (offset, ts, key, value) per row, flattened
+                for key, values, i in part_runs:
+                    offs = range(off, off + len(values))
+                    params += chain.from_iterable(zip(offs, repeat(now), repeat(key), values))
+                    result[i : i + len(values)] = zip(repeat(p), offs)
+                    off += len(values)
                 _insert_rows(db, t, params)
             out[topic] = result
         return out

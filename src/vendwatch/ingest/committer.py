@@ -118,23 +118,33 @@ class GroupCommitter:
             fresh = self.sink.commit(accepted, rejected)
         except Exception as e:
             log.error("log append failed: %s", e)
-            for j in jobs:
-                j.loop.call_soon_threadsafe(_set_exc, j.future, e)
+            _resolve(jobs, [e] * len(jobs))
             return
         if self.on_commit is not None:
             self.on_commit(len(accepted) + len(rejected), len(jobs), time.perf_counter() - t0)
+        outcomes: list[list[bool] | BaseException] = []
         i = 0
         for j in jobs:
-            part = fresh[i : i + len(j.accepted)]
+            outcomes.append(fresh[i : i + len(j.accepted)])
             i += len(j.accepted)
-            j.loop.call_soon_threadsafe(_set_result, j.future, part)
+        _resolve(jobs, outcomes)
 
 
-def _set_result(f: asyncio.Future[list[bool]], v: list[bool]) -> None:
-    if not f.done():
-        f.set_result(v)
+def _resolve(jobs: list[_Job], outcomes: list[list[bool] | BaseException]) -> None:
+    """Settle the jobs' futures: one hand-off per event loop, not one per job (each is a
+    wake-up write and a callback on the loop)."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[list[bool]], list[bool] | BaseException]]] = {}
+    for j, outcome in zip(jobs, outcomes, strict=True):
+        by_loop.setdefault(j.loop, []).append((j.future, outcome))
+    for loop, settled in by_loop.items():
+        loop.call_soon_threadsafe(_settle, settled)
 
 
-def _set_exc(f: asyncio.Future[list[bool]], e: BaseException) -> None:
-    if not f.done():
-        f.set_exception(e)
+def _settle(settled: list[tuple[asyncio.Future[list[bool]], list[bool] | BaseException]]) -> None:
+    for f, outcome in settled:
+        if f.done():  # cancelled: the request timed out or the device went away
+            continue
+        if isinstance(outcome, BaseException):
+            f.set_exception(outcome)
+        else:
+            f.set_result(outcome)

@@ -36,7 +36,7 @@ class _Envelope(ev.DeviceEvent, forbid_unknown_fields=True):
 _device_event = msgspec.json.Decoder(_Envelope)
 
 
-class _FastEnvelope(_Envelope):
+class _FastEnvelope(_Envelope, gc=False):
     """The fast path's envelope: ``device_id`` without its pattern. msgspec runs a Python
     regex per constrained string, which was most of the batch decode; every event of a
     request must carry the authenticated device's id anyway, so the fast path checks that
@@ -59,6 +59,13 @@ def _valid_id(device_id: str) -> bool:
 
 
 _typed_batch = msgspec.json.Decoder(_TypedBatch)
+
+# ``ev.StoredEvent`` field for field (same names, order and defaults, so the same JSON),
+# built positionally: keyword arguments cost ~0.1 µs per event on the fast path
+_StoredRow = msgspec.defstruct(
+    "StoredRow", [(f.name, f.type) if f.required else (f.name, f.type, f.default)
+                  for f in msgspec.structs.fields(ev.StoredEvent)],
+    omit_defaults=True, gc=False)
 _DECODE_ERRORS = (msgspec.DecodeError, UnicodeDecodeError, RecursionError)
 
 
@@ -181,20 +188,46 @@ class Validator:
 
     def _fast(self, events: list[ev.DeviceEvent], device_id: str, site_id: str | None,
               lim: _Limits, body: bytes) -> Outcome | None:
+        """The outcome when every event is acceptable, else None (the slow path then finds
+        which are not, and why)."""
         if not _valid_id(device_id):
             return None  # no event can carry it (the fast envelope does not check ids)
         nul_possible, big_numbers_possible = ev.may_hold_nul(body), ev.may_break_contract(body)
-        out = Outcome()
-        seen: set[str] = set()
-        for i, e in enumerate(events):
-            if self._problem(e, device_id, lim, nul_possible, big_numbers_possible) is not None:
+        if nul_possible or big_numbers_possible:
+            # rare: payloads are walked for NUL or read for their numbers, one by one
+            for e in events:
+                if self._problem(e, device_id, lim, nul_possible, big_numbers_possible) is not None:
+                    return None
+        else:
+            # the checks of ``_problem``, for the whole batch: the envelopes in one loop
+            # (the same tests, tz first: an offset-less time cannot be compared), then
+            # every payload in one decoder call per event type
+            future, oldest, max_data = lim.future, lim.oldest, lim.max_data
+            for e in events:
+                at = e.occurred_at
+                if (e.device_id != device_id or len(e.data) > max_data or at.tzinfo is None
+                        or at > future or at < oldest):
+                    return None
+            if not ev.payloads_acceptable([e.type for e in events], [e.data for e in events]):
                 return None
-            if e.event_id in seen:
+        return self._accept(events, site_id, lim)
+
+    def _accept(self, events: list[ev.DeviceEvent], site_id: str | None, lim: _Limits) -> Outcome:
+        """Every event of a batch found acceptable, as stored records (in-batch repeats counted)."""
+        out = Outcome()
+        accepted, index = out.accepted, out.accepted_index
+        seen: set[str] = set()
+        now, late, encode, row, version = lim.now, lim.late, _enc.encode, _StoredRow, ev.SCHEMA_VERSION
+        for i, e in enumerate(events):
+            event_id = e.event_id
+            if event_id in seen:
                 out.in_batch_duplicates += 1
                 continue
-            seen.add(e.event_id)
-            out.accepted.append(self._stored(e, site_id, lim))
-            out.accepted_index.append(i)
+            seen.add(event_id)
+            accepted.append(Pending(e.device_id, event_id, encode(row(
+                event_id, e.device_id, e.type, e.occurred_at, now, e.data, e.seq, site_id, version,
+                e.occurred_at < late))))
+            index.append(i)
         return out
 
     def _slow(self, raws: list[msgspec.Raw], device_id: str, site_id: str | None, lim: _Limits) -> Outcome:
