@@ -1,13 +1,24 @@
 """``vendwatch etl run``: raw zone -> analytics zone, incremental and idempotent.
 
-Incremental: every analytics table remembers, in its snapshot summary
-(``vendwatch.etl.raw-snapshot``), the raw.events snapshot it was built from. A run
-pins the current raw snapshot, finds the data files added since the remembered one,
-and recomputes only the days those files touch (a day is recomputed whole, from all
-of raw, so late and duplicate events land correctly). Idempotent: a table already
-built from the current raw snapshot is skipped, and whole-table outputs (incidents,
-dimensions, stock-outs) are committed only when their content hash changed, so a
-second run commits nothing.
+Incremental: every analytics table remembers, in its snapshot summary, the raw.events
+snapshot it was built from (``vendwatch.etl.raw-snapshot``) and the raw writer's log
+offsets of that snapshot (``vendwatch.etl.raw-offsets``). A raw row is new when its log
+offset is past the remembered one of its partition, wherever it lives now (maintenance
+compaction moves rows into new files; offsets do not move). A run reads only the new
+rows and folds them into the tables (``lake/increments.py``): row tables get the new
+events' rows, aggregate tables get the partitions the new events touch re-merged, the
+device dimension folds the new rows into its counters. A day is rebuilt whole from raw
+only when a new row changes what an earlier row meant (a second copy of an event
+received earlier than the first one, a transaction whose earlier retry was already
+counted), after an interrupted run, on the first run, and with ``--full``.
+
+Crash-safe: every table's data and its remembered position land in one Iceberg
+commit; a run killed between two tables leaves each table consistent with what it
+remembers, and the next run rebuilds the lagging tables' days.
+
+Idempotent: a table already built from the current raw snapshot is skipped, and
+whole-table outputs (incidents, dimensions, stock-outs) are committed only when their
+content hash changed, so a second run commits nothing.
 """
 
 from __future__ import annotations
@@ -21,24 +32,28 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import AlwaysTrue, In
+from pyiceberg.expressions import In
 from pyiceberg.table import Table
 
 from vendwatch.config import Settings
-from vendwatch.lake import metrics, schemas, transforms
+from vendwatch.lake import increments, metrics, schemas, transforms
 from vendwatch.lake.catalog import ensure_table, newest_property, open_catalog
 from vendwatch.lake.query import LakeSQL
+from vendwatch.lake.writer import OFFSETS_PROP, decode_offsets
 from vendwatch.runtime import load
 
 log = logging.getLogger("vendwatch.lake.etl")
 
 RAW_SNAPSHOT_PROP = "vendwatch.etl.raw-snapshot"
+RAW_OFFSETS_PROP = "vendwatch.etl.raw-offsets"  # {"partition": next offset} of the raw snapshot built from
+HORIZON_PROP = "vendwatch.etl.horizon"  # newest received_at in raw (epoch µs): the newest day's uptime
 HASH_PROP = "vendwatch.etl.content-hash"
 INCIDENT_ROWS = "vendwatch.incidents.export:incident_rows"
 
-# day-partitioned tables recomputed per affected day, in dependency order
+# day-partitioned tables built per day, in dependency order
 DAILY: dict[str, str] = {
     "analytics.transactions": transforms.TRANSACTIONS,
     "analytics.telemetry_hourly": transforms.TELEMETRY_HOURLY,
@@ -53,13 +68,15 @@ DAILY: dict[str, str] = {
 @dataclass
 class EtlReport:
     raw_snapshot: int | None = None
-    days: list[str] = field(default_factory=list)
+    days: list[str] = field(default_factory=list)  # days whose rows changed
+    rebuilt: list[str] = field(default_factory=list)  # days of them rebuilt whole from raw
     tables: dict[str, str] = field(default_factory=dict)  # table -> "updated N rows" / "unchanged"
+    new_events: int | None = None  # raw rows read as new by an incremental run
     seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"raw_snapshot": self.raw_snapshot, "days": self.days, "tables": self.tables,
-                "seconds": round(self.seconds, 3)}
+        return {"raw_snapshot": self.raw_snapshot, "days": self.days, "rebuilt": self.rebuilt, "tables": self.tables,
+                "new_events": self.new_events, "seconds": round(self.seconds, 3)}
 
 
 def content_hash(t: pa.Table) -> str:
@@ -73,7 +90,7 @@ def content_hash(t: pa.Table) -> str:
     return hashlib.sha256(sink.getvalue().to_pybytes()).hexdigest()
 
 
-def _conform(t: pa.Table, table: Table) -> pa.Table:
+def conform(t: pa.Table, table: Table) -> pa.Table:
     """Cast a query result to the Iceberg table's Arrow schema (names, types, nullability)."""
     target = table.schema().as_arrow()
     cols = []
@@ -81,6 +98,51 @@ def _conform(t: pa.Table, table: Table) -> pa.Table:
         col = t.column(f.name) if f.name in t.column_names else pa.nulls(t.num_rows, f.type)
         cols.append(col.cast(f.type))
     return pa.Table.from_arrays(cols, schema=target)
+
+
+@dataclass(frozen=True)
+class Position:
+    """Where a table's build stands in raw.events: a snapshot and the writer offsets it holds."""
+
+    snapshot_id: int | None
+    offsets: dict[int, int] | None  # log partition -> next offset; None: unknown (older release, no writer)
+
+    @staticmethod
+    def of(table: Table) -> Position:
+        sid = newest_property(table, RAW_SNAPSHOT_PROP)
+        offs = newest_property(table, RAW_OFFSETS_PROP)
+        return Position(int(sid) if sid else None,
+                        {int(k): int(v) for k, v in msgspec.json.decode(offs).items()} if offs else None)
+
+    def props(self) -> dict[str, str]:
+        if self.snapshot_id is None:
+            return {}  # nothing in raw yet
+        out = {RAW_SNAPSHOT_PROP: str(self.snapshot_id)}
+        if self.offsets is not None:
+            out[RAW_OFFSETS_PROP] = msgspec.json.encode({str(k): v for k, v in sorted(self.offsets.items())}).decode()
+        return out
+
+    def __hash__(self) -> int:
+        return hash((self.snapshot_id, None if self.offsets is None else tuple(sorted(self.offsets.items()))))
+
+    def follows(self, older: Position) -> bool:
+        """Whether rows past ``older``'s offsets are exactly what this position added (no log reset)."""
+        if self.offsets is None or older.offsets is None:
+            return False
+        return all(self.offsets.get(p, -1) >= o for p, o in older.offsets.items())
+
+
+def raw_position(raw: Table) -> Position:
+    """The current raw snapshot and the writer offsets its rows reach."""
+    snap = raw.current_snapshot()
+    text = newest_property(raw, OFFSETS_PROP)
+    offsets = None
+    if text:
+        by_topic = decode_offsets(text)
+        offsets = {}
+        for (_topic, p), o in by_topic.items():
+            offsets[p] = max(o, offsets.get(p, 0))
+    return Position(snap.snapshot_id if snap else None, offsets)
 
 
 class Etl:
@@ -96,7 +158,7 @@ class Etl:
             out[name] = ensure_table(self.catalog, name)  # evolves the schema when the definition grew
         return out
 
-    # -- which days changed ------------------------------------------------------
+    # -- which days changed (first run, --full, or a table behind the others) ---------------
     def _affected_days(self, raw: Table, since: int | None, full: bool) -> list[date]:
         snap = raw.current_snapshot()
         assert snap is not None
@@ -110,18 +172,9 @@ class Etl:
             return []
         con = duckdb.connect(":memory:")
         try:
-            files = [p[len("file://"):] if p.startswith("file://") else p for p in new]
-            if self.sql.warehouse is None:
-                # remote storage: read the new files through pyiceberg's FileIO
-                import pyarrow.dataset as ds
-
-                fs = raw.io.fs_by_scheme(*_scheme_netloc(new[0]))  # type: ignore[attr-defined]
-                con.register("newf", ds.dataset([_strip_scheme(p) for p in new], filesystem=fs, format="parquet"))
-                src = "newf"
-            else:
-                src = "read_parquet([" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "])"
+            increments.files_view(con, "newf", raw, new, self.sql.warehouse is None)
             rows = con.execute(
-                f"SELECT DISTINCT event_date FROM {src} UNION SELECT DISTINCT CAST(received_at AS DATE) FROM {src}"
+                "SELECT DISTINCT event_date FROM newf UNION SELECT DISTINCT CAST(received_at AS DATE) FROM newf"
             ).fetchall()
         finally:
             con.close()
@@ -133,65 +186,102 @@ class Etl:
         rep = EtlReport()
         raw = ensure_table(self.catalog, "raw.events")
         tables = self._tables()
-        snap = raw.current_snapshot()
-        rep.raw_snapshot = snap.snapshot_id if snap else None
-        if snap is not None:
-            self._run_daily(raw, snap.snapshot_id, tables, full, rep)
-        self._run_whole(raw, rep.raw_snapshot, tables, rep)
+        now = raw_position(raw)
+        rep.raw_snapshot = now.snapshot_id
+        with increments.Session(self.settings, raw, now, self.sql.warehouse is None) as session:
+            if now.snapshot_id is not None:
+                self._run_daily(session, tables, full, rep)
+            self._run_whole(session, tables, full, rep)
         rep.seconds = time.perf_counter() - started
         metrics.ETL_RUNS.labels("ok").inc()
         return rep
 
-    def _run_daily(self, raw: Table, raw_sid: int, tables: dict[str, Table], full: bool, rep: EtlReport) -> None:
-        # tables remembering the same raw snapshot share one pass
-        groups: dict[int | None, list[str]] = {}
+    def _run_daily(self, session: increments.Session, tables: dict[str, Table], full: bool, rep: EtlReport) -> None:
+        now = session.now
+        # tables remembering the same raw position share one pass
+        groups: dict[Position, list[str]] = {}
         for name in DAILY:
-            seen = newest_property(tables[name], RAW_SNAPSHOT_PROP)
-            last = int(seen) if seen else None
-            if last == raw_sid and not full:
+            pos = Position.of(tables[name])
+            if pos.snapshot_id == now.snapshot_id and not full:
                 rep.tables[name] = "unchanged"
                 continue
-            groups.setdefault(last, []).append(name)
-        for last, names in groups.items():
-            days = self._affected_days(raw, last, full)
+            groups.setdefault(pos, []).append(name)
+        for since, names in groups.items():
+            if not full and len(names) == len(DAILY) and now.follows(since):
+                delta = increments.daily_delta(session, since, tables)
+                rep.new_events = delta.new_rows
+                rep.days = sorted({*rep.days, *(d.isoformat() for d in delta.days | delta.dirty)})
+                rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in delta.dirty)})
+                built = self._build_days(session, sorted(delta.dirty), names) if delta.dirty else {}
+                for name in names:
+                    data, replace = delta.outputs.get(name, (None, set()))
+                    self._commit(tables[name], built.get(name), data, replace | delta.dirty, session, rep)
+                continue
+            # a table behind the others, the first run, --full, or raw written without offsets
+            days = set(self._affected_days(session.raw, since.snapshot_id, full))
+            old_horizon = increments.horizon_of(tables["analytics.device_daily"])
+            if old_horizon is not None and not full:
+                days |= session.days_since(old_horizon)  # their uptime counts up to the new horizon
             rep.days = sorted({*rep.days, *(d.isoformat() for d in days)})
-            self._build_days(raw_sid, days, names, tables, rep)
+            rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in days)})
+            built = self._build_days(session, sorted(days), names)
+            for name in names:
+                self._commit(tables[name], built.get(name), None, days, session, rep)
 
-    def _build_days(self, raw_sid: int, days: list[date], names: list[str], tables: dict[str, Table], rep: EtlReport) -> None:
-        con, _ = self.sql.connect(["raw.events"], lock=False, pins={"raw.events": raw_sid})
-        props = {RAW_SNAPSHOT_PROP: str(raw_sid)}
+    def _build_days(self, session: increments.Session, days: list[date], names: list[str]) -> dict[str, pa.Table]:
+        """The rows of ``days`` for tables ``names``, recomputed from all of raw."""
+        if not days:
+            return {}
+        con, _ = self.sql.connect(["raw.events"], lock=False, pins={"raw.events": session.now.snapshot_id})
         try:
             con.register("affected_arrow", pa.table({"d": pa.array(days, pa.date32())}))
             con.execute("CREATE TEMP TABLE affected AS SELECT d FROM affected_arrow")
+            con.register("horizon_arrow", session.horizon_table())
+            con.execute("CREATE TEMP TABLE horizon AS SELECT newest FROM horizon_arrow")
             con.execute(transforms.ev_view(self.settings.lake.max_clock_skew_s))
             # transactions feed device_daily: compute them once even if only device_daily is stale
             tx = con.sql(transforms.TRANSACTIONS).to_arrow_table()
             con.register("tx_new", tx)
-            for name in names:
-                out = tx if name == "analytics.transactions" else con.sql(DAILY[name]).to_arrow_table()
-                table = tables[name]
-                data = _conform(out, table)
-                day_filter = In("event_date", days) if days else AlwaysTrue()
-                if days:
-                    with warnings.catch_warnings():
-                        # a day with no rows yet is the normal case for an incremental overwrite
-                        warnings.simplefilter("ignore", UserWarning)
-                        table.overwrite(data, overwrite_filter=day_filter, snapshot_properties=props)
-                else:
-                    # nothing new but the raw snapshot moved (maintenance): just remember it
-                    table.append(data.slice(0, 0), snapshot_properties=props)
-                rep.tables[name] = f"{data.num_rows} rows over {len(days)} day(s)"
+            return {name: (tx if name == "analytics.transactions" else con.sql(DAILY[name]).to_arrow_table())
+                    for name in names}
         finally:
             con.close()
 
-    def _run_whole(self, raw: Table, raw_sid: int | None, tables: dict[str, Table], rep: EtlReport) -> None:
+    def _commit(self, table: Table, rebuilt: pa.Table | None, delta: pa.Table | None, replace: set[date],
+                session: increments.Session, rep: EtlReport) -> None:
+        """One commit: the days in ``replace`` are replaced, rows are added, the raw position is remembered."""
+        parts = [conform(t, table) for t in (rebuilt, delta) if t is not None]
+        data = pa.concat_tables(parts) if parts else conform(pa.table({}), table)
+        props = {**session.now.props(), HORIZON_PROP: str(session.horizon_us())}
+        if replace:
+            with warnings.catch_warnings():
+                # a day with no rows yet is the normal case for an incremental overwrite
+                warnings.simplefilter("ignore", UserWarning)
+                table.overwrite(data, overwrite_filter=In("event_date", sorted(replace)), snapshot_properties=props)
+        else:
+            # rows added, or nothing new but the raw snapshot moved (maintenance): remember it
+            table.append(data, snapshot_properties=props)
+        name = ".".join(table.name()[-2:])
+        rep.tables[name] = f"{data.num_rows} rows" + (f" over {len(replace)} day(s)" if replace else " added")
+
+    def _run_whole(self, session: increments.Session, tables: dict[str, Table], full: bool, rep: EtlReport) -> None:
         """Outputs recomputed whole and committed only when their content changed."""
+        raw_sid = session.now.snapshot_id
         outs: dict[str, pa.Table] = {"analytics.incidents": self._incidents()}
-        names = ["raw.events", "analytics.inventory", "analytics.transactions"]
+        names = ["analytics.inventory", "analytics.transactions"]
+        dim = tables["analytics.dim_devices"]
+        dim_pos = Position.of(dim)
+        if full or (dim_pos.snapshot_id != raw_sid and not session.now.follows(dim_pos)):
+            names.append("raw.events")  # counted whole: first run, --full, or an older release's table
         con, _ = self.sql.connect(names, lock=False, pins={"raw.events": raw_sid})
         try:
             outs["analytics.stockouts"] = con.sql(transforms.STOCKOUTS).to_arrow_table()
-            seen = con.sql(transforms.DEVICE_SEEN).to_arrow_table()
+            if "raw.events" in names:
+                seen = con.sql(transforms.DEVICE_SEEN).to_arrow_table()
+            elif dim_pos.snapshot_id == raw_sid:
+                seen = increments.seen_of(dim)  # raw unchanged: the registry may still have changed
+            else:
+                seen = increments.seen_fold(session, dim_pos, dim)
             outs["analytics.dim_devices"] = self._devices(seen)
             con.register("dim_devices", outs["analytics.dim_devices"])
             outs["analytics.dim_sites"] = con.sql(
@@ -203,14 +293,17 @@ class Etl:
             con.close()
         for name, out in outs.items():
             table = tables[name]
-            data = _conform(out, table)
+            data = conform(out, table)
             digest = content_hash(data)
+            props = {HASH_PROP: digest}
+            if name == "analytics.dim_devices":
+                props.update(session.now.props())  # what the device counters have folded in
             if newest_property(table, HASH_PROP) == digest:
                 rep.tables[name] = "unchanged"
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                table.overwrite(data, snapshot_properties={HASH_PROP: digest})
+                table.overwrite(data, snapshot_properties=props)
             rep.tables[name] = f"{data.num_rows} rows"
 
     def _incidents(self) -> pa.Table:
@@ -254,6 +347,7 @@ class Etl:
                 "firmware_version": s.get("firmware_version"),
                 "first_seen_at": s.get("first_seen_at"), "last_seen_at": s.get("last_seen_at"),
                 "events": s.get("events", 0),
+                "reported_site_id": s.get("site_id"), "firmware_reported_at": s.get("firmware_reported_at"),
             })
         return pa.Table.from_pylist(rows, schema=schemas.DIM_DEVICES.arrow_schema())
 
@@ -269,16 +363,6 @@ def _ts(v: Any) -> datetime | None:
     return datetime.fromisoformat(str(v).replace("Z", "+00:00"))
 
 
-def _scheme_netloc(uri: str) -> tuple[str, str]:
-    scheme, _, rest = uri.partition("://")
-    return scheme, rest.split("/", 1)[0]
-
-
-def _strip_scheme(uri: str) -> str:
-    return uri.partition("://")[2] if "://" in uri else uri
-
-
 def run_etl(settings: Settings, state: Any = None, full: bool = False) -> EtlReport:
     """Run the ETL once (``vendwatch etl run``)."""
     return Etl(settings, state=state).run(full=full)
-
