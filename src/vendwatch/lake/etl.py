@@ -35,7 +35,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import In
+from pyiceberg.expressions import GreaterThanOrEqual, In
 from pyiceberg.table import Table
 
 from vendwatch.config import Settings
@@ -151,6 +151,8 @@ class Etl:
         self.catalog = catalog or open_catalog(settings)
         self.state = state
         self.sql = LakeSQL(settings, self.catalog)
+        # the inventory rows this run added incrementally, and the raw position they follow
+        self._inventory_delta: tuple[Position, pa.Table] | None = None
 
     def _tables(self) -> dict[str, Table]:
         out = {}
@@ -213,6 +215,9 @@ class Etl:
                 rep.days = sorted({*rep.days, *(d.isoformat() for d in delta.days | delta.dirty)})
                 rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in delta.dirty)})
                 built = self._build_days(session, sorted(delta.dirty), names) if delta.dirty else {}
+                if not delta.dirty:
+                    new_inv = delta.outputs.get("analytics.inventory", (pa.table({}), set()))[0]
+                    self._inventory_delta = (since, conform(new_inv, tables["analytics.inventory"]))
                 for name in names:
                     data, replace = delta.outputs.get(name, (None, set()))
                     self._commit(tables[name], built.get(name), data, replace | delta.dirty, session, rep)
@@ -265,20 +270,25 @@ class Etl:
         rep.tables[name] = f"{data.num_rows} rows" + (f" over {len(replace)} day(s)" if replace else " added")
 
     def _run_whole(self, session: increments.Session, tables: dict[str, Table], full: bool, rep: EtlReport) -> None:
-        """Outputs recomputed whole and committed only when their content changed."""
-        raw_sid = session.now.snapshot_id
+        """Whole-table outputs: the device counters and stock-outs fold what is new when they
+        can; the rest is recomputed and committed only when its content changed."""
+        now = session.now
         outs: dict[str, pa.Table] = {"analytics.incidents": self._incidents()}
         names = ["analytics.inventory", "analytics.transactions"]
-        dim = tables["analytics.dim_devices"]
-        dim_pos = Position.of(dim)
-        if full or (dim_pos.snapshot_id != raw_sid and not session.now.follows(dim_pos)):
+        dim, so = tables["analytics.dim_devices"], tables["analytics.stockouts"]
+        dim_pos, so_pos = Position.of(dim), Position.of(so)
+        if full or (dim_pos.snapshot_id != now.snapshot_id and not now.follows(dim_pos)):
             names.append("raw.events")  # counted whole: first run, --full, or an older release's table
-        con, _ = self.sql.connect(names, lock=False, pins={"raw.events": raw_sid})
+        inv = self._inventory_delta
+        so_fold = not full and inv is not None and inv[0] == so_pos
+        so_current = not full and so_pos.snapshot_id == now.snapshot_id and now.snapshot_id is not None
+        con, _ = self.sql.connect(names, lock=False, pins={"raw.events": now.snapshot_id})
         try:
-            outs["analytics.stockouts"] = con.sql(transforms.STOCKOUTS).to_arrow_table()
+            if not (so_fold or so_current):
+                outs["analytics.stockouts"] = con.sql(transforms.STOCKOUTS).to_arrow_table()
             if "raw.events" in names:
                 seen = con.sql(transforms.DEVICE_SEEN).to_arrow_table()
-            elif dim_pos.snapshot_id == raw_sid:
+            elif dim_pos.snapshot_id == now.snapshot_id:
                 seen = increments.seen_of(dim)  # raw unchanged: the registry may still have changed
             else:
                 seen = increments.seen_fold(session, dim_pos, dim)
@@ -291,20 +301,42 @@ class Etl:
             outs["analytics.dim_products"] = con.sql(transforms.DIM_PRODUCTS).to_arrow_table()
         finally:
             con.close()
+        if so_current:
+            rep.tables["analytics.stockouts"] = "unchanged"
+        elif so_fold:
+            assert inv is not None
+            self._fold_stockouts(session, so, tables["analytics.inventory"], inv[1], rep)
+        positioned = {"analytics.dim_devices", "analytics.stockouts"}  # they fold from a raw position
         for name, out in outs.items():
             table = tables[name]
             data = conform(out, table)
             digest = content_hash(data)
-            props = {HASH_PROP: digest}
-            if name == "analytics.dim_devices":
-                props.update(session.now.props())  # what the device counters have folded in
+            props = {HASH_PROP: digest, **(now.props() if name in positioned else {})}
             if newest_property(table, HASH_PROP) == digest:
+                if name in positioned and Position.of(table) != now and props.keys() - {HASH_PROP}:
+                    table.append(data.slice(0, 0), snapshot_properties=props)  # same rows, newer position
                 rep.tables[name] = "unchanged"
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
                 table.overwrite(data, snapshot_properties=props)
             rep.tables[name] = f"{data.num_rows} rows"
+
+    def _fold_stockouts(self, session: increments.Session, so: Table, inventory: Table, new_inv: pa.Table,
+                        rep: EtlReport) -> None:
+        # no content hash: the next whole recompute must not mistake an older hash for this content
+        props = {HASH_PROP: "folded", **session.now.props()}
+        res = increments.stockouts_delta(session, so, inventory, new_inv)
+        if res is None:
+            so.append(conform(pa.table({}), so), snapshot_properties=props)
+            rep.tables["analytics.stockouts"] = "0 rows added"
+            return
+        rows, first_day = res
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            so.overwrite(conform(rows, so), overwrite_filter=GreaterThanOrEqual("event_date", first_day.isoformat()),
+                         snapshot_properties=props)
+        rep.tables["analytics.stockouts"] = f"{rows.num_rows} rows from {first_day.isoformat()}"
 
     def _incidents(self) -> pa.Table:
         fn = load(INCIDENT_ROWS)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyiceberg.expressions import In
+from pyiceberg.expressions import BooleanExpression, GreaterThanOrEqual, In, IsNull, Or
 from pyiceberg.table import Table
 
 from vendwatch.config import Settings
@@ -143,9 +143,13 @@ class Session:
 
     def table_days_view(self, name: str, table: Table, days: set[date]) -> None:
         """Data files of a day-partitioned analytics table holding ``days``."""
+        self.table_view(name, table, In("event_date", sorted(days)) if days else None)
+
+    def table_view(self, name: str, table: Table, row_filter: BooleanExpression | None) -> None:
+        """Data files of ``table`` that may hold rows matching ``row_filter`` (None: no file)."""
         snap = table.current_snapshot()
-        paths = [] if snap is None or not days else [
-            t.file.file_path for t in table.scan(snapshot_id=snap.snapshot_id, row_filter=In("event_date", sorted(days))).plan_files()]
+        paths = [] if snap is None or row_filter is None else [
+            t.file.file_path for t in table.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()]
         files_view(self.con, name, table, paths, self.remote)
 
     # -- the newest receipt ------------------------------------------------------------
@@ -299,3 +303,39 @@ def seen_fold(session: Session, since: Position, dim: Table) -> pa.Table:
         return session.con.sql(transforms.DEVICE_SEEN_FOLD).to_arrow_table()
     finally:
         session.con.unregister("prev")
+
+
+def stockouts_delta(session: Session, stockouts: Table, inventory: Table, new_inv: pa.Table) -> tuple[pa.Table, date] | None:
+    """Stock-out intervals from the first day a new slot observation can change, given the
+    observations just added to analytics.inventory; None when nothing is touched.
+
+    For each touched slot, intervals that ended before its earliest new observation stay
+    as stored. The slot is re-derived from the start of the interval it was in at that
+    moment (if it was out of stock then), else from the new observation itself."""
+    con = session.con
+    if new_inv.num_rows == 0:
+        return None
+    con.register("new_inv", new_inv.select(["device_id", "slot", "observed_at"]))
+    con.execute("CREATE OR REPLACE TEMP TABLE touched AS"
+                " SELECT device_id, slot, min(observed_at) AS t_new FROM new_inv GROUP BY 1, 2")
+    con.unregister("new_inv")
+    (t_min,) = con.execute("SELECT min(t_new) FROM touched").fetchone()  # type: ignore[misc]
+    session.table_view("so_open", stockouts, Or(IsNull("ended_at"), GreaterThanOrEqual("ended_at", t_min.isoformat())))
+    con.execute("""CREATE OR REPLACE TEMP TABLE cuts AS
+        SELECT t.device_id, t.slot, coalesce(max(s.started_at) FILTER (
+                   WHERE s.started_at < t.t_new AND (s.ended_at IS NULL OR s.ended_at >= t.t_new)), t.t_new) AS cut
+        FROM touched t LEFT JOIN so_open s ON s.device_id = t.device_id AND s.slot = t.slot
+        GROUP BY t.device_id, t.slot, t.t_new""")
+    (cut,) = con.execute("SELECT min(cut) FROM cuts").fetchone()  # type: ignore[misc]
+    first_day = cut.date() if cut.tzinfo is None else cut.astimezone(UTC).date()
+    session.table_view("inv_window", inventory, GreaterThanOrEqual("observed_at", cut.isoformat()))
+    con.execute("""CREATE OR REPLACE TEMP VIEW obs AS SELECT i.* FROM inv_window i
+        JOIN cuts c ON c.device_id = i.device_id AND c.slot = i.slot WHERE i.observed_at >= c.cut""")
+    session.table_view("so_days", stockouts, GreaterThanOrEqual("event_date", first_day.isoformat()))
+    rows = con.sql(f"""
+        SELECT s.* FROM so_days s LEFT JOIN cuts c ON c.device_id = s.device_id AND c.slot = s.slot
+        WHERE s.event_date >= DATE '{first_day.isoformat()}' AND (c.cut IS NULL OR s.started_at < c.cut)
+        UNION ALL BY NAME
+        SELECT * FROM ({transforms.stockouts("obs")})
+    """).to_arrow_table()
+    return rows, first_day

@@ -194,11 +194,13 @@ WITH inv AS (
 SELECT * FROM rows WHERE slot IS NOT NULL AND count IS NOT NULL AND count >= 0
 """
 
-STOCKOUTS = """
+def stockouts(src: str) -> str:
+    """Stock-out intervals of the slot observations in ``src`` (each slot's observations, in order)."""
+    return f"""
 WITH s AS (
     SELECT *, count = 0 AS is_out,
         lag(count = 0) OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id) AS prev_out
-    FROM analytics.inventory
+    FROM {src}
 ), r AS (
     SELECT *, sum(CASE WHEN prev_out IS NULL OR is_out <> prev_out THEN 1 ELSE 0 END)
         OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id ROWS UNBOUNDED PRECEDING) AS run
@@ -214,6 +216,9 @@ SELECT device_id, site_id, slot, product_id, started_at, ended_at,
     epoch(ended_at) - epoch(started_at) AS duration_s, CAST(started_at AS DATE) AS event_date
 FROM x WHERE out
 """
+
+
+STOCKOUTS = stockouts("analytics.inventory")
 
 FAULTS = """
 SELECT event_id, device_id, site_id, event_time, day AS event_date,
