@@ -2,6 +2,7 @@
 
     python bench/etl.py                                   # 100k, 400k, 1.6M events
     python bench/etl.py --sizes 100000 --increments 3     # quick
+    python bench/etl.py --new 4000                        # the same increment for every size
 
 (from the documented install, ``pip install -e '.[dev,bench]'``).
 
@@ -10,7 +11,7 @@ For every size N, in a fresh data directory under the system's temp directory:
    writer's commit path (``commit_batch``: the writer's rows, files and log-offset
    summaries): 15 % on each of two past days, 70 % on "today" up to 18:00;
 2. runs the ETL once (the first run: everything);
-3. ``--increments`` times: appends ``--increment`` x N more events (the next five
+3. ``--increments`` times: appends ``--increment`` x N (or ``--new``) more events (the next five
    minutes of today; ``--late`` of them belong to the past days and arrive late) and
    times the incremental run the lake-jobs role would do next.
 Prints CPU seconds (the whole process, every thread) and wall seconds per run, and
@@ -93,7 +94,7 @@ def run_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, object]:
     cpu, wall, _ = _timed(lambda: run_etl(settings))
     res: dict[str, object] = {"events": n, "first_cpu_s": round(cpu, 2), "first_wall_s": round(wall, 2), "increments": []}
     print(f"N={n:>9,}: first run {cpu:6.2f} s CPU, {wall:6.2f} s wall", flush=True)
-    m = max(1, round(n * args.increment))
+    m = args.new or max(1, round(n * args.increment))
     for i in range(args.increments):
         t = _increment(i, m, args.late, args.devices, args.seed)
         _append(raw, t)
@@ -114,6 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="100000,400000,1600000", help="lake sizes N, comma-separated")
     ap.add_argument("--increment", type=float, default=0.01, help="new events per incremental run, as a share of N")
+    ap.add_argument("--new", type=int, default=0, help="new events per incremental run (instead of --increment)")
     ap.add_argument("--increments", type=int, default=2, help="incremental runs per size")
     ap.add_argument("--late", type=float, default=0.02, help="share of an increment that belongs to a past day")
     ap.add_argument("--devices", type=int, default=1000)
