@@ -133,7 +133,7 @@ def _rebuilt(tmp: Path, batches: list[list[dict[str, Any]]]) -> dict[str, list[t
     return _tables(s)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 2**32 - 1), batches=st.integers(2, 4), compact_between=st.booleans())
 def test_increments_equal_a_rebuild(tmp_path_factory: pytest.TempPathFactory, seed: int, batches: int,
                                     compact_between: bool) -> None:

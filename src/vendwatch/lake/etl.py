@@ -35,7 +35,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 from pyiceberg.catalog import Catalog
-from pyiceberg.expressions import GreaterThanOrEqual, In
+from pyiceberg.expressions import In
 from pyiceberg.table import Table
 
 from vendwatch.config import Settings
@@ -331,12 +331,15 @@ class Etl:
             so.append(conform(pa.table({}), so), snapshot_properties=props)
             rep.tables["analytics.stockouts"] = "0 rows added"
             return
-        rows, first_day = res
+        rows, days = res
+        if not days:
+            so.append(conform(pa.table({}), so), snapshot_properties=props)
+            rep.tables["analytics.stockouts"] = "unchanged rows"
+            return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            so.overwrite(conform(rows, so), overwrite_filter=GreaterThanOrEqual("event_date", first_day.isoformat()),
-                         snapshot_properties=props)
-        rep.tables["analytics.stockouts"] = f"{rows.num_rows} rows from {first_day.isoformat()}"
+            so.overwrite(conform(rows, so), overwrite_filter=In("event_date", sorted(days)), snapshot_properties=props)
+        rep.tables["analytics.stockouts"] = f"{rows.num_rows} rows over {len(days)} day(s)"
 
     def _incidents(self) -> pa.Table:
         fn = load(INCIDENT_ROWS)

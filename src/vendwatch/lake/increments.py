@@ -253,8 +253,12 @@ def daily_delta(session: Session, since: Position, tables: dict[str, Table]) -> 
     # transactions: a transaction id already counted that day keeps its row unless the new event is earlier
     con.execute(f"CREATE OR REPLACE TEMP TABLE tx_cand AS {transforms.TRANSACTIONS}")
     tx_days = {r[0] for r in con.execute("SELECT DISTINCT event_date FROM tx_cand").fetchall()}
-    session.table_days_view("old_tx", tables["analytics.transactions"], tx_days)
+    session.table_days_view("old_tx_days", tables["analytics.transactions"], tx_days)
     same = "o.device_id = c.device_id AND o.transaction_id = c.transaction_id AND o.event_date = c.event_date"
+    # the day's stored transactions are read once, for the candidates' keys only
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE old_tx AS
+        SELECT o.device_id, o.transaction_id, o.event_date, o.event_time, o.event_id FROM old_tx_days o
+        SEMI JOIN tx_cand c ON {same}""")
     lost = {r[0] for r in con.execute(f"""SELECT DISTINCT c.event_date FROM tx_cand c JOIN old_tx o ON {same}
         WHERE (c.event_time, c.event_id) < (o.event_time, o.event_id)""").fetchall()}
     if lost:
@@ -305,9 +309,10 @@ def seen_fold(session: Session, since: Position, dim: Table) -> pa.Table:
         session.con.unregister("prev")
 
 
-def stockouts_delta(session: Session, stockouts: Table, inventory: Table, new_inv: pa.Table) -> tuple[pa.Table, date] | None:
-    """Stock-out intervals from the first day a new slot observation can change, given the
-    observations just added to analytics.inventory; None when nothing is touched.
+def stockouts_delta(session: Session, stockouts: Table, inventory: Table,
+                    new_inv: pa.Table) -> tuple[pa.Table, set[date]] | None:
+    """The stock-out partitions that the observations just added to analytics.inventory
+    change, with their rows; None when nothing is touched.
 
     For each touched slot, intervals that ended before its earliest new observation stay
     as stored. The slot is re-derived from the start of the interval it was in at that
@@ -332,10 +337,16 @@ def stockouts_delta(session: Session, stockouts: Table, inventory: Table, new_in
     con.execute("""CREATE OR REPLACE TEMP VIEW obs AS SELECT i.* FROM inv_window i
         JOIN cuts c ON c.device_id = i.device_id AND c.slot = i.slot WHERE i.observed_at >= c.cut""")
     session.table_view("so_days", stockouts, GreaterThanOrEqual("event_date", first_day.isoformat()))
-    rows = con.sql(f"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE so_new AS SELECT * FROM ({transforms.stockouts('obs')})")
+    # the partitions that change: those of replaced intervals and of re-derived ones
+    con.execute("""CREATE OR REPLACE TEMP TABLE so_changed AS
+        SELECT DISTINCT s.event_date AS d FROM so_days s JOIN cuts c ON c.device_id = s.device_id AND c.slot = s.slot
+        WHERE s.started_at >= c.cut
+        UNION SELECT DISTINCT event_date FROM so_new""")
+    days = {r[0] for r in con.execute("SELECT d FROM so_changed").fetchall()}
+    rows = con.sql("""
         SELECT s.* FROM so_days s LEFT JOIN cuts c ON c.device_id = s.device_id AND c.slot = s.slot
-        WHERE s.event_date >= DATE '{first_day.isoformat()}' AND (c.cut IS NULL OR s.started_at < c.cut)
-        UNION ALL BY NAME
-        SELECT * FROM ({transforms.stockouts("obs")})
+        WHERE s.event_date IN (SELECT d FROM so_changed) AND (c.cut IS NULL OR s.started_at < c.cut)
+        UNION ALL BY NAME SELECT * FROM so_new
     """).to_arrow_table()
-    return rows, first_day
+    return rows, days
