@@ -186,3 +186,10 @@ def test_interrupted_run_is_repaired(tmp_path: Path, monkeypatch: pytest.MonkeyP
     _commit(raw, inc[2])
     run_etl(s)
     assert _tables(s) == _rebuilt(tmp_path / "b", inc)
+
+
+def test_days_rebuilt_a_few_at_a_time_equal_one_pass(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inc = _increments(5, 3)
+    whole = _rebuilt(tmp_path / "a", inc)
+    monkeypatch.setattr(etl_mod, "_CHUNK_ROWS", 1)  # one day per chunk
+    assert _rebuilt(tmp_path / "b", inc) == whole

@@ -51,6 +51,7 @@ RAW_SNAPSHOT_PROP = "vendwatch.etl.raw-snapshot"
 RAW_OFFSETS_PROP = "vendwatch.etl.raw-offsets"  # {"partition": next offset} of the raw snapshot built from
 HORIZON_PROP = "vendwatch.etl.horizon"  # newest received_at in raw (epoch µs): the newest day's uptime
 HASH_PROP = "vendwatch.etl.content-hash"
+_CHUNK_ROWS = 500_000  # raw rows per chunk of days rebuilt together (a few hundred MB in DuckDB)
 INCIDENT_ROWS = "vendwatch.incidents.export:incident_rows"
 
 # day-partitioned tables built per day, in dependency order
@@ -234,23 +235,33 @@ class Etl:
                 self._commit(tables[name], built.get(name), None, days, session, rep)
 
     def _build_days(self, session: increments.Session, days: list[date], names: list[str]) -> dict[str, pa.Table]:
-        """The rows of ``days`` for tables ``names``, recomputed from all of raw."""
+        """The rows of ``days`` for tables ``names``, recomputed from all of raw.
+
+        Days are built a few at a time (about ``_CHUNK_ROWS`` raw rows), each chunk from
+        the raw files of its occurred days (and of the later days whose events a clock far
+        ahead moves onto it); a chunk's deduplicated events are computed once for all tables."""
         if not days:
             return {}
-        con, _ = self.sql.connect(["raw.events"], lock=False, pins={"raw.events": session.now.snapshot_id})
+        con = session.connect()
+        out: dict[str, list[pa.Table]] = {name: [] for name in names}
         try:
-            con.register("affected_arrow", pa.table({"d": pa.array(days, pa.date32())}))
-            con.execute("CREATE TEMP TABLE affected AS SELECT d FROM affected_arrow")
             con.register("horizon_arrow", session.horizon_table())
             con.execute("CREATE TEMP TABLE horizon AS SELECT newest FROM horizon_arrow")
-            con.execute(transforms.ev_view(self.settings.lake.max_clock_skew_s))
-            # transactions feed device_daily: compute them once even if only device_daily is stale
-            tx = con.sql(transforms.TRANSACTIONS).to_arrow_table()
-            con.register("tx_new", tx)
-            return {name: (tx if name == "analytics.transactions" else con.sql(DAILY[name]).to_arrow_table())
-                    for name in names}
+            moved = session.moved_days(con, min(days))
+            for chunk in session.day_chunks(days, _CHUNK_ROWS):
+                session.raw_days_view("raw_chunk", set(chunk).union(*(moved.get(d, set()) for d in chunk)), con)
+                con.register("affected_arrow", pa.table({"d": pa.array(chunk, pa.date32())}))
+                con.execute("CREATE OR REPLACE TEMP TABLE affected AS SELECT d FROM affected_arrow")
+                con.execute(transforms.ev_view(self.settings.lake.max_clock_skew_s, materialize=True, src="raw_chunk"))
+                # transactions feed device_daily: compute them once even if only device_daily is stale
+                tx = con.sql(transforms.TRANSACTIONS).to_arrow_table()
+                con.register("tx_new", tx)
+                for name in names:
+                    out[name].append(tx if name == "analytics.transactions" else con.sql(DAILY[name]).to_arrow_table())
+                con.unregister("tx_new")
         finally:
             con.close()
+        return {name: pa.concat_tables(parts) for name, parts in out.items()}
 
     def _commit(self, table: Table, rebuilt: pa.Table | None, delta: pa.Table | None, replace: set[date],
                 session: increments.Session, rep: EtlReport) -> None:

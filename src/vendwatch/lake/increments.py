@@ -20,6 +20,7 @@ Exactly what a rebuild from raw gives (``tests/lake/test_etl_increments.py``):
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import TracebackType
@@ -90,15 +91,20 @@ class Session:
         self.now = now
         self.remote = remote
         self.skew_s = settings.lake.max_clock_skew_s
-        cfg = settings.lake
-        self.con = duckdb.connect(":memory:", config={
-            "threads": cfg.sql_threads, "memory_limit": cfg.sql_memory_limit,
-            "autoinstall_known_extensions": False, "autoload_known_extensions": False,
-        })
-        self.con.execute("SET TimeZone='UTC'")
+        self.con = self.connect()
         self._tasks: list[Any] | None = None
         self._new: dict[Position, str] = {}
         self._horizon: int | None = None
+
+    def connect(self) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection configured as the lake's SQL sessions are (threads, memory, UTC)."""
+        cfg = self.settings.lake
+        con = duckdb.connect(":memory:", config={
+            "threads": cfg.sql_threads, "memory_limit": cfg.sql_memory_limit,
+            "autoinstall_known_extensions": False, "autoload_known_extensions": False,
+        })
+        con.execute("SET TimeZone='UTC'")
+        return con
 
     def __enter__(self) -> Session:
         return self
@@ -135,11 +141,23 @@ class Session:
                                                      "o": pa.array(list(offs.values()), pa.int64())}))
         self.con.execute(f"CREATE OR REPLACE TEMP TABLE {name} AS SELECT * FROM {name}_arrow")
 
-    def raw_days_view(self, name: str, days: list[date]) -> None:
+    def raw_days_view(self, name: str, days: Iterable[date], con: duckdb.DuckDBPyConnection | None = None) -> None:
         """Raw files of the given occurred days (raw is partitioned by them)."""
         want = {(d - _EPOCH).days for d in days}
         paths = [t.file.file_path for t in self.raw_tasks() if _part_day(t) in want or _part_day(t) is None]
-        files_view(self.con, name, self.raw, paths, self.remote)
+        files_view(con or self.con, name, self.raw, paths, self.remote)
+
+    def moved_days(self, con: duckdb.DuckDBPyConnection, first: date) -> dict[date, set[date]]:
+        """Receipt day -> the later occurred days of events received that day (device clocks far
+        ahead: their event time becomes the receipt), for receipts from ``first`` on."""
+        start = (first - _EPOCH).days
+        paths = [t.file.file_path for t in self.raw_tasks() if (_part_day(t) or start + 1) > start]
+        files_view(con, "raw_later", self.raw, paths, self.remote)
+        out: dict[date, set[date]] = {}
+        for rd, ed in con.execute("""SELECT DISTINCT CAST(received_at AS DATE) AS rd, event_date FROM raw_later
+                                     WHERE event_date > CAST(received_at AS DATE)""").fetchall():
+            out.setdefault(rd, set()).add(ed)
+        return out
 
     def table_days_view(self, name: str, table: Table, days: set[date]) -> None:
         """Data files of a day-partitioned analytics table holding ``days``."""
@@ -151,6 +169,25 @@ class Session:
         paths = [] if snap is None or row_filter is None else [
             t.file.file_path for t in table.scan(snapshot_id=snap.snapshot_id, row_filter=row_filter).plan_files()]
         files_view(self.con, name, table, paths, self.remote)
+
+    def day_chunks(self, days: list[date], max_rows: int) -> list[list[date]]:
+        """Consecutive days grouped so that each group's raw rows (by occurred day) stay near ``max_rows``."""
+        rows: dict[int, int] = {}
+        for t in self.raw_tasks():
+            d = _part_day(t)
+            if d is not None:
+                rows[d] = rows.get(d, 0) + t.file.record_count
+        chunks: list[list[date]] = []
+        n = 0
+        for d in sorted(days):
+            size = rows.get((d - _EPOCH).days, 0)
+            if chunks and n + size <= max_rows:
+                chunks[-1].append(d)
+                n += size
+            else:
+                chunks.append([d])
+                n = size
+        return chunks
 
     # -- the newest receipt ------------------------------------------------------------
     def horizon_us(self) -> int:

@@ -27,19 +27,20 @@ def skew_columns(skew_s: float) -> str:
         CAST(CASE WHEN {ahead} THEN received_at ELSE occurred_at END AS DATE) AS day"""
 
 
-def ev_view(skew_s: float) -> str:
+def ev_view(skew_s: float, materialize: bool = False, src: str = "raw.events") -> str:
     """Deduplicated, skew-corrected raw events of the affected days (table ``affected(d)``).
 
     Every copy of an event whose first copy may land on an affected day is read: the
     events of the affected occurred days, and those received on an affected day (a
-    device clock far ahead is replaced by the collector's, which moves the event)."""
+    device clock far ahead is replaced by the collector's, which moves the event).
+    ``materialize``: a table, computed once for the queries that read it; ``src``: the raw rows."""
     return f"""
-    CREATE OR REPLACE TEMP VIEW ev AS
+    CREATE OR REPLACE TEMP {'TABLE' if materialize else 'VIEW'} ev AS
     WITH dates AS (
-        SELECT DISTINCT event_date FROM raw.events
+        SELECT DISTINCT event_date FROM {src}
         WHERE event_date IN (SELECT d FROM affected) OR CAST(received_at AS DATE) IN (SELECT d FROM affected)
     ), dedup AS (
-        SELECT * FROM raw.events WHERE event_date IN (SELECT event_date FROM dates)
+        SELECT * FROM {src} WHERE event_date IN (SELECT event_date FROM dates)
         QUALIFY row_number() OVER (PARTITION BY {EVENT_KEY} ORDER BY {FIRST_COPY}) = 1
     )
     SELECT *, {skew_columns(skew_s)}
