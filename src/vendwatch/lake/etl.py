@@ -7,17 +7,18 @@ offset is past the remembered one of its partition, wherever it lives now (maint
 compaction moves rows into new files; offsets do not move). A run reads only the new
 rows and folds them into the tables (``lake/increments.py``): row tables get the new
 events' rows, aggregate tables get the partitions the new events touch re-merged, the
-device dimension folds the new rows into its counters. A day is rebuilt whole from raw
-only when a new row changes what an earlier row meant (a second copy of an event
-received earlier than the first one, a transaction whose earlier retry was already
-counted), after an interrupted run, on the first run, and with ``--full``.
+device dimension folds the new rows into its counters, stock-outs re-derive the slots
+the new observations touch. A day is rebuilt whole from raw only when a new row changes
+what an earlier row meant (a copy of an event received before the copy that counted, a
+retry of a transaction earlier than the one counted that day), for tables an
+interrupted run left behind, on the first run, and with ``--full``.
 
 Crash-safe: every table's data and its remembered position land in one Iceberg
 commit; a run killed between two tables leaves each table consistent with what it
 remembers, and the next run rebuilds the lagging tables' days.
 
-Idempotent: a table already built from the current raw snapshot is skipped, and
-whole-table outputs (incidents, dimensions, stock-outs) are committed only when their
+Idempotent: a table already built from the current raw snapshot is skipped, and the
+other whole-table outputs (incidents, sites, products) are committed only when their
 content hash changed, so a second run commits nothing.
 """
 
@@ -187,6 +188,7 @@ class Etl:
     def run(self, full: bool = False) -> EtlReport:
         started = time.perf_counter()
         rep = EtlReport()
+        self._inventory_delta = None
         raw = ensure_table(self.catalog, "raw.events")
         tables = self._tables()
         now = raw_position(raw)
