@@ -7,8 +7,8 @@ offset is past the remembered one of its partition, wherever it lives now (maint
 compaction moves rows into new files; offsets do not move). A run reads only the new
 rows and folds them into the tables (``lake/increments.py``): row tables get the new
 events' rows, aggregate tables get the partitions the new events touch re-merged, the
-device dimension folds the new rows into its counters, stock-outs re-derive the slots
-the new observations touch. A day is rebuilt whole from raw only when a new row changes
+device dimension and the product-device table fold the new rows into their counters,
+stock-outs re-derive the slots the new observations touch. A day is rebuilt whole from raw only when a new row changes
 what an earlier row meant (a copy of an event received before the copy that counted, a
 retry of a transaction earlier than the one counted that day), for tables an
 interrupted run left behind, on the first run, and with ``--full``.
@@ -153,8 +153,8 @@ class Etl:
         self.catalog = catalog or open_catalog(settings)
         self.state = state
         self.sql = LakeSQL(settings, self.catalog)
-        # the inventory rows this run added incrementally, and the raw position they follow
-        self._inventory_delta: tuple[Position, pa.Table] | None = None
+        # the rows this run added incrementally (per table), and the raw position they follow
+        self._added: tuple[Position, dict[str, pa.Table]] | None = None
 
     def _tables(self) -> dict[str, Table]:
         out = {}
@@ -188,7 +188,7 @@ class Etl:
     def run(self, full: bool = False) -> EtlReport:
         started = time.perf_counter()
         rep = EtlReport()
-        self._inventory_delta = None
+        self._added = None
         raw = ensure_table(self.catalog, "raw.events")
         tables = self._tables()
         now = raw_position(raw)
@@ -219,8 +219,9 @@ class Etl:
                 rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in delta.dirty)})
                 built = self._build_days(session, sorted(delta.dirty), names) if delta.dirty else {}
                 if not delta.dirty:
-                    new_inv = delta.outputs.get("analytics.inventory", (pa.table({}), set()))[0]
-                    self._inventory_delta = (since, conform(new_inv, tables["analytics.inventory"]))
+                    self._added = (since, {n: conform(delta.outputs[n][0] if n in delta.outputs else pa.table({}),
+                                                      tables[n])
+                                           for n in ("analytics.inventory", "analytics.transactions")})
                 for name in names:
                     data, replace = delta.outputs.get(name, (None, set()))
                     self._commit(tables[name], built.get(name), data, replace | delta.dirty, session, rep)
@@ -287,14 +288,20 @@ class Etl:
         can; the rest is recomputed and committed only when its content changed."""
         now = session.now
         outs: dict[str, pa.Table] = {"analytics.incidents": self._incidents()}
-        names = ["analytics.inventory", "analytics.transactions"]
+        names: list[str] = []
         dim, so = tables["analytics.dim_devices"], tables["analytics.stockouts"]
         dim_pos, so_pos = Position.of(dim), Position.of(so)
         if full or (dim_pos.snapshot_id != now.snapshot_id and not now.follows(dim_pos)):
             names.append("raw.events")  # counted whole: first run, --full, or an older release's table
-        inv = self._inventory_delta
-        so_fold = not full and inv is not None and inv[0] == so_pos
+        added = self._added
+        so_fold = not full and added is not None and added[0] == so_pos
+        pd_table = tables["analytics.product_devices"]
+        pd_pos = Position.of(pd_table)
+        pd_fold = not full and added is not None and added[0] == pd_pos
         so_current = not full and so_pos.snapshot_id == now.snapshot_id and now.snapshot_id is not None
+        pd_current = not full and pd_pos.snapshot_id == now.snapshot_id and now.snapshot_id is not None
+        if not (so_fold or so_current) or not (pd_fold or pd_current):
+            names += ["analytics.inventory", "analytics.transactions"]  # recomputed over all of them
         con, _ = self.sql.connect(names, lock=False, pins={"raw.events": now.snapshot_id})
         try:
             if not (so_fold or so_current):
@@ -311,15 +318,25 @@ class Etl:
                 "SELECT site_id, count(*) AS devices, min(first_seen_at) AS first_seen_at,"
                 " max(last_seen_at) AS last_seen_at FROM dim_devices WHERE site_id IS NOT NULL GROUP BY 1"
             ).to_arrow_table()
+            if pd_current:
+                outs["analytics.product_devices"] = pd_table.scan().to_arrow()
+            elif pd_fold:
+                assert added is not None
+                outs["analytics.product_devices"] = increments.product_devices_fold(
+                    session, pd_table, added[1]["analytics.transactions"], added[1]["analytics.inventory"])
+            else:
+                outs["analytics.product_devices"] = con.sql(transforms.PRODUCT_DEVICES).to_arrow_table()
+            con.register("product_devices", outs["analytics.product_devices"])
             outs["analytics.dim_products"] = con.sql(transforms.DIM_PRODUCTS).to_arrow_table()
         finally:
             con.close()
         if so_current:
             rep.tables["analytics.stockouts"] = "unchanged"
         elif so_fold:
-            assert inv is not None
-            self._fold_stockouts(session, so, tables["analytics.inventory"], inv[1], rep)
-        positioned = {"analytics.dim_devices", "analytics.stockouts"}  # they fold from a raw position
+            assert added is not None
+            self._fold_stockouts(session, so, tables["analytics.inventory"], added[1]["analytics.inventory"], rep)
+        # they fold from a raw position
+        positioned = {"analytics.dim_devices", "analytics.stockouts", "analytics.product_devices"}
         for name, out in outs.items():
             table = tables[name]
             data = conform(out, table)

@@ -387,3 +387,16 @@ def stockouts_delta(session: Session, stockouts: Table, inventory: Table,
         UNION ALL BY NAME SELECT * FROM so_new
     """).to_arrow_table()
     return rows, days
+
+
+def product_devices_fold(session: Session, table: Table, new_tx: pa.Table, new_inv: pa.Table) -> pa.Table:
+    """analytics.product_devices with this run's new transactions and slot observations folded in."""
+    con = session.con
+    con.register("prev", table.scan().to_arrow())
+    con.register("new_tx", new_tx)
+    con.register("new_inv", new_inv)
+    try:
+        return con.sql(transforms.PRODUCT_DEVICES_FOLD).to_arrow_table()
+    finally:
+        for n in ("prev", "new_tx", "new_inv"):
+            con.unregister(n)

@@ -339,6 +339,27 @@ DIM_PRODUCTS = _table(
     "products seen in sales and inventory",
 )
 
+PRODUCT_DEVICES = _table(
+    "analytics.product_devices",
+    [
+        ("product_id", S, True),
+        ("device_id", S, True),
+        ("transactions", L, True),
+        ("first_sold_at", TS, False),
+        ("last_sold_at", TS, False),
+        # the latest sale with a valid price (by event time)
+        ("last_price_at", TS, False),
+        ("last_price_minor", L, False),
+        ("last_currency", S, False),
+        ("stock_observations", L, True),  # slot observations naming the product
+        ("first_stocked_at", TS, False),
+        ("last_stocked_at", TS, False),
+    ],
+    [],
+    _BASE_PROPS,
+    "which device sold or stocked which product, and when (dim_products sums it up)",
+)
+
 TABLES: dict[str, TableDef] = {
     t.name: t
     for t in (
@@ -355,6 +376,7 @@ TABLES: dict[str, TableDef] = {
         DIM_DEVICES,
         DIM_SITES,
         DIM_PRODUCTS,
+        PRODUCT_DEVICES,
     )
 }
 ANALYTICS = [n for n in TABLES if n.startswith("analytics.")]

@@ -334,20 +334,60 @@ SELECT device_id, max(site_id) AS site_id, min(first_seen_at) AS first_seen_at, 
 FROM u GROUP BY device_id
 """
 
-DIM_PRODUCTS = """
+def product_devices(tx: str, inv: str) -> str:
+    """Per product and device: sales from transaction rows ``tx``, slot observations from inventory rows ``inv``."""
+    return f"""
 WITH t AS (
-    SELECT product_id, arg_max(price_minor, event_time) AS last_price_minor, arg_max(currency, event_time) AS currency,
-        count(DISTINCT device_id) AS devices, count(*) AS transactions,
-        min(event_time) AS first_seen_at, max(event_time) AS last_seen_at
-    FROM analytics.transactions WHERE product_id IS NOT NULL GROUP BY 1
+    SELECT product_id, device_id, count(*) AS transactions, min(event_time) AS first_sold_at,
+        max(event_time) AS last_sold_at,
+        max(CASE WHEN price_minor IS NOT NULL THEN {{'t': event_time, 'p': price_minor, 'c': currency}} END) AS price
+    FROM {tx} WHERE product_id IS NOT NULL GROUP BY 1, 2
 ), i AS (
-    SELECT product_id, count(DISTINCT device_id) AS devices, min(observed_at) AS first_seen_at, max(observed_at) AS last_seen_at
-    FROM analytics.inventory WHERE product_id IS NOT NULL GROUP BY 1
+    SELECT product_id, device_id, count(*) AS stock_observations, min(observed_at) AS first_stocked_at,
+        max(observed_at) AS last_stocked_at
+    FROM {inv} WHERE product_id IS NOT NULL GROUP BY 1, 2
 )
-SELECT coalesce(t.product_id, i.product_id) AS product_id, t.last_price_minor, t.currency,
-    greatest(coalesce(t.devices, 0), coalesce(i.devices, 0)) AS devices, coalesce(t.transactions, 0) AS transactions,
-    least(t.first_seen_at, i.first_seen_at) AS first_seen_at, greatest(t.last_seen_at, i.last_seen_at) AS last_seen_at
-FROM t FULL OUTER JOIN i ON t.product_id = i.product_id
+SELECT coalesce(t.product_id, i.product_id) AS product_id, coalesce(t.device_id, i.device_id) AS device_id,
+    coalesce(t.transactions, 0) AS transactions, t.first_sold_at, t.last_sold_at,
+    t.price.t AS last_price_at, t.price.p AS last_price_minor, t.price.c AS last_currency,
+    coalesce(i.stock_observations, 0) AS stock_observations, i.first_stocked_at, i.last_stocked_at
+FROM t FULL OUTER JOIN i ON t.product_id = i.product_id AND t.device_id = i.device_id
+"""
+
+
+PRODUCT_DEVICES = product_devices("analytics.transactions", "analytics.inventory")
+
+# stored rows (``prev``) with the rows of new transactions and observations (``new_tx``, ``new_inv``) folded in
+PRODUCT_DEVICES_FOLD = f"""
+WITH u AS (
+    SELECT * FROM prev
+    UNION ALL BY NAME SELECT * FROM ({product_devices('new_tx', 'new_inv')})
+)
+SELECT product_id, device_id, sum(transactions) AS transactions, min(first_sold_at) AS first_sold_at,
+    max(last_sold_at) AS last_sold_at,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).t
+        AS last_price_at,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).p
+        AS last_price_minor,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).c
+        AS last_currency,
+    sum(stock_observations) AS stock_observations, min(first_stocked_at) AS first_stocked_at,
+    max(last_stocked_at) AS last_stocked_at
+FROM u GROUP BY product_id, device_id
+"""
+
+# one row per product, from analytics.product_devices rows (``product_devices``)
+DIM_PRODUCTS = """
+SELECT product_id,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {'t': last_price_at, 'p': last_price_minor, 'c': last_currency} END).p
+        AS last_price_minor,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {'t': last_price_at, 'p': last_price_minor, 'c': last_currency} END).c
+        AS currency,
+    greatest(count(*) FILTER (WHERE transactions > 0), count(*) FILTER (WHERE stock_observations > 0)) AS devices,
+    sum(transactions) AS transactions,
+    least(min(first_sold_at), min(first_stocked_at)) AS first_seen_at,
+    greatest(max(last_sold_at), max(last_stocked_at)) AS last_seen_at
+FROM product_devices GROUP BY product_id
 """
 
 
