@@ -1,10 +1,12 @@
 """The ETL's incremental step: fold the raw rows that are new since a table's last build.
 
-Cost follows what is new, not the size of the day or of the lake: new rows are read
-from the raw files added since the remembered snapshot (filtered by log offset, so
-files rewritten by compaction add nothing), and the only earlier data read are
-narrow columns of the partitions the new rows touch (event ids of the same occurred
-days, the same days' transactions, the touched days of the two aggregate tables).
+Cost follows what is new, not the size of the lake: new rows are read from the raw
+files added since the remembered snapshot (filtered by log offset, so files rewritten
+by compaction add nothing); earlier data is read only in the partitions the new rows
+touch (narrow columns: event ids of the same occurred days, the same days' transaction
+ids, the touched days of the two aggregate tables, the touched slots' observations
+since the stock-out each was in), and the per-device and per-product counters are
+folded, not recounted.
 
 Exactly what a rebuild from raw gives (``tests/lake/test_etl_increments.py``):
 
