@@ -78,3 +78,32 @@ def test_a_failing_job_is_recorded_and_retried(tmp_path) -> None:
         assert etl.failures >= 2 and etl.last_error == "OSError: disk full" and etl.last_ok_at is None
     finally:
         ctx.close()
+
+
+def test_the_role_pays_the_etl_imports_at_start_not_in_its_first_run(tmp_path) -> None:
+    """The first scheduled ETL comes when the platform is busy: DuckDB, pyiceberg and the
+    catalog are loaded when the role starts instead."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import sys, threading
+        from vendwatch.config import load_settings
+        from vendwatch.lake.jobs import LakeJobs
+        from vendwatch.runtime import Context
+        ctx = Context(load_settings(overrides={{"data_dir": {str(tmp_path / "data")!r}, "lake.etl_interval_s": 3600}},
+                                    environ={{}}))
+        before = "vendwatch.lake.etl" in sys.modules or "pyiceberg.catalog" in sys.modules
+        stop = threading.Event()
+        jobs = LakeJobs(ctx)
+        t = threading.Thread(target=jobs.run, args=(stop,))
+        t.start()
+        stop.set()
+        t.join(60)
+        from vendwatch.lake import catalog
+        print(before, "vendwatch.lake.etl" in sys.modules, len(catalog._CATALOGS))
+        ctx.close()
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True", "1"], out.stderr[-2000:]

@@ -168,11 +168,11 @@ def etl() -> None:
 
 @etl.command("run")
 @data_dir_option
-@click.option("--full", is_flag=True, help="Recompute every day, not only the days with new raw data.")
+@click.option("--full", is_flag=True, help="Rebuild every day from all of raw, not only what is new.")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 @pass_env
 def etl_run(env: Env, full: bool, as_json: bool) -> None:
-    """Incremental, idempotent ETL: only days touched by new raw data are rebuilt; a re-run changes nothing."""
+    """Incremental, idempotent ETL: only raw rows new since the last run are folded in; a re-run changes nothing."""
     from vendwatch.lake.etl import run_etl
 
     ctx = env.context()
@@ -183,7 +183,9 @@ def etl_run(env: Env, full: bool, as_json: bool) -> None:
     if as_json:
         echo_json(rep.to_dict())
         return
-    click.echo(f"raw snapshot {rep.raw_snapshot}; days rebuilt: {len(rep.days)}; {rep.seconds:.2f}s")
+    new = "" if rep.new_events is None else f"new raw rows: {rep.new_events}; "
+    click.echo(f"raw snapshot {rep.raw_snapshot}; {new}days touched: {len(rep.days)}"
+               f" (rebuilt whole: {len(rep.rebuilt)}); {rep.seconds:.2f}s")
     table([{"table": k, "result": v} for k, v in rep.tables.items()], ["table", "result"])
 
 

@@ -156,6 +156,11 @@ TELEMETRY_HOURLY = _table(
         ("door_open_minutes", D, False),
         ("power_off_samples", L, True),
         ("rejected_values", L, True),  # impossible readings nulled by cleansing
+        # valid readings behind each average (weights to roll hours up; the ETL merges with them)
+        ("cabinet_temp_samples", L, False),
+        ("refrigeration_temp_samples", L, False),
+        ("voltage_samples", L, False),
+        ("door_samples", L, False),
     ],
     _DAY,
     _BASE_PROPS,
@@ -276,6 +281,8 @@ DEVICE_DAILY = _table(
         ("uptime_pct", D, True),
         ("first_event_at", TS, True),
         ("last_event_at", TS, True),
+        # 288 characters, one per 5-minute bucket of the day from 00:00 UTC: 1 = the device sent something
+        ("active_buckets", S, False),
     ],
     _DAY,
     _BASE_PROPS,
@@ -295,6 +302,8 @@ DIM_DEVICES = _table(
         ("first_seen_at", TS, False),
         ("last_seen_at", TS, False),
         ("events", L, True),
+        ("reported_site_id", S, False),  # the site its events carried (site_id: the registry's, else this)
+        ("firmware_reported_at", TS, False),  # device time of the report firmware_version comes from
     ],
     [],
     _BASE_PROPS,
@@ -330,6 +339,27 @@ DIM_PRODUCTS = _table(
     "products seen in sales and inventory",
 )
 
+PRODUCT_DEVICES = _table(
+    "analytics.product_devices",
+    [
+        ("product_id", S, True),
+        ("device_id", S, True),
+        ("transactions", L, True),
+        ("first_sold_at", TS, False),
+        ("last_sold_at", TS, False),
+        # the latest sale with a valid price (by event time)
+        ("last_price_at", TS, False),
+        ("last_price_minor", L, False),
+        ("last_currency", S, False),
+        ("stock_observations", L, True),  # slot observations naming the product
+        ("first_stocked_at", TS, False),
+        ("last_stocked_at", TS, False),
+    ],
+    [],
+    _BASE_PROPS,
+    "which device sold or stocked which product, and when (dim_products sums it up)",
+)
+
 TABLES: dict[str, TableDef] = {
     t.name: t
     for t in (
@@ -346,6 +376,7 @@ TABLES: dict[str, TableDef] = {
         DIM_DEVICES,
         DIM_SITES,
         DIM_PRODUCTS,
+        PRODUCT_DEVICES,
     )
 }
 ANALYTICS = [n for n in TABLES if n.startswith("analytics.")]

@@ -12,24 +12,38 @@ _EXP0 = ("JPY", "KRW", "CLP", "ISK", "VND", "XOF", "XAF", "UGX", "PYG", "RWF")
 _EXP3 = ("BHD", "KWD", "OMR", "JOD", "TND", "LYD", "IQD")
 
 
-def ev_view(skew_s: float) -> str:
-    """Deduplicated, skew-corrected raw events of the affected days (table ``affected(d)``)."""
+# an event is its device, its event id and its occurred day: copies of one event (a
+# retry, a second collector) share all three, so they sit in one raw partition
+EVENT_KEY = "device_id, event_id, event_date"
+# which copy of an event counts: the first received (then the log position)
+FIRST_COPY = "received_at, log_partition, log_offset"
+
+
+def skew_columns(skew_s: float) -> str:
+    """``clock_skewed``, ``event_time`` and ``day`` of a raw row (device clock ahead: collector time)."""
+    ahead = f"occurred_at > received_at + INTERVAL {float(skew_s)} SECOND"
+    return f"""{ahead} AS clock_skewed,
+        CASE WHEN {ahead} THEN received_at ELSE occurred_at END AS event_time,
+        CAST(CASE WHEN {ahead} THEN received_at ELSE occurred_at END AS DATE) AS day"""
+
+
+def ev_view(skew_s: float, materialize: bool = False, src: str = "raw.events") -> str:
+    """Deduplicated, skew-corrected raw events of the affected days (table ``affected(d)``).
+
+    Every copy of an event whose first copy may land on an affected day is read: the
+    events of the affected occurred days, and those received on an affected day (a
+    device clock far ahead is replaced by the collector's, which moves the event).
+    ``materialize``: a table, computed once for the queries that read it; ``src``: the raw rows."""
     return f"""
-    CREATE OR REPLACE TEMP VIEW ev AS
-    WITH src AS (
-        SELECT * FROM raw.events
-        WHERE event_date IN (SELECT d FROM affected)
-           OR CAST(received_at AS DATE) IN (SELECT d FROM affected)
+    CREATE OR REPLACE TEMP {'TABLE' if materialize else 'VIEW'} ev AS
+    WITH dates AS (
+        SELECT DISTINCT event_date FROM {src}
+        WHERE event_date IN (SELECT d FROM affected) OR CAST(received_at AS DATE) IN (SELECT d FROM affected)
     ), dedup AS (
-        SELECT * FROM src
-        QUALIFY row_number() OVER (PARTITION BY event_id ORDER BY received_at, log_partition, log_offset) = 1
+        SELECT * FROM {src} WHERE event_date IN (SELECT event_date FROM dates)
+        QUALIFY row_number() OVER (PARTITION BY {EVENT_KEY} ORDER BY {FIRST_COPY}) = 1
     )
-    SELECT *,
-        occurred_at > received_at + INTERVAL {float(skew_s)} SECOND AS clock_skewed,
-        CASE WHEN occurred_at > received_at + INTERVAL {float(skew_s)} SECOND
-             THEN received_at ELSE occurred_at END AS event_time,
-        CAST(CASE WHEN occurred_at > received_at + INTERVAL {float(skew_s)} SECOND
-             THEN received_at ELSE occurred_at END AS DATE) AS day
+    SELECT *, {skew_columns(skew_s)}
     FROM dedup
     """
 
@@ -63,8 +77,8 @@ SELECT event_id, coalesce(transaction_id, event_id) AS transaction_id, device_id
     currency, payment_method, payment_status, vend_status, failure_reason,
     coalesce(payment_status = 'success' AND vend_status = 'success', false) AS sold
 FROM t
--- a device retrying a sale with a fresh event id: one transaction id counts once
-QUALIFY row_number() OVER (PARTITION BY device_id, coalesce(transaction_id, event_id) ORDER BY event_time, event_id) = 1
+-- a device retrying a sale with a fresh event id: one transaction id counts once a day
+QUALIFY row_number() OVER (PARTITION BY device_id, coalesce(transaction_id, event_id), day ORDER BY event_time, event_id) = 1
 """
 
 
@@ -77,7 +91,8 @@ def _temp(name: str) -> str:
     return f"coalesce({_num(name + '_c')}, ({_num(name + '_f')} - 32) * 5 / 9)"
 
 
-TELEMETRY_HOURLY = f"""
+# per device-hour partial aggregates (sums and counts merge; averages do not)
+TELEMETRY_PARTS = f"""
 WITH t AS (
     SELECT device_id, site_id, event_time, day,
         {_temp('cabinet_temp')} AS cab_in,
@@ -92,6 +107,7 @@ WITH t AS (
         CASE WHEN cab_in BETWEEN -40 AND 85 THEN cab_in END AS cab,
         CASE WHEN ref_in BETWEEN -40 AND 85 THEN ref_in END AS ref,
         CASE WHEN volt_in BETWEEN 0 AND 400 THEN volt_in END AS volt,
+        CASE WHEN door_open THEN 1.0 WHEN door_open IS NOT NULL THEN 0.0 END AS door,
         (cab_in IS NOT NULL AND NOT cab_in BETWEEN -40 AND 85)::INT
           + (ref_in IS NOT NULL AND NOT ref_in BETWEEN -40 AND 85)::INT
           + (volt_in IS NOT NULL AND NOT volt_in BETWEEN 0 AND 400)::INT AS bad
@@ -99,14 +115,60 @@ WITH t AS (
 )
 SELECT device_id, max(site_id) AS site_id, date_trunc('hour', event_time) AS hour,
     CAST(date_trunc('hour', event_time) AS DATE) AS event_date, count(*) AS samples,
-    min(cab) AS cabinet_temp_min, max(cab) AS cabinet_temp_max, avg(cab) AS cabinet_temp_avg,
-    min(ref) AS refrigeration_temp_min, max(ref) AS refrigeration_temp_max, avg(ref) AS refrigeration_temp_avg,
-    min(volt) AS voltage_min, max(volt) AS voltage_max, avg(volt) AS voltage_avg,
-    -- share of samples with the door open, as minutes of the hour
-    60.0 * avg(CASE WHEN door_open THEN 1.0 WHEN door_open IS NOT NULL THEN 0.0 END) AS door_open_minutes,
+    min(cab) AS cabinet_temp_min, max(cab) AS cabinet_temp_max, sum(cab) AS cabinet_temp_sum, count(cab) AS cabinet_temp_samples,
+    min(ref) AS refrigeration_temp_min, max(ref) AS refrigeration_temp_max, sum(ref) AS refrigeration_temp_sum,
+    count(ref) AS refrigeration_temp_samples,
+    min(volt) AS voltage_min, max(volt) AS voltage_max, sum(volt) AS voltage_sum, count(volt) AS voltage_samples,
+    sum(door) AS door_open_sum, count(door) AS door_samples,
     count(*) FILTER (WHERE power_on = false) AS power_off_samples,
     coalesce(sum(bad), 0) AS rejected_values
 FROM c GROUP BY device_id, date_trunc('hour', event_time)
+"""
+
+
+def telemetry_final(parts: str) -> str:
+    """analytics.telemetry_hourly rows from partial aggregates in ``parts``."""
+    return f"""
+SELECT device_id, site_id, hour, event_date, samples,
+    cabinet_temp_min, cabinet_temp_max, cabinet_temp_sum / nullif(cabinet_temp_samples, 0) AS cabinet_temp_avg,
+    refrigeration_temp_min, refrigeration_temp_max,
+    refrigeration_temp_sum / nullif(refrigeration_temp_samples, 0) AS refrigeration_temp_avg,
+    voltage_min, voltage_max, voltage_sum / nullif(voltage_samples, 0) AS voltage_avg,
+    -- share of samples with the door open, as minutes of the hour
+    60.0 * door_open_sum / nullif(door_samples, 0) AS door_open_minutes,
+    power_off_samples, rejected_values,
+    cabinet_temp_samples, refrigeration_temp_samples, voltage_samples, door_samples
+FROM {parts}
+"""
+
+
+TELEMETRY_HOURLY = telemetry_final(f"({TELEMETRY_PARTS})")
+
+# analytics.telemetry_hourly rows back to partial aggregates (``old``), merged with new ones (``parts``)
+TELEMETRY_MERGE = telemetry_final("""(
+    WITH o AS (
+        SELECT device_id, site_id, hour, event_date, samples,
+            cabinet_temp_min, cabinet_temp_max, cabinet_temp_avg * cabinet_temp_samples AS cabinet_temp_sum,
+            cabinet_temp_samples,
+            refrigeration_temp_min, refrigeration_temp_max,
+            refrigeration_temp_avg * refrigeration_temp_samples AS refrigeration_temp_sum, refrigeration_temp_samples,
+            voltage_min, voltage_max, voltage_avg * voltage_samples AS voltage_sum, voltage_samples,
+            door_open_minutes / 60.0 * door_samples AS door_open_sum, door_samples, power_off_samples, rejected_values
+        FROM old WHERE (device_id, hour) IN (SELECT (device_id, hour) FROM parts)
+    ), u AS (SELECT * FROM o UNION ALL BY NAME SELECT * FROM parts)
+    SELECT device_id, max(site_id) AS site_id, hour, min(event_date) AS event_date, sum(samples) AS samples,
+        min(cabinet_temp_min) AS cabinet_temp_min, max(cabinet_temp_max) AS cabinet_temp_max,
+        sum(cabinet_temp_sum) AS cabinet_temp_sum, sum(cabinet_temp_samples) AS cabinet_temp_samples,
+        min(refrigeration_temp_min) AS refrigeration_temp_min, max(refrigeration_temp_max) AS refrigeration_temp_max,
+        sum(refrigeration_temp_sum) AS refrigeration_temp_sum, sum(refrigeration_temp_samples) AS refrigeration_temp_samples,
+        min(voltage_min) AS voltage_min, max(voltage_max) AS voltage_max,
+        sum(voltage_sum) AS voltage_sum, sum(voltage_samples) AS voltage_samples,
+        sum(door_open_sum) AS door_open_sum, sum(door_samples) AS door_samples,
+        sum(power_off_samples) AS power_off_samples, sum(rejected_values) AS rejected_values
+    FROM u GROUP BY device_id, hour
+)""") + """
+UNION ALL BY NAME
+SELECT * FROM old WHERE (device_id, hour) NOT IN (SELECT (device_id, hour) FROM parts)
 """
 
 _SLOT = '{"slot":"VARCHAR","product_id":"VARCHAR","count":"BIGINT","capacity":"BIGINT","count_after":"BIGINT"}'
@@ -133,11 +195,13 @@ WITH inv AS (
 SELECT * FROM rows WHERE slot IS NOT NULL AND count IS NOT NULL AND count >= 0
 """
 
-STOCKOUTS = """
+def stockouts(src: str) -> str:
+    """Stock-out intervals of the slot observations in ``src`` (each slot's observations, in order)."""
+    return f"""
 WITH s AS (
     SELECT *, count = 0 AS is_out,
         lag(count = 0) OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id) AS prev_out
-    FROM analytics.inventory
+    FROM {src}
 ), r AS (
     SELECT *, sum(CASE WHEN prev_out IS NULL OR is_out <> prev_out THEN 1 ELSE 0 END)
         OVER (PARTITION BY device_id, slot ORDER BY observed_at, event_id ROWS UNBOUNDED PRECEDING) AS run
@@ -153,6 +217,9 @@ SELECT device_id, site_id, slot, product_id, started_at, ended_at,
     epoch(ended_at) - epoch(started_at) AS duration_s, CAST(started_at AS DATE) AS event_date
 FROM x WHERE out
 """
+
+
+STOCKOUTS = stockouts("analytics.inventory")
 
 FAULTS = """
 SELECT event_id, device_id, site_id, event_time, day AS event_date,
@@ -176,15 +243,15 @@ FROM ev WHERE type = 'security' AND day IN (SELECT d FROM affected)
     AND json_extract_string(payload, '$.kind') IS NOT NULL
 """
 
-# uptime: share of 5-minute buckets of the day in which the device sent anything;
-# the newest day counts only the buckets up to the newest event seen in the lake
-DEVICE_DAILY = """
+# per device-day partial aggregates; the day's active 5-minute buckets as a bitstring
+DEVICE_DAILY_PARTS = """
 WITH d AS (
-    SELECT device_id, day, any_value(site_id) FILTER (WHERE site_id IS NOT NULL) AS site_id,
-        count(*) AS events,
+    SELECT device_id, day, max(site_id) AS site_id, count(*) AS events,
         count(*) FILTER (WHERE type = 'heartbeat') AS heartbeats,
-        count(DISTINCT floor(epoch(event_time) / 300)) AS buckets,
-        min(event_time) AS first_event_at, max(event_time) AS last_event_at
+        bitstring_agg(CAST(floor((epoch(event_time) - epoch(CAST(day AS TIMESTAMPTZ))) / 300) AS INTEGER), 0, 287)
+            AS active_buckets,
+        min(event_time) AS first_event_at, max(event_time) AS last_event_at,
+        count(*) FILTER (WHERE type = 'fault') AS faults, count(*) FILTER (WHERE type = 'security') AS security_events
     FROM ev WHERE day IN (SELECT d FROM affected) GROUP BY device_id, day
 ), tx AS (
     SELECT device_id, event_date AS day, count(*) AS transactions,
@@ -193,47 +260,134 @@ WITH d AS (
         count(*) FILTER (WHERE payment_status = 'success' AND vend_status = 'failure') AS failed_vends,
         count(*) FILTER (WHERE payment_status = 'failure') AS failed_payments
     FROM tx_new GROUP BY 1, 2
-), f AS (
-    SELECT device_id, day, count(*) FILTER (WHERE type = 'fault') AS faults,
-        count(*) FILTER (WHERE type = 'security') AS security_events
-    FROM ev WHERE type IN ('fault', 'security') AND day IN (SELECT d FROM affected) GROUP BY 1, 2
-), horizon AS (SELECT max(received_at) AS newest FROM raw.events)
+)
 SELECT d.device_id, d.site_id, d.day AS event_date, d.events, d.heartbeats,
     coalesce(tx.transactions, 0) AS transactions, coalesce(tx.sales, 0) AS sales,
     coalesce(tx.revenue_minor, 0) AS revenue_minor, coalesce(tx.failed_vends, 0) AS failed_vends,
-    coalesce(tx.failed_payments, 0) AS failed_payments, coalesce(f.faults, 0) AS faults,
-    coalesce(f.security_events, 0) AS security_events,
-    least(100.0, 100.0 * d.buckets / greatest(1.0, ceil(
-        (least(epoch(d.day + INTERVAL 1 DAY), epoch(h.newest)) - epoch(CAST(d.day AS TIMESTAMPTZ))) / 300.0))) AS uptime_pct,
-    d.first_event_at, d.last_event_at
-FROM d CROSS JOIN horizon h
-LEFT JOIN tx ON tx.device_id = d.device_id AND tx.day = d.day
-LEFT JOIN f ON f.device_id = d.device_id AND f.day = d.day
+    coalesce(tx.failed_payments, 0) AS failed_payments, d.faults, d.security_events,
+    d.active_buckets, d.first_event_at, d.last_event_at
+FROM d LEFT JOIN tx ON tx.device_id = d.device_id AND tx.day = d.day
 """
 
-DEVICE_SEEN = """
+
+def device_daily_final(parts: str) -> str:
+    """analytics.device_daily rows from partial aggregates; ``horizon(newest)`` is the newest receipt in raw.
+
+    uptime: share of the day's 5-minute buckets in which the device sent anything;
+    the newest day counts only the buckets up to the newest event seen in the lake."""
+    return f"""
+SELECT device_id, site_id, event_date, events, heartbeats, transactions, sales, revenue_minor, failed_vends,
+    failed_payments, faults, security_events,
+    least(100.0, 100.0 * bit_count(active_buckets) / greatest(1.0, ceil(
+        (least(epoch(event_date + INTERVAL 1 DAY), epoch(h.newest)) - epoch(CAST(event_date AS TIMESTAMPTZ))) / 300.0)))
+        AS uptime_pct,
+    first_event_at, last_event_at, CAST(active_buckets AS VARCHAR) AS active_buckets
+FROM {parts} CROSS JOIN horizon h
+"""
+
+
+DEVICE_DAILY = device_daily_final(f"({DEVICE_DAILY_PARTS})")
+
+# stored rows (``old``, the partitions being rewritten) merged with new partial aggregates (``parts``)
+DEVICE_DAILY_MERGE = device_daily_final("""(
+    WITH o AS (SELECT * REPLACE (CAST(active_buckets AS BIT) AS active_buckets) FROM old),
+    u AS (SELECT * FROM o UNION ALL BY NAME SELECT * FROM parts)
+    SELECT device_id, max(site_id) AS site_id, event_date, sum(events) AS events, sum(heartbeats) AS heartbeats,
+        sum(transactions) AS transactions, sum(sales) AS sales, sum(revenue_minor) AS revenue_minor,
+        sum(failed_vends) AS failed_vends, sum(failed_payments) AS failed_payments, sum(faults) AS faults,
+        sum(security_events) AS security_events, bit_or(active_buckets) AS active_buckets,
+        min(first_event_at) AS first_event_at, max(last_event_at) AS last_event_at
+    FROM u GROUP BY device_id, event_date
+)""")
+
+def device_seen(src: str) -> str:
+    """What the lake saw of each device in raw rows ``src`` (every copy counts: raw-level facts).
+
+    The firmware is the one reported last (by device clock; ties: the greater version)."""
+    return f"""
 SELECT device_id, max(site_id) AS site_id, min(received_at) AS first_seen_at, max(received_at) AS last_seen_at,
-    count(*) AS events,
-    arg_max(json_extract_string(payload, '$.firmware_version'), occurred_at)
-        FILTER (WHERE type IN ('heartbeat', 'config') AND json_extract_string(payload, '$.firmware_version') IS NOT NULL)
-        AS firmware_version
-FROM raw.events GROUP BY device_id
+    count(*) AS events, max(fw).v AS firmware_version, max(fw).at AS firmware_reported_at
+FROM (
+    SELECT device_id, site_id, received_at,
+        CASE WHEN type IN ('heartbeat', 'config') AND json_extract_string(payload, '$.firmware_version') IS NOT NULL
+             THEN {{'at': occurred_at, 'v': json_extract_string(payload, '$.firmware_version')}} END AS fw
+    FROM {src}
+) GROUP BY device_id
 """
 
-DIM_PRODUCTS = """
-WITH t AS (
-    SELECT product_id, arg_max(price_minor, event_time) AS last_price_minor, arg_max(currency, event_time) AS currency,
-        count(DISTINCT device_id) AS devices, count(*) AS transactions,
-        min(event_time) AS first_seen_at, max(event_time) AS last_seen_at
-    FROM analytics.transactions WHERE product_id IS NOT NULL GROUP BY 1
-), i AS (
-    SELECT product_id, count(DISTINCT device_id) AS devices, min(observed_at) AS first_seen_at, max(observed_at) AS last_seen_at
-    FROM analytics.inventory WHERE product_id IS NOT NULL GROUP BY 1
+
+DEVICE_SEEN = device_seen("raw.events")
+
+# the device counters of analytics.dim_devices (``prev``) with new raw rows folded in
+DEVICE_SEEN_FOLD = f"""
+WITH u AS (
+    SELECT device_id, reported_site_id AS site_id, first_seen_at, last_seen_at, events,
+        CASE WHEN firmware_version IS NOT NULL THEN {{'at': firmware_reported_at, 'v': firmware_version}} END AS fw
+    FROM prev WHERE events > 0
+    UNION ALL
+    SELECT device_id, site_id, first_seen_at, last_seen_at, events,
+        CASE WHEN firmware_version IS NOT NULL THEN {{'at': firmware_reported_at, 'v': firmware_version}} END
+    FROM ({device_seen('new_rows')})
 )
-SELECT coalesce(t.product_id, i.product_id) AS product_id, t.last_price_minor, t.currency,
-    greatest(coalesce(t.devices, 0), coalesce(i.devices, 0)) AS devices, coalesce(t.transactions, 0) AS transactions,
-    least(t.first_seen_at, i.first_seen_at) AS first_seen_at, greatest(t.last_seen_at, i.last_seen_at) AS last_seen_at
-FROM t FULL OUTER JOIN i ON t.product_id = i.product_id
+SELECT device_id, max(site_id) AS site_id, min(first_seen_at) AS first_seen_at, max(last_seen_at) AS last_seen_at,
+    sum(events) AS events, max(fw).v AS firmware_version, max(fw).at AS firmware_reported_at
+FROM u GROUP BY device_id
+"""
+
+def product_devices(tx: str, inv: str) -> str:
+    """Per product and device: sales from transaction rows ``tx``, slot observations from inventory rows ``inv``."""
+    return f"""
+WITH t AS (
+    SELECT product_id, device_id, count(*) AS transactions, min(event_time) AS first_sold_at,
+        max(event_time) AS last_sold_at,
+        max(CASE WHEN price_minor IS NOT NULL THEN {{'t': event_time, 'p': price_minor, 'c': currency}} END) AS price
+    FROM {tx} WHERE product_id IS NOT NULL GROUP BY 1, 2
+), i AS (
+    SELECT product_id, device_id, count(*) AS stock_observations, min(observed_at) AS first_stocked_at,
+        max(observed_at) AS last_stocked_at
+    FROM {inv} WHERE product_id IS NOT NULL GROUP BY 1, 2
+)
+SELECT coalesce(t.product_id, i.product_id) AS product_id, coalesce(t.device_id, i.device_id) AS device_id,
+    coalesce(t.transactions, 0) AS transactions, t.first_sold_at, t.last_sold_at,
+    t.price.t AS last_price_at, t.price.p AS last_price_minor, t.price.c AS last_currency,
+    coalesce(i.stock_observations, 0) AS stock_observations, i.first_stocked_at, i.last_stocked_at
+FROM t FULL OUTER JOIN i ON t.product_id = i.product_id AND t.device_id = i.device_id
+"""
+
+
+PRODUCT_DEVICES = product_devices("analytics.transactions", "analytics.inventory")
+
+# stored rows (``prev``) with the rows of new transactions and observations (``new_tx``, ``new_inv``) folded in
+PRODUCT_DEVICES_FOLD = f"""
+WITH u AS (
+    SELECT * FROM prev
+    UNION ALL BY NAME SELECT * FROM ({product_devices('new_tx', 'new_inv')})
+)
+SELECT product_id, device_id, sum(transactions) AS transactions, min(first_sold_at) AS first_sold_at,
+    max(last_sold_at) AS last_sold_at,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).t
+        AS last_price_at,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).p
+        AS last_price_minor,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {{'t': last_price_at, 'p': last_price_minor, 'c': last_currency}} END).c
+        AS last_currency,
+    sum(stock_observations) AS stock_observations, min(first_stocked_at) AS first_stocked_at,
+    max(last_stocked_at) AS last_stocked_at
+FROM u GROUP BY product_id, device_id
+"""
+
+# one row per product, from analytics.product_devices rows (``product_devices``)
+DIM_PRODUCTS = """
+SELECT product_id,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {'t': last_price_at, 'p': last_price_minor, 'c': last_currency} END).p
+        AS last_price_minor,
+    max(CASE WHEN last_price_at IS NOT NULL THEN {'t': last_price_at, 'p': last_price_minor, 'c': last_currency} END).c
+        AS currency,
+    greatest(count(*) FILTER (WHERE transactions > 0), count(*) FILTER (WHERE stock_observations > 0)) AS devices,
+    sum(transactions) AS transactions,
+    least(min(first_sold_at), min(first_stocked_at)) AS first_seen_at,
+    greatest(max(last_sold_at), max(last_stocked_at)) AS last_seen_at
+FROM product_devices GROUP BY product_id
 """
 
 
