@@ -84,7 +84,7 @@ MEANINGS = {
     "lake.catalog.name": "the Iceberg catalog's name",
     "lake.batch_max_bytes": "raw-zone writer: commit when the buffered rows reach this size",
     "lake.batch_max_wait_s": "raw-zone writer: commit at least this often",
-    "lake.batch_idle_min_events": "raw-zone writer: when the log goes quiet, commit a buffer of at least this many events at once (the end of a burst); 0 always waits for batch_max_wait_s",
+    "lake.batch_idle_min_events": "raw-zone writer: when the log goes quiet, commit at once a buffer that filled at a rate reaching this many events within batch_max_wait_s (the end of a burst); slower trickles wait; 0 always waits",
     "lake.snapshot_retention_hours": "lake maintain expires snapshots older than this (time travel reaches back this far)",
     "lake.sql_timeout_s": "a SQL query or report running longer is cancelled",
     "lake.sql_memory_limit": "DuckDB memory limit per query",

@@ -145,8 +145,8 @@ class LakeSettings(_Section):
     batch_max_events: int = 200_000
     batch_max_bytes: int = 128 * 1024 * 1024
     batch_max_wait_s: float = 30.0
-    # a buffer at least this big is committed as soon as the log goes quiet (the end of a
-    # burst), without waiting for batch_max_wait_s; 0 always waits
+    # when the log goes quiet, a buffer that filled at a rate reaching this many events
+    # within batch_max_wait_s (the end of a burst) is committed at once; 0 always waits
     batch_idle_min_events: int = 10_000
     # maintenance
     target_file_mb: int = 128  # compaction output size

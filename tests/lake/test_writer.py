@@ -207,24 +207,27 @@ def test_a_batch_sealed_in_arrow_chunks_holds_the_rows_of_one_table(ctx):
 
 def test_a_burst_is_committed_when_the_log_goes_quiet_not_after_the_full_wait(tmp_path):
     """Before: the rows of a burst sat in memory for `lake.batch_max_wait_s` (30 s) after
-    the burst ended. A buffer of at least `lake.batch_idle_min_events` is committed as soon
-    as a poll finds the log quiet; a smaller one (a trickle) still waits, so a quiet
-    fleet does not get a snapshot and a small file per poll."""
-    settings = make_settings(tmp_path / "d", **{"lake.batch_max_wait_s": 120.0, "lake.batch_idle_min_events": 20})
-    ctx = Context(settings)
+    the burst ended. A buffer that filled fast (at a rate reaching
+    `lake.batch_idle_min_events` within `batch_max_wait_s`; here the tail of a burst,
+    below that count) goes to the lake as soon as a poll finds the log quiet, while
+    events trickling in slower still wait: no snapshot and small file per poll."""
+    settings = make_settings(tmp_path / "d", **{"lake.batch_max_wait_s": 120.0, "lake.batch_idle_min_events": 1200})
+    ctx = Context(settings)  # a burst: >= 10 events/s (1200 per 120 s)
     try:
         ctx.log.create_topic(EVENTS)
         w = LakeWriter(ctx)
         stop = threading.Event()
         th = threading.Thread(target=w.run, args=(stop,), daemon=True)
         th.start()
-        publish(ctx.log, day_of_events(n=3))  # 9 events: below the threshold, they wait
-        time.sleep(3)
+        for h in range(3):  # 3 events, a second apart: a trickle
+            publish(ctx.log, day_of_events(start=T0 + timedelta(hours=h), n=1)[:1])
+            time.sleep(1)
+        time.sleep(2)
         raw = open_catalog(settings).load_table("raw.events")
-        assert raw.current_snapshot() is None, "a trickle waits for batch_max_wait_s"
-        publish(ctx.log, day_of_events(start=T0 + timedelta(days=1), n=8))  # a burst: 9 + 24 >= 20
-        assert _wait_for(lambda: _count(settings)["n"] == 33 if raw.refresh().current_snapshot() else False, 10), \
-            "the burst and what waited before it are in the lake seconds after the log went quiet"
+        assert raw.refresh().current_snapshot() is None, "a trickle waits for batch_max_wait_s"
+        publish(ctx.log, day_of_events(start=T0 + timedelta(days=1), n=20))  # 60 at once: a burst's tail
+        assert _wait_for(lambda: _count(settings)["n"] == 63 if raw.refresh().current_snapshot() else False, 10), \
+            "the tail of the burst is in the lake seconds after the log went quiet"
         stop.set()
         th.join(30)
     finally:

@@ -152,11 +152,20 @@ class LakeWriter:
         )
 
     def _flush_burst(self) -> None:
-        """The log is quiet: commit a buffer big enough to be worth a file now (the end of a
-        burst) instead of holding it for ``batch_max_wait_s``; a trickle keeps waiting."""
+        """The log is quiet: commit now, instead of ``batch_max_wait_s`` later, a buffer that
+        holds ``batch_idle_min_events`` or filled at a rate that would reach that within
+        ``batch_max_wait_s`` (the tail of a burst). A slower trickle keeps waiting, so a
+        quiet fleet gets one file per ``batch_max_wait_s``, not one per poll."""
         least = self.cfg.batch_idle_min_events
+        if least <= 0:
+            return
+        rate = least / self.cfg.batch_max_wait_s  # events/s that fill a worthwhile batch in time
+        now = time.monotonic()
         for sink in self.sinks.values():
-            if least > 0 and sink.pending() and len(sink.buf) >= least:
+            if not sink.pending() or sink.first_at is None:
+                continue
+            n = len(sink.buf)
+            if n >= least or n / max(now - sink.first_at, 1.0) >= rate:
                 self.flush(sink)
 
     def flush_all(self, force: bool = False) -> None:
