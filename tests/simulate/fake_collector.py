@@ -5,11 +5,14 @@ like the collector (so a replay is answered as duplicates), and for each request
 follows the next step of a script: answer normally, 429 / 503 / 500 with
 ``Retry-After``, refuse with 400, or close the connection without answering (before
 or after storing the batch, as a crashed collector or a lost response would).
+DEX audit files posted to ``/v1/dex`` follow the same script and are stored once per
+distinct file; a body that is not JSON is answered 400, as the collector does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ class FakeCollector:
     bodies: list[bytes] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     reject_indexes: set[int] = field(default_factory=set)  # answer these indexes as rejected (first time)
+    dex_files: dict[bytes, str] = field(default_factory=dict)  # DEX file body -> machine (asset number in ID1)
     port: int = 0
     _server: asyncio.base_events.Server | None = None
 
@@ -39,6 +43,16 @@ class FakeCollector:
 
     def all_ids(self) -> list[str]:
         return [i for ids in self.stored.values() for i in ids]
+
+    @property
+    def dex(self) -> list[str]:
+        """The machine of each distinct DEX file stored, in arrival order."""
+        return list(self.dex_files.values())
+
+    def _store_dex(self, body: bytes) -> None:
+        for line in body.decode("latin-1").splitlines():
+            if line.startswith("ID1*"):
+                self.dex_files.setdefault(body, line.split("*")[6])
 
     def _store(self, body: bytes) -> tuple[int, int, list[dict[str, object]]]:
         events = json.loads(body)["events"]
@@ -60,6 +74,7 @@ class FakeCollector:
         try:
             while True:  # keep-alive: many requests per connection
                 head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
                 headers = {}
                 for line in head.decode().split("\r\n")[1:]:
                     if ":" in line:
@@ -69,8 +84,10 @@ class FakeCollector:
                 self.bodies.append(body)
                 self.times.append(time.monotonic())
                 step = self.script.pop(0) if self.script else self.default
+                store = self._store_dex if path == "/v1/dex" else self._store
                 if step == "drop_after_store":
-                    self._store(body)
+                    with contextlib.suppress(ValueError):
+                        store(body)
                     writer.close()
                     return
                 if step == "drop":
@@ -83,7 +100,15 @@ class FakeCollector:
                 if step == "400":
                     await self._answer(writer, 400, {"error": {"code": "invalid_body", "message": "scripted"}})
                     continue
-                accepted, dup, rejected = self._store(body)
+                if path == "/v1/dex":
+                    self._store_dex(body)
+                    await self._answer(writer, 200, {"accepted": 1})
+                    continue
+                try:
+                    accepted, dup, rejected = self._store(body)
+                except (ValueError, KeyError, TypeError):
+                    await self._answer(writer, 400, {"error": {"code": "invalid_json", "message": "not an event batch"}})
+                    continue
                 await self._answer(writer, 200, {"accepted": accepted, "duplicates": dup, "rejected": rejected})
         except (asyncio.IncompleteReadError, ConnectionError):
             pass

@@ -79,6 +79,16 @@ def test_backoff_grows_exponentially_with_full_jitter() -> None:
     assert policy.delay(0, 3.0, rng) >= 3.0
 
 
+def test_backoff_after_hours_of_outage_stays_at_the_cap() -> None:
+    # a device retrying for hours reaches attempt numbers where 2**attempt no longer fits a float
+    import random
+
+    policy = RetryPolicy(base_s=0.2, cap_s=10.0)
+    rng = random.Random(2)
+    for attempt in (1023, 1024, 5000, 10**6):
+        assert 0 <= policy.delay(attempt, None, rng) <= 10.0
+
+
 def test_a_refused_batch_is_rejected_not_retried() -> None:
     server = FakeCollector(script=["400"])
     sender, ok = asyncio.run(_send(server, _batch(4)))
@@ -122,13 +132,20 @@ def test_gives_up_after_the_drain_deadline_and_says_so() -> None:
 
 
 def test_live_run_against_a_flaky_collector_acks_each_stored_event_exactly_once() -> None:
+    # The simulated clock is pinned to a morning in which technicians read two audit files,
+    # so the run always sends DEX uploads as well as event batches (the outcome used to
+    # depend on the time of day the test ran).
+    t0 = datetime(2026, 11, 24, 7, 30, tzinfo=UTC).timestamp()
+    m0 = time.monotonic()
+
     async def go() -> tuple[FakeCollector, LiveRun]:
         # a third of the requests fail in some way, some after storing the batch
         server = FakeCollector(script=["drop_after_store", "ok", "503", "ok", "429", "drop", "ok", "ok", "500"] * 40)
         url = await server.start()
-        fleet = Fleet(seed=9, n_devices=6, start=time.time() - 3000)
+        fleet = Fleet(seed=9, n_devices=6, start=t0 - 3000)
         sender = Sender(url, {d: f"tok-{d}" for d in fleet.device_ids}, concurrency=3, retry=FAST)
-        run = LiveRun(fleet, SimClock(speed=1500, duration_s=2.0), sender, duration_s=2.0, batch_max=20, flush_s=0.1)
+        clock = SimClock(speed=1500, duration_s=2.0, wall=lambda: t0 + time.monotonic() - m0)
+        run = LiveRun(fleet, clock, sender, duration_s=2.0, batch_max=20, flush_s=0.1)
         await run.run()
         await sender.aclose()
         await server.stop()
@@ -147,6 +164,9 @@ def test_live_run_against_a_flaky_collector_acks_each_stored_event_exactly_once(
         assert seqs == sorted(seqs), device
     first = json.loads(server.bodies[0])["events"][0]
     assert first["event_id"].startswith("s9r0-")
+    # both audit files arrived (retried through the same failures) and were answered once as a whole
+    assert sorted(server.dex) == ["VM-00002", "VM-00004"]
+    assert st.dex_files == {200: 2}
 
 
 def test_simulated_clock_never_runs_ahead_of_the_wall_clock() -> None:

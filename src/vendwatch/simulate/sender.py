@@ -36,7 +36,8 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Full-jitter exponential backoff; never less than the server's Retry-After."""
-        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2**attempt))
+        # 2**attempt stops fitting a float after ~1,000 attempts (a few hours of outage)
+        backoff = rng.uniform(0, min(self.cap_s, self.base_s * 2.0 ** min(attempt, 64)))
         if retry_after is not None:
             return retry_after + rng.uniform(0, self.base_s)
         return backoff
