@@ -265,3 +265,69 @@ def test_an_unreachable_lake_catalog_is_one_line_per_retry_while_the_rest_serves
         lines = [ln for ln in err.splitlines() if "lake-writer" in ln and "catalog" in ln]
         assert lines and all(f"127.0.0.1:{closed}" in ln or "lake.catalog" in ln for ln in lines), err[-3000:]
         assert any("retrying in" in ln for ln in lines), err[-3000:]
+
+
+def test_an_unreachable_state_database_or_kafka_stops_serve_and_run_with_one_line(tmp_path: Path) -> None:
+    """PostgreSQL or Kafka not answering at start: serve and run wait server.startup_wait_s,
+    saying once per attempt what they wait for, then stop with the setting and the reason;
+    never a traceback, never the password."""
+    closed = _free_port()  # nothing listens there
+    cases = {
+        "state.postgres_dsn": {"VENDWATCH_STATE__BACKEND": "postgres",
+                               "VENDWATCH_STATE__POSTGRES_DSN": f"postgresql://vw:s3cret-pw@127.0.0.1:{closed}/vw"},
+        "bus.kafka.bootstrap_servers": {"VENDWATCH_BUS__BACKEND": "kafka",
+                                        "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": f"127.0.0.1:{closed}",
+                                        "VENDWATCH_BUS__KAFKA__SASL_PASSWORD": "s3cret-pw"},
+    }
+    for setting, extra in cases.items():
+        env = {**extra, "VENDWATCH_SERVER__STARTUP_WAIT_S": "7"}
+        for args in (["serve", "--port", str(_free_port())], ["run", "detector"]):
+            started = time.monotonic()
+            r = _run(vendwatch_cmd(*args, "--data-dir", str(tmp_path / "data")), env=env, timeout=60)
+            took = time.monotonic() - started
+            assert r.returncode == 1, (setting, args, r.returncode, r.stderr[-3000:])
+            assert "Traceback" not in r.stderr, (setting, args, r.stderr[-5000:])
+            assert "s3cret-pw" not in r.stderr + r.stdout
+            assert "serving on" not in r.stderr, "nothing claims to serve before its backends answer"
+            waits = [ln for ln in r.stderr.splitlines() if ln.startswith("waiting for")]
+            assert waits and all(setting in ln and f"{closed}" in ln for ln in waits), r.stderr[-3000:]
+            last = r.stderr.strip().splitlines()[-1]
+            assert last.startswith(f"Error: {setting}:") and f"{closed}" in last, last
+            assert took < 30, took
+            assert len(r.stderr.splitlines()) < 20, "one line per attempt, not the driver's own per connection"
+
+
+def test_a_role_whose_database_goes_away_logs_one_line_per_restart(caplog) -> None:  # type: ignore[no-untyped-def]
+    """A backend that stops answering while a role runs is retried with one line per
+    attempt: the driver's traceback would say nothing more, at every retry."""
+    import logging
+    import threading
+
+    from vendwatch.bus import LogUnavailable
+    from vendwatch.config import Settings
+    from vendwatch.runtime import Context, Supervisor
+    from vendwatch.state.postgres import DatabaseUnavailable
+
+    for exc in (DatabaseUnavailable("cannot connect to PostgreSQL (host=db port=5432): refused"),
+                LogUnavailable("cannot reach Kafka at k:9092: timed out")):
+        calls = threading.Semaphore(0)
+
+        class Failing:
+            name = "device-state"
+
+            def run(self, stop: threading.Event, exc: Exception = exc, calls: threading.Semaphore = calls) -> None:
+                calls.release()
+                raise exc
+
+        ctx = Context(Settings())
+        sup = Supervisor(ctx, [Failing()])
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="vendwatch.runtime"):
+            sup.start()
+            assert calls.acquire(timeout=10) and calls.acquire(timeout=10)  # restarted once at least
+            ctx.stop.set()
+            for t in sup.threads:
+                t.join(10)
+        lines = [r for r in caplog.records if "device-state" in r.getMessage()]
+        assert lines and all(r.exc_info is None for r in lines), [r.getMessage() for r in lines]
+        assert all(str(exc) in r.getMessage() and "retrying in" in r.getMessage() for r in lines)

@@ -41,6 +41,9 @@ class ServerSettings(_Section):
     # child process of its own, supervised and restarted by the server process, so the stages use
     # every core; false: all roles are threads of the one process (one core, less memory)
     role_processes: bool = True
+    # at start, `serve` and `run` wait this long for the log (Kafka) and the state database
+    # (PostgreSQL) to answer, saying what they wait for, then stop with the reason
+    startup_wait_s: float = 60.0
     # connection guards (docs/security.md): a public listener must shed idle and oversized clients
     header_timeout_s: float = 10.0  # request line + headers must arrive within this; else closed
     keep_alive_s: float = 5.0  # an idle kept-alive connection is closed after this

@@ -20,11 +20,14 @@ from typing import Any, Protocol
 
 from vendwatch.bus import Log, open_log
 from vendwatch.config import Settings
+from vendwatch.errors import Unavailable
 from vendwatch.observe.logs import role_context
 from vendwatch.observe.metrics import ROLE_RESTARTS
 from vendwatch.state import StateStore, open_state
 
 log = logging.getLogger("vendwatch.runtime")
+
+__all__ = ["ROLES", "Context", "RoleConfigError", "Supervisor", "Unavailable", "preflight"]
 
 # role -> "module:function" building its Component (None: HTTP-only role)
 ROLES: dict[str, str | None] = {
@@ -53,15 +56,6 @@ HTTP_ROUTES: dict[str, tuple[str, ...]] = {
 
 class RoleConfigError(Exception):
     """A role cannot start with these settings; the message names the setting."""
-
-
-class Unavailable(Exception):
-    """Something a role needs (a catalog, a server) does not answer now but may later.
-
-    The supervisor logs the message as one line (it names the setting and the reason)
-    and restarts the role with backoff; a traceback would only repeat the driver's
-    internals at every retry.
-    """
 
 
 def preflight(settings: Settings, roles: Sequence[str]) -> None:

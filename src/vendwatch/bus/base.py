@@ -18,6 +18,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+from vendwatch.errors import Unavailable
+
 TopicPartition = tuple[str, int]
 AssignCallback = Callable[[list[TopicPartition]], None]
 
@@ -32,7 +34,7 @@ class LogError(Exception):
     """The log failed an operation."""
 
 
-class LogUnavailable(LogError):
+class LogUnavailable(LogError, Unavailable):
     """The log cannot take writes right now (disk full, broker down, timeout); retry later."""
 
 
@@ -136,6 +138,11 @@ class Consumer(ABC):
 
 class Log(ABC):
     """A durable partitioned log; one instance is shared by all stages in a process."""
+
+    def check(self, timeout_s: float = 5.0) -> None:
+        """Raise ``LogUnavailable`` (saying where and why) when the log does not answer now.
+        A log in this process's own files always answers."""
+        return None
 
     @abstractmethod
     def create_topic(self, topic: str, partitions: int | None = None) -> None:

@@ -115,7 +115,8 @@ class KafkaLog(Log):
         self.s = settings
         self.retention_ms = retention_ms
         self._conf = client_config(settings)
-        self._admin = AdminClient(self._conf)
+        self._admin_client: AdminClient | None = None  # made on first use: it connects at once
+        self._probe: AdminClient | None = None
         self._parts: dict[str, int] = {}
         self._lock = threading.Lock()
         self._producer: ck.Producer | None = None
@@ -123,6 +124,23 @@ class KafkaLog(Log):
         self._closing = threading.Event()
         self._local = threading.local()
         self._readers: list[ck.Consumer] = []
+
+    @property
+    def _admin(self) -> AdminClient:
+        with self._lock:
+            if self._admin_client is None:
+                self._admin_client = AdminClient(self._conf)
+            return self._admin_client
+
+    def check(self, timeout_s: float = 5.0) -> None:
+        # a client of its own that keeps quiet: librdkafka would print a line per connection
+        # attempt (~20 a second) while the caller already says what it waits for
+        if self._probe is None:
+            self._probe = AdminClient({**self._conf, "log_level": 2})
+        try:
+            self._probe.list_topics(timeout=timeout_s)
+        except ck.KafkaException as e:
+            raise LogUnavailable(f"cannot reach Kafka at {self.s.bootstrap_servers}: {e.args[0].str()}") from e
 
     # -- names and topics -------------------------------------------------------
     def kafka_topic(self, topic: str) -> str:

@@ -7,6 +7,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 
 import click
 import uvicorn
@@ -19,6 +20,7 @@ from vendwatch.runtime import (
     Context,
     RoleConfigError,
     Supervisor,
+    Unavailable,
     build_components,
     preflight,
 )
@@ -84,7 +86,32 @@ def open_backends(ctx: Context, roles: list[str]) -> None:
         preflight(ctx.settings, roles)
     except RoleConfigError as e:
         raise click.ClickException(str(e)) from None
-    _ = ctx.log, ctx.state
+    wait_for_backends(ctx)
+
+
+def wait_for_backends(ctx: Context) -> None:
+    """Wait up to ``server.startup_wait_s`` for the log and the state database to answer (a
+    broker or a database started alongside may come up a little later), one line per
+    attempt; then stop with the setting and the reason."""
+    s = ctx.settings
+    deadline = time.monotonic() + max(0.0, s.server.startup_wait_s)
+    pause = 1.0
+    while True:
+        setting = "bus.kafka.bootstrap_servers"
+        try:
+            ctx.log.check(timeout_s=min(5.0, max(1.0, deadline - time.monotonic())))
+            setting = "state.postgres_dsn"
+            _ = ctx.state
+            return
+        except Unavailable as e:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise click.ClickException(f"{setting}: {e}") from None
+            pause = min(pause, left)
+            click.echo(f"waiting for {setting}: {e}; retrying in {pause:.0f}s "
+                       f"(for {left:.0f}s more, server.startup_wait_s)", err=True)
+            time.sleep(pause)
+            pause = min(pause * 2, 10.0)
 
 
 @click.command()

@@ -23,8 +23,8 @@ from pyiceberg.table import Table
 from pyiceberg.table.snapshots import Snapshot
 
 from vendwatch.config import Settings
+from vendwatch.errors import Unavailable
 from vendwatch.lake import schemas
-from vendwatch.runtime import Unavailable
 
 _log = logging.getLogger("vendwatch.lake.catalog")
 NAMESPACES = ("raw", "analytics")

@@ -17,10 +17,11 @@ from typing import Any
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from vendwatch.errors import Unavailable
 from vendwatch.state.db import Database, Params, Tx
 
 
-class DatabaseUnavailable(Exception):
+class DatabaseUnavailable(Unavailable):
     """PostgreSQL cannot be reached (or the pool is exhausted) right now; retry later."""
 
 
@@ -87,7 +88,8 @@ class PostgresDatabase(Database):
         try:  # one direct attempt first: its error says why (the pool's only says "timeout")
             psycopg.connect(dsn, connect_timeout=max(1, int(connect_timeout_s))).close()
         except psycopg.Error as e:
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({_redact(dsn)}): {e}") from e
+            reason = " ".join(str(e).split())  # libpq's message spans lines (a hint on the second)
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({_redact(dsn)}): {reason}") from e
         self.pool = ConnectionPool(
             dsn,
             min_size=1,
@@ -101,7 +103,8 @@ class PostgresDatabase(Database):
             self.pool.open(wait=True, timeout=connect_timeout_s)
         except PoolTimeout as e:
             self.pool.close()
-            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({_redact(dsn)}): {e}") from e
+            reason = " ".join(str(e).split())  # libpq's message spans lines (a hint on the second)
+            raise DatabaseUnavailable(f"cannot connect to PostgreSQL ({_redact(dsn)}): {reason}") from e
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
