@@ -61,7 +61,8 @@ def test_history_has_incidents_per_hour_for_a_day(client: TestClient, fleet_ctx:
 
 def test_lake_jobs_status_is_served(client: TestClient, fleet_ctx: Context) -> None:  # noqa: F811
     body = client.get("/v1/lake/jobs", headers=_auth(fleet_ctx)).json()
-    assert set(body["jobs"]) == {"etl", "maintain"} and body["scheduled"] is True
+    assert set(body["jobs"]) == {"etl", "maintain", "reconcile"} and body["scheduled"] is True
+    assert body["jobs"]["reconcile"]["interval_s"] == 3600
     assert body["jobs"]["etl"]["interval_s"] == 300
 
 

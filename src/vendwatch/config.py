@@ -178,6 +178,10 @@ class LakeSettings(_Section):
     # the lake-jobs role (part of serve and the demo): 0 turns a job off
     etl_interval_s: float = 300.0  # refresh the analytics tables (what reports read) this often
     maintain_interval_s: float = 3600.0  # compaction, snapshot expiry, retention this often
+    # compare DEX audit reads with telemetry and cash collections this often (what `vendwatch dex
+    # reconcile` does) and append new findings, which the default rules turn into incidents
+    dex_reconcile_interval_s: float = 3600.0
+    dex_reconcile_days: int = 7  # each scheduled reconciliation covers reads of this many last days
 
 
 class DetectSettings(_Section):

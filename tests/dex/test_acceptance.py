@@ -3,6 +3,8 @@ and the food-safety report lists exactly the injected cooling episodes."""
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from vendwatch.dex.intake import judge, remember
 from vendwatch.dex.store import DexStore
 from vendwatch.ingest.sink import open_sink
 from vendwatch.lake.dex_reports import Window, findings, run_dex_report
+from vendwatch.lake.jobs import LakeJobs, read_status
 from vendwatch.lake.query import LakeSQL
 from vendwatch.runtime import Context
 from vendwatch.simulate.audit import DexInjection
@@ -27,7 +30,9 @@ INJECT = ["missing_telemetry@VM-00001#2=6", "skimmed_cash@VM-00001#4=1500", "bad
           "counter_reset@VM-00002#1", "skimmed_cash@VM-00004#1=900"]
 
 
-def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path: Path) -> None:
+def _fleet_in_the_lake(tmp_path: Path, **overrides: object) -> tuple[Context, Fleet, list[ScheduledFault]]:
+    """Five days of a 4-machine fleet with the injected discrepancies, its audit files taken
+    in as the collector does, everything committed to the lake's raw tables."""
     start = START
     probe = Fleet(seed=3, n_devices=4, start=start)
     fridges = [p.device_id for p in probe.profiles if p.refrigerated]
@@ -39,7 +44,7 @@ def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path:
     events = fleet.run_for(5 * 86400)
     files = fleet.audit_files()
 
-    ctx = Context(make_settings(tmp_path / "data", **{"ingest.max_age_days": 36500}))
+    ctx = Context(make_settings(tmp_path / "data", **{"ingest.max_age_days": 36500, **overrides}))
     for t in (EVENTS, REJECTED):
         ctx.log.create_topic(t)
     for did in fleet.device_ids:
@@ -53,6 +58,22 @@ def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path:
         sink.commit(j.accepted, j.quarantine)
         remember(j, device, store)
     drain(ctx)
+    return ctx, fleet, cooling
+
+
+def _dex_findings_in_log(ctx: Context) -> list[str]:
+    out = []
+    for p in range(ctx.log.partitions(EVENTS)):
+        for r in ctx.log.read(EVENTS, p, 0, 1_000_000):
+            e = ev.decode_stored(r.value)
+            if e.type == "dex_finding":
+                out.append(msgspec.json.decode(e.data)["kind"])
+    return sorted(out)
+
+
+def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path: Path) -> None:
+    start = START
+    ctx, fleet, cooling = _fleet_in_the_lake(tmp_path)
     sql = LakeSQL(ctx.settings)
 
     found = sorted((f.kind, f.device_id, f.slot, f.expected - f.actual) for f in findings(sql, Window()))
@@ -70,7 +91,53 @@ def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path:
         injected_at = start + timedelta(seconds=c.start_s)
         assert injected_at <= e["start"] <= injected_at + timedelta(minutes=30)
         assert e["door"] == "closed" and e["duration_min"] >= 100
-    kinds = {msgspec.json.decode(ev.decode_stored(r.value).data).get("kind") for p in range(ctx.log.partitions(EVENTS))
-             for r in ctx.log.read(EVENTS, p, 0, 1_000_000) if ev.decode_stored(r.value).type == "dex_finding"}
-    assert kinds == set()  # nothing appended yet: findings become events only when published
+    assert _dex_findings_in_log(ctx) == []  # nothing appended yet: findings become events only when published
+    ctx.close()
+
+
+def test_serve_reconciles_on_its_own_and_each_finding_is_appended_once(tmp_path: Path) -> None:
+    """Nobody has to remember `vendwatch dex reconcile`: the lake-jobs role runs it at
+    lake.dex_reconcile_interval_s over the last lake.dex_reconcile_days, and a finding
+    seen again by the next run is not appended again."""
+    ctx, _, _ = _fleet_in_the_lake(tmp_path, **{"lake.etl_interval_s": 0, "lake.maintain_interval_s": 0,
+                                                "lake.dex_reconcile_interval_s": 0.3, "lake.dex_reconcile_days": 7})
+    shift = time.time() - (START + timedelta(days=6)).timestamp()  # "now" is the day after the fleet's five
+    jobs = LakeJobs(ctx, clock=lambda: time.time() - shift)
+    stop = threading.Event()
+    t = threading.Thread(target=jobs.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ("reconcile" in read_status(ctx) and read_status(ctx)["reconcile"].runs >= 3):
+            assert time.monotonic() < deadline, read_status(ctx)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(60)
+    st = read_status(ctx)["reconcile"]
+    assert st.last_error is None and st.failures == 0, st
+    assert _dex_findings_in_log(ctx) == ["cash_shortfall", "cash_shortfall", "sales_exceed_telemetry"]
+    ctx.close()
+
+
+def test_scheduled_reconciliation_looks_only_at_recent_reads(tmp_path: Path) -> None:
+    """Reads older than lake.dex_reconcile_days were compared by earlier runs: a run a
+    month after the fleet's reads finds nothing (and does not scan the whole lake)."""
+    ctx, _, _ = _fleet_in_the_lake(tmp_path, **{"lake.etl_interval_s": 0, "lake.maintain_interval_s": 0,
+                                                "lake.dex_reconcile_interval_s": 0.3, "lake.dex_reconcile_days": 7})
+    shift = time.time() - (START + timedelta(days=40)).timestamp()
+    jobs = LakeJobs(ctx, clock=lambda: time.time() - shift)
+    stop = threading.Event()
+    t = threading.Thread(target=jobs.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not ("reconcile" in read_status(ctx) and read_status(ctx)["reconcile"].runs >= 1):
+            assert time.monotonic() < deadline, read_status(ctx)
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        t.join(60)
+    assert read_status(ctx)["reconcile"].last_error is None
+    assert _dex_findings_in_log(ctx) == []
     ctx.close()

@@ -270,13 +270,12 @@ def routes(ctx: Context, clock: Callable[[], float] = time.time) -> list[Route]:
 
     @require(ctx, "viewer")
     async def lake_jobs(request: Request) -> Response:
-        from vendwatch.lake.jobs import JOBS, read_status
+        from vendwatch.lake.jobs import JOBS, intervals, read_status
 
         status = await run_in_threadpool(read_status, ctx)
-        cfg = ctx.settings.lake
-        intervals = {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s}
+        every = intervals(ctx.settings)
         jobs = {name: msgspec.structs.asdict(status[name]) if name in status else
-                {"interval_s": intervals[name], "runs": 0, "next_at": None} for name in JOBS}
+                {"interval_s": every[name], "runs": 0, "next_at": None} for name in JOBS}
         # the scheduler runs in the lake-jobs role: say so when this server does not run it
         return _ok({"jobs": jobs, "scheduled": "lake-jobs" in ctx.settings.server.roles, "now": clock()})
 

@@ -1,12 +1,13 @@
-"""The ``lake-jobs`` role: keeps the analytics tables fresh and the lake maintained on a schedule.
+"""The ``lake-jobs`` role: keeps the analytics tables fresh, the lake maintained and the DEX
+audit reads reconciled, on a schedule.
 
 Without it the reports stay empty until someone runs ``vendwatch etl run``. ``vendwatch
 serve`` runs it by default (the demo runs the ETL once at its end instead); in a scale-out deployment run one
 replica (``vendwatch run lake-jobs``): the ETL and maintenance are safe to re-run, but two
 schedulers would only do the same work twice.
 
-Intervals come from ``lake.etl_interval_s`` and ``lake.maintain_interval_s`` (0 turns a
-job off). Every run is recorded in the state store (checkpoint ``lake-jobs``) so the
+Intervals come from ``lake.etl_interval_s``, ``lake.maintain_interval_s`` and
+``lake.dex_reconcile_interval_s`` (0 turns a job off). Every run is recorded in the state store (checkpoint ``lake-jobs``) so the
 console, ``/v1/lake/jobs`` and ``vendwatch etl status`` can say when the tables were
 last refreshed, whether it worked, and when the next run is due.
 """
@@ -17,16 +18,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 
+from vendwatch.config import Settings
 from vendwatch.runtime import Context
 
 log = logging.getLogger("vendwatch.lake.jobs")
 
 CHECKPOINT = "lake-jobs"
-JOBS = ("etl", "maintain")
+JOBS = ("etl", "maintain", "reconcile")
 START_DELAY_S = 30.0
 
 
@@ -53,6 +56,12 @@ def next_due(status: JobStatus, started: float) -> float | None:
     return status.last_started_at + status.interval_s
 
 
+def intervals(settings: Settings) -> dict[str, float]:
+    """Each job's interval in seconds (0: off)."""
+    cfg = settings.lake
+    return {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s, "reconcile": cfg.dex_reconcile_interval_s}
+
+
 def read_status(ctx: Context) -> dict[str, JobStatus]:
     """The recorded status of every job (empty when the scheduler never ran here)."""
     raw = ctx.state.load_checkpoint(CHECKPOINT)
@@ -71,12 +80,13 @@ class LakeJobs:
         self.ctx = ctx
         self.clock = clock
         self.warm = runners is None  # the real jobs: pay their imports at start (see warm_up)
-        self.runners = runners or {"etl": self._etl, "maintain": self._maintain}
+        self.runners = runners or {"etl": self._etl, "maintain": self._maintain, "reconcile": self._reconcile}
+        self.intervals = {k: v for k, v in intervals(ctx.settings).items() if k in self.runners}
         cfg = ctx.settings.lake
-        self.intervals = {"etl": cfg.etl_interval_s, "maintain": cfg.maintain_interval_s}
-        # the first ETL waits a little so it does not compete with the server's start;
-        # maintenance first waits one interval: a fresh start has nothing to compact
-        self.first_delay = {"etl": min(START_DELAY_S, cfg.etl_interval_s), "maintain": cfg.maintain_interval_s}
+        # the first ETL and reconciliation wait a little so they do not compete with the
+        # server's start; maintenance first waits one interval: a fresh start has nothing to compact
+        self.first_delay = {"etl": min(START_DELAY_S, cfg.etl_interval_s), "maintain": cfg.maintain_interval_s,
+                            "reconcile": min(START_DELAY_S, cfg.dex_reconcile_interval_s)}
 
     def _etl(self) -> Any:
         from vendwatch.lake.etl import run_etl
@@ -87,6 +97,19 @@ class LakeJobs:
         from vendwatch.lake.maintain import maintain
 
         return maintain(self.ctx.settings)
+
+    def _reconcile(self) -> Any:
+        from vendwatch.dex.publish import publish_findings
+        from vendwatch.lake.dex_reports import Window, findings
+        from vendwatch.lake.query import LakeSQL
+
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        since = today - timedelta(days=max(1, self.ctx.settings.lake.dex_reconcile_days) - 1)
+        found = findings(LakeSQL(self.ctx.settings), Window(since, None, None))
+        new, dup = publish_findings(self.ctx, found) if found else (0, 0)
+        if new:
+            log.warning("DEX reconciliation: %d new finding(s)", new, extra={"findings": new})
+        return {"since": since.isoformat(), "findings": len(found), "new": new, "already_there": dup}
 
     def warm_up(self) -> None:
         """Import the ETL (DuckDB, pyiceberg, pyarrow: ~0.8 CPU-s) and open the catalog now, at the
