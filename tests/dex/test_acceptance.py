@@ -95,25 +95,30 @@ def test_injected_discrepancies_and_cooling_episodes_are_found_exactly(tmp_path:
     ctx.close()
 
 
-def test_serve_reconciles_on_its_own_and_each_finding_is_appended_once(tmp_path: Path) -> None:
-    """Nobody has to remember `vendwatch dex reconcile`: the lake-jobs role runs it at
-    lake.dex_reconcile_interval_s over the last lake.dex_reconcile_days, and a finding
-    seen again by the next run is not appended again."""
-    ctx, _, _ = _fleet_in_the_lake(tmp_path, **{"lake.etl_interval_s": 0, "lake.maintain_interval_s": 0,
-                                                "lake.dex_reconcile_interval_s": 0.3, "lake.dex_reconcile_days": 7})
-    shift = time.time() - (START + timedelta(days=6)).timestamp()  # "now" is the day after the fleet's five
+def _reconcile_until(ctx: Context, now: datetime, runs: int) -> None:
+    """Run the lake-jobs role with its clock at ``now`` until the reconciliation ran ``runs`` times."""
+    shift = time.time() - now.timestamp()
     jobs = LakeJobs(ctx, clock=lambda: time.time() - shift)
     stop = threading.Event()
     t = threading.Thread(target=jobs.run, args=(stop,), daemon=True)
     t.start()
     try:
         deadline = time.monotonic() + 120
-        while not ("reconcile" in read_status(ctx) and read_status(ctx)["reconcile"].runs >= 3):
+        while not ("reconcile" in read_status(ctx) and read_status(ctx)["reconcile"].runs >= runs):
             assert time.monotonic() < deadline, read_status(ctx)
             time.sleep(0.1)
     finally:
         stop.set()
         t.join(60)
+
+
+def test_serve_reconciles_on_its_own_and_each_finding_is_appended_once(tmp_path: Path) -> None:
+    """Nobody has to remember `vendwatch dex reconcile`: the lake-jobs role runs it at
+    lake.dex_reconcile_interval_s over the last lake.dex_reconcile_days, and a finding
+    seen again by the next run is not appended again."""
+    ctx, _, _ = _fleet_in_the_lake(tmp_path, **{"lake.etl_interval_s": 0, "lake.maintain_interval_s": 0,
+                                                "lake.dex_reconcile_interval_s": 0.3, "lake.dex_reconcile_days": 7})
+    _reconcile_until(ctx, START + timedelta(days=6), runs=3)  # "now" is the day after the fleet's five
     st = read_status(ctx)["reconcile"]
     assert st.last_error is None and st.failures == 0, st
     assert _dex_findings_in_log(ctx) == ["cash_shortfall", "cash_shortfall", "sales_exceed_telemetry"]
@@ -125,19 +130,7 @@ def test_scheduled_reconciliation_looks_only_at_recent_reads(tmp_path: Path) -> 
     month after the fleet's reads finds nothing (and does not scan the whole lake)."""
     ctx, _, _ = _fleet_in_the_lake(tmp_path, **{"lake.etl_interval_s": 0, "lake.maintain_interval_s": 0,
                                                 "lake.dex_reconcile_interval_s": 0.3, "lake.dex_reconcile_days": 7})
-    shift = time.time() - (START + timedelta(days=40)).timestamp()
-    jobs = LakeJobs(ctx, clock=lambda: time.time() - shift)
-    stop = threading.Event()
-    t = threading.Thread(target=jobs.run, args=(stop,), daemon=True)
-    t.start()
-    try:
-        deadline = time.monotonic() + 120
-        while not ("reconcile" in read_status(ctx) and read_status(ctx)["reconcile"].runs >= 1):
-            assert time.monotonic() < deadline, read_status(ctx)
-            time.sleep(0.1)
-    finally:
-        stop.set()
-        t.join(60)
+    _reconcile_until(ctx, START + timedelta(days=40), runs=1)
     assert read_status(ctx)["reconcile"].last_error is None
     assert _dex_findings_in_log(ctx) == []
     ctx.close()
