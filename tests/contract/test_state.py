@@ -266,6 +266,33 @@ def test_ddl_placeholders_resolve(open_db: Callable[[], Database]) -> None:
     assert rows[0][1] == 2**40 and bytes(rows[0][2]) == b"\x00\xff" and rows[0][3] == "{}"
 
 
+def test_a_connection_lost_mid_transaction_is_unavailability_and_the_next_one_works() -> None:
+    """PostgreSQL restarting (or a proxy cutting idle connections) ends a transaction with a
+    connection-level error: it is reported as DatabaseUnavailable (one line in the
+    supervisor's log, never blamed on a record) and the pool hands out a fresh connection next."""
+    import psycopg
+
+    from vendwatch.state.postgres import DatabaseUnavailable, PostgresDatabase
+
+    with fresh_schema() as dsn:
+        db = PostgresDatabase(dsn, pool_size=1)
+        try:
+            with pytest.raises(DatabaseUnavailable, match="lost the connection to PostgreSQL") as exc, \
+                    db.transaction() as tx:
+                pid = tx.query("SELECT pg_backend_pid()")[0][0]
+                with psycopg.connect(dsn, autocommit=True) as admin:
+                    admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+                tx.query("SELECT 1")
+            assert "password" not in str(exc.value) and exc.value.__cause__ is not None
+            with db.transaction() as tx:
+                assert tx.query("SELECT 1") == [(1,)]
+            # an error of the statement itself stays what it is (the caller's to handle)
+            with pytest.raises(psycopg.errors.UndefinedTable), db.transaction() as tx:
+                tx.query("SELECT * FROM no_such_table")
+        finally:
+            db.close()
+
+
 def test_unreachable_postgres_is_a_clear_error() -> None:
     from vendwatch.state.postgres import DatabaseUnavailable, PostgresDatabase
 

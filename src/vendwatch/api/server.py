@@ -15,7 +15,8 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vendwatch import __version__
-from vendwatch.api.auth import json_response
+from vendwatch.api.auth import error_response, json_response
+from vendwatch.errors import Unavailable
 from vendwatch.procs import MergedRegistry, RoleProcesses, child_roles
 from vendwatch.runtime import Context, Supervisor, build_components, build_routes
 from vendwatch.stage import stage_problems
@@ -82,11 +83,18 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
 
     all_routes = [Route("/livez", livez), Route("/healthz", healthz), Route("/readyz", healthz),
                   Route("/metrics", metrics), *routes]
-    app = Starlette(routes=all_routes, lifespan=lifespan)
+    app = Starlette(routes=all_routes, lifespan=lifespan, exception_handlers={Unavailable: _unavailable})
     collector = ctx.extras.get("collector")
     if collector is not None:
         return _DirectRoute(app, "POST", "/v1/events", collector)  # type: ignore[return-value]
     return app
+
+
+async def _unavailable(request: Request, e: Exception) -> Response:
+    """Any API call whose backend does not answer now (the state database cut off): 503 with
+    the reason, not a 500 with a traceback in the log."""
+    log.warning("%s %s: %s; answering 503", request.method, request.url.path, e)
+    return error_response(503, "unavailable", f"{e}; retry shortly", {"Retry-After": "5"})
 
 
 class _DirectRoute:

@@ -19,7 +19,8 @@ from starlette.types import Receive, Scope, Send
 from vendwatch import events as ev
 from vendwatch.dex.intake import Judged, judge, remember
 from vendwatch.dex.store import DexStore
-from vendwatch.ingest.app import _Answer, _Disconnected, _error, _json
+from vendwatch.errors import Unavailable
+from vendwatch.ingest.app import _Answer, _Disconnected, _error, _json, unavailable
 from vendwatch.observe import metrics as m
 from vendwatch.runtime import Context
 from vendwatch.state.store import Device
@@ -54,6 +55,8 @@ class DexEndpoint:
             answer = await self._post(headers, receive, str(client[0]) if client else "unknown")
         except _Disconnected:
             return
+        except Unavailable as e:
+            answer = unavailable(e, "resend the same file")
         except Exception:
             log.exception("DEX upload failed")
             answer = _error(500, "internal", "unexpected error; resend the same file")

@@ -30,6 +30,7 @@ from vendwatch.api.auth import MAX_TOKEN_CHARS
 from vendwatch.api.authfail import AuthFailures
 from vendwatch.bus.base import LogUnavailable
 from vendwatch.bus.retention import RetentionTask
+from vendwatch.errors import Unavailable
 from vendwatch.ingest import metrics as im
 from vendwatch.ingest.committer import GroupCommitter
 from vendwatch.ingest.limits import TokenBuckets
@@ -78,6 +79,14 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> _Ans
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> _Answer:
     m.INGEST_REQUESTS.labels(status=str(status)).inc()
     return _json(status, {"error": {"code": code, "message": message}}, headers)
+
+
+def unavailable(e: Exception, then: str) -> _Answer:
+    """The 503 for a backend that does not answer now (the state database cut off, its pool
+    exhausted): the device keeps its data and retries; one log line, no traceback."""
+    log.warning("collector: %s; answering 503", e)
+    return _error(503, "state_unavailable", f"the device registry cannot be reached right now; {then}",
+                  {"Retry-After": "5"})
 
 
 class _TooLarge(Exception):
@@ -245,6 +254,8 @@ class Collector:
             answer = await self._post_events(headers, receive, str(client[0]) if client else "unknown")
         except _Disconnected:
             return  # the device went away; nothing was stored for this request
+        except Unavailable as e:
+            answer = unavailable(e, "retry with the same event ids")
         except Exception:
             log.exception("collector request failed")
             answer = _error(500, "internal", "unexpected error; retry with the same event ids")

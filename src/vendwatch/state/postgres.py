@@ -123,6 +123,11 @@ class PostgresDatabase(Database):
                     yield tx
                 finally:
                     self._local.tx = None
+        except (psycopg.OperationalError, psycopg.InterfaceError) as e:
+            if not conn.broken:
+                raise  # the statement's own failure (a deadlock, a serialization failure, a timeout)
+            reason = " ".join(str(e).split())
+            raise DatabaseUnavailable(f"lost the connection to PostgreSQL ({_redact(self.dsn)}): {reason}") from e
         finally:
             self.pool.putconn(conn)  # a broken connection is discarded by the pool
 
