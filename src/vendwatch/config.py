@@ -156,6 +156,9 @@ class LakeSettings(_Section):
     small_file_mb: int = 16  # files below this count as small
     compact_min_files: int = 4  # a partition with at least this many small files is compacted
     snapshot_retention_hours: float = 7 * 24.0
+    # within the retention, lake maintain keeps every snapshot this recent, then the newest of
+    # each hour for a day, then of each day (time travel: exact, then to the hour, then to the day)
+    snapshot_keep_all_hours: float = 1.0
     orphan_min_age_hours: float = 1.0  # younger unreferenced files may be an in-flight write
     # rows older than N days are deleted; key "table" or "table:type" (raw.events by event type)
     retention_days: dict[str, float] = msgspec.field(

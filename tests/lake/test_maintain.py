@@ -150,3 +150,55 @@ def test_maintenance_while_the_writer_runs(tmp_path):
     maintain(s, tables=["raw.events"])
     assert _count(s) == {"n": total, "d": total}
     ctx.close()
+
+
+def test_snapshots_are_thinned_so_a_commit_does_not_cost_more_every_day(tmp_path):
+    """Every commit copies the table's whole snapshot list (pyiceberg), so a writer that
+    commits every few seconds for a week would spend most of its time on metadata. Within
+    snapshot_retention_hours, maintenance keeps every snapshot of the last
+    snapshot_keep_all_hours, then the newest of each hour for a day, then the newest of each
+    day; a snapshot the writer or the ETL resumes from is always kept."""
+    s = make_settings(tmp_path / "d", **{"lake.compact_min_files": 1000})
+    ctx = Context(s)
+    n = _small_commits(ctx, 12)
+    raw = open_catalog(s).load_table("raw.events")
+    before = len(raw.metadata.snapshots)
+    assert before >= 12
+    current = raw.current_snapshot().snapshot_id
+    # an hour later nothing goes yet; three hours later the commits (all of one hour) become one
+    assert maintain(s, now=datetime.now(UTC) + timedelta(minutes=50), tables=["raw.events"])["raw.events"][
+        "expired_snapshots"] == 0
+    out = maintain(s, now=datetime.now(UTC) + timedelta(hours=3), tables=["raw.events"])["raw.events"]
+    raw.refresh()
+    kept = raw.metadata.snapshots
+    assert out["expired_snapshots"] == before - len(kept) and len(kept) <= 2, [sn.snapshot_id for sn in kept]
+    assert current in {sn.snapshot_id for sn in kept}
+    assert _count(s) == {"n": n, "d": n}
+    publish(ctx.log, [heartbeat(T0 + timedelta(days=1), event_id="after")])
+    drain(ctx)
+    assert _count(s) == {"n": n + 1, "d": n + 1}
+    ctx.close()
+
+
+def test_thinning_keeps_one_snapshot_per_hour_then_per_day() -> None:
+    from vendwatch.lake.maintain import thinned
+
+    now_ms = int(datetime(2026, 11, 30, 12, tzinfo=UTC).timestamp() * 1000)
+    minute = 60_000
+    # a commit every 10 minutes for 3 days
+    snaps = [(i, now_ms - i * 10 * minute) for i in range(3 * 24 * 6)]
+    gone = set(thinned(snaps, now_ms, keep=set(), keep_all_ms=60 * minute, cutoff_ms=now_ms - 7 * 24 * 60 * minute))
+    kept = sorted(t for i, t in snaps if i not in gone)
+    recent = [t for t in kept if now_ms - t <= 60 * minute]
+    assert len(recent) == 7  # all of the last hour (0, 10, ..., 60 minutes ago)
+    hourly = [t for t in kept if 60 * minute < now_ms - t <= 24 * 60 * minute]
+    assert len({t // (60 * minute) for t in hourly}) == len(hourly) >= 22
+    daily = [t for t in kept if now_ms - t > 24 * 60 * minute]
+    assert len({t // (24 * 60 * minute) for t in daily}) == len(daily) <= 3
+    assert len(kept) <= 7 + 24 + 3
+    # each kept snapshot is the newest of its bucket: time travel to the end of an hour is exact
+    for t in hourly:
+        assert not any(t < u < (t // (60 * minute) + 1) * 60 * minute for _, u in snaps)
+    # protected snapshots stay whatever their age; past the cutoff everything else goes
+    assert 400 not in set(thinned(snaps, now_ms, keep={400}, keep_all_ms=60 * minute, cutoff_ms=now_ms - 7 * 24 * 60 * minute))
+    assert set(thinned(snaps, now_ms, keep=set(), keep_all_ms=60 * minute, cutoff_ms=now_ms + 1)) == {i for i, _ in snaps}

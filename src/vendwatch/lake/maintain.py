@@ -158,11 +158,45 @@ def protected_snapshots(table: Table, extra: set[int] = frozenset()) -> set[int]
     return keep
 
 
-def expire(table: Table, older_than: datetime, extra_protected: set[int]) -> int:
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+
+def thinned(snapshots: list[tuple[int, int]], now_ms: int, *, keep: set[int], keep_all_ms: int,
+            cutoff_ms: int) -> list[int]:
+    """The snapshots (id, timestamp ms) to expire: all older than ``cutoff_ms``; of the rest,
+    past the first ``keep_all_ms``, all but the newest of each hour for a day, then of each
+    day. ``keep`` (what the writer and the ETL resume from) always stays.
+
+    pyiceberg copies the whole snapshot list several times per commit, so a commit's cost
+    grows with the snapshots kept: a writer committing every 30 s for the 7 days of
+    ``snapshot_retention_hours`` would keep 20,000 and spend most of its time copying them."""
+    victims: list[int] = []
+    seen: set[tuple[str, int]] = set()
+    for sid, ts in sorted(snapshots, key=lambda s: s[1], reverse=True):  # newest first
+        age = now_ms - ts
+        if sid in keep:
+            continue
+        if ts < cutoff_ms:
+            victims.append(sid)
+            continue
+        if age <= keep_all_ms:
+            continue
+        bucket = ("h", ts // _HOUR_MS) if age <= _DAY_MS else ("d", ts // _DAY_MS)
+        if bucket in seen:
+            victims.append(sid)  # an older snapshot of a bucket whose newest one stays
+        else:
+            seen.add(bucket)
+    return victims
+
+
+def expire(table: Table, older_than: datetime, extra_protected: set[int], *, now: datetime | None = None,
+           keep_all_hours: float = 1.0) -> int:
     table.refresh()
     keep = protected_snapshots(table, extra_protected)
-    cutoff_ms = int(older_than.timestamp() * 1000)
-    victims = [s.snapshot_id for s in table.metadata.snapshots if s.timestamp_ms < cutoff_ms and s.snapshot_id not in keep]
+    now_ms = int((now or datetime.now(UTC)).timestamp() * 1000)
+    victims = thinned([(s.snapshot_id, s.timestamp_ms) for s in table.metadata.snapshots], now_ms, keep=keep,
+                      keep_all_ms=int(keep_all_hours * _HOUR_MS), cutoff_ms=int(older_than.timestamp() * 1000))
     if not victims:
         return 0
 
@@ -256,7 +290,8 @@ def maintain(settings: Settings, *, now: datetime | None = None, tables: list[st
         m.retention_deleted = apply_retention(table, name, cfg.retention_days, now)
         m.compacted_files, m.compacted_into = compact(table, cfg.small_file_mb * 1024 * 1024, cfg.compact_min_files)
         extra = etl_raw if name == "raw.events" else set()
-        m.expired_snapshots = expire(table, now - timedelta(hours=cfg.snapshot_retention_hours), extra)
+        m.expired_snapshots = expire(table, now - timedelta(hours=cfg.snapshot_retention_hours), extra, now=now,
+                                     keep_all_hours=cfg.snapshot_keep_all_hours)
         if local_warehouse(settings) is not None:
             m.orphans_deleted = remove_orphans(table, cfg.orphan_min_age_hours * 3600)
         out[name] = m.__dict__
