@@ -568,7 +568,21 @@ class RatioKind(Kind):
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
         if self.m.pred is None or not self.last:
             return self._guarded([self.m.pred], name)
-        return [f"if {self.m.pred.src}:", f"    {name}.sample_last(dev, t, d, eid)"], dict(self.m.pred.env)
+        # ``sample_last`` inlined: every matching event is a sample
+        env = dict(self.m.pred.env) | self.bad.env  # type: ignore[union-attr]
+        i, last, lo = self.idx, self.last, self.min_n
+        return [f"if {self.m.pred.src}:",
+                f"    i = R.get({i})",
+                "    if i is None:",
+                f"        i = R[{i}] = [0, 0, None]",
+                f"    b = i[0] = ((i[0] << 1) | (1 if ({self.bad.src}) else 0)) & {self.mask}",  # type: ignore[union-attr]
+                "    n = i[1] + 1",
+                f"    if n > {last}:",
+                f"        n = {last}",
+                "    i[1] = n",
+                f"    if (i[2] is None and n >= {lo} and b and b.bit_count() > {self.above!r} * n) or"
+                f" (i[2] is not None and (n < {lo} or b.bit_count() <= {self.clear_at!r} * n)):",
+                f"        i[2] = {name}._judge(dev, i[2], b.bit_count(), n, t, eid)"], env
 
     def sample_last(self, dev: DeviceState, t: float, data: dict[str, Any], event_id: str) -> None:
         """One sample of a last-N ratio (the matcher already passed)."""
@@ -668,8 +682,12 @@ class ChangeKind(Kind):
         self.resolve_after = self.p["resolve_after"]
 
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
-        if self.unless_by_type.get(etype) or "." in self.p["field"] or self.min_m or etype not in self.of.types:
+        if self.unless_by_type.get(etype) or etype not in self.of.types:
             return super().fast_src(etype, name)
+        if "." in self.p["field"] or self.min_m:
+            # without the field (its top level) there is no value: nothing changes
+            top = self.p["field"].split(".")[0]
+            return [f"if d.get({top!r}) is not None:", f"    {name}.on_event(dev, etype, t, d, eid)"], {}
         env: dict[str, Any] = {}
         guard = "True"
         if self.of.pred is not None:
