@@ -119,7 +119,13 @@ class MatchKind(Kind):
             env.update(pred.env)
             lines += [f"{kw} {pred.src}:", "    if C is None:", "        C = dev.clears = NEW_CLEARS()",
                       f"    if t > C[{self.slot}]:", f"        C[{self.slot}] = t",
-                      f"    if {self.idx} in R:", f"        {name}._on_clear(dev, {all_keys}, t, d, eid)"]
+                      f"    if {self.idx} in R:"]
+            if all_keys or self.prefix is None:
+                lines.append(f"        {name}._clear_recorded(dev, {all_keys}, t, d, eid)")
+            else:  # ``_clear_recorded`` inlined for the one key the event can clear
+                lines += [f"        i = R[{self.idx}]", f"        k = {self.prefix!r} + dev.device_id",
+                          "        st = i.get(k)", "        if st is not None and t > st[0]:",
+                          f"            {name}._resolve(dev, i, k, t, eid)"]
             kw = "elif"
         if matches:
             for p in matches:
@@ -140,6 +146,10 @@ class MatchKind(Kind):
 
     def _on_clear(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
         self._record_clear(dev, t)
+        self._clear_recorded(dev, all_keys, t, data, event_id)
+
+    def _clear_recorded(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
+        """A clear event whose time ``_record_clear`` has already kept: resolve what it ends."""
         inst = dev.rules.get(self.idx)
         if not inst:
             return
