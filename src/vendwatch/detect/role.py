@@ -477,7 +477,7 @@ class Detector:
                 self.step()  # assignment: the partitions' device states are loaded
                 # what exists now (modules, rules, generated handlers, restored devices) lives
                 # as long as the role: moved out of the collector's generations, the periodic
-                # collections no longer walk it (~7 % of the engine's CPU per event). Cyclic
+                # collections no longer walk it (~7 % of decoding and evaluating an event). Cyclic
                 # garbage is collected first so that none of it is kept.
                 gc.collect()
                 gc.freeze()
