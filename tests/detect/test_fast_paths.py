@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from vendwatch.detect.engine import DeviceState, Engine, SiteOptions
 from vendwatch.detect.role import _LeanWithData
-from vendwatch.detect.rules import load_ruleset
+from vendwatch.detect.rules import RuleSet, load_ruleset, parse_rules
 from vendwatch.events import PAYLOADS
 from vendwatch.signals import Signal
 
@@ -173,3 +173,82 @@ def test_the_generated_handlers_and_runs_give_the_signals_of_the_plain_rules(
     assert got_fast == got_plain
     assert _state(fast) == _state(plain)
     assert (fast.events, fast.duplicates) == (plain.events, plain.duplicates)
+
+
+# extra rules for the paths the default pack does not take: a change of a nested field, a
+# clear of every key, a templated key cleared per event
+_EXTRA = RuleSet(RULES.rules + parse_rules("""
+format: vendwatch.rules/v1
+rules:
+  - id: lat_changed
+    type: change
+    severity: info
+    of: {type: connectivity}
+    field: gps.lat
+    resolve_after: 10m
+  - id: slot_alert
+    type: match
+    severity: info
+    dedupe_key: "{rule_id}/{device_id}/{event[slot]}"
+    match: {type: stock_alert, where: {level: [low, out]}}
+    clear:
+      - {type: stock_alert, where: {level: ok}}
+      - {type: refill, where: {phase: completed}, all_keys: true}
+""", "extra.yaml"), ["default.yaml", "extra.yaml"])
+
+
+@st.composite
+def batched_stream(draw: st.DrawFn) -> list[list[Decoded]]:
+    """Polls of device batches: several events of one device at one instant (as devices
+    send them), some batches late, some sent twice, devices interleaved between batches."""
+    polls: list[list[Decoded]] = []
+    clock = 0.0
+    sent: list[list[Decoded]] = []
+    for p in range(draw(st.integers(2, 12))):
+        poll: list[Decoded] = []
+        for b in range(draw(st.integers(1, 4))):
+            if sent and draw(st.integers(0, 9)) == 0:
+                poll += draw(st.sampled_from(sent))  # a redelivered batch
+                continue
+            clock += draw(st.sampled_from([0.0, 0.5, 2.0, 12.0]))
+            at = clock - draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 6.0]))
+            dev = draw(st.sampled_from(["VM-1", "VM-2", "VM-3"]))
+            batch = []
+            for k in range(draw(st.integers(1, 8))):
+                etype = draw(st.sampled_from(sorted(_FIELDS)))
+                t = at + draw(st.sampled_from([0.0, 0.0, 0.1]))  # mostly the same instant
+                batch.append(Decoded(f"e{p}-{b}-{k}", dev, etype, datetime.fromtimestamp(T0 + t * 60, UTC),
+                                     draw(payload(etype)), site_id="S1"))
+            sent.append(batch)
+            poll += batch
+        polls.append(poll)
+    return polls
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(batched_stream())
+def test_device_batches_give_the_signals_state_and_dirty_devices_of_the_plain_rules(polls: list[list[Decoded]]) -> None:
+    site = SiteOptions(min_devices=2, min_fraction=0.5, wait_s=60.0)
+    plain = PlainEngine(_EXTRA, allowed_lateness_s=300.0, site=site, wall=lambda: WALL)
+    fast = Engine(_EXTRA, allowed_lateness_s=300.0, site=site, wall=lambda: WALL)
+    got_plain: list[Signal] = []
+    got_fast: list[Signal] = []
+    clock = T0
+    for poll in polls:
+        for e in poll:
+            plain.process(e.event_id, e.device_id, e.site_id, e.type, e.occurred_at.timestamp(), e.data)
+        fast.process_run(poll)
+        assert fast.run_taken == len(poll)
+        assert fast.dirty == plain.dirty  # the devices a checkpoint writes
+        plain.dirty.clear()
+        fast.dirty.clear()
+        clock = max([clock, *(e.occurred_at.timestamp() for e in poll)])
+        for eng, got in ((plain, got_plain), (fast, got_fast)):
+            eng.advance(clock, 60.0)
+            got += eng.drain()
+    for eng, got in ((plain, got_plain), (fast, got_fast)):
+        eng.advance(clock + 7200, 60.0)
+        got += eng.drain()
+    assert got_fast == got_plain
+    assert _state(fast) == _state(plain)
+    assert (fast.events, fast.duplicates, fast.in_order) == (plain.events, plain.duplicates, plain.in_order)

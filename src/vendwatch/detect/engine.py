@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import math
 import re
+import struct
 import zlib
 from array import array
 from collections.abc import Callable, Iterable
@@ -228,7 +229,8 @@ class Engine:
         dev = self.devices.get(device_id)
         if dev is None:
             dev = self._device(device_id, site_id, part)
-        h = zlib.crc32(event_id.encode()).to_bytes(4, "little")
+        c = zlib.crc32(event_id.encode())
+        h = c.to_bytes(4, "little")
         rec = dev.recent
         pos = rec.find(h)
         while pos >= 0:  # a hit must be aligned on an entry; others are byte coincidences
@@ -240,8 +242,7 @@ class Engine:
             # allocated once at its full size; an all-zero slot is empty (a CRC of 0 would
             # read as a duplicate of nothing: one event in 4 billion)
             rec = dev.recent = bytearray(4 * self.recent_ids)
-        i = 4 * dev.rpos
-        rec[i : i + 4] = h
+        _put_crc(rec, 4 * dev.rpos, c)
         dev.rpos = (dev.rpos + 1) % self.recent_ids
         self.events += 1
         self.dirty.add(device_id)
@@ -258,26 +259,36 @@ class Engine:
         """``process`` for a run of decoded events of one partition, each with the attributes
         ``event_id``, ``device_id``, ``site_id``, ``type``, ``occurred_at`` (a datetime) and
         ``data``: the same outcome as calling ``process`` per event, with the loop's lookups
-        done once per run. Afterwards (also after an exception) ``run_taken`` is the number
-        of events taken in and ``run_clock`` the newest event time among them."""
+        done once per run, and once per device for consecutive events of one device (a
+        device sends its events in batches). Afterwards (also after an exception)
+        ``run_taken`` is the number of events taken in and ``run_clock`` the newest event
+        time among them."""
         devices = self.devices
         handlers = self._handlers
         other = handlers.get("")
         crc32 = zlib.crc32
+        put = _put_crc
         ring = self.recent_ids
         mark_dirty = self.dirty.add
         taken = fresh = dups = 0
         clock = -INF
+        in_order = self.in_order
+        dev: DeviceState | None = None
+        device_id: str | None = None
+        marked = False
         try:
             for e in events:
                 t = e.occurred_at.timestamp()
-                device_id = e.device_id
-                dev = devices.get(device_id)
-                if dev is None:
-                    dev = self._device(device_id, e.site_id, part)
+                if e.device_id != device_id:
+                    device_id = e.device_id
+                    dev = devices.get(device_id)
+                    if dev is None:
+                        dev = self._device(device_id, e.site_id, part)
+                    marked = False
                 event_id = e.event_id
-                h = crc32(event_id.encode()).to_bytes(4, "little")
-                rec = dev.recent
+                c = crc32(event_id.encode())
+                h = c.to_bytes(4, "little")
+                rec = dev.recent  # type: ignore[union-attr]
                 pos = rec.find(h)
                 while pos >= 0:  # as in ``process``: only an aligned hit is a duplicate
                     if pos % 4 == 0:
@@ -287,22 +298,28 @@ class Engine:
                     dups += 1
                 else:
                     if not rec:
-                        rec = dev.recent = bytearray(4 * ring)
-                    i = 4 * dev.rpos
-                    rec[i : i + 4] = h
-                    dev.rpos = (dev.rpos + 1) % ring
+                        rec = dev.recent = bytearray(4 * ring)  # type: ignore[union-attr]
+                    i = dev.rpos  # type: ignore[union-attr]
+                    put(rec, 4 * i, c)
+                    dev.rpos = (i + 1) % ring  # type: ignore[union-attr]
                     fresh += 1
-                    mark_dirty(device_id)
-                    if dev.wake <= t:
-                        self._tick_device(dev, t, from_event=True)
-                    if t >= dev.last_t:
-                        self.in_order = True
-                        dev.last_t = t
-                    else:
-                        self.in_order = False
-                    handle = handlers.get(e.type) or other
+                    if not marked:
+                        mark_dirty(device_id)
+                        marked = True
+                    if dev.wake <= t:  # type: ignore[union-attr]
+                        self._tick_device(dev, t, from_event=True)  # type: ignore[arg-type]
+                    # the flag kinds read (out-of-order events are treated more carefully),
+                    # stored only when it changes
+                    if t >= dev.last_t:  # type: ignore[union-attr]
+                        dev.last_t = t  # type: ignore[union-attr]
+                        if not in_order:
+                            self.in_order = in_order = True
+                    elif in_order:
+                        self.in_order = in_order = False
+                    etype = e.type
+                    handle = handlers.get(etype) or other
                     if handle is not None:
-                        handle(dev, e.type, t, e.data, event_id)
+                        handle(dev, etype, t, e.data, event_id)
                 taken += 1
                 if t > clock:
                     clock = t
@@ -614,24 +631,54 @@ class Engine:
             self.now = max(self.now, self.watermark)
 
 
+_put_crc = struct.Struct("<I").pack_into  # one entry of DeviceState.recent, in place
+
 _LOOKUP = re.compile(r"\bd\.get\(('[A-Za-z0-9_]+')\)")
+_BOUND = re.compile(r"\(\(v := (P\d+)\) is v and ")
+_V = re.compile(r"\bv\b")
 
 
 def _hoist_lookups(lines: list[str]) -> list[str]:
-    """``lines`` with each payload field read more than once looked up once, first.
+    """``lines`` with every payload field looked up once, first, into a local.
 
     ``d.get('f')`` appears in the guards of every rule that reads ``f``; the payload is
     not changed while a handler runs, so one lookup into a local gives the same value.
+    A predicate then tests the local itself instead of binding it to ``v`` first
+    (``_unbind``).
     """
     seen: dict[str, int] = {}
     for line in lines:
         for f in _LOOKUP.findall(line):
             seen[f] = seen.get(f, 0) + 1
-    names = {f: f"P{n}" for n, f in enumerate(sorted(f for f, c in seen.items() if c > 1))}
+    names = {f: f"P{n}" for n, f in enumerate(sorted(seen))}
     if not names:
         return lines
     head = [f"{var} = d.get({f})" for f, var in names.items()]
-    return head + [_LOOKUP.sub(lambda m: names.get(m.group(1), m.group(0)), line) for line in lines]
+    return head + [_unbind(_LOOKUP.sub(lambda m: names[m.group(1)], line)) for line in lines]
+
+
+def _unbind(line: str) -> str:
+    """``((v := P3) is v and EXPR(v))`` -> ``(EXPR(P3))``: a predicate over a local needs no binding.
+
+    The binding is how a generated predicate (``rules.compile_where``) names the value it
+    reads; EXPR is a balanced parenthesised expression whose only variable is ``v``.
+    """
+    while (m := _BOUND.search(line)) is not None:
+        depth, i = 0, m.start()
+        while True:  # the end of the group that opened at m.start()
+            c = line[i]
+            if c in "'\"":
+                i = line.index(c, i + 1)  # field names and constants: no escaped quotes
+            elif c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth == 0:
+                    break
+            i += 1
+        body = _V.sub(m.group(1), line[m.end():i])
+        line = f"{line[:m.start()]}({body}){line[i + 1:]}"
+    return line
 
 
 class _SafeView(dict[str, Any]):

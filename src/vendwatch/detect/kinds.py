@@ -119,7 +119,13 @@ class MatchKind(Kind):
             env.update(pred.env)
             lines += [f"{kw} {pred.src}:", "    if C is None:", "        C = dev.clears = NEW_CLEARS()",
                       f"    if t > C[{self.slot}]:", f"        C[{self.slot}] = t",
-                      f"    if {self.idx} in R:", f"        {name}._on_clear(dev, {all_keys}, t, d, eid)"]
+                      f"    if {self.idx} in R:"]
+            if all_keys or self.prefix is None:
+                lines.append(f"        {name}._clear_recorded(dev, {all_keys}, t, d, eid)")
+            else:  # ``_clear_recorded`` inlined for the one key the event can clear
+                lines += [f"        i = R[{self.idx}]", f"        k = {self.prefix!r} + dev.device_id",
+                          "        st = i.get(k)", "        if st is not None and t > st[0]:",
+                          f"            {name}._resolve(dev, i, k, t, eid)"]
             kw = "elif"
         if matches:
             for p in matches:
@@ -140,6 +146,10 @@ class MatchKind(Kind):
 
     def _on_clear(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
         self._record_clear(dev, t)
+        self._clear_recorded(dev, all_keys, t, data, event_id)
+
+    def _clear_recorded(self, dev: DeviceState, all_keys: bool, t: float, data: dict[str, Any], event_id: str) -> None:
+        """A clear event whose time ``_record_clear`` has already kept: resolve what it ends."""
         inst = dev.rules.get(self.idx)
         if not inst:
             return
@@ -568,7 +578,21 @@ class RatioKind(Kind):
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
         if self.m.pred is None or not self.last:
             return self._guarded([self.m.pred], name)
-        return [f"if {self.m.pred.src}:", f"    {name}.sample_last(dev, t, d, eid)"], dict(self.m.pred.env)
+        # ``sample_last`` inlined: every matching event is a sample
+        env = dict(self.m.pred.env) | self.bad.env  # type: ignore[union-attr]
+        i, last, lo = self.idx, self.last, self.min_n
+        return [f"if {self.m.pred.src}:",
+                f"    i = R.get({i})",
+                "    if i is None:",
+                f"        i = R[{i}] = [0, 0, None]",
+                f"    b = i[0] = ((i[0] << 1) | (1 if ({self.bad.src}) else 0)) & {self.mask}",  # type: ignore[union-attr]
+                "    n = i[1] + 1",
+                f"    if n > {last}:",
+                f"        n = {last}",
+                "    i[1] = n",
+                f"    if (i[2] is None and n >= {lo} and b and b.bit_count() > {self.above!r} * n) or"
+                f" (i[2] is not None and (n < {lo} or b.bit_count() <= {self.clear_at!r} * n)):",
+                f"        i[2] = {name}._judge(dev, i[2], b.bit_count(), n, t, eid)"], env
 
     def sample_last(self, dev: DeviceState, t: float, data: dict[str, Any], event_id: str) -> None:
         """One sample of a last-N ratio (the matcher already passed)."""
@@ -668,8 +692,12 @@ class ChangeKind(Kind):
         self.resolve_after = self.p["resolve_after"]
 
     def fast_src(self, etype: str, name: str) -> tuple[list[str], dict[str, Any]]:
-        if self.unless_by_type.get(etype) or "." in self.p["field"] or self.min_m or etype not in self.of.types:
+        if self.unless_by_type.get(etype) or etype not in self.of.types:
             return super().fast_src(etype, name)
+        if "." in self.p["field"] or self.min_m:
+            # without the field (its top level) there is no value: nothing changes
+            top = self.p["field"].split(".")[0]
+            return [f"if d.get({top!r}) is not None:", f"    {name}.on_event(dev, etype, t, d, eid)"], {}
         env: dict[str, Any] = {}
         guard = "True"
         if self.of.pred is not None:
