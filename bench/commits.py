@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, for the lake benchmark's generator
 from etl import _append  # noqa: E402
+
 from lake import generate_chunk  # noqa: E402
 from vendwatch.config import load_settings  # noqa: E402
 from vendwatch.lake.catalog import ensure_table, open_catalog  # noqa: E402
