@@ -214,6 +214,8 @@ def _count_business(items: list[tuple[str, Any]]) -> None:
     revenue: dict[str, int] = {}
     refunds: dict[str, int] = {}
     for t, d in items:
+        if type(d) is not dict:  # a refund folds nothing, so any payload gets this far
+            continue
         if t == "transaction":
             if d.get("payment_status") == "failure":
                 outcome = "payment_failure"
@@ -242,10 +244,13 @@ class DeviceStateProjector(CheckpointedStage):
     topics = (EVENTS,)
     bulk_read = True
 
-    def process(self, records: Sequence[Record]) -> None:
-        self._business: list[tuple[str, Any]] = []
-        super().process(records)
-        _count_business(self._business)  # after the commit: a rolled-back batch is not counted
+    _business: list[tuple[str, Any]] = []  # sales and refunds of the last apply
+
+    def committed(self, applied: bool) -> None:
+        # counted per committed transaction: a rolled-back batch is not counted, and the
+        # parts of a batch isolated around a record set aside each are
+        if applied:
+            _count_business(self._business)
 
     def apply(self, tx: Tx, records: Sequence[Record]) -> None:
         # one decoder call per partition run; if a value does not decode, record by record
