@@ -366,3 +366,30 @@ def test_the_group_position_is_written_at_most_once_a_second_and_catches_up_when
         t.join(10)
         ctx.close()
     assert 1 <= len(commits) <= 3, commits
+
+
+def test_a_caught_up_stage_polls_at_most_once_per_interval_and_a_backlog_at_once(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, each transaction carries what arrived over ``state.projector_poll_interval_s``
+    (its fixed costs are shared by more events); a backlog or an idle log is not held back."""
+    from vendwatch.stage import CheckpointedStage
+
+    ctx = Context(settings(data_dir, **{"state.projector_poll_interval_s": 0.3}))
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 10
+    answers = [[1] * 3, [1] * 4, [1] * 10, [1] * 10, [], [1] * 2, [1]]
+    started: list[float] = []
+
+    def fake_poll(self: Any, c: Any, timeout_s: float) -> list[int]:
+        started.append(time.monotonic())
+        return answers[len(started) - 1]
+
+    monkeypatch.setattr(CheckpointedStage, "poll", fake_poll)
+    for _ in answers:
+        proj.poll(None, 0.0)  # type: ignore[arg-type]
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.3  # after a partial poll: the interval
+    assert gaps[2] < 0.1 and gaps[3] < 0.1  # after a full poll (a backlog): at once
+    assert gaps[4] < 0.1  # after an empty poll (the poll itself waited): at once
+    assert gaps[5] >= 0.3
+    ctx.close()

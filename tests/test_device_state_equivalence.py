@@ -140,7 +140,8 @@ def _model(records: list[Record]) -> tuple[dict[str, tuple[Any, ...]], int, dict
         row[6] += 1
         rows[e.device_id] = row
         _sales(data, e.type, sales)
-    return {d: (*r[:7], msgspec.json.decode(msgspec.json.encode(r[7]))) for d, r in rows.items()}, aside, sales
+    rows_out = {d: (*r[:7], msgspec.json.decode(msgspec.json.encode(r[7]))) for d, r in rows.items()}
+    return rows_out, aside, {k: v for k, v in sales.items() if v}  # a counter gains nothing from 0
 
 
 def _run(records: list[Record], cuts: list[int], bulk: bool) -> tuple[dict[str, tuple[Any, ...]], int, list[Any]]:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 import msgspec
 
 from vendwatch import events as ev
 from vendwatch.bus import EVENTS
-from vendwatch.bus.base import Record
+from vendwatch.bus.base import Consumer, Record
 from vendwatch.bus.batch import RecordBatch
 from vendwatch.observe.metrics import REFUNDS, REVENUE, VENDS
 from vendwatch.runtime import Context
@@ -18,7 +21,7 @@ from vendwatch.stage import CheckpointedStage
 from vendwatch.state.db import Tx
 
 
-class StateEvent(ev.StoredEvent):
+class StateEvent(ev.StoredEvent, gc=False):
     """A stored event as this stage reads it: ``ev.StoredEvent`` with the payload decoded
     in the same call (its fields, so the same records are refused)."""
 
@@ -27,7 +30,20 @@ class StateEvent(ev.StoredEvent):
 
 _event = msgspec.json.Decoder(StateEvent)
 _events = msgspec.json.Decoder(list[StateEvent])  # a whole run of a partition at once
+_SALES = ("transaction", "refund")
+_device_of = attrgetter("device_id")
 _ROW = "SELECT device_id, site_id, first_seen_at, last_seen_at, last_event_at, last_seq, events, doc FROM device_state WHERE device_id IN ({})"
+
+
+def _rows(tx: Tx, devices: set[str]) -> dict[str, list[Any]]:
+    """The stored rows of ``devices`` as lists (columns in table order, the document decoded)."""
+    ids = sorted(devices)
+    rows: dict[str, list[Any]] = {}
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        for r in tx.query(_ROW.format(",".join("?" * len(chunk))), chunk):
+            rows[r[0]] = [r[0], r[1], r[2], r[3], r[4], r[5], r[6], msgspec.json.decode(r[7] or "{}")]
+    return rows
 
 
 def _ts(d: datetime) -> float:
@@ -83,23 +99,31 @@ def _newer(doc: dict[str, Any], section: str, at: float) -> bool:
 
 # One function per event type, looked up by type (the stage's per-event cost: an if/elif
 # chain walked up to ten string comparisons for the most common type). Each merges an
-# event at ``at`` (epoch seconds) with its decoded payload ``data`` into ``doc``.
+# event at ``at`` (epoch seconds) with its decoded payload ``data`` into ``doc``. The
+# common types are written out (``_known`` and ``_newer`` inline, no empty dict made for
+# a section that exists): they are most of the stage's per-event Python work.
 def _fold_health(doc: dict[str, Any], at: float, data: Any) -> None:
     health = doc.get("health")
     if health is None:
         health = doc["health"] = {}
     elif (prev := health.get("at")) is not None and at < prev:
         return
-    health.update(_known(data, _HEALTH))
+    if _HEALTH.issuperset(data) and None not in data.values():
+        health.update(data)
+    else:
+        health.update({k: v for k, v in data.items() if k in _HEALTH and v is not None})
     health["at"] = at
 
 
 def _fold_heartbeat(doc: dict[str, Any], at: float, data: Any) -> None:
     _fold_health(doc, at, data)
-    if data.get("firmware_version") and _newer(doc, "firmware", at):
-        fw = doc.setdefault("firmware", {})
-        fw["firmware_version"] = data["firmware_version"]
-        fw["at"] = at
+    if version := data.get("firmware_version"):
+        fw = doc.get("firmware")
+        if fw is None:
+            doc["firmware"] = {"firmware_version": version, "at": at}
+        elif (prev := fw.get("at")) is None or at >= prev:
+            fw["firmware_version"] = version
+            fw["at"] = at
 
 
 def _fold_config(doc: dict[str, Any], at: float, data: Any) -> None:
@@ -110,19 +134,32 @@ def _fold_config(doc: dict[str, Any], at: float, data: Any) -> None:
 
 
 def _fold_connectivity(doc: dict[str, Any], at: float, data: Any) -> None:
-    if _newer(doc, "connectivity", at):
-        conn = doc.setdefault("connectivity", {})
-        conn.update(_known(data, _CONNECTIVITY))
-        conn["at"] = at
+    conn = doc.get("connectivity")
+    if conn is None:
+        conn = doc["connectivity"] = {}
+    elif (prev := conn.get("at")) is not None and at < prev:
+        return
+    if _CONNECTIVITY.issuperset(data) and None not in data.values():
+        conn.update(data)
+    else:
+        conn.update({k: v for k, v in data.items() if k in _CONNECTIVITY and v is not None})
+    conn["at"] = at
 
 
 def _fold_inventory(doc: dict[str, Any], at: float, data: Any) -> None:
-    stock = doc.setdefault("stock", {})
+    stock = doc.get("stock")
+    if stock is None:
+        stock = doc["stock"] = {}
     for s in data.get("slots", []):
-        prev = stock.get(s["slot"], {})
-        if prev.get("at", 0) <= at:
-            stock[s["slot"]] = {**prev, **_known(s, _SLOT), "at": at}
-    _trim(stock, MAX_SLOTS, _slot_at)
+        slot = s["slot"]
+        prev = stock.get(slot)
+        if prev is None:
+            if at >= 0:  # as an empty slot with "at" 0 would
+                stock[slot] = {**_known(s, _SLOT), "at": at}
+        elif prev.get("at", 0) <= at:
+            stock[slot] = {**prev, **_known(s, _SLOT), "at": at}
+    if len(stock) > MAX_SLOTS:
+        _trim(stock, MAX_SLOTS, _slot_at)
 
 
 def _fold_refill(doc: dict[str, Any], at: float, data: Any) -> None:
@@ -146,8 +183,13 @@ def _fold_stock_alert(doc: dict[str, Any], at: float, data: Any) -> None:
 
 
 def _fold_transaction(doc: dict[str, Any], at: float, data: Any) -> None:
-    if _newer(doc, "last_transaction", at):
-        doc["last_transaction"] = {**_known(data, _TRANSACTION), "at": at}
+    prev = doc.get("last_transaction")
+    if prev is None or (prev_at := prev.get("at")) is None or at >= prev_at:
+        if _TRANSACTION.issuperset(data) and None not in data.values():
+            doc["last_transaction"] = {**data, "at": at}
+        else:
+            doc["last_transaction"] = {**{k: v for k, v in data.items() if k in _TRANSACTION and v is not None},
+                                       "at": at}
 
 
 def _fold_fault(doc: dict[str, Any], at: float, data: Any) -> None:
@@ -162,10 +204,11 @@ def _fold_fault(doc: dict[str, Any], at: float, data: Any) -> None:
             faults.pop(code, None)
         else:
             faults[code] = at
-        # cleared codes go first, then the oldest
-        _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
-        for gone in [c for c in faults if c not in changed]:
-            del faults[gone]
+        if len(changed) > MAX_FAULT_CODES:  # cleared codes go first, then the oldest
+            _trim(changed, MAX_FAULT_CODES, lambda k, v: (k in faults, v))
+        if not faults.keys() <= changed.keys():
+            for gone in [c for c in faults if c not in changed]:
+                del faults[gone]
 
 
 def _fold_security(doc: dict[str, Any], at: float, data: Any) -> None:
@@ -245,6 +288,24 @@ class DeviceStateProjector(CheckpointedStage):
     bulk_read = True
 
     _business: list[tuple[str, Any]] = []  # sales and refunds of the last apply
+    _poll_due = 0.0
+
+    def __init__(self, ctx: Context) -> None:
+        super().__init__(ctx)
+        self.poll_interval_s = ctx.settings.state.projector_poll_interval_s
+
+    def poll(self, c: Consumer, timeout_s: float) -> Sequence[Record]:
+        # After a poll that drained the log (a live stage, not a backlog), the next one
+        # waits until ``poll_interval_s`` after it: each transaction then carries what
+        # arrived meanwhile, so its fixed costs (the commit and its fsync, the rows and
+        # checkpoints read and written, a read per partition) are shared by more events.
+        # The state shows up to that much later.
+        if (wait := self._poll_due - time.monotonic()) > 0:
+            time.sleep(wait)
+        started = time.monotonic()
+        recs = super().poll(c, timeout_s)
+        self._poll_due = started + self.poll_interval_s if 0 < len(recs) < self.batch_size else 0.0
+        return recs
 
     def committed(self, applied: bool) -> None:
         # counted per committed transaction: a rolled-back batch is not counted, and the
@@ -258,31 +319,41 @@ class DeviceStateProjector(CheckpointedStage):
         evs = records.decode(_events) if isinstance(records, RecordBatch) else None
         if evs is None:
             evs = [_event.decode(r.value) for r in records]
-        self._business = [(e.type, e.data) for e in evs if e.type in ("transaction", "refund")]
-        ids = sorted({e.device_id for e in evs})
-        rows: dict[str, list[Any]] = {}
-        for i in range(0, len(ids), 500):
-            chunk = ids[i : i + 500]
-            for r in tx.query(_ROW.format(",".join("?" * len(chunk))), chunk):
-                rows[r[0]] = [r[0], r[1], r[2], r[3], r[4], r[5], r[6], msgspec.json.decode(r[7] or "{}")]
+        self._business = [(e.type, e.data) for e in evs if e.type in _SALES]
+        rows = _rows(tx, {e.device_id for e in evs})
         folders, nothing = _FOLD, _fold_nothing
-        for e in evs:
-            row = rows.get(e.device_id)
+        # A device's events come in runs (a request's events are consecutive in its
+        # partition): the row's columns are folded once per run, with C-level min/max
+        # over the run's times, and the fold converts an event time only when it differs
+        # from the previous event's (a request's events often share it).
+        for dev, it in groupby(evs, _device_of):
+            run = list(it)
+            row = rows.get(dev)
             if row is None:
-                row = rows[e.device_id] = [e.device_id, e.site_id, None, None, None, None, 0, {}]
-            recv, occ = e.received_at.timestamp(), e.occurred_at.timestamp()
-            if e.site_id:
-                row[1] = e.site_id
-            if row[2] is None or recv < row[2]:
-                row[2] = recv
-            if row[3] is None or recv > row[3]:
-                row[3] = recv
-            if row[4] is None or occ > row[4]:
-                row[4] = occ
-            if (seq := e.seq) is not None and (row[5] is None or seq > row[5]):
-                row[5] = seq
-            row[6] += 1
-            folders.get(e.type, nothing)(row[7], occ, e.data)
+                row = rows[dev] = [dev, run[0].site_id, None, None, None, None, 0, {}]
+            sites = [s for e in run if (s := e.site_id)]
+            if sites:
+                row[1] = sites[-1]
+            recv = [e.received_at for e in run]
+            first, last = min(recv).timestamp(), max(recv).timestamp()
+            if row[2] is None or first < row[2]:
+                row[2] = first
+            if row[3] is None or last > row[3]:
+                row[3] = last
+            newest = max([e.occurred_at for e in run]).timestamp()
+            if row[4] is None or newest > row[4]:
+                row[4] = newest
+            seqs = [q for e in run if (q := e.seq) is not None]
+            if seqs:
+                seq = max(seqs)
+                if row[5] is None or seq > row[5]:
+                    row[5] = seq
+            row[6] += len(run)
+            doc, prev, at = row[7], None, 0.0
+            for e in run:
+                if (occ := e.occurred_at) != prev:
+                    prev, at = occ, occ.timestamp()
+                folders.get(e.type, nothing)(doc, at, e.data)
         tx.executemany(
             "INSERT INTO device_state VALUES (?,?,?,?,?,?,?,?) ON CONFLICT(device_id) DO UPDATE SET"
             " site_id=excluded.site_id, first_seen_at=excluded.first_seen_at, last_seen_at=excluded.last_seen_at,"
