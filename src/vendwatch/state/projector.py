@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 from itertools import groupby
 from operator import attrgetter
 from typing import Any
@@ -102,17 +103,23 @@ def _newer(doc: dict[str, Any], section: str, at: float) -> bool:
 # event at ``at`` (epoch seconds) with its decoded payload ``data`` into ``doc``. The
 # common types are written out (``_known`` and ``_newer`` inline, no empty dict made for
 # a section that exists): they are most of the stage's per-event Python work.
-def _fold_health(doc: dict[str, Any], at: float, data: Any) -> None:
-    health = doc.get("health")
-    if health is None:
-        health = doc["health"] = {}
-    elif (prev := health.get("at")) is not None and at < prev:
+def _merge(section: str, fields: frozenset[str], doc: dict[str, Any], at: float, data: Any) -> None:
+    """Merge the known, non-null fields of ``data`` into ``doc[section]`` unless it is newer."""
+    part = doc.get(section)
+    if part is None:
+        part = doc[section] = {}
+    elif (prev := part.get("at")) is not None and at < prev:
         return
-    if _HEALTH.issuperset(data) and None not in data.values():
-        health.update(data)
+    if fields.issuperset(data) and None not in data.values():
+        part.update(data)
     else:
-        health.update({k: v for k, v in data.items() if k in _HEALTH and v is not None})
-    health["at"] = at
+        part.update({k: v for k, v in data.items() if k in fields and v is not None})
+    part["at"] = at
+
+
+# (a partial is called from C: no extra Python frame per event)
+_fold_health: Callable[[dict[str, Any], float, Any], None] = partial(_merge, "health", _HEALTH)
+_fold_connectivity: Callable[[dict[str, Any], float, Any], None] = partial(_merge, "connectivity", _CONNECTIVITY)
 
 
 def _fold_heartbeat(doc: dict[str, Any], at: float, data: Any) -> None:
@@ -131,19 +138,6 @@ def _fold_config(doc: dict[str, Any], at: float, data: Any) -> None:
         fw = doc.setdefault("firmware", {})
         fw.update(_known(data, _CONFIG))
         fw["at"] = at
-
-
-def _fold_connectivity(doc: dict[str, Any], at: float, data: Any) -> None:
-    conn = doc.get("connectivity")
-    if conn is None:
-        conn = doc["connectivity"] = {}
-    elif (prev := conn.get("at")) is not None and at < prev:
-        return
-    if _CONNECTIVITY.issuperset(data) and None not in data.values():
-        conn.update(data)
-    else:
-        conn.update({k: v for k, v in data.items() if k in _CONNECTIVITY and v is not None})
-    conn["at"] = at
 
 
 def _fold_inventory(doc: dict[str, Any], at: float, data: Any) -> None:
