@@ -144,9 +144,15 @@ def _model(records: list[Record]) -> tuple[dict[str, tuple[Any, ...]], int, dict
     return rows_out, aside, {k: v for k, v in sales.items() if v}  # a counter gains nothing from 0
 
 
-def _run(records: list[Record], cuts: list[int], bulk: bool) -> tuple[dict[str, tuple[Any, ...]], int, list[Any]]:
+def _run(records: list[Record], cuts: list[int], bulk: bool,
+         postgres: str | None = None) -> tuple[dict[str, tuple[Any, ...]], int, list[Any]]:
     with tempfile.TemporaryDirectory() as tmp:
-        store = StateStore(SqliteDatabase(Path(tmp) / "state.db"))
+        if postgres:
+            from vendwatch.state.postgres import PostgresDatabase
+
+            store = StateStore(PostgresDatabase(postgres, pool_size=2))
+        else:
+            store = StateStore(SqliteDatabase(Path(tmp) / "state.db"))
         store.migrate()
         ctx = Context(Settings(data_dir=tmp), _state=store)
         proj = DeviceStateProjector(ctx)
@@ -162,9 +168,7 @@ def _run(records: list[Record], cuts: list[int], bulk: bool) -> tuple[dict[str, 
         return rows, aside, [(n, bytes(d)) for n, d in cps]
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(_stream())
-def test_the_stage_commits_the_rows_of_folding_each_event_on_its_own(stream: tuple[list[Record], list[int]]) -> None:
+def _check(stream: tuple[list[Record], list[int]], on_postgres: bool = False) -> None:
     records, cuts = stream
     want_rows, want_aside, want_sales = _model(records)
     ends = {}
@@ -172,9 +176,27 @@ def test_the_stage_commits_the_rows_of_folding_each_event_on_its_own(stream: tup
         ends[f"offsets:vendwatch-device-state:{r.topic}/{r.partition}"] = str(r.offset + 1).encode()
     for bulk in (True, False):
         before = _counters()
-        rows, aside, cps = _run(records, cuts, bulk)
+        if on_postgres:
+            from tests.contract.pg_backend import fresh_schema
+
+            with fresh_schema() as dsn:
+                rows, aside, cps = _run(records, cuts, bulk, dsn)
+        else:
+            rows, aside, cps = _run(records, cuts, bulk)
         after = _counters()
         assert {k: after[k] - before[k] for k in _LABELS if after[k] != before[k]} == want_sales
         assert rows == want_rows
         assert aside == want_aside
         assert dict(cps) == ends  # every record is covered by the positions, set aside or not
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_stream())
+def test_the_stage_commits_the_rows_of_folding_each_event_on_its_own(stream: tuple[list[Record], list[int]]) -> None:
+    _check(stream)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_stream())
+def test_the_same_on_a_postgresql_state_store(stream: tuple[list[Record], list[int]]) -> None:
+    _check(stream, on_postgres=True)
