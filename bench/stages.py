@@ -12,9 +12,9 @@ process, group commit; the detector's steps and checkpoints; the orchestrator's 
 timing the process CPU (``time.process_time``) of the drain only. Variants alternate
 within each round; the table shows the median of the rounds (best in brackets):
 
-* device-state, ``--batch-size`` records per poll: record by record (``poll``: a
-  ``Record`` and a decode per record) against bulk (``poll_joined``: one string per
-  partition, one decode per run);
+* device-state, ``--batch-size`` records per poll (one transaction each): record by
+  record (``poll``: a ``Record`` and a decode per record) against bulk (the stage's own
+  read: ``poll_joined`` in runs of at most its ``read_chunk`` records, one decode per run);
 * detector: the same two reads and poll sizes (clock = event time, checkpoints every 5 s;
   polls of 250 are what a live detector reads under load, where its per-poll costs show);
 * orchestrator: per signal, over the signals the detector emitted, ``--signal-batch``

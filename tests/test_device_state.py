@@ -366,3 +366,50 @@ def test_the_group_position_is_written_at_most_once_a_second_and_catches_up_when
         t.join(10)
         ctx.close()
     assert 1 <= len(commits) <= 3, commits
+
+
+def test_a_caught_up_stage_polls_at_most_once_per_interval_and_a_backlog_at_once(
+        data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Live, each transaction carries what arrived over ``state.projector_poll_interval_s``
+    (its fixed costs are shared by more events); a backlog or an idle log is not held back."""
+    ctx = Context(settings(data_dir, **{"state.projector_poll_interval_s": 0.3}))
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size = 10
+    answers = [[1] * 3, [1] * 4, [1] * 10, [1] * 10, [], [1] * 2, [1]]
+    started: list[float] = []
+
+    def fake_read(c: Any, timeout_s: float) -> list[int]:
+        started.append(time.monotonic())
+        return answers[len(started) - 1]
+
+    monkeypatch.setattr(proj, "_read", fake_read)
+    for _ in answers:
+        proj.poll(None, 0.0)  # type: ignore[arg-type]
+    gaps = [b - a for a, b in zip(started, started[1:], strict=False)]
+    assert gaps[0] >= 0.3 and gaps[1] >= 0.3  # after a partial poll: the interval
+    assert gaps[2] < 0.1 and gaps[3] < 0.1  # after a full poll (a backlog): at once
+    assert gaps[4] < 0.1  # after an empty poll (the poll itself waited): at once
+    assert gaps[5] >= 0.3
+    ctx.close()
+
+
+def test_a_poll_is_read_and_decoded_in_chunks_but_committed_in_one_transaction(data_dir: Path) -> None:
+    """Decoding 2,000 events at once costs about twice as much per event as a few hundred
+    (cache): a poll is read in runs of ``read_chunk``, one transaction for all of them."""
+    ctx = Context(settings(data_dir, **{"state.projector_poll_interval_s": 0.0}))
+    ctx.log.create_topic(EVENTS)
+    items = _mixed(n=600)
+    ctx.log.append(EVENTS, items)
+    proj = DeviceStateProjector(ctx)
+    proj.batch_size, proj.read_chunk = 500, 64
+    c = proj._consumer = ctx.log.consumer(proj.group, proj.topics, on_assign=proj._on_assign)
+    sizes: list[tuple[int, int]] = []
+    try:
+        while recs := proj.poll(c, 0.2):
+            sizes.append((len(recs), max(len(j.offsets) for j in recs.runs)))  # type: ignore[attr-defined]
+            proj.process(recs)
+    finally:
+        c.close()
+    assert [n for n, _ in sizes] == [500, 100] and all(longest <= 64 for _, longest in sizes)
+    assert (ctx.state.db.one("SELECT sum(events) FROM device_state") or (0,))[0] == 600
+    ctx.close()

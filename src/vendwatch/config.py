@@ -106,6 +106,10 @@ class StateSettings(_Section):
     backend: Literal["sqlite", "postgres"] = "sqlite"
     postgres_dsn: str = "postgresql://vendwatch@127.0.0.1:5432/vendwatch"
     pool_size: int = 8
+    # device-state: once caught up with the log, at most one transaction per this interval
+    # (each carries more events: less CPU per event; the state shows up to this much
+    # later); 0: a transaction per poll
+    projector_poll_interval_s: float = 0.1
 
 
 class MqttSettings(_Section):
@@ -370,6 +374,7 @@ def _check(s: Settings) -> None:
         "lake.sql_worker_memory_mb": s.lake.sql_worker_memory_mb,
         "server.auth_failures_per_min": s.server.auth_failures_per_min,
         "server.auth_failures_burst": s.server.auth_failures_burst,
+        "state.projector_poll_interval_s": s.state.projector_poll_interval_s,
     }
     for key, value in non_negative.items():
         if not value >= 0:  # NaN too

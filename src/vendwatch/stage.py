@@ -235,6 +235,11 @@ class CheckpointedStage(ABC):
         ``records`` is a list, or with ``bulk_read`` a ``RecordBatch`` of a whole poll
         (the per-record paths, failure isolation and redrive, always pass lists)."""
 
+    def committed(self, applied: bool) -> None:  # noqa: B027 - optional hook
+        """Hook: a transaction of this stage committed; ``applied``: ``apply`` ran in it
+        (False for a record set aside alone). For effects outside the store (metrics) that
+        must follow exactly what was committed, also when a batch is isolated."""
+
     def dead_letter(self, tx: Tx, record: Record, reason: str) -> None:
         """Set ``record`` aside (inside ``apply``'s transaction, so with the checkpoint)."""
         if self.dead_letters.put(tx, self.name, record, reason):
@@ -286,6 +291,7 @@ class CheckpointedStage(ABC):
             raise
         if self._new_dead:
             STAGE_DEAD_LETTERS.labels(stage=self.name).inc(self._new_dead)
+        self.committed(dead is None)
         if self._attempts:  # records that failed before and went through now
             done = ([(j.topic, j.partition, o) for j in records.runs for o in j.offsets]
                     if isinstance(records, RecordBatch) else [(r.topic, r.partition, r.offset) for r in records])
@@ -358,6 +364,7 @@ class CheckpointedStage(ABC):
                 self.dead_letters.failed_again(dl_id, reason)
                 log.error("%s: dead letter %s failed again: %s", self.name, dl_id, reason)
                 continue
+            self.committed(True)
             log.info("%s: dead letter %s redriven", self.name, dl_id)
             done += 1
         return done
