@@ -7,6 +7,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+import pyarrow as pa
 from tests.lake.conftest import make_settings
 from tests.lake.factory import T0, heartbeat, publish, stored
 
@@ -16,7 +17,7 @@ from vendwatch.lake.catalog import open_catalog
 from vendwatch.lake.maintain import maintain, protected_snapshots
 from vendwatch.lake.query import LakeSQL
 from vendwatch.lake.role import LakeWriter
-from vendwatch.lake.writer import OFFSETS_PROP, committed_offsets
+from vendwatch.lake.writer import OFFSETS_PROP, commit_batch, committed_offsets
 from vendwatch.runtime import Context
 
 from .conftest import drain
@@ -202,3 +203,35 @@ def test_thinning_keeps_one_snapshot_per_hour_then_per_day() -> None:
     # protected snapshots stay whatever their age; past the cutoff everything else goes
     assert 400 not in set(thinned(snaps, now_ms, keep={400}, keep_all_ms=60 * minute, cutoff_ms=now_ms - 7 * 24 * 60 * minute))
     assert set(thinned(snaps, now_ms, keep=set(), keep_all_ms=60 * minute, cutoff_ms=now_ms + 1)) == {i for i, _ in snaps}
+
+
+def test_manifests_are_merged_so_commits_and_planning_do_not_slow_down(tmp_path):
+    """With pyiceberg's fast append every commit adds a manifest that every later commit
+    and every scan planning reads; the lake's tables merge them (as Java engines do by
+    default), also a table an older release created without that property."""
+    from pyiceberg.table import TableProperties
+
+    from vendwatch.lake import schemas
+    from vendwatch.lake.catalog import ensure_table
+
+    s = make_settings(tmp_path / "d", **{"lake.compact_min_files": 1000})
+    cat = open_catalog(s)
+    spec = schemas.TABLES["raw.events"]
+    cat.create_namespace_if_not_exists("raw")
+    cat.create_table("raw.events", schema=spec.schema, partition_spec=spec.partition_spec)  # as before
+    raw = ensure_table(cat, "raw.events")
+    assert raw.properties.get(TableProperties.MANIFEST_MERGE_ENABLED) == "true"
+    ctx = Context(s)
+    _small_commits(ctx, 1, per=1)  # one row written by the lake writer, committed again below as the writer does
+    raw.refresh()
+    row = raw.scan().to_arrow()
+    col = row.schema.get_field_index("log_offset")
+    tp, done = max(committed_offsets(raw).items(), key=lambda kv: kv[1])
+    for i in range(done, done + 104):
+        commit_batch(raw, row.set_column(col, "log_offset", pa.array([i], pa.int64())).cast(row.schema),
+                     {tp: i}, {tp: i + 1}, "test")
+    raw.refresh()
+    assert len(raw.metadata.snapshots) >= 105
+    assert len(raw.current_snapshot().manifests(raw.io)) < 20
+    assert _count(s) == {"n": 105, "d": 1}
+    ctx.close()

@@ -204,12 +204,12 @@ def ensure_table(cat: Catalog, name: str) -> Table:
         table = cat.load_table(name)
         if spec is not None:
             try:
-                if evolve(table, spec):
+                if evolve(table, spec) | set_properties(table, spec):
                     table.refresh()
             except CommitFailedException:
                 # another process evolved it at the same moment; theirs is the same change
                 table.refresh()
-                if evolve(table, spec):
+                if evolve(table, spec) | set_properties(table, spec):
                     table.refresh()
         return table
     except NoSuchTableError:
@@ -254,6 +254,17 @@ def evolve(table: Table, tdef: schemas.TableDef) -> bool:
     with table.update_schema() as upd:
         upd.union_by_name(tdef.schema)
     _log.info("schema of %s evolved: %s", tdef.name, [f.name for f in tdef.schema.fields if f.name not in have])
+    return True
+
+
+def set_properties(table: Table, tdef: schemas.TableDef) -> bool:
+    """Give a table made by an older release the properties its definition has now."""
+    missing = {k: v for k, v in tdef.properties.items() if table.properties.get(k) != v}
+    if not missing:
+        return False
+    with table.transaction() as tx:
+        tx.set_properties(missing)
+    _log.info("properties of %s set: %s", tdef.name, missing)
     return True
 
 

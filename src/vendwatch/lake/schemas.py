@@ -33,6 +33,10 @@ _BASE_PROPS = {
     "write.parquet.compression-codec": "zstd",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "50",
+    # merge small manifests (one per commit) as Java engines do by default: with pyiceberg's
+    # fast append, a writer committing every 30 s adds 2,880 a day, and every commit and every
+    # scan planning reads them all (docs/benchmarks.md, "Snapshots and commit cost")
+    "commit.manifest-merge.enabled": "true",
 }
 # Raw tables: the writer re-checks its offsets itself on a conflicting commit, so
 # pyiceberg must not retry behind its back with a stale offsets summary.
