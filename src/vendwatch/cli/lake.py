@@ -199,10 +199,12 @@ def lake() -> None:
 @click.option("--table", "tables", multiple=True, help="Only this table (repeatable) [default: all].")
 @pass_env
 def lake_maintain(env: Env, tables: tuple[str, ...]) -> None:
-    """Compact small files, apply retention, expire snapshots, delete orphan files.
+    """Compact small files, apply retention, expire and thin snapshots, delete orphan files.
 
     Safe while the lake writer runs. Thresholds: lake.small_file_mb, lake.compact_min_files,
-    lake.retention_days, lake.snapshot_retention_hours, lake.orphan_min_age_hours.
+    lake.retention_days, lake.snapshot_retention_hours, lake.snapshot_keep_all_hours (older
+    snapshots are thinned to the newest of each hour for a day, then of each day),
+    lake.orphan_min_age_hours.
     """
     from vendwatch.lake.maintain import maintain
 
