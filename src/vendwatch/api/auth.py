@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -60,7 +61,8 @@ def require(ctx: Context, role: str) -> Callable[[Endpoint], Endpoint]:
             if wait:
                 return error_response(429, "too_many_auth_failures", f"too many failed authentications from"
                                       f" {client}; retry in {wait}s", {"Retry-After": str(wait)})
-            p = principal(ctx, request)
+            # off the event loop: on PostgreSQL a round trip, and while it is away a timeout
+            p = await run_in_threadpool(principal, ctx, request)
             if p is None:
                 fails.failed(client, "missing or unknown operator token")
                 return error_response(401, "unauthorized", "operator token required", {"WWW-Authenticate": "Bearer"})

@@ -41,9 +41,12 @@ def build_app(ctx: Context, roles: list[str]) -> Starlette:
 
     async def healthz(request: Request) -> Response:
         # readiness: route traffic here when the log and state store answer
-        try:
+        def backends() -> None:
             ctx.state.db.one("SELECT 1")
             ctx.log.partitions("events")
+
+        try:  # off the event loop: a database that is away answers only after a timeout
+            await run_in_threadpool(backends)
         except Exception as e:
             return json_response({"status": "unavailable", "error": str(e)}, 503)
         collector = ctx.extras.get("collector")

@@ -65,7 +65,7 @@ class DexEndpoint:
 
     async def _post(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
         c = self.collector
-        device = c.authenticate(headers, client)
+        device = await c.authenticate(headers, client)
         if isinstance(device, _Answer):
             return device
         body = await c.read_body(headers, receive)

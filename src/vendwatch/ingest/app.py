@@ -17,7 +17,7 @@ import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from starlette.requests import Request
@@ -111,6 +111,13 @@ def _gunzip(data: bytes, limit: int) -> bytes:
             return b"".join(out)
 
 
+_MISS = object()
+
+
+def _token_key(token: str) -> bytes:
+    return hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
 class _AuthCache:
     """Successful device authentications for ``ttl_s``: a busy device costs one registry
     lookup per TTL.
@@ -136,15 +143,25 @@ class _AuthCache:
         return len(self._c)
 
     def get(self, token: str) -> Device | None:
+        """The token's device, looked up in the registry on a miss (blocking)."""
+        dev = self.cached(token)
+        return self.lookup(token) if dev is _MISS else dev  # type: ignore[return-value]
+
+    def cached(self, token: str) -> Device | None | object:
+        """The token's device, None for a token refused unread, or ``_MISS`` when only the
+        registry can tell (``lookup``, which may block: call it off the event loop)."""
         if len(token) > MAX_TOKEN_CHARS:
             return None  # no token we issue is this long: not even worth a lookup
-        now = self.clock()
-        key = hashlib.blake2b(token.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-        hit = self._c.get(key)
+        hit = self._c.get(_token_key(token))
         if hit is not None:
-            if hit[0] > now:
+            if hit[0] > self.clock():
                 return hit[1]
-            self._drop(key)
+            self._drop(_token_key(token))
+        return _MISS
+
+    def lookup(self, token: str) -> Device | None:
+        now = self.clock()
+        key = _token_key(token)
         dev = self.ctx.state.authenticate_device(token)
         if dev is not None and self.ttl > 0:
             size = self._ENTRY_OVERHEAD + sum(len(v) for v in (dev.device_id, dev.site_id, dev.serial, dev.model,
@@ -262,8 +279,12 @@ class Collector:
         await answer.send(send)
         m.INGEST_LATENCY.observe(time.perf_counter() - t0)
 
-    def authenticate(self, headers: dict[str, str], client: str) -> Device | _Answer:
-        """The device of the request's bearer token, or the 401/429 to send (every device endpoint)."""
+    async def authenticate(self, headers: dict[str, str], client: str) -> Device | _Answer:
+        """The device of the request's bearer token, or the 401/429 to send (every device endpoint).
+
+        On PostgreSQL a token that is not cached is looked up in a worker thread: a round
+        trip, and while the database is away a wait for its timeout, would otherwise hold up
+        every other device's request on the event loop. An embedded lookup stays inline."""
         wait = self.auth_failures.retry_after(client)
         if wait:
             return _error(429, "too_many_auth_failures", f"too many failed authentications from {client};"
@@ -273,11 +294,17 @@ class Collector:
         if scheme.lower() != "bearer" or not token:
             self.auth_failures.failed(client, "missing bearer token")
             return _error(401, "unauthorized", "missing bearer token", {"WWW-Authenticate": "Bearer"})
-        device = self.auth.get(token.strip())
+        token = token.strip()
+        device = self.auth.cached(token)
+        if device is _MISS:
+            if self.ctx.state.db.remote:
+                device = await asyncio.to_thread(self.auth.lookup, token)
+            else:
+                device = self.auth.lookup(token)
         if device is None:
             self.auth_failures.failed(client, "unknown, expired or disabled device token")
             return _error(401, "unauthorized", "unknown, expired or disabled device token", {"WWW-Authenticate": "Bearer"})
-        return device
+        return cast(Device, device)
 
     async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes | _Answer:
         """The request body within the size limit, gunzipped; or the 4xx to send."""
@@ -315,7 +342,7 @@ class Collector:
         return fresh
 
     async def _post_events(self, headers: dict[str, str], receive: Receive, client: str) -> _Answer:
-        device = self.authenticate(headers, client)
+        device = await self.authenticate(headers, client)
         if isinstance(device, _Answer):
             return device
         body = await self._body(headers, receive)
