@@ -202,3 +202,36 @@ def test_a_component_that_keeps_crashing_is_reported(data_dir: Path) -> None:
     finally:
         sup.stop()
         ctx.close()
+
+
+def test_a_batch_rolled_back_by_a_deadlock_is_applied_again_not_set_aside(data_dir: Path) -> None:
+    """A transaction PostgreSQL aborted to break a deadlock with another replica wrote
+    nothing: the stage runs it again at once. No record is set aside for it, none is
+    applied twice, and the stage does not stop (a restart would rejoin the consumer group)."""
+    from vendwatch.errors import TransactionConflict
+
+    with running(data_dir) as h:
+        h.add_device("VM-1", "SITE-1")
+        evs = [event("VM-1", "heartbeat", {"uptime_s": i}) for i in range(10)]
+        assert h.post("VM-1", evs).json()["accepted"] == 10
+        ctx = Context(settings(data_dir))
+        proj = DeviceStateProjector(ctx)
+        proj.batch_size = 4
+        real, conflicts = proj.apply, [6]
+
+        def deadlocked_again_and_again(tx: Any, records: list[Record]) -> None:
+            real(tx, records)  # written, then rolled back with the transaction
+            if conflicts[0]:
+                conflicts[0] -= 1
+                raise TransactionConflict("PostgreSQL rolled the transaction back: deadlock detected")
+
+        proj.apply = deadlocked_again_and_again  # type: ignore[method-assign]
+        c = proj._consumer = ctx.log.consumer(proj.group, proj.topics, on_assign=proj._on_assign)
+        try:
+            while recs := c.poll(proj.batch_size, 0.2):
+                proj.process(recs)
+        finally:
+            c.close()
+        assert conflicts == [0]
+        assert h.ctx.state.get_device_state("VM-1")["events"] == 10  # type: ignore[index]
+        assert json.loads(_vw(data_dir, "stage-dlq", "list", "--json")) == []

@@ -12,3 +12,9 @@ class Unavailable(Exception):
     backoff; ``serve`` and ``run`` wait for it at start. A traceback would only repeat the
     driver's internals at every retry.
     """
+
+
+class TransactionConflict(Unavailable):
+    """The database rolled a transaction back to break a deadlock or a serialization
+    conflict with another transaction (PostgreSQL's SQLSTATE class 40). Nothing of it was
+    written; running it again is the remedy. Stages retry it at once a few times."""

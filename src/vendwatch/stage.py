@@ -24,6 +24,7 @@ blamed on a record: the stage stops and is restarted, and its health says so.
 from __future__ import annotations
 
 import logging
+import random
 import sqlite3
 import threading
 import time
@@ -35,6 +36,7 @@ import msgspec
 
 from vendwatch.bus.base import Consumer, LogError, Record, TopicPartition
 from vendwatch.bus.batch import RecordBatch, first_ms, last_ms
+from vendwatch.errors import TransactionConflict, Unavailable
 from vendwatch.observe.lag import LagMeter
 from vendwatch.observe.metrics import STAGE_DEAD_LETTERS, STAGE_FAILURES
 from vendwatch.runtime import Context
@@ -53,7 +55,7 @@ _INFRA_ERRORS: tuple[type[BaseException], ...] = (OSError, LogError, sqlite3.Ope
 
 
 def _is_infra(e: BaseException) -> bool:
-    if isinstance(e, _INFRA_ERRORS):
+    if isinstance(e, (*_INFRA_ERRORS, Unavailable)):
         return True
     # psycopg's connection-level errors, without importing psycopg where it is not installed
     return type(e).__name__ in ("OperationalError", "InterfaceError", "DatabaseUnavailable", "PoolTimeout")
@@ -253,7 +255,7 @@ class CheckpointedStage(ABC):
         is set aside, the others are applied (see the module docstring)."""
         try:
             try:
-                self._commit(records)
+                self._commit_retrying_conflicts(records)
             except StaleAssignment:
                 raise
             except Exception as e:
@@ -266,6 +268,23 @@ class CheckpointedStage(ABC):
             self._failed(e, records)
             raise
         self._progressed(records)
+
+    #: a transaction rolled back for a deadlock or serialization conflict with another
+    #: replica is run again this many times (after 10, 20, 40 … ms) before the stage gives up
+    #: and the supervisor restarts it (which, on Kafka, would cost a consumer-group rebalance)
+    CONFLICT_RETRIES = 8
+
+    def _commit_retrying_conflicts(self, records: Sequence[Record]) -> None:
+        for attempt in range(self.CONFLICT_RETRIES + 1):
+            try:
+                self._commit(records)
+                return
+            except TransactionConflict as e:
+                if attempt == self.CONFLICT_RETRIES:
+                    raise
+                delay = min(0.01 * 2 ** attempt, 1.0) * random.uniform(0.5, 1.5)  # replicas do not retry in step
+                log.info("%s: %s; running it again in %.0f ms", self.name, e, delay * 1000)
+                time.sleep(delay)
 
     def _commit(self, records: Sequence[Record], dead: tuple[Record, str] | None = None) -> None:
         touched: dict[TopicPartition, int] = {}

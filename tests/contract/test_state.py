@@ -293,6 +293,50 @@ def test_a_connection_lost_mid_transaction_is_unavailability_and_the_next_one_wo
             db.close()
 
 
+def test_a_deadlock_between_two_transactions_is_a_conflict_to_retry_not_a_crash() -> None:
+    """Two orchestrator replicas that lock the same rows in opposite orders (a site incident
+    and its device incidents) deadlock; PostgreSQL aborts one. That one is reported as a
+    ``TransactionConflict`` (an ``Unavailable``: one line in the supervisor's log, a 503 with
+    Retry-After on the API, never blamed on a record), and the other commits."""
+    import threading
+
+    from vendwatch.errors import Unavailable
+    from vendwatch.state.postgres import PostgresDatabase, TransactionConflict
+
+    with fresh_schema() as dsn:
+        db = PostgresDatabase(dsn, pool_size=2)
+        try:
+            db.execute("CREATE TABLE rows_(k TEXT PRIMARY KEY, v INTEGER)")
+            db.execute("INSERT INTO rows_ VALUES ('a', 0), ('b', 0)")
+            both_locked = threading.Barrier(2, timeout=10)
+            outcomes: dict[str, BaseException | None] = {}
+
+            def replica(first: str, second: str) -> None:
+                try:
+                    with db.transaction() as tx:
+                        tx.execute("UPDATE rows_ SET v=v+1 WHERE k=?", (first,))
+                        both_locked.wait()
+                        tx.execute("UPDATE rows_ SET v=v+1 WHERE k=?", (second,))
+                    outcomes[first] = None
+                except BaseException as e:  # noqa: BLE001 - the test inspects it
+                    outcomes[first] = e
+
+            threads = [threading.Thread(target=replica, args=p) for p in (("a", "b"), ("b", "a"))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(30)
+            errors = [e for e in outcomes.values() if e is not None]
+            assert len(outcomes) == 2 and len(errors) == 1, outcomes
+            assert isinstance(errors[0], TransactionConflict) and isinstance(errors[0], Unavailable), repr(errors[0])
+            assert "deadlock" in str(errors[0])
+            assert db.query("SELECT sum(v) FROM rows_") == [(2,)]  # one transaction committed, whole
+            with db.transaction() as tx:  # the connection of the aborted one works again
+                assert tx.query("SELECT 1") == [(1,)]
+        finally:
+            db.close()
+
+
 def test_unreachable_postgres_is_a_clear_error() -> None:
     from vendwatch.state.postgres import DatabaseUnavailable, PostgresDatabase
 

@@ -21,10 +21,12 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from vendwatch.errors import Unavailable
+from vendwatch.errors import TransactionConflict, Unavailable
 from vendwatch.state.db import Database, Params, Tx
 
 log = logging.getLogger(__name__)
+
+__all__ = ["DatabaseUnavailable", "PostgresDatabase", "TransactionConflict"]
 
 
 class DatabaseUnavailable(Unavailable):
@@ -172,7 +174,10 @@ class PostgresDatabase(Database):
                     self._local.tx = None
         except (psycopg.OperationalError, psycopg.InterfaceError) as e:
             if not conn.broken:
-                raise  # the statement's own failure (a deadlock, a serialization failure, a timeout)
+                if (e.sqlstate or "").startswith("40"):  # class 40: deadlock, serialization failure
+                    raise TransactionConflict(f"PostgreSQL rolled the transaction back: {_one_line(e)};"
+                                              " nothing of it was written, it can run again") from e
+                raise  # the statement's own failure (a timeout, a lock not available)
             reason = f"lost the connection to PostgreSQL ({_redact(self.dsn)}): {_one_line(e)}"
             self._failed(reason, pool_stuck=False)
             raise DatabaseUnavailable(reason) from e
