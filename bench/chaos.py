@@ -158,7 +158,7 @@ def _scaleout_env(opts: Options, data_dir: Path) -> dict[str, str]:
     from scaleout import run_schema
 
     assert opts.postgres is not None and opts.kafka is not None
-    run, dsn = run_schema(opts.postgres, "chaos")
+    run, dsn = run_schema(opts.postgres, "chaos", opts.kafka)
     return {
         "VENDWATCH_BUS__BACKEND": "kafka",
         "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": opts.kafka,

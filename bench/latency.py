@@ -139,7 +139,7 @@ def _scaleout(kafka: str, postgres: str) -> dict[str, Any]:
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/, also when loaded by path
     from scaleout import run_schema
 
-    run, dsn = run_schema(postgres, "latency")
+    run, dsn = run_schema(postgres, "latency", kafka)
     return {"bus.backend": "kafka", "bus.kafka.bootstrap_servers": kafka, "bus.kafka.topic_prefix": f"{run}.",
             "bus.kafka.partitions": 4, "state.backend": "postgres",
             "state.postgres_dsn": dsn}

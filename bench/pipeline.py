@@ -238,7 +238,7 @@ def scaleout_env(args: argparse.Namespace, label: str, data_dir: Path, tokens: P
     """Settings of a run on Kafka + PostgreSQL (its own topics and schema), its devices registered there."""
     from scaleout import run_schema
 
-    run, dsn = run_schema(args.postgres, f"pipeline_{label}")
+    run, dsn = run_schema(args.postgres, f"pipeline_{label}", args.kafka)
     e = {
         "VENDWATCH_BUS__BACKEND": "kafka",
         "VENDWATCH_BUS__KAFKA__BOOTSTRAP_SERVERS": args.kafka,
