@@ -1,6 +1,6 @@
 """Baseline for bench/ingest.py: an ASGI app that only parses the batch with msgspec and answers 200.
 
-Same as /work/shared/limits/asgi_parse_only.py (the ceiling measured for this project):
+The parse-only ceiling of the machine (the limits this project is measured against):
 no auth, no validation of payloads, no storage. Run under the same uvicorn as the collector.
 """
 
