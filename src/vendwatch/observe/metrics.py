@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge
+
+from vendwatch.observe.histogram import FastHistogram
 
 _LAT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # pipeline hops span milliseconds (an append) to minutes (an absence timer, a retried ticket)
@@ -38,10 +40,10 @@ INGEST_EVENTS = Counter(
     "vendwatch_ingest_events_total", "Events by outcome (accepted, duplicate, rejected) and rejection reason",
     ["outcome", "reason"],
 )
-INGEST_LATENCY = Histogram("vendwatch_ingest_request_seconds", "Collector request latency", buckets=_LAT)
+INGEST_LATENCY = FastHistogram("vendwatch_ingest_request_seconds", "Collector request latency", buckets=_LAT)
 INGEST_RATE_LIMITED = Counter("vendwatch_ingest_rate_limited_total", "Requests refused by the per-device rate limit")
 INGEST_UNAVAILABLE = Counter("vendwatch_ingest_unavailable_total", "Requests answered 503 because the log failed")
-LOG_APPEND_SECONDS = Histogram("vendwatch_bus_append_seconds", "Durable log append (group commit) latency", buckets=_LAT)
+LOG_APPEND_SECONDS = FastHistogram("vendwatch_bus_append_seconds", "Durable log append (group commit) latency", buckets=_LAT)
 STAGE_LAG = Gauge("vendwatch_stage_lag_records", "Records between a stage's position and the log end", ["stage"])
 STAGE_LAG_SECONDS = Gauge(
     "vendwatch_stage_lag_seconds",
@@ -53,9 +55,9 @@ STAGE_FAILURES = Gauge(
 STAGE_DEAD_LETTERS = Counter(
     "vendwatch_stage_dead_letters_total", "Records a stage could not process and set aside", ["stage"])
 STAGE_RECORDS = Counter("vendwatch_stage_records_total", "Log records processed by a stage", ["stage"])
-HOP_SECONDS = Histogram("vendwatch_pipeline_hop_seconds", "Time of one pipeline hop (see POINTS)", ["hop"],
+HOP_SECONDS = FastHistogram("vendwatch_pipeline_hop_seconds", "Time of one pipeline hop (see POINTS)", ["hop"],
                         buckets=_HOP)
-EVENT_AGE = Histogram("vendwatch_pipeline_event_age_seconds",
+EVENT_AGE = FastHistogram("vendwatch_pipeline_event_age_seconds",
                       "Age of the triggering event (since occurred_at) when it reached a pipeline point",
                       ["point"], buckets=_HOP)
 VENDS = Counter("vendwatch_business_vends_total",
@@ -66,9 +68,9 @@ REVENUE = Counter("vendwatch_business_revenue_minor_total", "Revenue of successf
 REFUNDS = Counter("vendwatch_business_refunds_minor_total", "Refunds, in minor units", ["currency"])
 _LIFE = (60.0, 300.0, 900.0, 1800.0, 3600.0, 2 * 3600.0, 4 * 3600.0, 8 * 3600.0, 24 * 3600.0, 3 * 86400.0,
          7 * 86400.0)
-TIME_TO_ACK = Histogram("vendwatch_incidents_time_to_ack_seconds", "Incident opened -> acknowledged (MTTA)",
+TIME_TO_ACK = FastHistogram("vendwatch_incidents_time_to_ack_seconds", "Incident opened -> acknowledged (MTTA)",
                         ["severity"], buckets=_LIFE)
-TIME_TO_RESOLVE = Histogram("vendwatch_incidents_time_to_resolve_seconds", "Incident opened -> resolved (MTTR)",
+TIME_TO_RESOLVE = FastHistogram("vendwatch_incidents_time_to_resolve_seconds", "Incident opened -> resolved (MTTR)",
                             ["severity"], buckets=_LIFE)
 ROLE_RESTARTS = Counter("vendwatch_role_restarts_total", "Components restarted by the supervisor after a crash",
                         ["role"])
