@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -269,3 +270,50 @@ def test_an_append_of_interleaved_keys_keeps_item_order_within_each_partition(tm
         assert offs == list(range(offs[0], offs[0] + len(offs)))  # consecutive, in item order
         stored = {r.offset: r.value for r in lg.read(EVENTS, part, offs[0], 100)}
         assert [stored[off] for off in offs] == [v for _, v in mine]
+
+
+def test_requests_waiting_too_long_for_their_commit_time_out_and_none_is_kept_after(tmp_path: Path) -> None:
+    """The append timeout: a request whose commit is stuck fails with TimeoutError about its
+    deadline (not much later, whatever else waits), one committed in time gets its answer,
+    and the deadline book-keeping holds nothing once every request is settled."""
+    import asyncio
+    import threading
+    import time
+
+    from vendwatch.ingest.committer import GroupCommitter
+
+    sink = SqliteIngestSink(_log(tmp_path))
+    sink.warm()
+    gate = threading.Event()
+    real_commit = sink.commit
+
+    def stuck_until_opened(accepted: Any, rejected: Any) -> list[bool]:
+        gate.wait(10)
+        return real_commit(accepted, rejected)
+
+    committer = GroupCommitter(sink)
+    committer.start()
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        fine = await committer.enqueue([_pending("VM-1", "first")], [], 0.3)
+        assert fine == [True]
+        sink.commit = stuck_until_opened  # type: ignore[method-assign]
+        t0 = time.monotonic()
+        waiting = [committer.enqueue([_pending("VM-1", f"e{i}")], [], 0.3) for i in range(200)]
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        took = time.monotonic() - t0
+        assert all(isinstance(o, TimeoutError) for o in outcomes), outcomes[:3]
+        assert 0.25 <= took < 1.0, took
+        gate.set()
+        sink.commit = real_commit  # type: ignore[method-assign]
+        assert await committer.enqueue([_pending("VM-1", "e0")], [], 5.0) == [False]  # stored after all
+        await asyncio.sleep(0.6)
+        d = committer._deadlines[loop]
+        assert not d.waiting and not d.armed
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        gate.set()
+        committer.stop()

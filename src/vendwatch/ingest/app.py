@@ -325,8 +325,7 @@ class Collector:
         """Make events durable (True: new, False: duplicate), or the 503 to send (``retry_hint`` ends it)."""
         assert self.committer is not None
         try:
-            # a plain future (not a coroutine): wait_for needs no extra Task per request
-            fresh = await asyncio.wait_for(self.committer.enqueue(accepted, quarantine), self.s.append_timeout_s)
+            fresh = await self.committer.enqueue(accepted, quarantine, self.s.append_timeout_s)
         except (LogUnavailable, TimeoutError) as e:
             m.INGEST_UNAVAILABLE.inc()
             return _error(503, "log_unavailable", f"the event log cannot take writes right now ({e}); {retry_hint}",

@@ -14,8 +14,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vendwatch.ingest.sink import IngestSink, Pending
 
@@ -30,6 +31,15 @@ class _Job:
     loop: asyncio.AbstractEventLoop
 
 
+@dataclass(slots=True)
+class _Deadlines:
+    """A loop's futures waiting for a commit, oldest first, each with its deadline."""
+
+    loop: asyncio.AbstractEventLoop
+    waiting: deque[tuple[float, asyncio.Future[list[bool]]]] = field(default_factory=deque)
+    armed: bool = False
+
+
 class GroupCommitter:
     """One writer thread committing queued jobs together (up to ``max_events`` per commit)."""
 
@@ -42,6 +52,7 @@ class GroupCommitter:
         self._started = False
         # optional callback(events, requests, seconds) for metrics
         self.on_commit: Callable[[int, int, float], None] | None = None
+        self._deadlines: dict[asyncio.AbstractEventLoop, _Deadlines] = {}
 
     def start(self) -> None:
         if not self._started:
@@ -58,14 +69,45 @@ class GroupCommitter:
             self._q.put(None)
             self._thread.join(10)
 
-    def enqueue(self, accepted: Sequence[Pending],
-                rejected: Sequence[tuple[str, bytes]]) -> asyncio.Future[list[bool]]:
+    def enqueue(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]],
+                timeout_s: float | None = None) -> asyncio.Future[list[bool]]:
         """Queue a request's events (from the event loop); the future resolves once they are
-        durable, with True for a new event and False for a duplicate, or fails with the log's error."""
+        durable, with True for a new event and False for a duplicate, or fails with the log's
+        error, or with ``TimeoutError`` when that takes longer than ``timeout_s`` (give or take
+        a quarter of a second: a commit that finishes later is still made, and then each
+        event is a duplicate on the device's retry)."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[list[bool]] = loop.create_future()
         self._q.put(_Job(accepted, rejected, fut, loop))
+        if timeout_s is not None:
+            self._watch(loop, fut, timeout_s)
         return fut
+
+    # One timer per event loop and quarter second for every waiting request, instead of
+    # asyncio.wait_for's timer, extra future and callbacks per request (~5 µs each).
+    _CHECK_EVERY_S = 0.25
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[list[bool]], timeout_s: float) -> None:
+        d = self._deadlines.get(loop)
+        if d is None:
+            d = self._deadlines[loop] = _Deadlines(loop)
+        d.waiting.append((time.monotonic() + timeout_s, fut))
+        if not d.armed:
+            d.armed = True
+            loop.call_later(min(self._CHECK_EVERY_S, timeout_s), self._expire, d)
+
+    def _expire(self, d: _Deadlines) -> None:
+        now, waiting = time.monotonic(), d.waiting
+        # oldest first: a request queued later never has an earlier deadline than one
+        # before it with the same timeout; a longer timeout behind a shorter one just waits
+        while waiting and (waiting[0][1].done() or waiting[0][0] <= now):
+            _, fut = waiting.popleft()
+            if not fut.done():
+                fut.set_exception(TimeoutError("the log did not confirm the append in time"))
+        if waiting:
+            d.loop.call_later(self._CHECK_EVERY_S, self._expire, d)
+        else:
+            d.armed = False
 
     async def submit(self, accepted: Sequence[Pending], rejected: Sequence[tuple[str, bytes]]) -> list[bool]:
         """``enqueue`` and wait."""
