@@ -137,11 +137,12 @@ class Validator:
 
     def __init__(self, s: IngestSettings) -> None:
         self.s = s
+        # per request only the additions: the spans are fixed by the settings
+        self._skew, self._late = timedelta(seconds=s.max_future_skew_s), timedelta(seconds=s.late_after_s)
+        self._max_age = timedelta(days=s.max_age_days)
 
     def _limits(self, now: datetime) -> _Limits:
-        s = self.s
-        return _Limits(now, now + timedelta(seconds=s.max_future_skew_s), now - timedelta(seconds=s.late_after_s),
-                       now - timedelta(days=s.max_age_days), s.max_event_bytes)
+        return _Limits(now, now + self._skew, now - self._late, now - self._max_age, self.s.max_event_bytes)
 
     def _problem(self, e: ev.DeviceEvent, device_id: str, lim: _Limits, nul_possible: bool,
                  big_numbers_possible: bool | None = None) -> tuple[str, str] | None:
