@@ -28,7 +28,8 @@ from pyiceberg.io.pyarrow import (
 from pyiceberg.manifest import DataFile
 from pyiceberg.partitioning import PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
-from pyiceberg.table import Table, TableProperties, WriteTask
+from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
+from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 from vendwatch.bus.base import Record, TopicPartition
@@ -317,13 +318,33 @@ def commit_batch(
 def append_files(table: Table, files: list[DataFile], props: dict[str, str]) -> None:
     """One snapshot adding ``files`` (none: a snapshot that only moves the offsets), as
     ``Table.append`` makes it: merging manifests when the table asks for it."""
-    with table.transaction() as tx:
+    with _Transaction(table) as tx:
         update = tx.update_snapshot(snapshot_properties=props)
         merge = property_as_bool(tx.table_metadata.properties, TableProperties.MANIFEST_MERGE_ENABLED,
                                  TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT)
         with update.merge_append() if merge else update.fast_append() as app:
             for f in files:
                 app.append_data_file(f)
+
+
+class _Transaction(Transaction):
+    """A ``Transaction`` that works out its table metadata once per set of staged updates.
+
+    pyiceberg's ``Transaction.table_metadata`` applies the staged updates to the table's
+    metadata and deep-copies the result on every access, and an append reads it a dozen
+    times: that was most of a commit's CPU, and it grows with the snapshots the table
+    keeps (docs/benchmarks.md, "Snapshots and commit cost"). The metadata models are
+    frozen, so the same result can be handed out until the updates or the table change.
+    """
+
+    _memo: tuple[object, object, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        memo = self._memo
+        if memo is None or memo[0] is not self._updates or memo[1] is not self._table.metadata:
+            memo = self._memo = (self._updates, self._table.metadata, super().table_metadata)
+        return memo[2]
 
 
 def write_data_files(table: Table, data: pa.Table) -> list[DataFile]:
