@@ -316,3 +316,19 @@ def test_a_commit_that_loses_a_race_reuses_its_files(settings, monkeypatch):
                if n.endswith(".parquet")}
     assert on_disk == referenced
     assert table.scan().to_arrow().num_rows == data.num_rows
+
+
+def test_the_commit_transaction_works_its_metadata_out_once_per_set_of_updates(settings):
+    """pyiceberg's ``Transaction.table_metadata`` deep-copies the whole table metadata on
+    every access (a dozen per append); the writer's transaction keeps the result until
+    an update is staged or the table changes."""
+    from vendwatch.lake.writer import _Transaction
+
+    table = ensure_table(open_catalog(settings), "raw.events")
+    tx = _Transaction(table)
+    first = tx.table_metadata
+    assert tx.table_metadata is first
+    tx.set_properties(**{"vendwatch.test": "1"})
+    staged = tx.table_metadata
+    assert staged is not first and staged.properties["vendwatch.test"] == "1"
+    assert tx.table_metadata is staged
