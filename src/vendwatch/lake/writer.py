@@ -26,7 +26,7 @@ from pyiceberg.io.pyarrow import (
     write_file,
 )
 from pyiceberg.manifest import DataFile
-from pyiceberg.partitioning import PartitionFieldValue, PartitionKey, PartitionSpec
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
 from pyiceberg.schema import Schema
 from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
@@ -392,7 +392,7 @@ def partitions(spec: PartitionSpec, schema: Schema, data: pa.Table) -> Iterator[
         yield None, data
         return
     codes: pa.Array | None = None
-    fields: list[tuple[object, pa.Array]] = []
+    fields: list[tuple[PartitionField, pa.Array]] = []
     for f in spec.fields:
         source = schema.find_field(f.source_id)
         column = data.column(schema.find_column_name(f.source_id)).combine_chunks()
@@ -409,6 +409,6 @@ def partitions(spec: PartitionSpec, schema: Schema, data: pa.Table) -> Iterator[
         values = []
         for f, dictionary in reversed(fields):
             code, i = divmod(code, len(dictionary))
-            values.append(PartitionFieldValue(field=f, value=dictionary[i].as_py()))  # type: ignore[arg-type]
+            values.append(PartitionFieldValue(field=f, value=dictionary[i].as_py()))
         yield PartitionKey(field_values=values[::-1], partition_spec=spec, schema=schema), rows.slice(begin, end - begin)
         begin = end
