@@ -8,16 +8,29 @@ resumes exactly after the last committed record: nothing lost, nothing doubled.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
-from pyiceberg.table import Table
+from pyiceberg.io.pyarrow import (
+    _check_pyarrow_schema_compatible,
+    bin_pack_arrow_table,
+    pyarrow_to_schema,
+    write_file,
+)
+from pyiceberg.manifest import DataFile
+from pyiceberg.partitioning import PartitionField, PartitionFieldValue, PartitionKey, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
+from pyiceberg.table.metadata import TableMetadata
+from pyiceberg.utils.properties import property_as_bool, property_as_int
 
 from vendwatch.bus.base import Record, TopicPartition
 from vendwatch.bus.sqlite import JoinedRecords
@@ -92,8 +105,10 @@ class EventColumns:
         """Add log records; replayed copies (already in the lake) and unreadable records are skipped."""
         try:
             # one decoder call for the whole poll: far less per-record overhead than one each
-            decoded = _dec_events.decode(b"[" + b",".join(r.value for r in records) + b"]")
+            decoded: list[_RawEvent | None] = list(_dec_events.decode(b"[" + b",".join(r.value for r in records) + b"]"))
         except (msgspec.DecodeError, RecursionError):
+            decoded = []
+        if len(decoded) != len(records):  # undecodable, or a value holding several documents
             decoded = [self._decode_one(r) for r in records]
         if all(e is not None and not e.replayed for e in decoded):
             # the common case, without a Python-level append per record
@@ -180,12 +195,21 @@ class EventColumns:
             "seq": [e.seq for e in evs],
             "schema_version": [e.schema_version for e in evs],
             "late": [e.late for e in evs],
-            # bytes to Arrow, checked as UTF-8 there: a Python str per payload cost twice as much
-            "payload": pa.array([bytes(e.data) for e in evs], pa.binary()).cast(pa.string()),
+            "payload": _payloads([e.data for e in evs]),
             "log_partition": partitions,
             "log_offset": offsets,
         }
         return pa.Table.from_pydict(cols, schema=EVENTS_SCHEMA)
+
+
+def _payloads(raws: list[msgspec.Raw]) -> pa.Array:
+    """The payloads' JSON text as the table's string column, checked as UTF-8 by Arrow:
+    joined in one C call and cut at their lengths (a ``bytes`` copy per payload, then an
+    Arrow conversion of each, cost 2.5 times as much; a Python ``str`` each, 5 times)."""
+    offsets = pc.cumulative_sum(pa.array([0, *map(len, raws)], pa.int64()))
+    out = pa.Array.from_buffers(pa.large_string(), len(raws), [None, offsets.buffers()[1], pa.py_buffer(b"".join(raws))])
+    out.validate(full=True)  # raises ArrowInvalid on bad UTF-8, as the cast from binary did
+    return out
 
 
 def _categories(types: pa.Array) -> pa.Array:
@@ -277,8 +301,12 @@ def commit_batch(
 
     ``start`` holds where this batch began per partition; if the table's committed
     offsets for those partitions have moved elsewhere, another writer owns them now
-    and committing would double rows, so raise OffsetConflict instead.
+    and committing would double rows, so raise OffsetConflict instead. The Parquet
+    files are written once; an attempt that loses a race (a concurrent commit) only
+    commits them again, unless the table's schema or partitioning changed meanwhile.
     """
+    files: list[DataFile] = []
+    written_for: tuple[int, int] | None = None
     for attempt in range(max_attempts):
         table.refresh()
         current = committed_offsets(table)
@@ -286,10 +314,101 @@ def commit_batch(
             if current.get(tp, begin) != begin and tp in current:
                 raise OffsetConflict(f"{tp[0]}/{tp[1]}: lake has {current[tp]}, batch starts at {begin}")
         merged = {**current, **end}
+        layout = (table.metadata.current_schema_id, table.metadata.default_spec_id)
+        if layout != written_for:
+            files, written_for = write_data_files(table, data), layout
         try:
-            table.append(data, snapshot_properties={OFFSETS_PROP: encode_offsets(merged), WRITER_PROP: writer_id})
+            append_files(table, files, {OFFSETS_PROP: encode_offsets(merged), WRITER_PROP: writer_id})
             return table
         except CommitFailedException:
             # a concurrent commit (maintenance, another writer): reload and re-check
             time.sleep(min(0.05 * 2**attempt, 2.0))
     raise CommitFailedException(f"{table.name()}: could not commit after {max_attempts} attempts")
+
+
+def append_files(table: Table, files: list[DataFile], props: dict[str, str]) -> None:
+    """One snapshot adding ``files`` (none: a snapshot that only moves the offsets), as
+    ``Table.append`` makes it: merging manifests when the table asks for it."""
+    with _Transaction(table) as tx:
+        update = tx.update_snapshot(snapshot_properties=props)
+        merge = property_as_bool(tx.table_metadata.properties, TableProperties.MANIFEST_MERGE_ENABLED,
+                                 TableProperties.MANIFEST_MERGE_ENABLED_DEFAULT)
+        with update.merge_append() if merge else update.fast_append() as app:
+            for f in files:
+                app.append_data_file(f)
+
+
+class _Transaction(Transaction):
+    """A ``Transaction`` that works out its table metadata once per set of staged updates.
+
+    pyiceberg's ``Transaction.table_metadata`` applies the staged updates to the table's
+    metadata and deep-copies the result on every access, and an append reads it a dozen
+    times: that was most of a commit's CPU, and it grows with the snapshots the table
+    keeps (docs/benchmarks.md, "Snapshots and commit cost"). The metadata models are
+    frozen, so the same result can be handed out until the updates or the table change.
+    """
+
+    _memo: tuple[object, object, TableMetadata] | None = None
+
+    @property
+    def table_metadata(self) -> TableMetadata:
+        memo = self._memo
+        if memo is None or memo[0] is not self._updates or memo[1] is not self._table.metadata:
+            memo = self._memo = (self._updates, self._table.metadata, super().table_metadata)
+        return memo[2]
+
+
+def write_data_files(table: Table, data: pa.Table) -> list[DataFile]:
+    """``data`` as Parquet data files of ``table``: what ``Table.append`` writes (one file
+    per partition, bin-packed to ``write.target-file-size-bytes``), with the rows split
+    by partition in one pass (see ``partitions``)."""
+    meta = table.metadata
+    schema = meta.schema()
+    _check_pyarrow_schema_compatible(schema, data.schema, format_version=meta.format_version)
+    if data.num_rows == 0:
+        return []
+    task_schema = pyarrow_to_schema(data.schema, name_mapping=schema.name_mapping, format_version=meta.format_version)
+    target = property_as_int(meta.properties, TableProperties.WRITE_TARGET_FILE_SIZE_BYTES,
+                             TableProperties.WRITE_TARGET_FILE_SIZE_BYTES_DEFAULT)
+    write_uuid, counter = uuid.uuid4(), itertools.count()
+    tasks = [
+        WriteTask(write_uuid=write_uuid, task_id=next(counter), record_batches=batches, partition_key=key,
+                  schema=task_schema)
+        for key, part in partitions(meta.spec(), schema, data)
+        for batches in bin_pack_arrow_table(part, target or 0)
+    ]
+    return list(write_file(table.io, meta, iter(tasks)))
+
+
+def partitions(spec: PartitionSpec, schema: Schema, data: pa.Table) -> Iterator[tuple[PartitionKey | None, pa.Table]]:
+    """The rows of ``data`` per partition of ``spec``, each partition's rows in their order.
+
+    pyiceberg's own split filters the whole batch once per partition (a day of raw events
+    has one per event type): that was half of a commit's CPU. Here every row gets one
+    integer for its partition (the dictionary codes of its partition values), one stable
+    sort groups the rows, and each partition is a slice of the sorted copy.
+    """
+    if spec.is_unpartitioned():
+        yield None, data
+        return
+    codes: pa.Array | None = None
+    fields: list[tuple[PartitionField, pa.Array]] = []
+    for f in spec.fields:
+        source = schema.find_field(f.source_id)
+        column = data.column(schema.find_column_name(f.source_id)).combine_chunks()
+        enc = pc.dictionary_encode(f.transform.pyarrow_transform(source.field_type)(column), null_encoding="encode")
+        index = enc.indices.cast(pa.int64())
+        codes = index if codes is None else pc.add(pc.multiply(codes, len(enc.dictionary)), index)
+        fields.append((f, enc.dictionary))
+    assert codes is not None
+    order = pc.sort_indices(codes)  # stable: a partition keeps the rows' order, as a filter would
+    runs = pc.run_end_encode(codes.take(order))
+    rows = data.take(order)
+    begin = 0
+    for end, code in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+        values = []
+        for f, dictionary in reversed(fields):
+            code, i = divmod(code, len(dictionary))
+            values.append(PartitionFieldValue(field=f, value=dictionary[i].as_py()))
+        yield PartitionKey(field_values=values[::-1], partition_spec=spec, schema=schema), rows.slice(begin, end - begin)
+        begin = end
