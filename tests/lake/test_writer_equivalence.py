@@ -332,3 +332,30 @@ def test_the_commit_transaction_works_its_metadata_out_once_per_set_of_updates(s
     staged = tx.table_metadata
     assert staged is not first and staged.properties["vendwatch.test"] == "1"
     assert tx.table_metadata is staged
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("occurred_at", "yesterday at noon"),
+    ("received_at", "2026-13-45T99:00:00Z"),
+    ("seq", 2**70),
+    ("data", b'"\xff\xfe not utf-8"'),
+])
+def test_a_record_no_column_can_hold_is_set_aside_and_the_rest_is_kept(field: str, bad: object) -> None:
+    """A record another producer put on the events topic may decode yet hold a value no
+    column of raw.events can take (a time that is not RFC 3339, a seq beyond 64 bits, a
+    payload that is not UTF-8). Building the chunk failed as a whole, and the role died on
+    the same record after every restart. Now that record alone is set aside with the reason."""
+    good = [ev.encode(e) for e in day_of_events(n=1)][:3]
+    doc = msgspec.json.decode(good[1])
+    if field == "data":
+        broken = good[1].replace(msgspec.json.encode(doc["data"]), bad)  # type: ignore[arg-type]
+    else:
+        doc[field] = bad
+        broken = msgspec.json.encode(doc)
+    records = [Record(EVENTS, 0, 10 + i, "k", v, 0) for i, v in enumerate([good[0], broken, good[2]])]
+    aside: list[tuple[int, str]] = []
+    cols = EventColumns(lambda r, why: aside.append((r.offset, why)), chunk_rows=2)
+    cols.add_many(records)
+    assert cols.to_arrow().column("log_offset").to_pylist() == [10, 12]
+    assert [o for o, _ in aside] == [11], aside
+    assert aside[0][1], "a reason is given"

@@ -32,6 +32,7 @@ from pyiceberg.table import Table, TableProperties, Transaction, WriteTask
 from pyiceberg.table.metadata import TableMetadata
 from pyiceberg.utils.properties import property_as_bool, property_as_int
 
+from vendwatch.bus import EVENTS
 from vendwatch.bus.base import Record, TopicPartition
 from vendwatch.bus.sqlite import JoinedRecords
 from vendwatch.events import CATEGORY
@@ -62,6 +63,11 @@ class _RawEvent(msgspec.Struct, kw_only=True):
     schema_version: int = 1
     late: bool = False
     replayed: bool = False  # set by `vendwatch replay`: already in raw.events
+
+
+# what building a column raises for a value it cannot hold
+_COLUMN_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, msgspec.ValidationError, OverflowError, ValueError, TypeError)
+_enc = msgspec.json.Encoder()
 
 
 class _RawRejected(msgspec.Struct, kw_only=True):
@@ -169,9 +175,34 @@ class EventColumns:
         their payloads point into, are freed)."""
         if not self.events:
             return
-        self.chunks.append(self._arrow(self.events, self.partitions, self.offsets))
-        self.sealed += len(self.events)
+        try:
+            chunk = self._arrow(self.events, self.partitions, self.offsets)
+        except _COLUMN_ERRORS:
+            chunk = self._arrow_setting_aside()
+        self.chunks.append(chunk)
+        self.sealed += chunk.num_rows
         self.events, self.partitions, self.offsets = [], [], []
+
+    def _arrow_setting_aside(self) -> pa.Table:
+        """The chunk without the events no column can hold (a time that is not RFC 3339, a
+        seq beyond 64 bits, a payload that is not UTF-8: records from a producer other than
+        the collector), each set aside with the reason; one event at a time, so only when
+        the chunk as a whole failed."""
+        keep: tuple[list[_RawEvent], list[int], list[int]] = ([], [], [])
+        for e, p, o in zip(self.events, self.partitions, self.offsets, strict=True):
+            try:
+                self._arrow([e], [p], [o])
+            except _COLUMN_ERRORS as err:
+                record = Record(EVENTS, p, o, e.device_id, _enc.encode(e), 0)
+                reason = f"no column of raw.events can hold it: {type(err).__name__}: {err}"
+                if self.set_aside is None:
+                    log.error("record %s/%d@%d skipped: %s", EVENTS, p, o, reason)
+                else:
+                    self.set_aside(record, reason)
+                continue
+            for column, value in zip(keep, (e, p, o), strict=True):
+                column.append(value)  # type: ignore[attr-defined]
+        return self._arrow(*keep) if keep[0] else EVENTS_SCHEMA.empty_table()
 
     def to_arrow(self) -> pa.Table:
         self._seal()
