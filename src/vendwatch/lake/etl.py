@@ -239,8 +239,10 @@ class Etl:
                 rep.new_events = delta.new_rows
                 rep.days = sorted({*rep.days, *(d.isoformat() for d in delta.days | delta.dirty)})
                 rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in delta.dirty)})
-                with rep.step("days rebuilt"):
-                    built = self._build_days(session, sorted(delta.dirty), names) if delta.dirty else {}
+                built: dict[str, pa.Table] = {}
+                if delta.dirty:
+                    with rep.step("days rebuilt"):
+                        built = self._build_days(session, sorted(delta.dirty), names)
                 if not delta.dirty:
                     self._added = (since, {n: conform(delta.outputs[n][0] if n in delta.outputs else pa.table({}),
                                                       tables[n])
