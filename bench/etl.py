@@ -17,8 +17,7 @@ For every size N, in a fresh data directory under the system's temp directory:
 Prints CPU seconds (the whole process, every thread) and wall seconds per run, and
 CPU microseconds per event (first run) and per new event; ``--steps`` adds each run's CPU
 by step (plan, new rows, days rebuilt, whole tables, stock-outs, commits); ``--json-out``
-writes them as JSON. The incremental
-run's cost per new event should not grow with N.
+writes them as JSON. The incremental run's cost per new event should not grow with N.
 """
 
 from __future__ import annotations

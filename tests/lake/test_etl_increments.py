@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -159,8 +160,14 @@ def test_increment_reads_only_new_rows(tmp_path: Path) -> None:
     _commit(raw, inc[0] + inc[1])
     run_etl(s)
     _commit(raw, inc[2])
+    cpu = time.process_time()
     rep = run_etl(s)
+    cpu = time.process_time() - cpu
     assert rep.new_events == len(inc[2])
+    # the report says where the CPU went; nested steps are not counted twice
+    assert {"plan", "new rows", "commits", "whole tables"} <= set(rep.cpu_s) <= {
+        "plan", "new rows", "days rebuilt", "commits", "whole tables", "stock-outs"}
+    assert sum(rep.cpu_s.values()) <= cpu + 0.01
 
 
 def test_interrupted_run_is_repaired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
