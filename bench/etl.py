@@ -15,8 +15,9 @@ For every size N, in a fresh data directory under the system's temp directory:
    minutes of today; ``--late`` of them belong to the past days and arrive late) and
    times the incremental run the lake-jobs role would do next.
 Prints CPU seconds (the whole process, every thread) and wall seconds per run, and
-CPU microseconds per new event; ``--json-out`` writes them as JSON. The incremental
-run's cost per new event should not grow with N.
+CPU microseconds per event (first run) and per new event; ``--steps`` adds each run's CPU
+by step (plan, new rows, days rebuilt, whole tables, stock-outs, commits); ``--json-out``
+writes them as JSON. The incremental run's cost per new event should not grow with N.
 """
 
 from __future__ import annotations
@@ -86,14 +87,24 @@ def _timed(fn) -> tuple[float, float, object]:  # type: ignore[no-untyped-def]
     return time.process_time() - c0, time.perf_counter() - w0, r
 
 
+def _steps(args: argparse.Namespace, rep) -> None:  # type: ignore[no-untyped-def]
+    """With --steps: the run's CPU seconds by step (the ETL report's ``cpu_s``)."""
+    if args.steps:
+        print("               steps (CPU s): " + ", ".join(f"{k} {v:.2f}" for k, v in rep.cpu_s.items()), flush=True)
+
+
 def run_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, object]:
     settings = load_settings(overrides={"data_dir": str(root / f"n{n}")}, environ={})
     raw = ensure_table(open_catalog(settings), "raw.events")
     for t in _slices(n, args.devices, args.seed, args.chunk):
         _append(raw, t)
-    cpu, wall, _ = _timed(lambda: run_etl(settings))
-    res: dict[str, object] = {"events": n, "first_cpu_s": round(cpu, 2), "first_wall_s": round(wall, 2), "increments": []}
-    print(f"N={n:>9,}: first run {cpu:6.2f} s CPU, {wall:6.2f} s wall", flush=True)
+    cpu, wall, rep = _timed(lambda: run_etl(settings))
+    res: dict[str, object] = {"events": n, "first_cpu_s": round(cpu, 2), "first_wall_s": round(wall, 2),
+                              "first_cpu_us_per_event": round(cpu / n * 1e6, 1), "first_steps": rep.cpu_s,
+                              "increments": []}
+    print(f"N={n:>9,}: first run {cpu:6.2f} s CPU, {wall:6.2f} s wall, {cpu / n * 1e6:8.1f} µs CPU per event",
+          flush=True)
+    _steps(args, rep)
     m = args.new or max(1, round(n * args.increment))
     for i in range(args.increments):
         t = _increment(i, m, args.late, args.devices, args.seed)
@@ -101,9 +112,10 @@ def run_size(n: int, args: argparse.Namespace, root: Path) -> dict[str, object]:
         cpu, wall, rep = _timed(lambda: run_etl(settings))
         per = cpu / t.num_rows * 1e6
         res["increments"].append({"new_events": t.num_rows, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3),  # type: ignore[union-attr]
-                                  "cpu_us_per_new_event": round(per, 1)})
+                                  "cpu_us_per_new_event": round(per, 1), "steps": rep.cpu_s})
         print(f"             + {t.num_rows:>7,} new: {cpu:6.2f} s CPU, {wall:6.2f} s wall,"
               f" {per:8.1f} µs CPU per new event", flush=True)
+        _steps(args, rep)
     cpu, wall, rep = _timed(lambda: run_etl(settings))
     res["idle_cpu_s"] = round(cpu, 3)
     print(f"             nothing new: {cpu:6.2f} s CPU, {wall:6.2f} s wall", flush=True)
@@ -121,6 +133,7 @@ def main() -> None:
     ap.add_argument("--devices", type=int, default=1000)
     ap.add_argument("--chunk", type=int, default=200_000, help="rows per raw commit while filling")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--steps", action="store_true", help="print each run's CPU seconds by step (the ETL report's cpu_s)")
     ap.add_argument("--json-out", default=None)
     args = ap.parse_args()
     out: dict[str, object] = {

@@ -219,3 +219,24 @@ def test_dimensions(ctx):
     assert q(ctx.settings, "SELECT site_id, devices FROM analytics.dim_sites ORDER BY 1") == [
         {"site_id": "site-a", "devices": 1}, {"site_id": "site-b", "devices": 1}]
     assert q(ctx.settings, "SELECT product_id, transactions FROM analytics.dim_products") == [{"product_id": "cola", "transactions": 1}]
+
+
+@pytest.mark.parametrize("payload", [
+    '{"a": "x", "b": 1.50, "c": true, "d": null, "e": {"f": [1, 2]}, "g": [], "h": "é\\u00e9"}',
+    '{"a": 7}', '{}', '[]', '"text"', '{"b": -0.0, "c": "false", "e": "{}"}', None,
+])
+def test_payload_fields_from_one_parse_equal_one_at_a_time(payload):
+    """``transforms.Payload`` reads many fields from one JSON parse; each must be what reading it
+    on its own gives (strings, numbers, booleans, null, objects, missing fields, a NULL payload)."""
+    import duckdb
+
+    from vendwatch.lake.transforms import Payload
+
+    paths = ("a", "b", "c", "d", "e", "g", "h", "missing")
+    p = Payload(*paths)
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t AS SELECT CAST(? AS VARCHAR) AS payload", [payload])
+    one = con.execute("SELECT " + ", ".join(f"json_extract_string(payload, '$.{k}')" for k in paths)
+                      + " FROM t").fetchone()
+    many = con.execute(f"SELECT {', '.join(p[k] for k in paths)} FROM (SELECT {p.parse()} FROM t)").fetchone()
+    assert many == one

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -85,9 +86,10 @@ def _increments(seed: int, batches: int) -> list[list[dict[str, Any]]]:
     for _ in range(batches):
         batch = []
         for _ in range(rng.randrange(4, 20)):
-            if sent and rng.random() < 0.2:
-                # the same event again (a retry, a second collector), received before or after the first copy
-                copy = dict(rng.choice(sent))
+            if (sent or batch) and rng.random() < 0.2:
+                # the same event again (a retry, a second collector), received before or after the first
+                # copy, which may be in an earlier increment or in this one
+                copy = dict(rng.choice(sent + batch))
                 copy["received_at"] = copy["received_at"] + timedelta(seconds=rng.choice([-20, 5, 900]))
                 batch.append(copy)
             else:
@@ -158,8 +160,14 @@ def test_increment_reads_only_new_rows(tmp_path: Path) -> None:
     _commit(raw, inc[0] + inc[1])
     run_etl(s)
     _commit(raw, inc[2])
+    cpu = time.process_time()
     rep = run_etl(s)
+    cpu = time.process_time() - cpu
     assert rep.new_events == len(inc[2])
+    # the report says where the CPU went; nested steps are not counted twice
+    assert {"plan", "new rows", "commits", "whole tables"} <= set(rep.cpu_s) <= {
+        "plan", "new rows", "days rebuilt", "commits", "whole tables", "stock-outs"}
+    assert sum(rep.cpu_s.values()) <= cpu + 0.01
 
 
 def test_interrupted_run_is_repaired(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -193,3 +201,46 @@ def test_days_rebuilt_a_few_at_a_time_equal_one_pass(tmp_path: Path, monkeypatch
     whole = _rebuilt(tmp_path / "a", inc)
     monkeypatch.setattr(etl_mod, "_CHUNK_ROWS", 1)  # one day per chunk
     assert _rebuilt(tmp_path / "b", inc) == whole
+
+
+
+def _two_runs(tmp: Path, inc: list[list[dict[str, Any]]]) -> tuple[Any, dict[str, list[tuple]]]:
+    s = make_settings(tmp)
+    raw = ensure_table(open_catalog(s), "raw.events")
+    rep = None
+    for b in inc:
+        _commit(raw, b)
+        rep = run_etl(s)
+    return rep, _tables(s)
+
+
+def test_copies_in_one_increment_count_the_first_received(tmp_path: Path) -> None:
+    """Two copies of a new event among one run's new rows: the one received first counts, whatever
+    its log position, and no day is rebuilt for it."""
+    rng = random.Random(3)
+    first = [_event(rng, n) for n in range(1, 30)]
+    fresh = [e for e in (_event(rng, n) for n in range(100, 160)) if e["received_at"] > e["occurred_at"]]
+    second: list[dict[str, Any]] = []
+    for k, e in enumerate(fresh):
+        later = {**e, "received_at": e["received_at"] + timedelta(seconds=9)}
+        second += [e, later] if k % 2 else [later, e]  # the first received at the lower or the higher offset
+    rep, tables = _two_runs(tmp_path / "a", [first, second])
+    assert rep.rebuilt == [] and rep.new_events == len(second)
+    assert tables == _rebuilt(tmp_path / "b", [first, second])
+    counted = {(r["event_id"], r["received_at"]) for r in
+               open_catalog(make_settings(tmp_path / "a")).load_table("analytics.device_logs").scan().to_arrow().to_pylist()}
+    logs = {(e["event_id"], e["received_at"]) for e in fresh if e["type"] == "log"}
+    assert logs and logs <= counted
+
+
+def test_copies_in_one_increment_of_an_event_counted_before(tmp_path: Path) -> None:
+    """Copies of an already counted event among one run's new rows, one received before the counted
+    copy: the days are rebuilt and equal a rebuild."""
+    rng = random.Random(4)
+    first = [_event(rng, n) for n in range(1, 30)]
+    old = first[5]
+    second = [{**old, "received_at": old["received_at"] + timedelta(seconds=60)},
+              {**old, "received_at": old["received_at"] - timedelta(seconds=60)}, _event(rng, 99)]
+    rep, tables = _two_runs(tmp_path / "a", [first, second])
+    assert rep.rebuilt
+    assert tables == _rebuilt(tmp_path / "b", [first, second])

@@ -28,6 +28,8 @@ import hashlib
 import logging
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
@@ -75,10 +77,27 @@ class EtlReport:
     tables: dict[str, str] = field(default_factory=dict)  # table -> "updated N rows" / "unchanged"
     new_events: int | None = None  # raw rows read as new by an incremental run
     seconds: float = 0.0
+    # CPU seconds of the process (every DuckDB thread) by step: where a run's cost goes
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    _inner: list[float] = field(default_factory=list, repr=False)  # CPU of the steps nested in the open ones
 
     def to_dict(self) -> dict[str, Any]:
         return {"raw_snapshot": self.raw_snapshot, "days": self.days, "rebuilt": self.rebuilt, "tables": self.tables,
-                "new_events": self.new_events, "seconds": round(self.seconds, 3)}
+                "new_events": self.new_events, "seconds": round(self.seconds, 3), "cpu_s": self.cpu_s}
+
+    @contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        """Add the CPU time spent inside, less that of the steps nested in it, to ``cpu_s[name]``."""
+        c0 = time.process_time()
+        self._inner.append(0.0)
+        try:
+            yield
+        finally:
+            spent = time.process_time() - c0
+            inner = self._inner.pop()
+            if self._inner:
+                self._inner[-1] += spent
+            self.cpu_s[name] = round(self.cpu_s.get(name, 0.0) + spent - inner, 3)
 
 
 def content_hash(t: pa.Table) -> str:
@@ -189,14 +208,16 @@ class Etl:
         started = time.perf_counter()
         rep = EtlReport()
         self._added = None
-        raw = ensure_table(self.catalog, "raw.events")
-        tables = self._tables()
-        now = raw_position(raw)
+        with rep.step("plan"):
+            raw = ensure_table(self.catalog, "raw.events")
+            tables = self._tables()
+            now = raw_position(raw)
         rep.raw_snapshot = now.snapshot_id
         with increments.Session(self.settings, raw, now, self.sql.warehouse is None) as session:
             if now.snapshot_id is not None:
                 self._run_daily(session, tables, full, rep)
-            self._run_whole(session, tables, full, rep)
+            with rep.step("whole tables"):
+                self._run_whole(session, tables, full, rep)
         rep.seconds = time.perf_counter() - started
         metrics.ETL_RUNS.labels("ok").inc()
         return rep
@@ -213,29 +234,36 @@ class Etl:
             groups.setdefault(pos, []).append(name)
         for since, names in groups.items():
             if not full and len(names) == len(DAILY) and now.follows(since):
-                delta = increments.daily_delta(session, since, tables)
+                with rep.step("new rows"):
+                    delta = increments.daily_delta(session, since, tables)
                 rep.new_events = delta.new_rows
                 rep.days = sorted({*rep.days, *(d.isoformat() for d in delta.days | delta.dirty)})
                 rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in delta.dirty)})
-                built = self._build_days(session, sorted(delta.dirty), names) if delta.dirty else {}
+                built: dict[str, pa.Table] = {}
+                if delta.dirty:
+                    with rep.step("days rebuilt"):
+                        built = self._build_days(session, sorted(delta.dirty), names)
                 if not delta.dirty:
                     self._added = (since, {n: conform(delta.outputs[n][0] if n in delta.outputs else pa.table({}),
                                                       tables[n])
                                            for n in ("analytics.inventory", "analytics.transactions")})
                 for name in names:
                     data, replace = delta.outputs.get(name, (None, set()))
-                    self._commit(tables[name], built.get(name), data, replace | delta.dirty, session, rep)
+                    with rep.step("commits"):
+                        self._commit(tables[name], built.get(name), data, replace | delta.dirty, session, rep)
                 continue
             # a table behind the others, the first run, --full, or raw written without offsets
-            days = set(self._affected_days(session.raw, since.snapshot_id, full))
-            old_horizon = increments.horizon_of(tables["analytics.device_daily"])
-            if old_horizon is not None and not full:
-                days |= session.days_since(old_horizon)  # their uptime counts up to the new horizon
-            rep.days = sorted({*rep.days, *(d.isoformat() for d in days)})
-            rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in days)})
-            built = self._build_days(session, sorted(days), names)
+            with rep.step("days rebuilt"):
+                days = set(self._affected_days(session.raw, since.snapshot_id, full))
+                old_horizon = increments.horizon_of(tables["analytics.device_daily"])
+                if old_horizon is not None and not full:
+                    days |= session.days_since(old_horizon)  # their uptime counts up to the new horizon
+                rep.days = sorted({*rep.days, *(d.isoformat() for d in days)})
+                rep.rebuilt = sorted({*rep.rebuilt, *(d.isoformat() for d in days)})
+                built = self._build_days(session, sorted(days), names)
             for name in names:
-                self._commit(tables[name], built.get(name), None, days, session, rep)
+                with rep.step("commits"):
+                    self._commit(tables[name], built.get(name), None, days, session, rep)
 
     def _build_days(self, session: increments.Session, days: list[date], names: list[str]) -> dict[str, pa.Table]:
         """The rows of ``days`` for tables ``names``, recomputed from all of raw.
@@ -334,7 +362,14 @@ class Etl:
             rep.tables["analytics.stockouts"] = "unchanged"
         elif so_fold:
             assert added is not None
-            self._fold_stockouts(session, so, tables["analytics.inventory"], added[1]["analytics.inventory"], rep)
+            with rep.step("stock-outs"):
+                self._fold_stockouts(session, so, tables["analytics.inventory"], added[1]["analytics.inventory"], rep)
+        with rep.step("commits"):
+            self._commit_whole(outs, tables, now, rep)
+
+    def _commit_whole(self, outs: dict[str, pa.Table], tables: dict[str, Table], now: Position,
+                      rep: EtlReport) -> None:
+        """Commit each whole-table output whose content changed (and the raw position of those that fold)."""
         # they fold from a raw position
         positioned = {"analytics.dim_devices", "analytics.stockouts", "analytics.product_devices"}
         for name, out in outs.items():

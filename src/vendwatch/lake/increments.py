@@ -248,30 +248,46 @@ def daily_delta(session: Session, since: Position, tables: dict[str, Table]) -> 
     if count == 0:
         return delta
     key, first = transforms.EVENT_KEY, transforms.FIRST_COPY
-    # the first copy of each new event, and the first earlier copy of the same event
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE ncand AS SELECT * FROM {new}
-        QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {first}) = 1""")
-    dates = [r[0] for r in con.execute("SELECT DISTINCT event_date FROM ncand").fetchall()]
+    # Which new rows count: the first copy of each event, unless an earlier run already
+    # counted a copy. Few events have a second copy, so the copies are found by hashing
+    # the keys (no sort of the new rows, no copy of their payloads): only the keys seen
+    # more than once are ordered.
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE ndup AS SELECT {key} FROM {new} GROUP BY ALL HAVING count(*) > 1""")
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE nlater AS SELECT rid FROM (
+        SELECT n.rowid AS rid, row_number() OVER (PARTITION BY {key} ORDER BY {first}) AS k
+        FROM {new} n SEMI JOIN ndup USING ({key})) WHERE k > 1""")
+    dates = [r[0] for r in con.execute(f"SELECT DISTINCT event_date FROM {new}").fetchall()]
     session.raw_days_view("raw_days", dates)
     session._offsets_table("since_offsets", since)
-    con.execute("""CREATE OR REPLACE TEMP TABLE oldbest AS
+    # the first earlier copy of each new event (the narrow columns of the new rows' days); the
+    # constant bound lets DuckDB skip the row groups of new rows without reading them
+    below = max((since.offsets or {0: 0}).values(), default=0)
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE oldbest AS
         SELECT r.device_id, r.event_id, r.event_date, r.occurred_at, r.received_at, r.log_partition, r.log_offset
         FROM raw_days r LEFT JOIN since_offsets s ON s.p = r.log_partition
-        SEMI JOIN ncand n ON n.device_id = r.device_id AND n.event_id = r.event_id AND n.event_date = r.event_date
-        WHERE r.log_offset < coalesce(s.o, 0)
+        SEMI JOIN {new} n ON n.device_id = r.device_id AND n.event_id = r.event_id AND n.event_date = r.event_date
+        WHERE r.log_offset < coalesce(s.o, 0) AND r.log_offset < {below}
         QUALIFY row_number() OVER (PARTITION BY r.device_id, r.event_id, r.event_date
                                    ORDER BY r.received_at, r.log_partition, r.log_offset) = 1""")
     ahead = f"INTERVAL {float(skew)} SECOND"
-    # an earlier copy counted, and the new one was received before it: both days are rebuilt
+    # an earlier copy counted, and a new one was received before it: both days are rebuilt
+    # (every new copy received before it is compared: the first of them is among them, and
+    # rebuilding one day more changes nothing)
     for (d_new, d_old) in con.execute(f"""
-        SELECT CAST(CASE WHEN n.occurred_at > n.received_at + {ahead} THEN n.received_at ELSE n.occurred_at END AS DATE),
+        SELECT DISTINCT
+               CAST(CASE WHEN n.occurred_at > n.received_at + {ahead} THEN n.received_at ELSE n.occurred_at END AS DATE),
                CAST(CASE WHEN o.occurred_at > o.received_at + {ahead} THEN o.received_at ELSE o.occurred_at END AS DATE)
-        FROM ncand n JOIN oldbest o USING (device_id, event_id, event_date)
+        FROM {new} n JOIN oldbest o USING (device_id, event_id, event_date)
         WHERE (n.received_at, n.log_partition, n.log_offset) < (o.received_at, o.log_partition, o.log_offset)
     """).fetchall():
         delta.dirty |= {d_new, d_old}
-    con.execute(f"""CREATE OR REPLACE TEMP TABLE added AS SELECT *, {transforms.skew_columns(skew)}
-        FROM (SELECT n.* FROM ncand n ANTI JOIN oldbest o USING (device_id, event_id, event_date))""")
+    # the new rows that do not count: later copies, and copies of events counted before
+    con.execute(f"""CREATE OR REPLACE TEMP TABLE nskip AS SELECT rid FROM nlater
+        UNION ALL SELECT n.rowid FROM {new} n SEMI JOIN oldbest o USING (device_id, event_id, event_date)""")
+    (skipped,) = con.execute("SELECT count(*) FROM nskip").fetchone()  # type: ignore[misc]
+    # a view, not a copy of the payloads: each transform reads its own event types from it
+    con.execute(f"""CREATE OR REPLACE TEMP VIEW added AS SELECT *, {transforms.skew_columns(skew)} FROM {new}
+        {"WHERE rowid NOT IN (SELECT rid FROM nskip)" if skipped else ""}""")
     days = {r[0] for r in con.execute("SELECT DISTINCT day FROM added").fetchall()}
     delta.days = days
     horizon_days = session.days_since(old_horizon) if old_horizon else set()

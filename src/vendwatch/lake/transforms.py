@@ -55,19 +55,42 @@ def currency_divisor(col: str) -> str:
     return f"CASE WHEN {col} IN ({e0}) THEN 1.0 WHEN {col} IN ({e3}) THEN 1000.0 ELSE 100.0 END"
 
 
+class Payload:
+    """Several fields of ``payload`` from one JSON parse: ``parse`` is a list column ``j`` of
+    their text values (as ``json_extract_string`` gives each), ``self[path]`` one of them.
+
+    Extracting each field on its own parses the payload once per field (most of a
+    transform's cost: ten fields of a transaction cost about four times one list)."""
+
+    def __init__(self, *paths: str) -> None:
+        self.paths = paths
+
+    def parse(self) -> str:
+        return "json_extract_string(payload, [" + ", ".join(f"'$.{p}'" for p in self.paths) + "]) AS j"
+
+    def __getitem__(self, path: str) -> str:
+        return f"j[{self.paths.index(path) + 1}]"
+
+
+_TX = Payload("transaction_id", "product_id", "slot", "price_minor", "currency", "payment_method", "payment_status",
+              "vend_status", "failure_reason")
+
 TRANSACTIONS = f"""
-WITH t AS (
-    SELECT event_id, device_id, site_id, event_time, day, received_at, clock_skewed,
-        json_extract_string(payload, '$.transaction_id') AS transaction_id,
-        json_extract_string(payload, '$.product_id') AS product_id,
-        json_extract_string(payload, '$.slot') AS slot,
-        TRY_CAST(json_extract_string(payload, '$.price_minor') AS BIGINT) AS price_raw,
-        upper(json_extract_string(payload, '$.currency')) AS currency,
-        lower(json_extract_string(payload, '$.payment_method')) AS payment_method,
-        lower(json_extract_string(payload, '$.payment_status')) AS payment_status,
-        lower(json_extract_string(payload, '$.vend_status')) AS vend_status,
-        json_extract_string(payload, '$.failure_reason') AS failure_reason
+WITH p AS (
+    SELECT event_id, device_id, site_id, event_time, day, received_at, clock_skewed, {_TX.parse()}
     FROM ev WHERE type = 'transaction' AND day IN (SELECT d FROM affected)
+), t AS (
+    SELECT event_id, device_id, site_id, event_time, day, received_at, clock_skewed,
+        {_TX['transaction_id']} AS transaction_id,
+        {_TX['product_id']} AS product_id,
+        {_TX['slot']} AS slot,
+        TRY_CAST({_TX['price_minor']} AS BIGINT) AS price_raw,
+        upper({_TX['currency']}) AS currency,
+        lower({_TX['payment_method']}) AS payment_method,
+        lower({_TX['payment_status']}) AS payment_status,
+        lower({_TX['vend_status']}) AS vend_status,
+        {_TX['failure_reason']} AS failure_reason
+    FROM p
 )
 SELECT event_id, coalesce(transaction_id, event_id) AS transaction_id, device_id, site_id,
     event_time, day AS event_date, received_at, clock_skewed, product_id, slot,
@@ -82,8 +105,12 @@ QUALIFY row_number() OVER (PARTITION BY device_id, coalesce(transaction_id, even
 """
 
 
+_TELE = Payload("cabinet_temp_c", "cabinet_temp_f", "refrigeration_temp_c", "refrigeration_temp_f", "voltage_v",
+                "voltage_mv", "door_open", "power_on")
+
+
 def _num(path: str) -> str:
-    return f"TRY_CAST(json_extract_string(payload, '$.{path}') AS DOUBLE)"
+    return f"TRY_CAST({_TELE[path]} AS DOUBLE)"
 
 
 def _temp(name: str) -> str:
@@ -93,14 +120,17 @@ def _temp(name: str) -> str:
 
 # per device-hour partial aggregates (sums and counts merge; averages do not)
 TELEMETRY_PARTS = f"""
-WITH t AS (
+WITH p AS (
+    SELECT device_id, site_id, event_time, day, {_TELE.parse()}
+    FROM ev WHERE type = 'telemetry' AND day IN (SELECT d FROM affected)
+), t AS (
     SELECT device_id, site_id, event_time, day,
         {_temp('cabinet_temp')} AS cab_in,
         {_temp('refrigeration_temp')} AS ref_in,
         coalesce({_num('voltage_v')}, {_num('voltage_mv')} / 1000) AS volt_in,
-        TRY_CAST(json_extract_string(payload, '$.door_open') AS BOOLEAN) AS door_open,
-        TRY_CAST(json_extract_string(payload, '$.power_on') AS BOOLEAN) AS power_on
-    FROM ev WHERE type = 'telemetry' AND day IN (SELECT d FROM affected)
+        TRY_CAST({_TELE['door_open']} AS BOOLEAN) AS door_open,
+        TRY_CAST({_TELE['power_on']} AS BOOLEAN) AS power_on
+    FROM p
 ), c AS (
     -- impossible readings become NULL (and are counted), the sample itself is kept
     SELECT *,
@@ -171,6 +201,7 @@ UNION ALL BY NAME
 SELECT * FROM old WHERE (device_id, hour) NOT IN (SELECT (device_id, hour) FROM parts)
 """
 
+_ALERT = Payload("slot", "product_id", "count", "level")
 _SLOT = '{"slot":"VARCHAR","product_id":"VARCHAR","count":"BIGINT","capacity":"BIGINT","count_after":"BIGINT"}'
 
 INVENTORY = f"""
@@ -184,12 +215,10 @@ WITH inv AS (
         s.capacity AS capacity, type AS source, event_id
     FROM inv
     UNION ALL
-    SELECT device_id, site_id, json_extract_string(payload, '$.slot'), json_extract_string(payload, '$.product_id'),
-        event_time, day,
-        coalesce(TRY_CAST(json_extract_string(payload, '$.count') AS BIGINT),
-                 CASE json_extract_string(payload, '$.level') WHEN 'out' THEN 0 END),
+    SELECT device_id, site_id, {_ALERT['slot']}, {_ALERT['product_id']}, event_time, day,
+        coalesce(TRY_CAST({_ALERT['count']} AS BIGINT), CASE {_ALERT['level']} WHEN 'out' THEN 0 END),
         NULL, 'stock_alert', event_id
-    FROM ev WHERE type = 'stock_alert' AND day IN (SELECT d FROM affected)
+    FROM (SELECT *, {_ALERT.parse()} FROM ev WHERE type = 'stock_alert' AND day IN (SELECT d FROM affected))
 )
 -- impossible: negative counts; unknown counts (refill without count_after) say nothing
 SELECT * FROM rows WHERE slot IS NOT NULL AND count IS NOT NULL AND count >= 0
@@ -221,26 +250,30 @@ FROM x WHERE out
 
 STOCKOUTS = stockouts("analytics.inventory")
 
-FAULTS = """
+_FAULT = Payload("code", "state", "component", "slot", "detail")
+
+FAULTS = f"""
 SELECT event_id, device_id, site_id, event_time, day AS event_date,
-    lower(json_extract_string(payload, '$.code')) AS code,
-    coalesce(json_extract_string(payload, '$.state'), 'raised') AS state,
-    json_extract_string(payload, '$.component') AS component,
-    json_extract_string(payload, '$.slot') AS slot,
-    json_extract_string(payload, '$.detail') AS detail
-FROM ev WHERE type = 'fault' AND day IN (SELECT d FROM affected)
-    AND json_extract_string(payload, '$.code') IS NOT NULL
+    lower({_FAULT['code']}) AS code,
+    coalesce({_FAULT['state']}, 'raised') AS state,
+    {_FAULT['component']} AS component,
+    {_FAULT['slot']} AS slot,
+    {_FAULT['detail']} AS detail
+FROM (SELECT *, {_FAULT.parse()} FROM ev WHERE type = 'fault' AND day IN (SELECT d FROM affected))
+WHERE {_FAULT['code']} IS NOT NULL
 """
 
-SECURITY_EVENTS = """
+_SECURITY = Payload("kind", "magnitude_g", "attempts", "detail")
+
+SECURITY_EVENTS = f"""
 SELECT event_id, device_id, site_id, event_time, day AS event_date,
-    json_extract_string(payload, '$.kind') AS kind,
-    CASE WHEN TRY_CAST(json_extract_string(payload, '$.magnitude_g') AS DOUBLE) >= 0
-         THEN TRY_CAST(json_extract_string(payload, '$.magnitude_g') AS DOUBLE) END AS magnitude_g,
-    TRY_CAST(json_extract_string(payload, '$.attempts') AS BIGINT) AS attempts,
-    json_extract_string(payload, '$.detail') AS detail
-FROM ev WHERE type = 'security' AND day IN (SELECT d FROM affected)
-    AND json_extract_string(payload, '$.kind') IS NOT NULL
+    {_SECURITY['kind']} AS kind,
+    CASE WHEN TRY_CAST({_SECURITY['magnitude_g']} AS DOUBLE) >= 0
+         THEN TRY_CAST({_SECURITY['magnitude_g']} AS DOUBLE) END AS magnitude_g,
+    TRY_CAST({_SECURITY['attempts']} AS BIGINT) AS attempts,
+    {_SECURITY['detail']} AS detail
+FROM (SELECT *, {_SECURITY.parse()} FROM ev WHERE type = 'security' AND day IN (SELECT d FROM affected))
+WHERE {_SECURITY['kind']} IS NOT NULL
 """
 
 # per device-day partial aggregates; the day's active 5-minute buckets as a bitstring
@@ -309,9 +342,9 @@ SELECT device_id, max(site_id) AS site_id, min(received_at) AS first_seen_at, ma
     count(*) AS events, max(fw).v AS firmware_version, max(fw).at AS firmware_reported_at
 FROM (
     SELECT device_id, site_id, received_at,
-        CASE WHEN type IN ('heartbeat', 'config') AND json_extract_string(payload, '$.firmware_version') IS NOT NULL
-             THEN {{'at': occurred_at, 'v': json_extract_string(payload, '$.firmware_version')}} END AS fw
-    FROM {src}
+        CASE WHEN fv IS NOT NULL THEN {{'at': occurred_at, 'v': fv}} END AS fw
+    FROM (SELECT *, CASE WHEN type IN ('heartbeat', 'config') THEN json_extract_string(payload, '$.firmware_version') END
+                    AS fv FROM {src})
 ) GROUP BY device_id
 """
 
@@ -391,11 +424,13 @@ FROM product_devices GROUP BY product_id
 """
 
 
-DEVICE_LOGS = """
+_LOG = Payload("kind", "level", "message", "crash_dump")
+
+DEVICE_LOGS = f"""
 SELECT event_id, device_id, site_id, event_time, day AS event_date, received_at,
-    coalesce(lower(json_extract_string(payload, '$.kind')), 'application') AS kind,
-    coalesce(lower(json_extract_string(payload, '$.level')), 'info') AS level,
-    json_extract_string(payload, '$.message') AS message,
-    json_extract_string(payload, '$.crash_dump') AS crash_dump
-FROM ev WHERE type = 'log' AND day IN (SELECT d FROM affected)
+    coalesce(lower({_LOG['kind']}), 'application') AS kind,
+    coalesce(lower({_LOG['level']}), 'info') AS level,
+    {_LOG['message']} AS message,
+    {_LOG['crash_dump']} AS crash_dump
+FROM (SELECT *, {_LOG.parse()} FROM ev WHERE type = 'log' AND day IN (SELECT d FROM affected))
 """
