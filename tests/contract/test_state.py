@@ -337,6 +337,33 @@ def test_a_deadlock_between_two_transactions_is_a_conflict_to_retry_not_a_crash(
             db.close()
 
 
+def test_a_pool_renewed_by_another_thread_is_used_and_a_closed_store_is_unavailable() -> None:
+    """After an outage one thread replaces the connection pool and closes the old one; a
+    thread that picked up the old pool a moment before gets a connection from the new one
+    (psycopg_pool's PoolClosed was a raw error, a 500 on the API). A store that is closed
+    answers DatabaseUnavailable."""
+    from psycopg_pool import PoolClosed
+
+    from vendwatch.state.postgres import DatabaseUnavailable, PostgresDatabase
+
+    with fresh_schema() as dsn:
+        db = PostgresDatabase(dsn, pool_size=1)
+        old, fresh = db.pool, db._new_pool()
+        fresh.open(wait=True, timeout=10)
+
+        def renewed_meanwhile(timeout: float | None = None) -> object:
+            db.pool = fresh  # what _through_outage does on another thread
+            old.close()
+            raise PoolClosed(f"the pool {old.name!r} is already closed")
+
+        old.getconn = renewed_meanwhile  # type: ignore[method-assign]
+        with db.transaction() as tx:
+            assert tx.query("SELECT 1") == [(1,)]
+        db.close()
+        with pytest.raises(DatabaseUnavailable, match="closed"), db.transaction():
+            pass
+
+
 def test_unreachable_postgres_is_a_clear_error() -> None:
     from vendwatch.state.postgres import DatabaseUnavailable, PostgresDatabase
 

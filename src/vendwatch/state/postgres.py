@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from vendwatch.errors import TransactionConflict, Unavailable
 from vendwatch.state.db import Database, Params, Tx
@@ -161,10 +161,16 @@ class PostgresDatabase(Database):
             self._through_outage()
         pool = self.pool
         try:
-            conn = pool.getconn()
+            try:
+                conn = pool.getconn()
+            except PoolClosed:  # renewed by another thread after an outage, since we looked
+                pool = self.pool
+                conn = pool.getconn()
         except PoolTimeout as e:
             self._failed(f"no PostgreSQL connection available: {e}", pool_stuck=True)
             raise DatabaseUnavailable(f"no PostgreSQL connection available: {e}") from e
+        except PoolClosed as e:  # the store itself is closing
+            raise DatabaseUnavailable(f"the PostgreSQL connection pool is closed: {e}") from e
         try:
             with conn.transaction():
                 tx = self._local.tx = _PgTx(conn)
@@ -214,14 +220,17 @@ class PostgresDatabase(Database):
             o.probing = True
         try:
             self._connect().close()
-        except psycopg.Error as e:
+        except BaseException as e:
             with self._gate:
-                o.probing = False
-                o.failed_checks += 1
-                o.reason = f"cannot connect to PostgreSQL ({_redact(self.dsn)}): {_one_line(e)}"
-                o.next_try = self._clock() + o.delay
-                o.delay = min(o.delay * 2, self.PROBE_MAX_S)
-            raise DatabaseUnavailable(o.reason) from e
+                o.probing = False  # whatever happened, the next caller may check again
+                if isinstance(e, psycopg.Error):
+                    o.failed_checks += 1
+                    o.reason = f"cannot connect to PostgreSQL ({_redact(self.dsn)}): {_one_line(e)}"
+                    o.next_try = self._clock() + o.delay
+                    o.delay = min(o.delay * 2, self.PROBE_MAX_S)
+            if isinstance(e, psycopg.Error):
+                raise DatabaseUnavailable(o.reason) from e
+            raise
         with self._gate:
             stale = o.pool_stuck or o.failed_checks > 0
             if stale:  # the pool's own reconnection may be asleep for minutes: start a new one
