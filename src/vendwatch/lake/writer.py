@@ -19,6 +19,9 @@ import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyiceberg.exceptions import CommitFailedException
+
+# _check_pyarrow_schema_compatible and Transaction's _updates/_table are pyiceberg's private
+# names: pyproject caps pyiceberg below the next minor release for them
 from pyiceberg.io.pyarrow import (
     _check_pyarrow_schema_compatible,
     bin_pack_arrow_table,
